@@ -1,0 +1,208 @@
+//! The Stats actor: owns the counters behind `GET /heartbeat/stats`.
+//!
+//! The seed's five fields keep their meaning and JSON types: `total_received` and
+//! `last_received_time` move when a valid heartbeat is accepted; `total_processed` and
+//! `average_latency` (integer nanoseconds of the manager update) when a worker finishes one;
+//! `total_errors` when processing fails.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
+
+use crate::queue::IngressQueue;
+use crate::registry::RegistrySnapshot;
+
+/// The answer to `GET /heartbeat/stats`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatsReport {
+    pub total_received: u64,
+    pub total_processed: u64,
+    pub total_errors: u64,
+    /// RFC 3339; `0001-01-01T00:00:00Z` before the first heartbeat, as Go encodes a zero time.
+    #[serde(serialize_with = "go_time")]
+    pub last_received_time: Option<DateTime<Utc>>,
+    /// Nanoseconds, as Go's `time.Duration` encodes.
+    pub average_latency: u64,
+    /// Requests to `POST /heartbeat` answered with anything but 200.
+    pub total_rejected: u64,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub workers: usize,
+    pub agents_registered: usize,
+    pub uptime_seconds: u64,
+}
+
+fn go_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        None => s.serialize_str("0001-01-01T00:00:00Z"),
+    }
+}
+
+/// Owns the counters; reads queue depth and agent count from their owners' shared views.
+pub struct Stats {
+    started: Instant,
+    workers: usize,
+    queue: Arc<IngressQueue>,
+    registry: RegistrySnapshot,
+    total_received: u64,
+    total_processed: u64,
+    total_errors: u64,
+    total_rejected: u64,
+    last_received_time: Option<DateTime<Utc>>,
+    total_latency: Duration,
+}
+
+impl Stats {
+    pub fn new(workers: usize, queue: Arc<IngressQueue>, registry: RegistrySnapshot) -> Self {
+        Self {
+            started: Instant::now(),
+            workers,
+            queue,
+            registry,
+            total_received: 0,
+            total_processed: 0,
+            total_errors: 0,
+            total_rejected: 0,
+            last_received_time: None,
+            total_latency: Duration::ZERO,
+        }
+    }
+}
+
+impl Actor for Stats {
+    type Context = Context<Self>;
+}
+
+/// A valid heartbeat was accepted into the worker queue (answered 200).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HeartbeatAccepted {
+    pub at: DateTime<Utc>,
+}
+
+impl Handler<HeartbeatAccepted> for Stats {
+    type Result = ();
+
+    fn handle(&mut self, msg: HeartbeatAccepted, _: &mut Context<Self>) {
+        self.total_received += 1;
+        self.last_received_time = Some(match self.last_received_time {
+            Some(prev) => prev.max(msg.at),
+            None => msg.at,
+        });
+    }
+}
+
+/// A request to `POST /heartbeat` was answered with an error status.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HeartbeatRejected;
+
+impl Handler<HeartbeatRejected> for Stats {
+    type Result = ();
+
+    fn handle(&mut self, _: HeartbeatRejected, _: &mut Context<Self>) {
+        self.total_rejected += 1;
+    }
+}
+
+/// A worker finished a heartbeat: the manager update took `latency`, or it failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum HeartbeatProcessed {
+    Succeeded { latency: Duration },
+    Failed,
+}
+
+impl Handler<HeartbeatProcessed> for Stats {
+    type Result = ();
+
+    fn handle(&mut self, msg: HeartbeatProcessed, _: &mut Context<Self>) {
+        match msg {
+            HeartbeatProcessed::Succeeded { latency } => {
+                self.total_processed += 1;
+                self.total_latency += latency;
+            }
+            HeartbeatProcessed::Failed => self.total_errors += 1,
+        }
+    }
+}
+
+/// Asks for the current figures.
+#[derive(Message)]
+#[rtype(result = "StatsReport")]
+pub struct GetStats;
+
+impl Handler<GetStats> for Stats {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        let average_latency = match self.total_processed {
+            0 => 0,
+            n => (self.total_latency.as_nanos() / u128::from(n)) as u64,
+        };
+        MessageResult(StatsReport {
+            total_received: self.total_received,
+            total_processed: self.total_processed,
+            total_errors: self.total_errors,
+            last_received_time: self.last_received_time,
+            average_latency,
+            total_rejected: self.total_rejected,
+            queue_depth: self.queue.depth(),
+            queue_capacity: self.queue.capacity(),
+            workers: self.workers,
+            agents_registered: self.registry.len(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+
+    #[actix_rt::test]
+    async fn counts_and_averages_like_the_seed() {
+        let registry = Registry::new([]).unwrap();
+        let stats = Stats::new(3, IngressQueue::new(30), registry.snapshot()).start();
+
+        let empty = stats.send(GetStats).await.unwrap();
+        let json = serde_json::to_value(&empty).unwrap();
+        assert_eq!(json["last_received_time"], "0001-01-01T00:00:00Z");
+        assert_eq!(json["average_latency"], 0);
+
+        let at = DateTime::parse_from_rfc3339("2026-11-24T06:00:00Z")
+            .unwrap()
+            .to_utc();
+        stats.do_send(HeartbeatAccepted { at });
+        stats.do_send(HeartbeatAccepted {
+            at: at - chrono::Duration::seconds(5),
+        });
+        stats.do_send(HeartbeatRejected);
+        stats.do_send(HeartbeatProcessed::Succeeded {
+            latency: Duration::from_micros(10),
+        });
+        stats.do_send(HeartbeatProcessed::Succeeded {
+            latency: Duration::from_micros(30),
+        });
+        stats.do_send(HeartbeatProcessed::Failed);
+        let report = stats.send(GetStats).await.unwrap();
+
+        assert_eq!(report.total_received, 2);
+        assert_eq!(report.total_processed, 2);
+        assert_eq!(report.total_errors, 1);
+        assert_eq!(report.total_rejected, 1);
+        assert_eq!(report.average_latency, 20_000);
+        assert_eq!(report.workers, 3);
+        assert_eq!(report.queue_capacity, 30);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["last_received_time"], "2026-11-24T06:00:00Z",
+            "keeps the latest time"
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! The worker pool: `workers` threads of a SyncArbiter, each running a [`HeartbeatWorker`].
+//!
+//! A worker takes a [`ProcessHeartbeat`], asks the Manager to apply it and blocks until the
+//! Manager answers (the update is on disk by then), reports the outcome to Stats, and only then
+//! drops the heartbeat's [`QueuePermit`]. So the queue depth counts every heartbeat that was
+//! answered 200 and is not yet durable, and the shutdown drain can wait on it.
+//!
+//! A SyncArbiter thread ends only when every `Addr` of the pool is dropped and its queue is
+//! empty (`ctx.stop()` merely restarts the actor), so [`WorkerPool::close`] drops the pool's
+//! address and [`ClosingPool::wait`] counts the threads that have stopped.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use slog::{debug, Logger};
+
+use crate::heartbeat::Heartbeat;
+use crate::manager::{Manager, UpdateHeartbeat};
+use crate::queue::QueuePermit;
+use crate::stats::{HeartbeatProcessed, Stats};
+
+/// One heartbeat for the pool, with the queue slot it holds until it is processed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProcessHeartbeat {
+    pub heartbeat: Heartbeat,
+    pub permit: QueuePermit,
+}
+
+/// One worker thread's actor.
+pub struct HeartbeatWorker {
+    manager: Addr<Manager>,
+    stats: Addr<Stats>,
+    stopped_workers: Arc<AtomicUsize>,
+    log: Logger,
+}
+
+impl Actor for HeartbeatWorker {
+    type Context = SyncContext<Self>;
+
+    fn stopped(&mut self, _: &mut SyncContext<Self>) {
+        self.stopped_workers.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl Handler<ProcessHeartbeat> for HeartbeatWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: ProcessHeartbeat, _: &mut SyncContext<Self>) {
+        let ProcessHeartbeat { heartbeat, permit } = msg;
+        let agent_id = heartbeat.agent_id.clone();
+        let started = Instant::now();
+        // Blocking is what this thread is for: the Manager and Store run elsewhere.
+        let outcome = futures::executor::block_on(self.manager.send(UpdateHeartbeat(heartbeat)));
+        let latency = started.elapsed();
+        let processed = match outcome {
+            Ok(Ok(())) => HeartbeatProcessed::Succeeded { latency },
+            Ok(Err(e)) => {
+                debug!(self.log, "heartbeat processing failed"; "agent_id" => agent_id, "error" => %e);
+                HeartbeatProcessed::Failed
+            }
+            Err(e) => {
+                debug!(self.log, "manager unreachable"; "agent_id" => agent_id, "error" => %e);
+                HeartbeatProcessed::Failed
+            }
+        };
+        self.stats.do_send(processed);
+        drop(permit);
+    }
+}
+
+/// The running pool.
+pub struct WorkerPool {
+    addr: Addr<HeartbeatWorker>,
+    size: usize,
+    stopped_workers: Arc<AtomicUsize>,
+}
+
+impl WorkerPool {
+    /// Starts `size` worker threads.
+    pub fn start(size: usize, manager: Addr<Manager>, stats: Addr<Stats>, log: Logger) -> Self {
+        let stopped_workers = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&stopped_workers);
+        let addr = SyncArbiter::start(size, move || HeartbeatWorker {
+            manager: manager.clone(),
+            stats: stats.clone(),
+            stopped_workers: Arc::clone(&counter),
+            log: log.clone(),
+        });
+        Self {
+            addr,
+            size,
+            stopped_workers,
+        }
+    }
+
+    /// The address to send heartbeats to. Every clone must be dropped before the pool can stop.
+    pub fn addr(&self) -> Addr<HeartbeatWorker> {
+        self.addr.clone()
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Drops the pool's own address. The threads finish the queue and stop once the other
+    /// clones (held by the HTTP layer) are gone too.
+    pub fn close(self) -> ClosingPool {
+        ClosingPool {
+            size: self.size,
+            stopped_workers: self.stopped_workers,
+        }
+    }
+}
+
+/// A pool whose address was dropped.
+pub struct ClosingPool {
+    size: usize,
+    stopped_workers: Arc<AtomicUsize>,
+}
+
+impl ClosingPool {
+    /// Waits until every worker thread has stopped, or `deadline` passes. Returns how many
+    /// threads are still running (0 on success).
+    ///
+    /// It polls rather than blocks: the SyncArbiter's forwarding task runs on the calling
+    /// thread's arbiter, and blocking it would stall the very queue being drained.
+    pub async fn wait(&self, deadline: Instant) -> usize {
+        loop {
+            let running = self.size - self.stopped_workers.load(Ordering::Acquire);
+            if running == 0 || Instant::now() >= deadline {
+                return running;
+            }
+            actix::clock::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::AgentInfo;
+    use crate::queue::{Admission, IngressQueue};
+    use crate::registry::Registry;
+    use crate::stats::GetStats;
+    use crate::store::FileMetadataStore;
+    use chrono::Utc;
+
+    fn quiet() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    #[actix_rt::test]
+    async fn pool_processes_the_queue_and_stops_when_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let store = SyncArbiter::start(1, move || FileMetadataStore::open(&path, quiet()).unwrap());
+        let registry = Registry::new([AgentInfo {
+            id: "a".into(),
+            name: String::new(),
+            agent_type: String::new(),
+        }])
+        .unwrap();
+        let view = registry.snapshot();
+        let queue = IngressQueue::new(100);
+        let stats = Stats::new(2, queue.clone(), view.clone()).start();
+        let manager = Manager::new(
+            1440,
+            Vec::new(),
+            registry.start(),
+            view,
+            store.clone(),
+            quiet(),
+        )
+        .start();
+        let pool = WorkerPool::start(2, manager.clone(), stats.clone(), quiet());
+
+        let addr = pool.addr();
+        for n in 0..50u64 {
+            let Admission::Admitted(permit) = queue.try_acquire() else {
+                panic!("queue full")
+            };
+            let heartbeat = Heartbeat {
+                agent_id: "a".into(),
+                timestamp: Utc::now(),
+                received_at: Utc::now(),
+                pid: 1,
+                cpu: 0.0,
+                memory: n,
+                status: None,
+            };
+            addr.try_send(ProcessHeartbeat { heartbeat, permit })
+                .unwrap();
+        }
+        drop(addr);
+        let closing = pool.close();
+        let still_running = closing.wait(Instant::now() + Duration::from_secs(10)).await;
+
+        assert_eq!(still_running, 0);
+        assert_eq!(queue.depth(), 0, "every permit released");
+        let report = stats.send(GetStats).await.unwrap();
+        assert_eq!(report.total_processed, 50);
+        let meta = store
+            .send(crate::store::Get("a".into()))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(meta.history.len(), 50, "every heartbeat is on disk");
+    }
+}
