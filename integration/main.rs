@@ -1,1 +1,9 @@
-fn main() {}
+//! Black-box tests: each starts the real `heartbeatd` binary on a free port with a temporary
+//! data directory, talks HTTP to it, and stops it with a signal.
+
+mod daemon;
+
+mod config_errors;
+mod durability;
+mod http_contract;
+mod shutdown;

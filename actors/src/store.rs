@@ -39,6 +39,7 @@ impl StoreError {
 }
 
 /// Owns `data_dir/agents/`.
+#[derive(Clone)]
 pub struct FileMetadataStore {
     agents_dir: PathBuf,
     log: Logger,

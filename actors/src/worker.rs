@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use slog::{debug, Logger};
 
 use crate::heartbeat::Heartbeat;
@@ -96,17 +97,23 @@ impl WorkerPool {
         }
     }
 
-    /// The address to send heartbeats to. Every clone must be dropped before the pool can stop.
+    /// The address to send heartbeats to. Every strong clone must be dropped before the pool
+    /// can stop; long-lived holders should keep [`WorkerPool::weak_addr`] instead.
     pub fn addr(&self) -> Addr<HeartbeatWorker> {
         self.addr.clone()
+    }
+
+    /// An address that does not keep the pool alive.
+    pub fn weak_addr(&self) -> WeakAddr<HeartbeatWorker> {
+        self.addr.downgrade()
     }
 
     pub fn size(&self) -> usize {
         self.size
     }
 
-    /// Drops the pool's own address. The threads finish the queue and stop once the other
-    /// clones (held by the HTTP layer) are gone too.
+    /// Drops the pool's own address. The threads finish the queue, then stop (once any other
+    /// strong clone is gone too).
     pub fn close(self) -> ClosingPool {
         ClosingPool {
             size: self.size,

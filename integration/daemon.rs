@@ -1,0 +1,256 @@
+//! A `heartbeatd` process under test, and the HTTP helpers to talk to it.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test, built by cargo for this test target.
+pub const BIN: &str = env!("CARGO_BIN_EXE_heartbeatd");
+
+/// How long a daemon may take to start answering.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The two agents most tests use.
+pub const AGENTS: &str = r#"
+[[agents]]
+id = "agent-1"
+name = "Agent one"
+type = "filebeat"
+
+[[agents]]
+id = "agent-2"
+type = "custom"
+"#;
+
+/// A running daemon. Killed with SIGKILL if a test forgets to stop it.
+pub struct Daemon {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// The answer to one HTTP request.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    /// Starts a daemon whose config is `extra` plus port and data_dir, in a fresh temp dir.
+    pub fn start(extra: &str) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_owned();
+        let mut daemon = Self::start_in(&dir, extra);
+        daemon._temp = Some(temp);
+        daemon
+    }
+
+    /// Starts a daemon on `dir` (config, data and log live there), e.g. again after a stop.
+    pub fn start_in(dir: &Path, extra: &str) -> Self {
+        for _attempt in 0..5 {
+            let port = free_port();
+            let config = dir.join("heartbeatd.toml");
+            fs::write(
+                &config,
+                format!(
+                    "http_port = {port}\ndata_dir = {:?}\n{extra}",
+                    dir.join("data").display().to_string()
+                ),
+            )
+            .unwrap();
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("heartbeatd.log"))
+                .unwrap();
+            let mut child = Command::new(BIN)
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start heartbeatd");
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let log = fs::read_to_string(dir.join("heartbeatd.log")).unwrap_or_default();
+                    if status.code() == Some(1) && log.contains("could not listen") {
+                        break; // someone took the port in between: try another
+                    }
+                    panic!("heartbeatd exited during start-up with {status}:\n{log}");
+                }
+                if http(port, "GET", "/heartbeat/stats", None).is_some_and(|r| r.status == 200) {
+                    return Self {
+                        child: Some(child),
+                        port,
+                        dir: dir.to_owned(),
+                        _temp: None,
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "heartbeatd did not answer within {START_TIMEOUT:?}"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("no free port found for heartbeatd in 5 attempts");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("heartbeatd.log")).unwrap_or_default()
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        http(self.port, method, path, body).unwrap_or_else(|| panic!("{method} {path}: no answer"))
+    }
+
+    pub fn post_heartbeat(&self, body: &Value) -> Reply {
+        self.request("POST", "/heartbeat", Some(&body.to_string()))
+    }
+
+    pub fn stats(&self) -> Value {
+        let reply = self.request("GET", "/heartbeat/stats", None);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.body
+    }
+
+    /// Waits until `total_processed + total_errors` reaches `n`.
+    pub fn wait_processed(&self, n: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stats = self.stats();
+            let done = stats["total_processed"].as_u64().unwrap()
+                + stats["total_errors"].as_u64().unwrap();
+            if done >= n {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {done} of {n} processed: {stats}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM") and waits for the process to exit.
+    pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
+        send_signal(self.pid(), signal);
+        self.wait_exit(Duration::from_secs(60))
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "heartbeatd did not exit within {timeout:?}:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// One HTTP request; `None` when the connection fails.
+pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<Reply> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let request = agent.request(method, &format!("http://127.0.0.1:{port}{path}"));
+    let result = match body {
+        Some(body) => request.send_string(body),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(ureq::Error::Transport(_)) => return None,
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = response.header(&n).unwrap_or_default().to_owned();
+            (n, v)
+        })
+        .collect();
+    let text = response.into_string().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Some(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Reads one agent's state file.
+pub fn agent_file(data_dir: &Path, id: &str) -> Value {
+    let path = data_dir.join("agents").join(format!("{id}.json"));
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()))
+}
+
+/// A valid heartbeat body for `agent_id`.
+pub fn heartbeat(agent_id: &str, memory: u64) -> Value {
+    serde_json::json!({"agent_id": agent_id, "pid": 4242, "status": "running", "cpu": 5.5, "memory": memory})
+}

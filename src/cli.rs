@@ -1,0 +1,119 @@
+//! The command line: `heartbeatd [--config FILE] [--http-port N] [--data-dir DIR]` runs the
+//! daemon; `heartbeatd check-config FILE` prints the effective configuration or the error.
+//!
+//! Exit codes: 0 success; 1 runtime failure (port in use, unusable data_dir, drain not
+//! finished in time); 2 configuration or usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use slog::{crit, warn};
+
+use crate::settings::{self, Loaded, Overrides, SettingsError};
+use crate::startup::Application;
+use crate::telemetry;
+
+/// Exit code for a configuration or usage error (clap uses 2 for usage errors too).
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a failure at run time.
+const EXIT_RUNTIME: u8 = 1;
+
+/// heartbeatd: receives agent heartbeats over HTTP and keeps each agent's state on disk.
+#[derive(Debug, Parser)]
+#[command(name = "heartbeatd", version, about)]
+pub struct Cli {
+    /// TOML configuration file (see configs/heartbeatd.toml).
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// HTTP port; overrides http_port from the file and HEARTBEATD_HTTP_PORT.
+    #[arg(long, value_name = "N", global = true)]
+    pub http_port: Option<u16>,
+    /// Data directory; overrides data_dir from the file and HEARTBEATD_DATA_DIR.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the effective configuration (defaults, file, environment and flags applied) as
+    /// TOML and exit 0, or print the error and exit 2.
+    CheckConfig {
+        /// The configuration file to check.
+        file: PathBuf,
+    },
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            http_port: self.http_port,
+            data_dir: self.data_dir.clone(),
+        }
+    }
+}
+
+/// Runs the command the user asked for and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => check_config(load(Some(file.clone()), &cli)),
+        None => run_daemon(load(cli.config.clone(), &cli)).await,
+    }
+}
+
+fn load(file: Option<PathBuf>, cli: &Cli) -> Result<Loaded, SettingsError> {
+    settings::load(file.as_deref(), std::env::vars(), &cli.overrides())
+}
+
+fn check_config(loaded: Result<Loaded, SettingsError>) -> ExitCode {
+    match loaded {
+        Ok(loaded) => {
+            for name in &loaded.ignored_env {
+                eprintln!("heartbeatd: warning: {name} names no configuration key and is ignored");
+            }
+            match toml::to_string_pretty(&loaded.settings.effective()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("heartbeatd: could not print the configuration: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("heartbeatd: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn run_daemon(loaded: Result<Loaded, SettingsError>) -> ExitCode {
+    let loaded = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("heartbeatd: {e}");
+            eprintln!("heartbeatd: nothing was started; fix the configuration (check it with `heartbeatd check-config FILE`)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let settings = loaded.settings;
+    let (log, guard) = telemetry::build_logger(settings.log_level, settings.log_format);
+    for name in &loaded.ignored_env {
+        warn!(log, "environment variable names no configuration key and is ignored"; "variable" => name);
+    }
+    let code = match Application::build(settings, log.clone()).await {
+        Ok(app) => app.run_until_stopped().await.exit_code(),
+        Err(e) => {
+            crit!(log, "heartbeatd could not start"; "error" => %e);
+            EXIT_RUNTIME
+        }
+    };
+    drop(log);
+    // Flushes the log thread so the last lines (start-up error, drain report) are written.
+    drop(guard);
+    ExitCode::from(code)
+}

@@ -1,0 +1,274 @@
+//! The `POST /heartbeat` body: parsing and the seed's validation rules, as pure functions.
+//!
+//! Compatibility with agents written against the original (Go's `encoding/json`):
+//! unknown fields are ignored; a missing or `null` field takes its zero value (`""`, `0`);
+//! a wrong type, or a negative `memory` (a Go `uint64`), is "invalid JSON format"; an
+//! unparseable `timestamp` is not an error (server time is used).
+
+use chrono::{DateTime, Utc};
+use heartbeatd_actors::heartbeat::{Heartbeat, ReportedStatus};
+use serde::Deserialize;
+
+/// The body as sent. Every field is optional here; the rules below decide.
+#[derive(Debug, Deserialize)]
+struct HeartbeatRequest {
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    pid: Option<i64>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    cpu: Option<f64>,
+    #[serde(default)]
+    memory: Option<u64>,
+    #[serde(default)]
+    timestamp: Option<String>,
+}
+
+/// Why a body was refused; both are 400.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("invalid JSON format: {0}")]
+    InvalidJson(String),
+    #[error("validation failed: {field}: {reason}")]
+    Validation { field: &'static str, reason: String },
+}
+
+/// What happened to the agent's `timestamp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimestampSource {
+    /// The agent's own, parsed.
+    Agent,
+    /// None was sent; the server's receive time is used.
+    Missing,
+    /// This text did not parse as RFC 3339; the server's receive time is used.
+    Unparseable(String),
+}
+
+/// A body that passed every rule.
+#[derive(Debug)]
+pub struct ValidHeartbeat {
+    pub heartbeat: Heartbeat,
+    pub timestamp_source: TimestampSource,
+}
+
+/// Parses and validates `body`, received at `now`. `is_registered` answers whether an agent id
+/// may report.
+pub fn parse(
+    body: &[u8],
+    is_registered: impl Fn(&str) -> bool,
+    now: DateTime<Utc>,
+) -> Result<ValidHeartbeat, RequestError> {
+    let req: HeartbeatRequest =
+        serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+    // serde would also map a JSON array onto the struct by position; Go (and we) want an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(RequestError::InvalidJson("expected a JSON object".into()));
+    }
+    let invalid = |field, reason: String| RequestError::Validation { field, reason };
+
+    let agent_id = req.agent_id.unwrap_or_default();
+    if agent_id.is_empty() {
+        return Err(invalid("agent_id", "is required".into()));
+    }
+    if !is_registered(&agent_id) {
+        return Err(invalid(
+            "agent_id",
+            format!("agent {agent_id:?} is not registered"),
+        ));
+    }
+    let pid = req.pid.unwrap_or(0);
+    if pid <= 0 {
+        return Err(invalid("pid", format!("must be greater than 0, got {pid}")));
+    }
+    let cpu = req.cpu.unwrap_or(0.0);
+    if !(0.0..=100.0).contains(&cpu) {
+        return Err(invalid(
+            "cpu",
+            format!("must be between 0 and 100, got {cpu}"),
+        ));
+    }
+    let status = match req.status.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(ReportedStatus::from_wire(text).ok_or_else(|| {
+            invalid(
+                "status",
+                format!(
+                    "must be one of {}, got {text:?}",
+                    ReportedStatus::WIRE_VALUES.join(", ")
+                ),
+            )
+        })?),
+    };
+    let (timestamp, timestamp_source) = match req.timestamp.as_deref() {
+        None | Some("") => (now, TimestampSource::Missing),
+        Some(text) => match DateTime::parse_from_rfc3339(text) {
+            Ok(t) => (t.to_utc(), TimestampSource::Agent),
+            Err(_) => (now, TimestampSource::Unparseable(text.to_owned())),
+        },
+    };
+    Ok(ValidHeartbeat {
+        heartbeat: Heartbeat {
+            agent_id,
+            timestamp,
+            received_at: now,
+            pid,
+            cpu,
+            memory: req.memory.unwrap_or(0),
+            status,
+        },
+        timestamp_source,
+    })
+}
+
+/// The `agent_id` of a body that failed, for the warning log; `None` if there is none to find.
+pub fn agent_id_hint(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct JustTheId {
+        agent_id: String,
+    }
+    serde_json::from_slice::<JustTheId>(body)
+        .ok()
+        .map(|r| r.agent_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-24T06:00:00Z")
+            .unwrap()
+            .to_utc()
+    }
+
+    fn registered(id: &str) -> bool {
+        id == "agent-1"
+    }
+
+    fn valid_body() -> serde_json::Value {
+        json!({"agent_id": "agent-1", "pid": 1234, "status": "running", "cpu": 12.5,
+               "memory": 1048576, "timestamp": "2026-11-24T05:59:58Z"})
+    }
+
+    fn with(field: &str, value: serde_json::Value) -> Vec<u8> {
+        let mut body = valid_body();
+        if value.is_null() && field.starts_with('-') {
+            body.as_object_mut().unwrap().remove(&field[1..]);
+        } else {
+            body[field] = value;
+        }
+        serde_json::to_vec(&body).unwrap()
+    }
+
+    fn check(body: &[u8]) -> Result<ValidHeartbeat, RequestError> {
+        parse(body, registered, now())
+    }
+
+    #[test]
+    fn a_valid_heartbeat_is_taken_field_by_field() {
+        let valid = check(&serde_json::to_vec(&valid_body()).unwrap()).unwrap();
+        let hb = valid.heartbeat;
+        assert_eq!(hb.agent_id, "agent-1");
+        assert_eq!(hb.pid, 1234);
+        assert_eq!(hb.cpu, 12.5);
+        assert_eq!(hb.memory, 1_048_576);
+        assert_eq!(hb.status, Some(ReportedStatus::Running));
+        assert_eq!(hb.timestamp.to_rfc3339(), "2026-11-24T05:59:58+00:00");
+        assert_eq!(hb.received_at, now());
+        assert_eq!(valid.timestamp_source, TimestampSource::Agent);
+    }
+
+    #[test]
+    fn validation_table() {
+        // (case, body, expected: Ok or the exact error message)
+        let cases: Vec<(&str, Vec<u8>, Result<(), &str>)> = vec![
+            ("cpu 0", with("cpu", json!(0)), Ok(())),
+            ("cpu 100", with("cpu", json!(100)), Ok(())),
+            ("cpu 100.000001", with("cpu", json!(100.000001)),
+                Err("validation failed: cpu: must be between 0 and 100, got 100.000001")),
+            ("cpu -0.1", with("cpu", json!(-0.1)),
+                Err("validation failed: cpu: must be between 0 and 100, got -0.1")),
+            ("cpu missing", with("-cpu", json!(null)), Ok(())),
+            ("pid 1", with("pid", json!(1)), Ok(())),
+            ("pid 0", with("pid", json!(0)), Err("validation failed: pid: must be greater than 0, got 0")),
+            ("pid -1", with("pid", json!(-1)), Err("validation failed: pid: must be greater than 0, got -1")),
+            ("pid missing", with("-pid", json!(null)), Err("validation failed: pid: must be greater than 0, got 0")),
+            ("memory 0", with("memory", json!(0)), Ok(())),
+            ("memory max u64", with("memory", json!(u64::MAX)), Ok(())),
+            ("agent_id empty", with("agent_id", json!("")), Err("validation failed: agent_id: is required")),
+            ("agent_id missing", with("-agent_id", json!(null)), Err("validation failed: agent_id: is required")),
+            ("agent_id unknown", with("agent_id", json!("ghost")),
+                Err("validation failed: agent_id: agent \"ghost\" is not registered")),
+            ("status stopped", with("status", json!("stopped")), Ok(())),
+            ("status error", with("status", json!("error")), Ok(())),
+            ("status empty", with("status", json!("")), Ok(())),
+            ("status missing", with("-status", json!(null)), Ok(())),
+            ("status unknown", with("status", json!("dancing")),
+                Err("validation failed: status: must be one of running, stopped, error, got \"dancing\"")),
+            ("unknown fields are ignored", with("version", json!("1.2.3")), Ok(())),
+        ];
+        for (case, body, expected) in cases {
+            let got = check(&body).map(|_| ()).map_err(|e| e.to_string());
+            assert_eq!(got, expected.map_err(str::to_owned), "case: {case}");
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_are_invalid_json() {
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("negative memory", with("memory", json!(-1))),
+            ("fractional pid", with("pid", json!(1.5))),
+            ("pid as string", with("pid", json!("1234"))),
+            ("cpu as string", with("cpu", json!("high"))),
+            ("timestamp as number", with("timestamp", json!(12))),
+            ("empty body", Vec::new()),
+            ("array", b"[]".to_vec()),
+            ("positional array", b"[\"agent-1\", 1234]".to_vec()),
+            ("null", b"null".to_vec()),
+            ("truncated", b"{\"agent_id\": \"agent-1\"".to_vec()),
+            ("not JSON", b"agent_id=agent-1".to_vec()),
+        ];
+        for (case, body) in cases {
+            match check(&body) {
+                Err(RequestError::InvalidJson(detail)) => {
+                    assert!(!detail.is_empty(), "case: {case}")
+                }
+                other => panic!("case {case}: expected invalid JSON, got {other:?}"),
+            }
+        }
+        let message = check(&with("memory", json!(-1))).unwrap_err().to_string();
+        assert!(message.starts_with("invalid JSON format: "), "{message}");
+    }
+
+    #[test]
+    fn a_bad_or_missing_timestamp_falls_back_to_server_time() {
+        let bad = check(&with("timestamp", json!("yesterday"))).unwrap();
+        assert_eq!(bad.heartbeat.timestamp, now());
+        assert_eq!(
+            bad.timestamp_source,
+            TimestampSource::Unparseable("yesterday".into())
+        );
+
+        let missing = check(&with("-timestamp", json!(null))).unwrap();
+        assert_eq!(missing.heartbeat.timestamp, now());
+        assert_eq!(missing.timestamp_source, TimestampSource::Missing);
+
+        let offset = check(&with("timestamp", json!("2026-11-24T08:00:00.5+02:00"))).unwrap();
+        assert_eq!(
+            offset.heartbeat.timestamp.to_rfc3339(),
+            "2026-11-24T06:00:00.500+00:00"
+        );
+    }
+
+    #[test]
+    fn the_agent_id_of_a_refused_body_is_found_for_the_log() {
+        assert_eq!(
+            agent_id_hint(&with("pid", json!(-1))),
+            Some("agent-1".into())
+        );
+        assert_eq!(agent_id_hint(b"nonsense"), None);
+    }
+}

@@ -1,0 +1,21 @@
+//! heartbeatd: agents POST heartbeats; heartbeatd validates them, processes them on a bounded
+//! worker pool and keeps each agent's state durable on disk.
+//!
+//! | module | role |
+//! |---|---|
+//! | [`cli`] | command-line parsing and the two commands (run, check-config) |
+//! | [`settings`] | layered configuration into typed settings |
+//! | [`telemetry`] | the slog logger (term or JSON lines) |
+//! | [`startup`] | `Application::build`: actors, listener, HTTP server |
+//! | [`routes`] | the HTTP endpoints and their error bodies |
+//! | [`shutdown`] | signals and the graceful drain |
+//!
+//! The actors live in the `heartbeatd-actors` crate (`actors/`).
+
+pub mod cli;
+pub mod heartbeat_request;
+pub mod routes;
+pub mod settings;
+pub mod shutdown;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,343 @@
+//! `POST /heartbeat`: read at most 64 KiB, parse as JSON whatever the Content-Type says,
+//! validate, take a slot in the bounded queue, hand the heartbeat to the worker pool, answer
+//! 200 "heartbeat received". The 200 means queued (as in the original); the drain at shutdown
+//! makes sure everything queued is processed and on disk before exit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::{Addr, WeakAddr};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use chrono::Utc;
+use futures::StreamExt;
+use heartbeatd_actors::queue::{Admission, IngressQueue};
+use heartbeatd_actors::ratelimit::LogGate;
+use heartbeatd_actors::registry::RegistrySnapshot;
+use heartbeatd_actors::stats::{HeartbeatAccepted, HeartbeatRejected, Stats};
+use heartbeatd_actors::worker::{HeartbeatWorker, ProcessHeartbeat};
+use slog::{debug, info, warn, Logger};
+
+use super::ApiResponse;
+use crate::heartbeat_request::{self, RequestError, TimestampSource};
+
+/// The largest body accepted; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// At most one "unparseable timestamp" warning per this long (an agent with a broken clock
+/// format would otherwise log one line per heartbeat).
+const TIMESTAMP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a heartbeat was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    #[error("request body is larger than the limit of {MAX_BODY_BYTES} bytes")]
+    PayloadTooLarge,
+    #[error("could not read the request body: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+    #[error("worker pool is full, please retry later")]
+    QueueFull,
+    #[error("heartbeat receiver is stopped")]
+    Stopped,
+}
+
+impl ResponseError for HeartbeatError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::QueueFull | Self::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = ApiResponse::error(self.status_code(), self.to_string());
+        if matches!(self, Self::QueueFull) {
+            // Congestion is short-lived: tell agents to come back in a second.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Everything the handler needs; one per server, shared by its HTTP worker threads.
+pub struct HeartbeatIngress {
+    pub queue: Arc<IngressQueue>,
+    /// Weak, so that only the pool's own handle keeps the worker threads alive and closing it
+    /// at shutdown ends them deterministically; a failed upgrade means "stopped".
+    pub workers: WeakAddr<HeartbeatWorker>,
+    pub registry: RegistrySnapshot,
+    pub stats: Addr<Stats>,
+    /// Set when shutdown begins; from then on heartbeats get 503 "stopped".
+    pub stopping: Arc<AtomicBool>,
+    pub log: Logger,
+    timestamp_warnings: Mutex<LogGate>,
+}
+
+impl HeartbeatIngress {
+    pub fn new(
+        queue: Arc<IngressQueue>,
+        workers: WeakAddr<HeartbeatWorker>,
+        registry: RegistrySnapshot,
+        stats: Addr<Stats>,
+        stopping: Arc<AtomicBool>,
+        log: Logger,
+    ) -> Self {
+        Self {
+            queue,
+            workers,
+            registry,
+            stats,
+            stopping,
+            log,
+            timestamp_warnings: Mutex::new(LogGate::new(TIMESTAMP_WARNING_INTERVAL)),
+        }
+    }
+}
+
+pub async fn post_heartbeat(
+    req: HttpRequest,
+    payload: web::Payload,
+    ingress: web::Data<HeartbeatIngress>,
+) -> Result<HttpResponse, HeartbeatError> {
+    let result = accept(&req, payload, &ingress).await;
+    if result.is_err() {
+        ingress.stats.do_send(HeartbeatRejected);
+    }
+    result
+}
+
+async fn accept(
+    req: &HttpRequest,
+    payload: web::Payload,
+    ingress: &HeartbeatIngress,
+) -> Result<HttpResponse, HeartbeatError> {
+    let log = &ingress.log;
+    if ingress.stopping.load(Ordering::Acquire) {
+        debug!(log, "heartbeat refused: shutting down");
+        return Err(HeartbeatError::Stopped);
+    }
+    let body = read_body(req, payload).await.inspect_err(|e| {
+        warn!(log, "invalid heartbeat request"; "agent_id" => "", "reason" => %e);
+    })?;
+
+    let now = Utc::now();
+    let valid =
+        heartbeat_request::parse(&body, |id| ingress.registry.contains(id), now).map_err(|e| {
+            let agent_id = heartbeat_request::agent_id_hint(&body).unwrap_or_default();
+            warn!(log, "invalid heartbeat request"; "agent_id" => agent_id, "reason" => %e);
+            HeartbeatError::Invalid(e)
+        })?;
+    let heartbeat = valid.heartbeat;
+    if let TimestampSource::Unparseable(text) = &valid.timestamp_source {
+        let gate = ingress
+            .timestamp_warnings
+            .lock()
+            .map(|mut g| g.check(Instant::now()));
+        if let Ok(Some(suppressed)) = gate {
+            warn!(log, "heartbeat timestamp is not RFC 3339; using the server's time";
+                "agent_id" => &heartbeat.agent_id, "timestamp" => text, "similar_warnings_not_logged" => suppressed,
+                "what_to_do" => "make the agent send e.g. 2026-11-24T06:00:00Z");
+        }
+    }
+
+    let permit = match ingress.queue.try_acquire() {
+        Admission::Admitted(permit) => permit,
+        Admission::Full { first_of_episode } => {
+            if first_of_episode {
+                warn!(log, "worker queue is full; answering 503 until it drains (logged once per episode)";
+                    "agent_id" => &heartbeat.agent_id, "capacity" => ingress.queue.capacity(),
+                    "what_to_do" => "raise workers or queue_capacity, or lower the agents' heartbeat rate");
+            }
+            return Err(HeartbeatError::QueueFull);
+        }
+    };
+    if let Some(rejected) = permit.ended_full_episode() {
+        info!(log, "worker queue has room again"; "rejected_while_full" => rejected);
+    }
+    debug!(log, "heartbeat queued"; "agent_id" => &heartbeat.agent_id);
+    ingress
+        .workers
+        .upgrade()
+        .ok_or(HeartbeatError::Stopped)?
+        .try_send(ProcessHeartbeat { heartbeat, permit })
+        .map_err(|_| HeartbeatError::Stopped)?;
+    ingress.stats.do_send(HeartbeatAccepted { at: now });
+    Ok(HttpResponse::Ok().json(ApiResponse::new(true, "heartbeat received")))
+}
+
+/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`] (by `Content-Length` up front,
+/// and while streaming for chunked bodies).
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<web::BytesMut, HeartbeatError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(HeartbeatError::PayloadTooLarge);
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(512));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| HeartbeatError::Body(e.to_string()))?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(HeartbeatError::PayloadTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use actix::prelude::*;
+    use actix_web::{test, App};
+    use heartbeatd_actors::agent::AgentInfo;
+    use heartbeatd_actors::manager::Manager;
+    use heartbeatd_actors::registry::Registry;
+    use heartbeatd_actors::stats::GetStats;
+    use heartbeatd_actors::store::{self, FileMetadataStore};
+    use heartbeatd_actors::worker::WorkerPool;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    struct Fixture {
+        ingress: web::Data<HeartbeatIngress>,
+        store: Addr<FileMetadataStore>,
+        stats: Addr<Stats>,
+        _pool: WorkerPool,
+        _dir: tempfile::TempDir,
+    }
+
+    /// The real actors with one worker and a queue of `capacity`.
+    fn fixture(capacity: usize) -> Fixture {
+        let quiet = Logger::root(slog::Discard, slog::o!());
+        let dir = tempfile::tempdir().unwrap();
+        let opened = FileMetadataStore::open(dir.path(), quiet.clone()).unwrap();
+        let store = SyncArbiter::start(1, move || opened.clone());
+        let registry = Registry::new([AgentInfo {
+            id: "a".into(),
+            name: String::new(),
+            agent_type: String::new(),
+        }])
+        .unwrap();
+        let view = registry.snapshot();
+        let queue = IngressQueue::new(capacity);
+        let stats = Stats::new(1, queue.clone(), view.clone()).start();
+        let manager = Manager::new(
+            10,
+            Vec::new(),
+            registry.start(),
+            view.clone(),
+            store.clone(),
+            quiet.clone(),
+        )
+        .start();
+        let pool = WorkerPool::start(1, manager, stats.clone(), quiet.clone());
+        let ingress = web::Data::new(HeartbeatIngress::new(
+            queue,
+            pool.weak_addr(),
+            view,
+            stats.clone(),
+            Arc::new(AtomicBool::new(false)),
+            quiet,
+        ));
+        Fixture {
+            ingress,
+            store,
+            stats,
+            _pool: pool,
+            _dir: dir,
+        }
+    }
+
+    async fn post(f: &Fixture) -> (StatusCode, Option<String>, Value) {
+        let app = test::init_service(
+            App::new()
+                .app_data(f.ingress.clone())
+                .route("/heartbeat", web::post().to(post_heartbeat)),
+        )
+        .await;
+        let req = test::TestRequest::post()
+            .uri("/heartbeat")
+            .set_payload(json!({"agent_id": "a", "pid": 1, "cpu": 1.0, "memory": 1}).to_string())
+            .to_request();
+        let resp = test::call_service(&app, req).await;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = test::read_body_json(resp).await;
+        (status, retry_after, body)
+    }
+
+    async fn wait_processed(f: &Fixture, n: u64) {
+        for _ in 0..1000 {
+            if f.stats.send(GetStats).await.unwrap().total_processed >= n {
+                return;
+            }
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{n} heartbeats were not processed");
+    }
+
+    #[actix_rt::test]
+    async fn a_full_queue_answers_503_with_retry_after_until_the_worker_is_free() {
+        // Arrange: one heartbeat so the agent has a file, then block the store's only thread.
+        let f = fixture(1);
+        assert_eq!(post(&f).await.0, StatusCode::OK);
+        wait_processed(&f, 1).await;
+        let (release, blocked) = mpsc::channel::<()>();
+        let blocker = f.store.send(store::Update {
+            id: "a".into(),
+            change: Box::new(move |_| {
+                let _ = blocked.recv();
+            }),
+        });
+
+        // Act: the next heartbeat takes the only slot and its worker blocks on the store ...
+        let (first, _, _) = post(&f).await;
+        let (second, retry_after, body) = post(&f).await;
+
+        // Assert
+        assert_eq!(first, StatusCode::OK);
+        assert_eq!(second, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert_eq!(body["message"], "worker pool is full, please retry later");
+        assert_eq!(body["success"], false);
+        assert_eq!(f.ingress.queue.depth(), 1);
+
+        // ... and once the worker is free again, the queue has room.
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        wait_processed(&f, 2).await;
+        assert_eq!(post(&f).await.0, StatusCode::OK);
+        wait_processed(&f, 3).await;
+        let report = f.stats.send(GetStats).await.unwrap();
+        assert_eq!((report.total_received, report.total_rejected), (3, 1));
+    }
+
+    #[actix_rt::test]
+    async fn once_stopping_heartbeats_get_503_stopped() {
+        let f = fixture(10);
+        f.ingress.stopping.store(true, Ordering::Release);
+        let (status, retry_after, body) = post(&f).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after, None);
+        assert_eq!(body["message"], "heartbeat receiver is stopped");
+        assert_eq!(f.ingress.queue.depth(), 0, "nothing was queued");
+    }
+}

@@ -1,0 +1,42 @@
+//! The HTTP endpoints. Every answer, success or error, has the seed's body shape
+//! `{success, message, timestamp}` ([`ApiResponse`]); each endpoint has its own error enum
+//! that maps to a status code.
+//!
+//! | route | module |
+//! |---|---|
+//! | `POST /heartbeat` | [`heartbeat`] |
+//! | `GET /heartbeat/stats` | [`stats`] |
+//! | anything else (404), wrong method (405), body over 64 KiB (413) | [`fallback`] |
+
+pub mod fallback;
+pub mod heartbeat;
+pub mod stats;
+
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use chrono::{SecondsFormat, Utc};
+use serde::Serialize;
+
+/// The body of every answer of `POST /heartbeat` and of every error.
+#[derive(Debug, Serialize)]
+pub struct ApiResponse {
+    pub success: bool,
+    pub message: String,
+    /// Server time, RFC 3339.
+    pub timestamp: String,
+}
+
+impl ApiResponse {
+    pub fn new(success: bool, message: impl Into<String>) -> Self {
+        Self {
+            success,
+            message: message.into(),
+            timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+        }
+    }
+
+    /// An error answer with `status`.
+    pub fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+        HttpResponse::build(status).json(Self::new(false, message))
+    }
+}

@@ -1,0 +1,461 @@
+//! Typed settings, layered: built-in defaults → TOML file → `HEARTBEATD_<KEY>` environment
+//! variables → command-line flags. Anything wrong is a [`SettingsError`] that names the key
+//! and where it came from; the daemon then exits 2 without starting.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use heartbeatd_actors::agent::{is_valid_agent_id, AgentInfo};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override keys.
+pub const ENV_PREFIX: &str = "HEARTBEATD_";
+
+/// The keys an environment variable may set (every scalar key; `agents` only comes from files).
+pub const ENV_KEYS: [&str; 10] = [
+    "http_port",
+    "http_bind",
+    "workers",
+    "queue_capacity",
+    "data_dir",
+    "history_len",
+    "log_level",
+    "log_format",
+    "shutdown_timeout_s",
+    "http_workers",
+];
+
+/// The daemon's whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TCP port of the HTTP server; 0 starts no HTTP server (as in the original).
+    #[serde(default)]
+    pub http_port: u16,
+    /// IP address the HTTP server binds to (checked by [`Settings::bind_ip`]).
+    #[serde(default = "default_http_bind")]
+    pub http_bind: String,
+    /// Threads of the actix-web server that parse and validate requests.
+    #[serde(default = "default_http_workers")]
+    pub http_workers: usize,
+    /// Threads of the heartbeat worker pool.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Heartbeats accepted but not yet processed, at most; beyond it `POST /heartbeat`
+    /// answers 503. Default `workers × 10`.
+    #[serde(default)]
+    pub queue_capacity: Option<usize>,
+    /// Where agent state lives (`<data_dir>/agents/<id>.json`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Resource-history points kept per agent.
+    #[serde(default = "default_history_len")]
+    pub history_len: usize,
+    #[serde(default)]
+    pub log_level: LogLevel,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// How long a graceful stop may take before heartbeatd gives up and exits 1.
+    #[serde(default = "default_shutdown_timeout_s")]
+    pub shutdown_timeout_s: u64,
+    /// The agents allowed to report.
+    #[serde(default)]
+    pub agents: Vec<AgentSettings>,
+}
+
+/// One `[[agents]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub agent_type: String,
+}
+
+impl From<&AgentSettings> for AgentInfo {
+    fn from(a: &AgentSettings) -> Self {
+        AgentInfo {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            agent_type: a.agent_type.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal or journald.
+    #[default]
+    Term,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        Ok(match value.as_str() {
+            "trace" => Self::Trace,
+            "debug" => Self::Debug,
+            "info" => Self::Info,
+            "warn" | "warning" => Self::Warn,
+            "error" => Self::Error,
+            "critical" => Self::Critical,
+            _ => {
+                return Err(format!(
+                    "log_level: {value:?} is not one of trace, debug, info, warn, error, critical"
+                ))
+            }
+        })
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "term" => Ok(Self::Term),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("log_format: {value:?} is not one of term, json")),
+        }
+    }
+}
+
+fn default_http_bind() -> String {
+    Ipv4Addr::LOCALHOST.to_string()
+}
+fn default_http_workers() -> usize {
+    1
+}
+fn default_workers() -> usize {
+    10
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_history_len() -> usize {
+    1440
+}
+fn default_shutdown_timeout_s() -> u64 {
+    30
+}
+
+impl Settings {
+    /// The effective queue capacity.
+    pub fn queue_capacity(&self) -> usize {
+        self.queue_capacity
+            .unwrap_or(self.workers.saturating_mul(10))
+    }
+
+    /// The settings with every default filled in, as `check-config` prints them.
+    pub fn effective(&self) -> Self {
+        Self {
+            queue_capacity: Some(self.queue_capacity()),
+            ..self.clone()
+        }
+    }
+
+    /// The bind address; validated at load, so a loaded `Settings` always has one.
+    pub fn bind_ip(&self) -> Result<IpAddr, String> {
+        self.http_bind.parse().map_err(|_| {
+            format!(
+                "http_bind: {:?} is not an IP address (e.g. 127.0.0.1, 0.0.0.0 or ::1)",
+                self.http_bind
+            )
+        })
+    }
+
+    pub fn agent_infos(&self) -> Vec<AgentInfo> {
+        self.agents.iter().map(AgentInfo::from).collect()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let at_least_one = [
+            ("workers", self.workers),
+            ("http_workers", self.http_workers),
+            ("history_len", self.history_len),
+            ("queue_capacity", self.queue_capacity()),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return Err(format!("{key}: must be at least 1, got 0"));
+            }
+        }
+        self.bind_ip()?;
+        if self.shutdown_timeout_s == 0 {
+            return Err("shutdown_timeout_s: must be at least 1, got 0".into());
+        }
+        let mut seen = HashSet::new();
+        for (i, agent) in self.agents.iter().enumerate() {
+            if !is_valid_agent_id(&agent.id) {
+                return Err(format!(
+                    "agents[{i}].id: {:?} is not a valid agent id (1 to 128 characters from A-Z a-z 0-9 . _ -)",
+                    agent.id
+                ));
+            }
+            if !seen.insert(agent.id.as_str()) {
+                return Err(format!("agents[{i}].id: duplicate agent id {:?}", agent.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub http_port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A configuration that cannot be used. Printed as is; exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error in {origin}: {message}")]
+pub struct SettingsError {
+    /// The file, or "built-in defaults" when no file was given; env overrides are named too.
+    pub origin: String,
+    pub message: String,
+}
+
+/// Settings plus what the loader noticed but did not refuse.
+#[derive(Debug)]
+pub struct Loaded {
+    pub settings: Settings,
+    /// `HEARTBEATD_*` variables that name no key; logged as warnings once logging is up.
+    pub ignored_env: Vec<String>,
+    /// `HEARTBEATD_*` variables that were applied.
+    pub applied_env: Vec<String>,
+}
+
+/// Builds the settings from `file` (if any), the given environment, and `overrides`.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<Loaded, SettingsError> {
+    let mut origin = match file {
+        Some(path) => path.display().to_string(),
+        None => "built-in defaults".to_owned(),
+    };
+    let fail = |origin: &str, message: String| SettingsError {
+        origin: origin.to_owned(),
+        message,
+    };
+
+    let mut builder = config::Config::builder();
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(fail(
+                &origin,
+                "the file does not exist or is not a regular file".into(),
+            ));
+        }
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+    }
+
+    let mut applied_env = Vec::new();
+    let mut ignored_env = Vec::new();
+    let mut env: Vec<_> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    env.sort();
+    for (name, value) in env {
+        let key = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        if ENV_KEYS.contains(&key.as_str()) {
+            builder = builder
+                .set_override(key.as_str(), value)
+                .map_err(|e| fail(&origin, e.to_string()))?;
+            applied_env.push(name);
+        } else {
+            ignored_env.push(name);
+        }
+    }
+    if let Some(port) = overrides.http_port {
+        builder = builder
+            .set_override("http_port", i64::from(port))
+            .map_err(|e| fail(&origin, e.to_string()))?;
+    }
+    if let Some(dir) = &overrides.data_dir {
+        builder = builder
+            .set_override("data_dir", dir.display().to_string())
+            .map_err(|e| fail(&origin, e.to_string()))?;
+    }
+    if !applied_env.is_empty() {
+        origin = format!("{origin} (with {})", applied_env.join(", "));
+    }
+
+    let settings: Settings = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| fail(&origin, clean_config_message(&e.to_string())))?;
+    settings.validate().map_err(|m| fail(&origin, m))?;
+    Ok(Loaded {
+        settings,
+        ignored_env,
+        applied_env,
+    })
+}
+
+/// The config crate appends the file path to some messages; ours already leads with it.
+fn clean_config_message(message: &str) -> String {
+    match message.find(" in ") {
+        Some(at) if message[at..].contains('/') || message[at..].contains(".toml") => {
+            message[..at].to_owned()
+        }
+        _ => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_config(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    fn load_text(text: &str) -> Result<Loaded, SettingsError> {
+        let file = write_config(text);
+        load(Some(file.path()), Vec::new(), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let s = load(None, Vec::new(), &Overrides::default())
+            .unwrap()
+            .settings;
+        assert_eq!(s.http_port, 0);
+        assert_eq!(s.http_bind, "127.0.0.1");
+        assert_eq!(s.workers, 10);
+        assert_eq!(s.queue_capacity(), 100);
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.history_len, 1440);
+        assert_eq!(s.log_level, LogLevel::Info);
+        assert_eq!(s.log_format, LogFormat::Term);
+        assert_eq!(s.shutdown_timeout_s, 30);
+        assert_eq!(s.http_workers, 1);
+        assert!(s.agents.is_empty());
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let file = write_config("http_port = 1000\nworkers = 4\ndata_dir = \"/from/file\"\n");
+        let env = vec![
+            ("HEARTBEATD_HTTP_PORT".to_owned(), "2000".to_owned()),
+            ("HEARTBEATD_WORKERS".to_owned(), "6".to_owned()),
+            ("HEARTBEATD_NO_SUCH_KEY".to_owned(), "x".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let overrides = Overrides {
+            http_port: Some(3000),
+            data_dir: None,
+        };
+        let loaded = load(Some(file.path()), env, &overrides).unwrap();
+        assert_eq!(
+            loaded.settings.http_port, 3000,
+            "flag wins over env and file"
+        );
+        assert_eq!(loaded.settings.workers, 6, "env wins over file");
+        assert_eq!(
+            loaded.settings.queue_capacity(),
+            60,
+            "capacity follows workers"
+        );
+        assert_eq!(loaded.settings.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(loaded.ignored_env, ["HEARTBEATD_NO_SUCH_KEY"]);
+    }
+
+    #[test]
+    fn agents_are_read_from_the_file() {
+        let s = load_text("[[agents]]\nid = \"a-1\"\nname = \"A\"\ntype = \"filebeat\"\n\n[[agents]]\nid = \"b\"\n")
+            .unwrap()
+            .settings;
+        assert_eq!(s.agents.len(), 2);
+        assert_eq!(s.agents[0].agent_type, "filebeat");
+        assert_eq!(s.agents[1].name, "");
+    }
+
+    #[test]
+    fn bad_configurations_name_the_key() {
+        let cases = [
+            ("htp_port = 1", "htp_port"),
+            ("workers = \"ten\"", "workers"),
+            ("workers = 0", "workers"),
+            ("queue_capacity = 0", "queue_capacity"),
+            ("history_len = 0", "history_len"),
+            ("http_port = 70000", "http_port"),
+            ("http_bind = \"not-an-ip\"", "http_bind"),
+            ("log_level = \"loud\"", "log_level"),
+            ("log_format = \"xml\"", "log_format"),
+            ("shutdown_timeout_s = 0", "shutdown_timeout_s"),
+            (
+                "[[agents]]\nid = \"a\"\n[[agents]]\nid = \"a\"",
+                "agents[1].id",
+            ),
+            ("[[agents]]\nid = \"a/b\"", "agents[0].id"),
+            ("[[agents]]\nid = \"\"", "agents[0].id"),
+            ("[[agents]]\nname = \"no id\"", "id"),
+            ("[[agents]]\nid = \"a\"\ncolour = \"red\"", "colour"),
+            ("http_port = ", "http_port"),
+        ];
+        for (text, key) in cases {
+            let err = load_text(text)
+                .err()
+                .unwrap_or_else(|| panic!("{text:?} must be refused"));
+            let message = err.to_string();
+            assert!(
+                message.contains(key),
+                "{text:?}: {message:?} does not name {key}"
+            );
+            assert!(
+                message.contains(".toml"),
+                "{text:?}: {message:?} does not name the file"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        let env = vec![("HEARTBEATD_WORKERS".to_owned(), "many".to_owned())];
+        let err = load(None, env, &Overrides::default()).err().unwrap();
+        let message = err.to_string();
+        assert!(
+            message.contains("HEARTBEATD_WORKERS") && message.contains("workers"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = load(
+            Some(Path::new("/no/such/file.toml")),
+            Vec::new(),
+            &Overrides::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("/no/such/file.toml"), "{err}");
+    }
+}

@@ -1,0 +1,204 @@
+//! Stop signals and the graceful drain.
+//!
+//! SIGTERM and SIGINT both stop gracefully, in this order:
+//! 1. new heartbeats get 503 "heartbeat receiver is stopped";
+//! 2. the HTTP server stops (open requests finish, for at most 5 s);
+//! 3. the queue drains: every heartbeat that was answered 200 is processed and saved;
+//! 4. the pool's address is dropped and the worker threads are waited for;
+//! 5. the Manager writes again any agent whose save had failed, and the Store flushes.
+//!
+//! Steps 2–5 share one deadline, `shutdown_timeout_s`; past it heartbeatd says what is left
+//! and exits 1. A second signal during the drain exits at once (exit 1), for an operator who
+//! chooses speed over the queue.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use actix_rt::signal::unix::{signal, Signal, SignalKind};
+use futures::future::{self, Either};
+use heartbeatd_actors::manager;
+use heartbeatd_actors::stats::{GetStats, Stats};
+use slog::{error, info, Logger};
+
+use crate::startup::Application;
+
+/// How often the drain looks at the queue depth.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// The stop signals heartbeatd listens for.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    pub fn install() -> io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT and names it.
+    pub async fn recv(&mut self) -> &'static str {
+        let term = Box::pin(self.term.recv());
+        let int = Box::pin(self.int.recv());
+        match future::select(term, int).await {
+            Either::Left(_) => "SIGTERM",
+            Either::Right(_) => "SIGINT",
+        }
+    }
+}
+
+/// How the daemon ended; decides the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Everything accepted was processed and is on disk: exit 0.
+    Clean,
+    /// The deadline passed, the flush failed, or the HTTP server failed: exit 1.
+    Incomplete,
+}
+
+impl DrainOutcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Clean => 0,
+            Self::Incomplete => 1,
+        }
+    }
+}
+
+/// Serves until a stop signal (or an HTTP server failure), then drains.
+pub async fn run(app: Application) -> DrainOutcome {
+    let Application {
+        settings,
+        log,
+        server,
+        mut signals,
+        pool,
+        manager,
+        manager_arbiter,
+        stats,
+        queue,
+        stopping,
+        ..
+    } = app;
+    let server_handle = server.as_ref().map(|s| s.handle());
+    let mut server_task = server.map(actix_rt::spawn);
+
+    let mut server_failed = false;
+    let signal_name = match server_task.as_mut() {
+        None => signals.recv().await,
+        Some(task) => match future::select(Box::pin(signals.recv()), task).await {
+            Either::Left((name, _)) => name,
+            Either::Right((result, _)) => {
+                error!(log, "the HTTP server stopped on its own; shutting down"; "result" => ?result.map(|r| r.err()));
+                server_failed = true;
+                server_task = None;
+                "none (HTTP server failure)"
+            }
+        },
+    };
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(settings.shutdown_timeout_s);
+    stopping.store(true, std::sync::atomic::Ordering::Release);
+    info!(log, "stopping gracefully: new heartbeats get 503, queued ones are finished";
+        "signal" => signal_name, "queued" => queue.depth(), "shutdown_timeout_s" => settings.shutdown_timeout_s,
+        "to_exit_at_once" => "send the signal again");
+    let finished_before = finished(&stats).await;
+    let force_log = log.clone();
+    let force = actix_rt::spawn(async move {
+        let name = signals.recv().await;
+        // The async logger may not get to write this before exit, so say it directly too.
+        eprintln!(
+            "heartbeatd: second stop signal ({name}): exiting now without finishing the queue"
+        );
+        slog::crit!(force_log, "second stop signal: exiting now without finishing the queue"; "signal" => name);
+        std::process::exit(1);
+    });
+
+    if let Some(handle) = server_handle {
+        handle.stop(true).await;
+    }
+    if let Some(task) = server_task {
+        let _ = task.await;
+    }
+
+    while queue.depth() > 0 && Instant::now() < deadline {
+        actix_rt::time::sleep(DRAIN_POLL).await;
+    }
+    let workers_running = pool.close().wait(deadline).await;
+    let unprocessed = queue.depth();
+
+    let remaining = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    let flush = match actix_rt::time::timeout(remaining, manager.send(manager::Flush)).await {
+        Ok(Ok(Ok(rewritten))) => Ok(rewritten),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(_)) => Err("the manager is not running".to_owned()),
+        Err(_) => Err("timed out".to_owned()),
+    };
+    let drained = finished(&stats).await.saturating_sub(finished_before);
+    force.abort();
+    manager_arbiter.stop();
+
+    report(
+        &log,
+        started,
+        drained,
+        unprocessed,
+        workers_running,
+        flush,
+        server_failed,
+        settings.shutdown_timeout_s,
+    )
+}
+
+/// Heartbeats the workers have finished, successfully or not.
+async fn finished(stats: &actix::Addr<Stats>) -> u64 {
+    stats
+        .send(GetStats)
+        .await
+        .map(|r| r.total_processed + r.total_errors)
+        .unwrap_or(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    log: &Logger,
+    started: Instant,
+    drained: u64,
+    unprocessed: usize,
+    workers_running: usize,
+    flush: Result<usize, String>,
+    server_failed: bool,
+    shutdown_timeout_s: u64,
+) -> DrainOutcome {
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match flush {
+        Ok(rewritten) if unprocessed == 0 && workers_running == 0 => {
+            info!(log, "stopped: every accepted heartbeat is processed and on disk";
+                "drained" => drained, "rewritten_after_failed_saves" => rewritten, "elapsed_ms" => elapsed_ms);
+            if server_failed {
+                DrainOutcome::Incomplete
+            } else {
+                DrainOutcome::Clean
+            }
+        }
+        Ok(_) => {
+            error!(log, "shutdown_timeout_s exceeded: stopping with heartbeats not processed";
+                "unprocessed" => unprocessed, "workers_still_running" => workers_running, "drained" => drained,
+                "shutdown_timeout_s" => shutdown_timeout_s, "elapsed_ms" => elapsed_ms,
+                "what_to_do" => "check the disk under data_dir (slow or failing), or raise shutdown_timeout_s");
+            DrainOutcome::Incomplete
+        }
+        Err(e) => {
+            error!(log, "could not flush agent state at shutdown: some state may not be on disk";
+                "error" => e, "unprocessed" => unprocessed, "drained" => drained, "elapsed_ms" => elapsed_ms,
+                "what_to_do" => "check free space and permissions of data_dir");
+            DrainOutcome::Incomplete
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! `Application::build`: opens the data directory, loads the agents' state, starts the actors,
+//! binds the listener, and builds the HTTP server. [`Application::run_until_stopped`] serves
+//! until SIGTERM or SIGINT and then drains (see [`crate::shutdown`]).
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use heartbeatd_actors::manager::Manager;
+use heartbeatd_actors::queue::IngressQueue;
+use heartbeatd_actors::registry::{Registry, RegistryError};
+use heartbeatd_actors::stats::Stats;
+use heartbeatd_actors::store::{FileMetadataStore, StoreError};
+use heartbeatd_actors::worker::WorkerPool;
+use slog::{info, o, warn, Logger};
+
+use crate::routes::heartbeat::{post_heartbeat, HeartbeatIngress};
+use crate::routes::{fallback, stats};
+use crate::settings::Settings;
+use crate::shutdown::{self, DrainOutcome, Signals};
+
+/// At most this long is given to open HTTP connections after a stop signal; the rest of
+/// `shutdown_timeout_s` is for the queue.
+const MAX_HTTP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not start (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("data_dir is not usable: {0}. Create it or fix its permissions, or point data_dir / --data-dir / HEARTBEATD_DATA_DIR elsewhere")]
+    DataDir(#[source] StoreError),
+    #[error("could not load agent state: {0}")]
+    Load(#[source] StoreError),
+    #[error("could not listen on {addr}: {source}. Is another process using the port? Choose another http_port / --http-port")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start the HTTP server: {0}")]
+    Http(#[source] std::io::Error),
+    #[error("could not install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("invalid agent list: {0}")]
+    Registry(#[from] RegistryError),
+}
+
+/// A built daemon, ready to serve.
+pub struct Application {
+    pub(crate) settings: Settings,
+    pub(crate) log: Logger,
+    pub(crate) server: Option<Server>,
+    local_addr: Option<SocketAddr>,
+    pub(crate) signals: Signals,
+    pub(crate) pool: WorkerPool,
+    pub(crate) manager: Addr<Manager>,
+    pub(crate) manager_arbiter: Arbiter,
+    pub(crate) stats: Addr<Stats>,
+    pub(crate) queue: Arc<IngressQueue>,
+    pub(crate) stopping: Arc<AtomicBool>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, log: Logger) -> Result<Self, StartupError> {
+        // Signal handlers first: a SIGTERM during start-up then stops us gracefully too.
+        let signals = Signals::install().map_err(StartupError::Signals)?;
+
+        let store_log = log.new(o!("actor" => "store"));
+        let store = FileMetadataStore::open(&settings.data_dir, store_log)
+            .map_err(StartupError::DataDir)?;
+        let loaded = store.load_all().map_err(StartupError::Load)?;
+        if loaded.corrupt_files > 0 || loaded.temp_files_removed > 0 {
+            warn!(log, "agent state loaded with repairs";
+                "corrupt_files_moved_aside" => loaded.corrupt_files, "temp_files_removed" => loaded.temp_files_removed);
+        }
+        let store = SyncArbiter::start(1, move || store.clone());
+
+        let registry = Registry::new(settings.agent_infos())?;
+        let registry_view = registry.snapshot();
+        let registry = registry.start();
+
+        let queue = IngressQueue::new(settings.queue_capacity());
+        let stats = Stats::new(settings.workers, Arc::clone(&queue), registry_view.clone()).start();
+
+        // The Manager gets a thread of its own so its work never competes with the timers and
+        // the SyncArbiter forwarding on the main arbiter.
+        let manager_arbiter = Arbiter::new();
+        let agents_with_state;
+        let manager = {
+            let (history_len, view, log) = (
+                settings.history_len,
+                registry_view.clone(),
+                log.new(o!("actor" => "manager")),
+            );
+            let agents = loaded.agents;
+            agents_with_state = agents.len();
+            Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| {
+                Manager::new(history_len, agents, registry, view, store, log)
+            })
+        };
+        let pool = WorkerPool::start(
+            settings.workers,
+            manager.clone(),
+            stats.clone(),
+            log.new(o!("actor" => "worker")),
+        );
+        let stopping = Arc::new(AtomicBool::new(false));
+
+        let (server, local_addr) = if settings.http_port == 0 {
+            warn!(log, "http_port is 0: no HTTP server is started and no heartbeat can be received";
+                "what_to_do" => "set http_port in the config file, HEARTBEATD_HTTP_PORT, or --http-port");
+            (None, None)
+        } else {
+            let bind_ip = settings
+                .bind_ip()
+                .expect("validated when the settings were loaded");
+            let addr = SocketAddr::new(bind_ip, settings.http_port);
+            let listener =
+                TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
+            let local_addr = listener.local_addr().map_err(StartupError::Http)?;
+            let ingress = web::Data::new(HeartbeatIngress::new(
+                Arc::clone(&queue),
+                pool.weak_addr(),
+                registry_view.clone(),
+                stats.clone(),
+                Arc::clone(&stopping),
+                log.new(o!("actor" => "http")),
+            ));
+            let stats_data = web::Data::new(stats.clone());
+            let grace = Duration::from_secs(settings.shutdown_timeout_s).min(MAX_HTTP_GRACE);
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(ingress.clone())
+                    .app_data(stats_data.clone())
+                    .service(
+                        web::resource("/heartbeat")
+                            .route(web::post().to(post_heartbeat))
+                            .default_service(web::to(fallback::expected_post)),
+                    )
+                    .service(
+                        web::resource("/heartbeat/stats")
+                            .route(web::get().to(stats::get_stats))
+                            .default_service(web::to(fallback::expected_get)),
+                    )
+                    .default_service(web::to(fallback::not_found))
+            })
+            .workers(settings.http_workers)
+            .disable_signals()
+            .shutdown_timeout(grace.as_secs())
+            .listen(listener)
+            .map_err(StartupError::Http)?
+            .run();
+            (Some(server), Some(local_addr))
+        };
+
+        info!(log, "heartbeatd started";
+            "version" => env!("CARGO_PKG_VERSION"),
+            "bind" => local_addr.map_or_else(|| "none (http_port = 0)".to_owned(), |a| a.to_string()),
+            "workers" => settings.workers, "queue_capacity" => settings.queue_capacity(),
+            "http_workers" => settings.http_workers, "data_dir" => %settings.data_dir.display(),
+            "agents" => registry_view.len(), "agents_with_state" => agents_with_state,
+            "history_len" => settings.history_len);
+
+        Ok(Self {
+            settings,
+            log,
+            server,
+            local_addr,
+            signals,
+            pool,
+            manager,
+            manager_arbiter,
+            stats,
+            queue,
+            stopping,
+        })
+    }
+
+    /// The bound port, if an HTTP server was started (useful with `http_port` chosen by a test).
+    pub fn port(&self) -> Option<u16> {
+        self.local_addr.map(|a| a.port())
+    }
+
+    /// Serves until a stop signal, then drains. See [`shutdown::run`].
+    pub async fn run_until_stopped(self) -> DrainOutcome {
+        shutdown::run(self).await
+    }
+}
