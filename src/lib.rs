@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod heartbeat_request;
+pub mod load;
 pub mod routes;
 pub mod settings;
 pub mod shutdown;
