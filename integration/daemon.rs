@@ -250,6 +250,30 @@ pub fn agent_file(data_dir: &Path, id: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()))
 }
 
+/// One agent's history records on disk (`history/<id>.log`), oldest first, the way heartbeatd
+/// reads them: damaged lines skipped, a record whose number does not rise dropped as a
+/// duplicate. Panics on a damaged line: tests expect none.
+pub fn history_on_disk(data_dir: &Path, id: &str) -> Vec<Value> {
+    let path = data_dir.join("history").join(format!("{id}.log"));
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("{}: {e}", path.display()),
+    };
+    let mut records: Vec<Value> = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let record: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
+        if records
+            .last()
+            .is_none_or(|prev| record["n"].as_u64() > prev["n"].as_u64())
+        {
+            records.push(record);
+        }
+    }
+    records
+}
+
 /// A valid heartbeat body for `agent_id`.
 pub fn heartbeat(agent_id: &str, memory: u64) -> Value {
     serde_json::json!({"agent_id": agent_id, "pid": 4242, "status": "running", "cpu": 5.5, "memory": memory})

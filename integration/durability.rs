@@ -1,8 +1,11 @@
-//! State on disk survives restarts; damaged files are set aside, not fatal.
+//! State on disk survives restarts; damaged files are set aside, not fatal; the timed flush
+//! writes without a stop.
 
 use std::fs;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use crate::daemon::{agent_file, heartbeat, Daemon, AGENTS};
+use crate::daemon::{agent_file, heartbeat, history_on_disk, Daemon, AGENTS};
 
 #[test]
 fn a_restart_keeps_last_heartbeat_and_history() {
@@ -16,20 +19,19 @@ fn a_restart_keeps_last_heartbeat_and_history() {
     let dir = first.dir.clone();
 
     // Act: start again on the same data directory and send one more.
-    let second = Daemon::start_in(&dir, AGENTS);
+    let mut second = Daemon::start_in(&dir, AGENTS);
     assert_eq!(second.post_heartbeat(&heartbeat("agent-1", 5)).status, 200);
     second.wait_processed(1);
+    assert_eq!(second.stop_with("TERM").code(), Some(0));
 
-    // Assert: the new heartbeat was added to the loaded history, not to a fresh one.
+    // Assert: the new heartbeat continues the loaded state and history, not a fresh one.
     let saved = agent_file(&second.data_dir(), "agent-1");
-    let memories: Vec<u64> = saved["history"]
-        .as_array()
-        .unwrap()
+    assert_eq!(saved["heartbeat_count"], 6);
+    let memories: Vec<u64> = history_on_disk(&second.data_dir(), "agent-1")
         .iter()
-        .map(|p| p["memory"].as_u64().unwrap())
+        .map(|p| p["m"].as_u64().unwrap())
         .collect();
     assert_eq!(memories, [0, 1, 2, 3, 4, 5]);
-    assert_eq!(saved["heartbeat_count"], 6);
     assert!(
         second.log().contains("agents_with_state: 1"),
         "{}",
@@ -39,42 +41,83 @@ fn a_restart_keeps_last_heartbeat_and_history() {
 
 #[test]
 fn a_corrupt_agent_file_is_moved_aside_and_the_daemon_starts() {
-    // Arrange: a torn file where agent-1's state should be.
+    // Arrange: a torn file where agent-1's state should be, and leftover temp files.
     let dir = tempfile::tempdir().unwrap();
-    let agents = dir.path().join("data").join("agents");
-    fs::create_dir_all(&agents).unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir_all(data.join("agents")).unwrap();
+    fs::create_dir_all(data.join("history")).unwrap();
     fs::write(
-        agents.join("agent-1.json"),
-        b"{\"format_version\":1,\"id\":\"agent-1\",\"hist",
+        data.join("agents/agent-1.json"),
+        b"{\"format_version\":2,\"id\":\"agent-1\",\"hea",
     )
     .unwrap();
-    fs::write(agents.join(".agent-2.json.tmp-deadbeef"), b"half a write").unwrap();
+    fs::write(
+        data.join("agents/.agent-2.json.tmp-deadbeef"),
+        b"half a write",
+    )
+    .unwrap();
+    fs::write(
+        data.join("history/.agent-2.log.tmp-deadbeef"),
+        b"half a write",
+    )
+    .unwrap();
 
     // Act
-    let daemon = Daemon::start_in(dir.path(), AGENTS);
+    let daemon = Daemon::start_in(dir.path(), &format!("flush_interval_ms = 0\n{AGENTS}"));
     assert_eq!(daemon.post_heartbeat(&heartbeat("agent-1", 1)).status, 200);
     daemon.wait_processed(1);
 
     // Assert
-    let names: Vec<String> = fs::read_dir(&agents)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert!(
-        names.iter().any(|n| n.starts_with("agent-1.json.corrupt-")),
-        "{names:?}"
-    );
-    assert!(
-        !names.iter().any(|n| n.contains(".tmp-")),
-        "temp file removed: {names:?}"
-    );
-    assert_eq!(
-        agent_file(&daemon.data_dir(), "agent-1")["history"]
-            .as_array()
+    let names = |sub: &str| -> Vec<String> {
+        fs::read_dir(data.join(sub))
             .unwrap()
-            .len(),
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    let agents = names("agents");
+    assert!(
+        agents
+            .iter()
+            .any(|n| n.starts_with("agent-1.json.corrupt-")),
+        "{agents:?}"
+    );
+    for sub in ["agents", "history"] {
+        assert!(
+            !names(sub).iter().any(|n| n.contains(".tmp-")),
+            "temp files removed from {sub}"
+        );
+    }
+    assert_eq!(
+        agent_file(&daemon.data_dir(), "agent-1")["heartbeat_count"],
         1
     );
     let log = daemon.log();
     assert!(log.contains("ERRO") && log.contains("moved aside"), "{log}");
+}
+
+#[test]
+fn the_timed_flush_writes_state_and_history_without_a_stop() {
+    // Arrange
+    let daemon = Daemon::start(&format!("flush_interval_ms = 200\n{AGENTS}"));
+
+    // Act
+    for n in 0..3 {
+        assert_eq!(daemon.post_heartbeat(&heartbeat("agent-2", n)).status, 200);
+    }
+    daemon.wait_processed(3);
+
+    // Assert: within a few intervals both files are there, with no stop to force them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while history_on_disk(&daemon.data_dir(), "agent-2").len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "history not flushed:\n{}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        agent_file(&daemon.data_dir(), "agent-2")["heartbeat_count"],
+        3
+    );
 }

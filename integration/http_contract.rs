@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::daemon::{agent_file, heartbeat, Daemon, AGENTS};
+use crate::daemon::{agent_file, heartbeat, history_on_disk, Daemon, AGENTS};
 
 fn assert_body_shape(body: &Value, success: bool) {
     assert_eq!(body["success"], success, "{body}");
@@ -27,8 +27,8 @@ fn chrono_like_rfc3339(ts: &str) -> bool {
 
 #[test]
 fn a_heartbeat_is_accepted_counted_and_saved() {
-    // Arrange
-    let daemon = Daemon::start(AGENTS);
+    // Arrange: write-through, so "processed" means "on disk".
+    let daemon = Daemon::start(&format!("flush_interval_ms = 0\n{AGENTS}"));
 
     // Act: sent as text/plain, as `curl -d` and some agents do; parsed as JSON anyway.
     let reply = daemon.post_heartbeat(&json!({
@@ -57,8 +57,11 @@ fn a_heartbeat_is_accepted_counted_and_saved() {
     assert_eq!(saved["last_heartbeat"], "2026-11-24T06:00:00Z");
     assert_eq!(saved["pid"], 1234);
     assert_eq!(saved["name"], "Agent one");
-    assert_eq!(saved["history"].as_array().unwrap().len(), 1);
-    assert_eq!(saved["history"][0]["memory"], 104857600);
+    assert_eq!(saved["heartbeat_count"], 1);
+    let history = history_on_disk(&daemon.data_dir(), "agent-1");
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["m"], 104857600);
+    assert_eq!(history[0]["c"], 12.5);
 }
 
 #[test]

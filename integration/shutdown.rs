@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
-use crate::daemon::{agent_file, heartbeat, http, Daemon};
+use crate::daemon::{heartbeat, history_on_disk, http, Daemon};
 
 const AGENT_COUNT: usize = 10;
 
@@ -63,20 +63,7 @@ fn burst(port: u16, target: u64) -> u64 {
 
 fn history_points_on_disk(daemon: &Daemon) -> u64 {
     (0..AGENT_COUNT)
-        .map(|i| {
-            let path = daemon
-                .data_dir()
-                .join("agents")
-                .join(format!("burst-{i}.json"));
-            if path.exists() {
-                agent_file(&daemon.data_dir(), &format!("burst-{i}"))["history"]
-                    .as_array()
-                    .unwrap()
-                    .len() as u64
-            } else {
-                0
-            }
-        })
+        .map(|i| history_on_disk(&daemon.data_dir(), &format!("burst-{i}")).len() as u64)
         .sum()
 }
 

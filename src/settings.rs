@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "HEARTBEATD_";
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 10] = [
+pub const ENV_KEYS: [&str; 11] = [
     "http_port",
     "http_bind",
     "workers",
@@ -24,6 +24,7 @@ pub const ENV_KEYS: [&str; 10] = [
     "log_format",
     "shutdown_timeout_s",
     "http_workers",
+    "flush_interval_ms",
 ];
 
 /// The daemon's whole configuration.
@@ -52,6 +53,11 @@ pub struct Settings {
     /// Resource-history points kept per agent.
     #[serde(default = "default_history_len")]
     pub history_len: usize,
+    /// Changed agent state and new history are written at most this often; 0 writes through
+    /// (a heartbeat is on disk before it counts as processed). After `kill -9`, at most this
+    /// long of heartbeats is lost; a graceful stop loses none.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
     #[serde(default)]
     pub log_level: LogLevel,
     #[serde(default)]
@@ -153,6 +159,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_history_len() -> usize {
     1440
+}
+fn default_flush_interval_ms() -> u64 {
+    1000
 }
 fn default_shutdown_timeout_s() -> u64 {
     30
@@ -352,6 +361,7 @@ mod tests {
         assert_eq!(s.queue_capacity(), 100);
         assert_eq!(s.data_dir, PathBuf::from("./data"));
         assert_eq!(s.history_len, 1440);
+        assert_eq!(s.flush_interval_ms, 1000);
         assert_eq!(s.log_level, LogLevel::Info);
         assert_eq!(s.log_format, LogFormat::Term);
         assert_eq!(s.shutdown_timeout_s, 30);

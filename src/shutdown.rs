@@ -5,7 +5,7 @@
 //! 2. the HTTP server stops (open requests finish, for at most 5 s);
 //! 3. the queue drains: every heartbeat that was answered 200 is processed and saved;
 //! 4. the pool's address is dropped and the worker threads are waited for;
-//! 5. the Manager writes again any agent whose save had failed, and the Store flushes.
+//! 5. the Manager flushes every changed agent (state and history) to disk.
 //!
 //! Steps 2–5 share one deadline, `shutdown_timeout_s`; past it heartbeatd says what is left
 //! and exits 1. A second signal during the drain exits at once (exit 1), for an operator who
@@ -130,16 +130,7 @@ pub async fn run(app: Application) -> DrainOutcome {
     }
     let workers_running = pool.close().wait(deadline).await;
     let unprocessed = queue.depth();
-
-    let remaining = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(100));
-    let flush = match actix_rt::time::timeout(remaining, manager.send(manager::Flush)).await {
-        Ok(Ok(Ok(rewritten))) => Ok(rewritten),
-        Ok(Ok(Err(e))) => Err(e),
-        Ok(Err(_)) => Err("the manager is not running".to_owned()),
-        Err(_) => Err("timed out".to_owned()),
-    };
+    let flush = flush_until_clean(&manager, deadline).await;
     let drained = finished(&stats).await.saturating_sub(finished_before);
     force.abort();
     manager_arbiter.stop();
@@ -154,6 +145,33 @@ pub async fn run(app: Application) -> DrainOutcome {
         server_failed,
         settings.shutdown_timeout_s,
     )
+}
+
+/// Flushes until no agent is left unpersisted, the store fails, or the deadline passes.
+/// Returns how many flushes it took.
+async fn flush_until_clean(
+    manager: &actix::Addr<manager::Manager>,
+    deadline: Instant,
+) -> Result<usize, String> {
+    let mut flushes = 0;
+    loop {
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        flushes += 1;
+        match actix_rt::time::timeout(remaining, manager.send(manager::Flush)).await {
+            Ok(Ok(Ok(0))) => return Ok(flushes),
+            Ok(Ok(Ok(_still_dirty))) if Instant::now() < deadline => continue,
+            Ok(Ok(Ok(still_dirty))) => {
+                return Err(format!(
+                    "{still_dirty} agents not persisted by the deadline"
+                ))
+            }
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(_)) => return Err("the manager is not running".to_owned()),
+            Err(_) => return Err("timed out".to_owned()),
+        }
+    }
 }
 
 /// Heartbeats the workers have finished, successfully or not.
@@ -178,9 +196,9 @@ fn report(
 ) -> DrainOutcome {
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match flush {
-        Ok(rewritten) if unprocessed == 0 && workers_running == 0 => {
+        Ok(flushes) if unprocessed == 0 && workers_running == 0 => {
             info!(log, "stopped: every accepted heartbeat is processed and on disk";
-                "drained" => drained, "rewritten_after_failed_saves" => rewritten, "elapsed_ms" => elapsed_ms);
+                "drained" => drained, "final_flushes" => flushes, "elapsed_ms" => elapsed_ms);
             if server_failed {
                 DrainOutcome::Incomplete
             } else {

@@ -10,10 +10,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
-use heartbeatd_actors::manager::Manager;
+use heartbeatd_actors::manager::{Manager, PersistPolicy};
 use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::registry::{Registry, RegistryError};
-use heartbeatd_actors::stats::Stats;
+use heartbeatd_actors::stats::{IngressCounters, Stats};
 use heartbeatd_actors::store::{FileMetadataStore, StoreError};
 use heartbeatd_actors::worker::WorkerPool;
 use slog::{info, o, warn, Logger};
@@ -83,22 +83,29 @@ impl Application {
         let registry = registry.start();
 
         let queue = IngressQueue::new(settings.queue_capacity());
-        let stats = Stats::new(settings.workers, Arc::clone(&queue), registry_view.clone()).start();
+        let counters = IngressCounters::new();
+        let stats = Stats::new(
+            settings.workers,
+            Arc::clone(&counters),
+            Arc::clone(&queue),
+            registry_view.clone(),
+        )
+        .start();
 
         // The Manager gets a thread of its own so its work never competes with the timers and
         // the SyncArbiter forwarding on the main arbiter.
         let manager_arbiter = Arbiter::new();
         let agents_with_state;
         let manager = {
-            let (history_len, view, log) = (
-                settings.history_len,
-                registry_view.clone(),
-                log.new(o!("actor" => "manager")),
-            );
+            let policy = PersistPolicy {
+                history_len: settings.history_len,
+                flush_interval: Duration::from_millis(settings.flush_interval_ms),
+            };
+            let (view, log) = (registry_view.clone(), log.new(o!("actor" => "manager")));
             let agents = loaded.agents;
             agents_with_state = agents.len();
             Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| {
-                Manager::new(history_len, agents, registry, view, store, log)
+                Manager::new(policy, agents, registry, view, store, log)
             })
         };
         let pool = WorkerPool::start(
@@ -125,7 +132,7 @@ impl Application {
                 Arc::clone(&queue),
                 pool.weak_addr(),
                 registry_view.clone(),
-                stats.clone(),
+                Arc::clone(&counters),
                 Arc::clone(&stopping),
                 log.new(o!("actor" => "http")),
             ));
@@ -162,7 +169,7 @@ impl Application {
             "workers" => settings.workers, "queue_capacity" => settings.queue_capacity(),
             "http_workers" => settings.http_workers, "data_dir" => %settings.data_dir.display(),
             "agents" => registry_view.len(), "agents_with_state" => agents_with_state,
-            "history_len" => settings.history_len);
+            "history_len" => settings.history_len, "flush_interval_ms" => settings.flush_interval_ms);
 
         Ok(Self {
             settings,

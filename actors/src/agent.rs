@@ -1,7 +1,6 @@
-//! An agent's identity (what the registry knows) and its metadata (what the Manager keeps and
-//! the Store persists).
-
-use std::collections::VecDeque;
+//! An agent's identity (what the registry knows), its state (what the Manager keeps in memory
+//! and the Store snapshots to `agents/<id>.json`), and its resource samples (what the Store
+//! appends to `history/<id>.log`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,10 +10,9 @@ use crate::heartbeat::{Heartbeat, ReportedStatus};
 /// The longest agent id accepted, in bytes.
 pub const MAX_AGENT_ID_LEN: usize = 128;
 
-/// True when `id` matches `[A-Za-z0-9._-]{1,128}`.
+/// True when `id` matches `[A-Za-z0-9._-]{1,128}` and is not `.` or `..`.
 ///
-/// The id names a file under `data_dir/agents/`, so this rule is what keeps ids from escaping
-/// that directory; `.` and `..` are refused for the same reason.
+/// The id names files under `data_dir`, so this rule is what keeps ids from escaping it.
 pub fn is_valid_agent_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_AGENT_ID_LEN
@@ -36,21 +34,28 @@ pub struct AgentInfo {
     pub agent_type: String,
 }
 
-/// One point of resource-usage history.
+/// One point of resource-usage history: one line of `history/<id>.log`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ResourceSample {
+    /// The agent's heartbeat number (1, 2, …). Reads drop a record whose number is not above
+    /// the one before it, so an append retried after a failed flush is never counted twice.
+    #[serde(rename = "n")]
+    pub seq: u64,
     /// The agent's timestamp for this heartbeat.
+    #[serde(rename = "t")]
     pub time: DateTime<Utc>,
+    #[serde(rename = "c")]
     pub cpu: f64,
+    #[serde(rename = "m")]
     pub memory: u64,
 }
 
-/// The version of the on-disk format of [`AgentMetadata`]; bumped on incompatible changes.
-pub const METADATA_FORMAT_VERSION: u32 = 1;
+/// The version of the on-disk format of [`AgentState`]; bumped on incompatible changes.
+pub const STATE_FORMAT_VERSION: u32 = 2;
 
-/// Everything heartbeatd keeps about one agent: the content of `agents/<id>.json`.
+/// An agent's state without its history: the content of `agents/<id>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentMetadata {
+pub struct AgentState {
     pub format_version: u32,
     pub id: String,
     #[serde(default)]
@@ -71,16 +76,16 @@ pub struct AgentMetadata {
     /// Heartbeats processed for this agent, over its whole life.
     #[serde(default)]
     pub heartbeat_count: u64,
-    /// Oldest first, at most `history_len` points.
+    /// Records in `history/<id>.log` (as of this snapshot); drives compaction.
     #[serde(default)]
-    pub history: VecDeque<ResourceSample>,
+    pub history_records: u64,
 }
 
-impl AgentMetadata {
-    /// Fresh metadata for a registered agent that has never reported.
+impl AgentState {
+    /// Fresh state for a registered agent that has never reported.
     pub fn new(info: &AgentInfo) -> Self {
         Self {
-            format_version: METADATA_FORMAT_VERSION,
+            format_version: STATE_FORMAT_VERSION,
             id: info.id.clone(),
             name: info.name.clone(),
             agent_type: info.agent_type.clone(),
@@ -89,12 +94,12 @@ impl AgentMetadata {
             last_heartbeat: None,
             last_seen: None,
             heartbeat_count: 0,
-            history: VecDeque::new(),
+            history_records: 0,
         }
     }
 
-    /// Applies one heartbeat; the history keeps the newest `history_len` points.
-    pub fn record(&mut self, hb: &Heartbeat, history_len: usize) {
+    /// Applies one heartbeat and returns the history sample it produces.
+    pub fn record(&mut self, hb: &Heartbeat) -> ResourceSample {
         self.last_heartbeat = Some(hb.timestamp);
         self.last_seen = Some(hb.received_at);
         self.pid = Some(hb.pid);
@@ -102,14 +107,12 @@ impl AgentMetadata {
             self.status = hb.status;
         }
         self.heartbeat_count += 1;
-        while self.history.len() >= history_len.max(1) {
-            self.history.pop_front();
-        }
-        self.history.push_back(ResourceSample {
+        ResourceSample {
+            seq: self.heartbeat_count,
             time: hb.timestamp,
             cpu: hb.cpu,
             memory: hb.memory,
-        });
+        }
     }
 }
 
@@ -117,34 +120,37 @@ impl AgentMetadata {
 mod tests {
     use super::*;
 
-    fn heartbeat(n: u64) -> Heartbeat {
-        let at = DateTime::from_timestamp(1_700_000_000 + n as i64, 0).unwrap();
-        Heartbeat {
-            agent_id: "a".into(),
-            timestamp: at,
-            received_at: at,
-            pid: 42,
-            cpu: n as f64 % 100.0,
-            memory: n,
-            status: Some(ReportedStatus::Running),
-        }
-    }
-
     #[test]
-    fn history_keeps_the_newest_history_len_points() {
-        let mut meta = AgentMetadata::new(&AgentInfo {
+    fn recording_a_heartbeat_numbers_its_sample() {
+        let mut state = AgentState::new(&AgentInfo {
             id: "a".into(),
             name: String::new(),
             agent_type: String::new(),
         });
-        for n in 0..25 {
-            meta.record(&heartbeat(n), 10);
-        }
-        assert_eq!(meta.history.len(), 10);
-        assert_eq!(meta.history.front().unwrap().memory, 15);
-        assert_eq!(meta.history.back().unwrap().memory, 24);
-        assert_eq!(meta.heartbeat_count, 25);
-        assert_eq!(meta.last_heartbeat, Some(heartbeat(24).timestamp));
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let hb = Heartbeat {
+            agent_id: "a".into(),
+            timestamp: at,
+            received_at: at + chrono::Duration::seconds(1),
+            pid: 42,
+            cpu: 1.5,
+            memory: 7,
+            status: Some(ReportedStatus::Running),
+        };
+        let first = state.record(&hb);
+        let second = state.record(&Heartbeat {
+            status: None,
+            ..hb.clone()
+        });
+        assert_eq!((first.seq, second.seq), (1, 2));
+        assert_eq!(state.heartbeat_count, 2);
+        assert_eq!(
+            state.status,
+            Some(ReportedStatus::Running),
+            "a missing status keeps the last one"
+        );
+        assert_eq!(state.last_seen, Some(hb.received_at));
+        assert_eq!(state.last_heartbeat, Some(at));
     }
 
     #[test]

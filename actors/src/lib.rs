@@ -27,6 +27,7 @@
 pub mod agent;
 pub mod atomic_file;
 pub mod heartbeat;
+pub mod history_log;
 pub mod manager;
 pub mod queue;
 pub mod ratelimit;

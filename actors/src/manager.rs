@@ -1,45 +1,81 @@
-//! The Manager actor: owns every agent's metadata in memory and the addresses of the Registry
-//! and the Store.
+//! The Manager actor: owns every agent's state in memory (authoritative) and the addresses of
+//! the Registry and the Store.
 //!
-//! [`UpdateHeartbeat`] applies a heartbeat to the agent's metadata and saves it through the
-//! Store; it is answered once the save is on disk, so a worker that counts a heartbeat as
-//! processed knows it is durable. The Manager keeps serving other messages while a save is in
-//! flight; the Store's single thread keeps the saves in order.
+//! [`UpdateHeartbeat`] applies a heartbeat in memory: the agent's state changes, its new
+//! history sample waits in `pending`, and the agent is marked dirty. Persistence happens off
+//! the request path, in flushes: every dirty agent's state and pending samples go to the Store
+//! in one [`store::Persist`] batch.
+//!
+//! - `flush_interval > 0`: a flush every interval (when anything changed). After `kill -9` at
+//!   most the last interval of heartbeats is lost.
+//! - `flush_interval = 0` (write-through): an update is answered only once a flush holding it
+//!   is on disk. Updates that arrive while a flush runs share the next one (group commit), so
+//!   write-through still costs a few syncs per batch, not per heartbeat.
+//!
+//! A failed flush keeps everything in memory and is retried with backoff (doubling up to 30 s);
+//! errors are logged at most once per 10 s. [`Flush`] (shutdown) flushes at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures::channel::oneshot;
 use slog::{error, info, Logger};
 
-use crate::agent::AgentMetadata;
+use crate::agent::{AgentInfo, AgentState, ResourceSample};
 use crate::heartbeat::Heartbeat;
 use crate::ratelimit::LogGate;
 use crate::registry::{Registry, RegistrySnapshot};
-use crate::store::{self, FileMetadataStore, StoreError};
+use crate::store::{self, AgentDelta, FileMetadataStore, PersistReport, StoreError};
 
 /// At most one store-error log line per this long; the others are counted in it.
 const STORE_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// First wait before retrying a failed flush; doubles up to [`MAX_RETRY_BACKOFF`].
+const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How the Manager persists.
+#[derive(Debug, Clone, Copy)]
+pub struct PersistPolicy {
+    /// History records kept per agent: reads return at most this many, and a log is compacted
+    /// back to it once it holds twice as many.
+    pub history_len: usize,
+    /// Time between flushes; zero for write-through.
+    pub flush_interval: Duration,
+}
 
 /// Why an update failed. The heartbeat is counted in `total_errors`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpdateError {
     #[error("agent {0:?} does not exist")]
     UnknownAgent(String),
-    /// The heartbeat is applied in memory and will be written by the next save or the flush.
-    #[error("could not save: {0}")]
+    /// Write-through only: the heartbeat is applied in memory and will be written by a later
+    /// flush.
+    #[error("could not persist: {0}")]
     Store(String),
-    #[error("the store is not running")]
-    StoreGone,
+}
+
+/// One agent as the Manager holds it.
+struct AgentEntry {
+    state: AgentState,
+    /// Samples not yet on disk, oldest first.
+    pending: Vec<ResourceSample>,
+    dirty: bool,
 }
 
 /// Owns the agents' state.
 pub struct Manager {
-    /// History points kept per agent.
-    history_len: usize,
-    agents: HashMap<String, AgentMetadata>,
-    /// Agents whose last save failed; the flush at shutdown writes them again.
-    unsaved: HashSet<String>,
+    policy: PersistPolicy,
+    agents: HashMap<String, AgentEntry>,
+    /// Ids of dirty agents, in the order they became dirty.
+    dirty: Vec<String>,
+    /// Answered when the next flush completes (write-through updates, [`Flush`]).
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    flush_in_flight: bool,
+    /// After a failed flush: no timed flush before this instant.
+    retry_at: Option<Instant>,
+    retry_backoff: Duration,
+    store_errors: u64,
     registry_view: RegistrySnapshot,
     /// Held so the Registry lives as long as the Manager; admin messages go through it.
     registry: Addr<Registry>,
@@ -49,10 +85,10 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// A Manager starting from what the Store loaded at start-up.
+    /// A Manager starting from the states the Store loaded at start-up.
     pub fn new(
-        history_len: usize,
-        loaded: Vec<AgentMetadata>,
+        policy: PersistPolicy,
+        loaded: Vec<AgentState>,
         registry: Addr<Registry>,
         registry_view: RegistrySnapshot,
         store: Addr<FileMetadataStore>,
@@ -60,18 +96,24 @@ impl Manager {
     ) -> Self {
         let agents = loaded
             .into_iter()
-            .map(|mut meta| {
-                // A smaller history_len than the last run applies at once.
-                while meta.history.len() > history_len {
-                    meta.history.pop_front();
-                }
-                (meta.id.clone(), meta)
+            .map(|state| {
+                let entry = AgentEntry {
+                    state,
+                    pending: Vec::new(),
+                    dirty: false,
+                };
+                (entry.state.id.clone(), entry)
             })
             .collect();
         Self {
-            history_len,
+            policy,
             agents,
-            unsaved: HashSet::new(),
+            dirty: Vec::new(),
+            waiters: Vec::new(),
+            flush_in_flight: false,
+            retry_at: None,
+            retry_backoff: FIRST_RETRY_BACKOFF,
+            store_errors: 0,
             registry_view,
             registry,
             store,
@@ -84,43 +126,146 @@ impl Manager {
         &self.registry
     }
 
-    fn note_save_result(
+    fn write_through(&self) -> bool {
+        self.policy.flush_interval.is_zero()
+    }
+
+    /// Sends every dirty agent to the Store, unless a flush is already running (then the next
+    /// one starts when it completes).
+    fn start_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flush_in_flight || (self.dirty.is_empty() && self.waiters.is_empty()) {
+            return;
+        }
+        let history_len = self.policy.history_len as u64;
+        let mut deltas = Vec::with_capacity(self.dirty.len());
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(entry) = self.agents.get_mut(&id) else {
+                continue;
+            };
+            entry.dirty = false;
+            let samples = std::mem::take(&mut entry.pending);
+            // Counted when the flush starts: if it fails, the samples are sent again and
+            // counted twice, which only brings the next compaction forward.
+            let records = entry.state.history_records + samples.len() as u64;
+            let compact = records > 2 * history_len;
+            entry.state.history_records = if compact {
+                records.min(history_len)
+            } else {
+                records
+            };
+            deltas.push(AgentDelta {
+                state: entry.state.clone(),
+                samples,
+                compact_to: compact.then_some(self.policy.history_len),
+            });
+        }
+        let waiters = std::mem::take(&mut self.waiters);
+        self.flush_in_flight = true;
+        self.store
+            .send(store::Persist(deltas))
+            .into_actor(self)
+            .map(move |result, act, ctx| act.flush_done(result, waiters, ctx))
+            .spawn(ctx);
+    }
+
+    fn flush_done(
         &mut self,
-        id: String,
-        result: Result<Result<(), StoreError>, MailboxError>,
-    ) -> Result<(), UpdateError> {
-        match result {
-            Ok(Ok(())) => {
-                self.unsaved.remove(&id);
+        result: Result<Result<PersistReport, (StoreError, Vec<AgentDelta>)>, MailboxError>,
+        waiters: Vec<oneshot::Sender<Result<(), String>>>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.flush_in_flight = false;
+        let outcome = match result {
+            Ok(Ok(report)) => {
+                self.retry_at = None;
+                self.retry_backoff = FIRST_RETRY_BACKOFF;
+                if report.damaged_records_set_aside > 0 {
+                    error!(self.log, "damaged history records were set aside during compaction";
+                        "records" => report.damaged_records_set_aside);
+                }
                 Ok(())
             }
-            Ok(Err(e)) => {
-                if let Some(suppressed) = self.store_error_gate.check(Instant::now()) {
-                    error!(self.log, "could not save agent state; it is kept in memory and written again at the next heartbeat or at shutdown";
-                        "agent_id" => &id, "error" => %e, "similar_errors_not_logged" => suppressed,
-                        "what_to_do" => "check free space and permissions of data_dir");
-                }
-                self.unsaved.insert(id);
-                Err(UpdateError::Store(e.to_string()))
+            Ok(Err((e, deltas))) => {
+                self.keep_unpersisted(deltas);
+                Err(self.note_store_error(e.to_string()))
             }
-            Err(_) => {
-                self.unsaved.insert(id);
-                Err(UpdateError::StoreGone)
+            Err(_) => Err(self.note_store_error("the store is not running".to_owned())),
+        };
+        for waiter in waiters {
+            let _ = waiter.send(outcome.clone());
+        }
+        if !self.waiters.is_empty()
+            || (self.write_through() && !self.dirty.is_empty() && self.retry_at.is_none())
+        {
+            self.start_flush(ctx);
+        }
+    }
+
+    /// Puts a failed batch back: its samples go before anything that arrived since.
+    fn keep_unpersisted(&mut self, deltas: Vec<AgentDelta>) {
+        for delta in deltas {
+            let Some(entry) = self.agents.get_mut(&delta.state.id) else {
+                continue;
+            };
+            let mut samples = delta.samples;
+            samples.append(&mut entry.pending);
+            entry.pending = samples;
+            if !entry.dirty {
+                entry.dirty = true;
+                self.dirty.push(delta.state.id);
             }
         }
+    }
+
+    fn note_store_error(&mut self, message: String) -> String {
+        self.store_errors += 1;
+        self.retry_at = Some(Instant::now() + self.retry_backoff);
+        if let Some(not_logged) = self.store_error_gate.check(Instant::now()) {
+            error!(self.log, "could not persist agent state; it is kept in memory and written when the disk works again";
+                "error" => &message, "retry_in_ms" => self.retry_backoff.as_millis() as u64,
+                "similar_errors_not_logged" => not_logged, "store_errors" => self.store_errors,
+                "what_to_do" => "check free space and permissions of data_dir");
+        }
+        self.retry_backoff = (self.retry_backoff * 2).min(MAX_RETRY_BACKOFF);
+        message
+    }
+
+    fn entry(&mut self, id: &str) -> Option<&mut AgentEntry> {
+        if !self.agents.contains_key(id) {
+            let info: AgentInfo = self.registry_view.get(id)?;
+            let entry = AgentEntry {
+                state: AgentState::new(&info),
+                pending: Vec::new(),
+                dirty: false,
+            };
+            self.agents.insert(info.id, entry);
+        } else if !self.registry_view.contains(id) {
+            return None;
+        }
+        self.agents.get_mut(id)
     }
 }
 
 impl Actor for Manager {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
-        info!(self.log, "manager started"; "agents_with_state" => self.agents.len(), "history_len" => self.history_len);
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        info!(self.log, "manager started"; "agents_with_state" => self.agents.len(),
+            "history_len" => self.policy.history_len,
+            "flush_interval_ms" => self.policy.flush_interval.as_millis() as u64);
+        if !self.write_through() {
+            ctx.run_interval(self.policy.flush_interval, |act, ctx| {
+                if act.retry_at.is_none_or(|at| Instant::now() >= at) {
+                    act.start_flush(ctx);
+                }
+            });
+        }
     }
 }
 
-/// Applies one heartbeat: get or create the agent's metadata, set `last_heartbeat` and
-/// `last_seen`, append to the bounded history, save. Answered once saved.
+/// Applies one heartbeat: get or create the agent's state, set `last_heartbeat` and
+/// `last_seen`, queue its history sample for the next flush. In write-through mode it is
+/// answered once that flush is on disk.
 #[derive(Message)]
 #[rtype(result = "Result<(), UpdateError>")]
 pub struct UpdateHeartbeat(pub Heartbeat);
@@ -131,42 +276,88 @@ impl Handler<UpdateHeartbeat> for Manager {
     fn handle(
         &mut self,
         UpdateHeartbeat(hb): UpdateHeartbeat,
-        _: &mut Context<Self>,
+        ctx: &mut Context<Self>,
     ) -> Self::Result {
-        let meta = match self.agents.get_mut(&hb.agent_id) {
-            Some(meta) if self.registry_view.contains(&hb.agent_id) => meta,
-            _ => match self.registry_view.get(&hb.agent_id) {
-                None => return Box::pin(fut::ready(Err(UpdateError::UnknownAgent(hb.agent_id)))),
-                Some(info) => self
-                    .agents
-                    .entry(info.id.clone())
-                    .or_insert_with(|| AgentMetadata::new(&info)),
-            },
+        let Some(entry) = self.entry(&hb.agent_id) else {
+            return Box::pin(fut::ready(Err(UpdateError::UnknownAgent(hb.agent_id))));
         };
-        meta.record(&hb, self.history_len);
-        let save = self.store.send(store::Save(meta.clone()));
-        Box::pin(
-            save.into_actor(self)
-                .map(move |result, act, _| act.note_save_result(hb.agent_id, result)),
-        )
+        let sample = entry.state.record(&hb);
+        entry.pending.push(sample);
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(hb.agent_id);
+        }
+        if !self.write_through() {
+            return Box::pin(fut::ready(Ok(())));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        self.start_flush(ctx);
+        Box::pin(fut::wrap_future(async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(UpdateError::Store(e)),
+                Err(_) => Err(UpdateError::Store("the flush was abandoned".into())),
+            }
+        }))
     }
 }
 
-/// One agent's metadata as the Manager holds it.
+/// One agent's state as the Manager holds it (newer than the disk between flushes).
 #[derive(Message)]
-#[rtype(result = "Option<AgentMetadata>")]
+#[rtype(result = "Option<AgentState>")]
 pub struct GetAgent(pub String);
 
 impl Handler<GetAgent> for Manager {
     type Result = MessageResult<GetAgent>;
 
     fn handle(&mut self, GetAgent(id): GetAgent, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.agents.get(&id).cloned())
+        MessageResult(self.agents.get(&id).map(|e| e.state.clone()))
     }
 }
 
-/// Shutdown's last step: writes again every agent whose save failed, then flushes the Store.
-/// Answers how many agents were written again.
+/// One agent's newest `limit` history samples, newest first: the disk's plus those not yet
+/// flushed.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ResourceSample>, String>")]
+pub struct GetHistory {
+    pub id: String,
+    pub limit: usize,
+}
+
+impl Handler<GetHistory> for Manager {
+    type Result = ResponseFuture<Result<Vec<ResourceSample>, String>>;
+
+    fn handle(
+        &mut self,
+        GetHistory { id, limit }: GetHistory,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        let limit = limit.min(self.policy.history_len);
+        let pending = self
+            .agents
+            .get(&id)
+            .map(|e| e.pending.clone())
+            .unwrap_or_default();
+        let read = self.store.send(store::ReadHistory { id, limit });
+        Box::pin(async move {
+            let on_disk = read
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let mut all = on_disk.samples;
+            // A flush in flight may have written some pending samples already.
+            let last = all.last().map_or(0, |s| s.seq);
+            all.extend(pending.into_iter().filter(|s| s.seq > last));
+            all.reverse();
+            all.truncate(limit);
+            Ok(all)
+        })
+    }
+}
+
+/// Shutdown's last step: flush now, ignoring any retry backoff. Answers how many agents are
+/// still not persisted (0 when everything is on disk) or the store's error.
 #[derive(Message)]
 #[rtype(result = "Result<usize, String>")]
 pub struct Flush;
@@ -174,36 +365,18 @@ pub struct Flush;
 impl Handler<Flush> for Manager {
     type Result = ResponseActFuture<Self, Result<usize, String>>;
 
-    fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
-        let unsaved: Vec<AgentMetadata> = self
-            .unsaved
-            .iter()
-            .filter_map(|id| self.agents.get(id).cloned())
-            .collect();
-        let store = self.store.clone();
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        self.retry_at = None;
+        self.start_flush(ctx);
         Box::pin(
-            async move {
-                let count = unsaved.len();
-                for meta in unsaved {
-                    let id = meta.id.clone();
-                    match store.send(store::Save(meta)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(format!("agent {id}: {e}")),
-                        Err(_) => return Err("the store is not running".to_owned()),
-                    }
-                }
-                match store.send(store::Flush).await {
-                    Ok(Ok(())) => Ok(count),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("the store is not running".to_owned()),
-                }
-            }
-            .into_actor(self)
-            .map(|result, act, _| {
-                if result.is_ok() {
-                    act.unsaved.clear();
-                }
-                result
+            fut::wrap_future(async move {
+                rx.await
+                    .unwrap_or_else(|_| Err("the flush was abandoned".into()))
+            })
+            .map(|result: Result<(), String>, act: &mut Manager, _| {
+                result.map(|()| act.dirty.len() + usize::from(act.flush_in_flight))
             }),
         )
     }
@@ -212,7 +385,6 @@ impl Handler<Flush> for Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::AgentInfo;
     use chrono::Utc;
 
     fn quiet() -> Logger {
@@ -231,10 +403,11 @@ mod tests {
         }
     }
 
-    #[actix_rt::test]
-    async fn updates_are_saved_and_unknown_agents_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_owned();
+    fn start(
+        dir: &std::path::Path,
+        flush_interval: Duration,
+    ) -> (Addr<Manager>, Addr<FileMetadataStore>) {
+        let path = dir.to_owned();
         let store = SyncArbiter::start(1, move || FileMetadataStore::open(&path, quiet()).unwrap());
         let registry = Registry::new([AgentInfo {
             id: "a".into(),
@@ -243,8 +416,12 @@ mod tests {
         }])
         .unwrap();
         let view = registry.snapshot();
+        let policy = PersistPolicy {
+            history_len: 3,
+            flush_interval,
+        };
         let manager = Manager::new(
-            3,
+            policy,
             Vec::new(),
             registry.start(),
             view,
@@ -252,8 +429,15 @@ mod tests {
             quiet(),
         )
         .start();
+        (manager, store)
+    }
 
-        for memory in 0..5 {
+    #[actix_rt::test]
+    async fn write_through_updates_are_on_disk_when_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, store) = start(dir.path(), Duration::ZERO);
+
+        for memory in 0..8 {
             manager
                 .send(UpdateHeartbeat(heartbeat("a", memory)))
                 .await
@@ -266,24 +450,118 @@ mod tests {
             .unwrap();
         assert!(matches!(err, Err(UpdateError::UnknownAgent(id)) if id == "ghost"));
 
-        let on_disk = store
+        let state = store
             .send(store::Get("a".into()))
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        let memories: Vec<_> = on_disk.history.iter().map(|s| s.memory).collect();
-        assert_eq!(
-            memories,
-            [2, 3, 4],
-            "history bounded to history_len = 3, newest kept"
-        );
-        assert_eq!(on_disk.name, "A");
-        assert_eq!(on_disk.heartbeat_count, 5);
-        assert_eq!(
-            manager.send(GetAgent("a".into())).await.unwrap(),
-            Some(on_disk)
+        assert_eq!(state.heartbeat_count, 8);
+        assert_eq!(state.name, "A");
+        let history = manager
+            .send(GetHistory {
+                id: "a".into(),
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let memories: Vec<_> = history.iter().map(|s| s.memory).collect();
+        assert_eq!(memories, [7, 6, 5], "newest first, at most history_len = 3");
+        let on_disk = store
+            .send(store::ReadHistory {
+                id: "a".into(),
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            on_disk.samples.len() <= 6,
+            "compacted back once over 2 × history_len"
         );
         assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
+    }
+
+    #[actix_rt::test]
+    async fn timed_flushes_persist_off_the_request_path_and_flush_forces_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, store) = start(dir.path(), Duration::from_secs(3600));
+
+        manager
+            .send(UpdateHeartbeat(heartbeat("a", 1)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            store
+                .send(store::Get("a".into()))
+                .await
+                .unwrap()
+                .unwrap()
+                .is_none(),
+            "not yet flushed"
+        );
+        let history = manager
+            .send(GetHistory {
+                id: "a".into(),
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(history.len(), 1, "unflushed samples are visible");
+
+        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
+        let state = store
+            .send(store::Get("a".into()))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.heartbeat_count, 1);
+        assert_eq!(
+            manager.send(GetAgent("a".into())).await.unwrap(),
+            Some(state)
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_flush_keeps_the_data_and_a_later_flush_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, store) = start(dir.path(), Duration::from_secs(3600));
+        // Make the history append fail: a directory where the log file should be.
+        let blocker = dir.path().join("history").join("a.log");
+        std::fs::create_dir_all(&blocker).unwrap();
+
+        manager
+            .send(UpdateHeartbeat(heartbeat("a", 1)))
+            .await
+            .unwrap()
+            .unwrap();
+        manager
+            .send(UpdateHeartbeat(heartbeat("a", 2)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(manager.send(Flush).await.unwrap().is_err());
+
+        std::fs::remove_dir(&blocker).unwrap();
+        manager
+            .send(UpdateHeartbeat(heartbeat("a", 3)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
+        let on_disk = store
+            .send(store::ReadHistory {
+                id: "a".into(),
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let memories: Vec<_> = on_disk.samples.iter().map(|s| s.memory).collect();
+        assert_eq!(memories, [1, 2, 3], "nothing lost, nothing twice, in order");
     }
 }

@@ -6,18 +6,8 @@
 //! count is therefore "accepted but not yet processed", which is also what the drain at
 //! shutdown waits on.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-/// What the HTTP layer learns when it asks for room in the queue.
-#[derive(Debug)]
-pub enum Admission {
-    /// Room was taken; send the permit along with the heartbeat.
-    Admitted(QueuePermit),
-    /// The queue is full. `first_of_episode` is true for the first rejection since the queue
-    /// last had room, so the caller logs one WARNING per episode instead of one per request.
-    Full { first_of_episode: bool },
-}
 
 /// The in-flight count shared by the HTTP layer (acquire) and the workers (release).
 #[derive(Debug)]
@@ -25,10 +15,6 @@ pub struct IngressQueue {
     /// Heartbeats accepted and not yet processed may never exceed this.
     capacity: usize,
     in_flight: AtomicUsize,
-    /// Set while the queue is rejecting; cleared by the next admission.
-    full: AtomicBool,
-    /// Rejections in the current or last full episode, reported when it ends.
-    rejected_in_episode: AtomicU64,
 }
 
 impl IngressQueue {
@@ -36,8 +22,6 @@ impl IngressQueue {
         Arc::new(Self {
             capacity,
             in_flight: AtomicUsize::new(0),
-            full: AtomicBool::new(false),
-            rejected_in_episode: AtomicU64::new(0),
         })
     }
 
@@ -50,32 +34,16 @@ impl IngressQueue {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// Takes one slot if there is room. Never blocks.
-    ///
-    /// When this admission ends a full episode, the returned permit says how many requests that
-    /// episode rejected ([`QueuePermit::ended_full_episode`]).
-    pub fn try_acquire(self: &Arc<Self>) -> Admission {
-        let admitted = self
-            .in_flight
+    /// Takes one slot if there is room; `None` when the queue is full. Never blocks.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<QueuePermit> {
+        self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.capacity).then_some(n + 1)
             })
-            .is_ok();
-        if !admitted {
-            self.rejected_in_episode.fetch_add(1, Ordering::Relaxed);
-            let first_of_episode = !self.full.swap(true, Ordering::AcqRel);
-            return Admission::Full { first_of_episode };
-        }
-        let ended_full_episode =
-            if self.full.load(Ordering::Relaxed) && self.full.swap(false, Ordering::AcqRel) {
-                Some(self.rejected_in_episode.swap(0, Ordering::Relaxed))
-            } else {
-                None
-            };
-        Admission::Admitted(QueuePermit {
-            queue: Arc::clone(self),
-            ended_full_episode,
-        })
+            .ok()
+            .map(|_| QueuePermit {
+                queue: Arc::clone(self),
+            })
     }
 }
 
@@ -83,14 +51,6 @@ impl IngressQueue {
 #[derive(Debug)]
 pub struct QueuePermit {
     queue: Arc<IngressQueue>,
-    ended_full_episode: Option<u64>,
-}
-
-impl QueuePermit {
-    /// `Some(rejected)` when this admission was the first after a full episode.
-    pub fn ended_full_episode(&self) -> Option<u64> {
-        self.ended_full_episode
-    }
 }
 
 impl Drop for QueuePermit {
@@ -103,42 +63,16 @@ impl Drop for QueuePermit {
 mod tests {
     use super::*;
 
-    fn admitted(a: Admission) -> QueuePermit {
-        match a {
-            Admission::Admitted(p) => p,
-            Admission::Full { .. } => panic!("expected room in the queue"),
-        }
-    }
-
     #[test]
     fn admits_up_to_capacity_then_rejects_until_a_permit_is_dropped() {
         let q = IngressQueue::new(2);
-        let p1 = admitted(q.try_acquire());
-        let _p2 = admitted(q.try_acquire());
+        let p1 = q.try_acquire().expect("room");
+        let _p2 = q.try_acquire().expect("room");
         assert_eq!(q.depth(), 2);
-        assert!(matches!(
-            q.try_acquire(),
-            Admission::Full {
-                first_of_episode: true
-            }
-        ));
-        assert!(matches!(
-            q.try_acquire(),
-            Admission::Full {
-                first_of_episode: false
-            }
-        ));
+        assert!(q.try_acquire().is_none());
         drop(p1);
         assert_eq!(q.depth(), 1);
-        let p3 = admitted(q.try_acquire());
-        assert_eq!(
-            p3.ended_full_episode(),
-            Some(2),
-            "the episode rejected two requests"
-        );
-        drop(p3);
-        let p4 = admitted(q.try_acquire());
-        assert_eq!(p4.ended_full_episode(), None);
+        assert!(q.try_acquire().is_some());
     }
 
     #[test]
@@ -146,16 +80,7 @@ mod tests {
         let q = IngressQueue::new(8);
         let held: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
-                .map(|_| {
-                    s.spawn(|| {
-                        (0..100)
-                            .filter_map(|_| match q.try_acquire() {
-                                Admission::Admitted(p) => Some(p),
-                                Admission::Full { .. } => None,
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
+                .map(|_| s.spawn(|| (0..100).filter_map(|_| q.try_acquire()).collect::<Vec<_>>()))
                 .collect();
             handles
                 .into_iter()

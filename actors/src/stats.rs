@@ -5,6 +5,7 @@
 //! `average_latency` (integer nanoseconds of the manager update) when a worker finishes one;
 //! `total_errors` when processing fails.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,43 @@ use serde::{Serialize, Serializer};
 
 use crate::queue::IngressQueue;
 use crate::registry::RegistrySnapshot;
+
+/// The counts the HTTP layer keeps: one relaxed atomic add per request instead of a message
+/// (a message per request would wake the Stats actor's thread 100k times a second). The HTTP
+/// layer writes them; Stats only reads them.
+#[derive(Debug, Default)]
+pub struct IngressCounters {
+    received: AtomicU64,
+    rejected: AtomicU64,
+    /// Nanoseconds since the Unix epoch of the latest accepted heartbeat; 0 for none.
+    last_received_ns: AtomicI64,
+}
+
+impl IngressCounters {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// A valid heartbeat was accepted into the worker queue (answered 200) at `at`.
+    pub fn accepted(&self, at: DateTime<Utc>) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(ns) = at.timestamp_nanos_opt() {
+            self.last_received_ns.fetch_max(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// A request to `POST /heartbeat` was answered with an error status.
+    pub fn rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn last_received(&self) -> Option<DateTime<Utc>> {
+        match self.last_received_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(DateTime::from_timestamp_nanos(ns)),
+        }
+    }
+}
 
 /// The answer to `GET /heartbeat/stats`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,32 +80,34 @@ fn go_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::E
     }
 }
 
-/// Owns the counters; reads queue depth and agent count from their owners' shared views.
+/// Owns the processing counters; reads the ingress counts, queue depth and agent count from
+/// their owners' shared views.
 pub struct Stats {
     started: Instant,
     workers: usize,
+    ingress: Arc<IngressCounters>,
     queue: Arc<IngressQueue>,
     registry: RegistrySnapshot,
-    total_received: u64,
     total_processed: u64,
     total_errors: u64,
-    total_rejected: u64,
-    last_received_time: Option<DateTime<Utc>>,
     total_latency: Duration,
 }
 
 impl Stats {
-    pub fn new(workers: usize, queue: Arc<IngressQueue>, registry: RegistrySnapshot) -> Self {
+    pub fn new(
+        workers: usize,
+        ingress: Arc<IngressCounters>,
+        queue: Arc<IngressQueue>,
+        registry: RegistrySnapshot,
+    ) -> Self {
         Self {
             started: Instant::now(),
             workers,
+            ingress,
             queue,
             registry,
-            total_received: 0,
             total_processed: 0,
             total_errors: 0,
-            total_rejected: 0,
-            last_received_time: None,
             total_latency: Duration::ZERO,
         }
     }
@@ -75,38 +115,6 @@ impl Stats {
 
 impl Actor for Stats {
     type Context = Context<Self>;
-}
-
-/// A valid heartbeat was accepted into the worker queue (answered 200).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct HeartbeatAccepted {
-    pub at: DateTime<Utc>,
-}
-
-impl Handler<HeartbeatAccepted> for Stats {
-    type Result = ();
-
-    fn handle(&mut self, msg: HeartbeatAccepted, _: &mut Context<Self>) {
-        self.total_received += 1;
-        self.last_received_time = Some(match self.last_received_time {
-            Some(prev) => prev.max(msg.at),
-            None => msg.at,
-        });
-    }
-}
-
-/// A request to `POST /heartbeat` was answered with an error status.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct HeartbeatRejected;
-
-impl Handler<HeartbeatRejected> for Stats {
-    type Result = ();
-
-    fn handle(&mut self, _: HeartbeatRejected, _: &mut Context<Self>) {
-        self.total_rejected += 1;
-    }
 }
 
 /// A worker finished a heartbeat: the manager update took `latency`, or it failed.
@@ -145,12 +153,12 @@ impl Handler<GetStats> for Stats {
             n => (self.total_latency.as_nanos() / u128::from(n)) as u64,
         };
         MessageResult(StatsReport {
-            total_received: self.total_received,
+            total_received: self.ingress.received.load(Ordering::Relaxed),
             total_processed: self.total_processed,
             total_errors: self.total_errors,
-            last_received_time: self.last_received_time,
+            last_received_time: self.ingress.last_received(),
             average_latency,
-            total_rejected: self.total_rejected,
+            total_rejected: self.ingress.rejected.load(Ordering::Relaxed),
             queue_depth: self.queue.depth(),
             queue_capacity: self.queue.capacity(),
             workers: self.workers,
@@ -168,7 +176,14 @@ mod tests {
     #[actix_rt::test]
     async fn counts_and_averages_like_the_seed() {
         let registry = Registry::new([]).unwrap();
-        let stats = Stats::new(3, IngressQueue::new(30), registry.snapshot()).start();
+        let ingress = IngressCounters::new();
+        let stats = Stats::new(
+            3,
+            ingress.clone(),
+            IngressQueue::new(30),
+            registry.snapshot(),
+        )
+        .start();
 
         let empty = stats.send(GetStats).await.unwrap();
         let json = serde_json::to_value(&empty).unwrap();
@@ -178,11 +193,9 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-11-24T06:00:00Z")
             .unwrap()
             .to_utc();
-        stats.do_send(HeartbeatAccepted { at });
-        stats.do_send(HeartbeatAccepted {
-            at: at - chrono::Duration::seconds(5),
-        });
-        stats.do_send(HeartbeatRejected);
+        ingress.accepted(at);
+        ingress.accepted(at - chrono::Duration::seconds(5));
+        ingress.rejected();
         stats.do_send(HeartbeatProcessed::Succeeded {
             latency: Duration::from_micros(10),
         });

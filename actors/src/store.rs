@@ -1,10 +1,19 @@
-//! The Store actor (FileMetadataStore): one JSON file per agent, `data_dir/agents/<id>.json`.
+//! The Store actor (FileMetadataStore): owns everything under `data_dir`.
 //!
-//! It runs on its own thread (a one-thread SyncArbiter) because every write blocks on fsync.
-//! One thread also means writes for an agent land in the order the Manager sent them, so an
-//! older state can never overwrite a newer one (the original's ten workers raced here).
+//! - `agents/<id>.json`: each agent's state without history ([`AgentState`]), replaced
+//!   atomically.
+//! - `history/<id>.log`: each agent's resource history, append-only ([`HistoryLog`]).
 //!
-//! Messages: [`LoadAll`] at start-up, then [`Get`], [`Save`], [`Update`], [`Delete`], [`Flush`].
+//! It runs on its own thread (a one-thread SyncArbiter) because it blocks on fsync, and one
+//! thread keeps an agent's writes in the order the Manager sent them.
+//!
+//! The Manager sends [`Persist`] batches: every changed agent's new state and its new history
+//! records. A batch is made durable with a fixed number of sync calls, however many agents it
+//! holds: append the histories and stage the state files, sync them all (one `syncfs` for a
+//! large batch), rename the states into place, fsync the two directories.
+//!
+//! Messages: [`LoadAll`] at start-up; [`Persist`], [`ReadHistory`], [`Get`], [`Save`],
+//! [`Update`], [`Delete`], [`Flush`].
 
 use std::ffi::OsStr;
 use std::fs;
@@ -15,8 +24,9 @@ use actix::prelude::*;
 use chrono::Utc;
 use slog::{error, info, Logger};
 
-use crate::agent::AgentMetadata;
-use crate::atomic_file::{is_temp_file, sync_dir, write_atomically};
+use crate::agent::{AgentState, ResourceSample};
+use crate::atomic_file::{is_temp_file, sync_dir, sync_files, write_atomically, StagedFile};
+use crate::history_log::HistoryLog;
 
 /// A store operation failed; says which file and why.
 #[derive(Debug, thiserror::Error)]
@@ -38,24 +48,34 @@ impl StoreError {
     }
 }
 
-/// Owns `data_dir/agents/`.
+/// Owns `data_dir/agents/` and `data_dir/history/`.
 #[derive(Clone)]
 pub struct FileMetadataStore {
     agents_dir: PathBuf,
+    history: HistoryLog,
     log: Logger,
 }
 
 impl FileMetadataStore {
-    /// Opens (creating if needed) `data_dir/agents` and proves it is writable with a probe
-    /// write, so an unusable data directory is reported at start-up, not at the first heartbeat.
+    /// Opens (creating if needed) `data_dir/agents` and `data_dir/history`, and proves they are
+    /// writable with a probe write, so an unusable data directory is reported at start-up.
     pub fn open(data_dir: &Path, log: Logger) -> Result<Self, StoreError> {
         let agents_dir = data_dir.join("agents");
-        fs::create_dir_all(&agents_dir).map_err(|e| StoreError::new("create", &agents_dir, e))?;
-        let probe = ".write-probe";
-        write_atomically(&agents_dir, probe, b"probe")
-            .and_then(|()| fs::remove_file(agents_dir.join(probe)))
-            .map_err(|e| StoreError::new("write to", &agents_dir, e))?;
-        Ok(Self { agents_dir, log })
+        let history_dir = data_dir.join("history");
+        for dir in [&agents_dir, &history_dir] {
+            fs::create_dir_all(dir).map_err(|e| StoreError::new("create", dir, e))?;
+            let probe = ".write-probe";
+            write_atomically(dir, probe, b"probe")
+                .and_then(|()| fs::remove_file(dir.join(probe)))
+                .map_err(|e| StoreError::new("write to", dir, e))?;
+        }
+        let history = HistoryLog::open(history_dir.clone())
+            .map_err(|e| StoreError::new("open", &history_dir, e))?;
+        Ok(Self {
+            agents_dir,
+            history,
+            log,
+        })
     }
 
     pub fn agents_dir(&self) -> &Path {
@@ -70,10 +90,12 @@ impl FileMetadataStore {
         self.agents_dir.join(Self::file_name(id))
     }
 
-    /// Reads every agent file; moves unparseable ones aside and removes leftover temp files.
+    /// Reads every agent's state (not its history), moves unparseable files aside, and removes
+    /// temp files left by interrupted writes.
     pub fn load_all(&self) -> Result<LoadedAgents, StoreError> {
-        let dir = &self.agents_dir;
         let mut loaded = LoadedAgents::default();
+        loaded.temp_files_removed += self.remove_temp_files(self.history.dir())?;
+        let dir = &self.agents_dir;
         let entries = fs::read_dir(dir).map_err(|e| StoreError::new("list", dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::new("list", dir, e))?;
@@ -82,8 +104,7 @@ impl FileMetadataStore {
                 continue;
             };
             if is_temp_file(&name) {
-                info!(self.log, "removing a temp file left by an interrupted write"; "path" => %path.display());
-                fs::remove_file(&path).map_err(|e| StoreError::new("remove", &path, e))?;
+                self.remove_temp_file(&path)?;
                 loaded.temp_files_removed += 1;
                 continue;
             }
@@ -91,12 +112,13 @@ impl FileMetadataStore {
                 continue;
             }
             match self.read(&path) {
-                Ok(meta) if Some(meta.id.as_str()) == path.file_stem().and_then(OsStr::to_str) => {
-                    loaded.agents.push(meta)
+                Ok(state)
+                    if Some(state.id.as_str()) == path.file_stem().and_then(OsStr::to_str) =>
+                {
+                    loaded.agents.push(state)
                 }
-                Ok(meta) => {
-                    let reason = format!("it holds agent {:?}", meta.id);
-                    self.set_aside(&path, &reason)?;
+                Ok(state) => {
+                    self.set_aside(&path, &format!("it holds agent {:?}", state.id))?;
                     loaded.corrupt_files += 1;
                 }
                 Err(ReadError::Parse(reason)) => {
@@ -110,13 +132,29 @@ impl FileMetadataStore {
         Ok(loaded)
     }
 
-    fn read(&self, path: &Path) -> Result<AgentMetadata, ReadError> {
+    fn remove_temp_files(&self, dir: &Path) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for entry in fs::read_dir(dir).map_err(|e| StoreError::new("list", dir, e))? {
+            let entry = entry.map_err(|e| StoreError::new("list", dir, e))?;
+            if entry.file_name().to_str().is_some_and(is_temp_file) {
+                self.remove_temp_file(&entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn remove_temp_file(&self, path: &Path) -> Result<(), StoreError> {
+        info!(self.log, "removing a temp file left by an interrupted write"; "path" => %path.display());
+        fs::remove_file(path).map_err(|e| StoreError::new("remove", path, e))
+    }
+
+    fn read(&self, path: &Path) -> Result<AgentState, ReadError> {
         let bytes = fs::read(path).map_err(ReadError::Io)?;
         serde_json::from_slice(&bytes).map_err(|e| ReadError::Parse(e.to_string()))
     }
 
-    /// Renames a damaged file to `<name>.corrupt-<time>` so it is kept for inspection and no
-    /// longer loaded.
+    /// Renames a damaged file to `<name>.corrupt-<time>`: kept for inspection, no longer loaded.
     fn set_aside(&self, path: &Path, reason: &str) -> Result<(), StoreError> {
         let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
         let mut aside = path.as_os_str().to_owned();
@@ -129,10 +167,10 @@ impl FileMetadataStore {
         Ok(())
     }
 
-    pub fn get(&self, id: &str) -> Result<Option<AgentMetadata>, StoreError> {
+    pub fn get(&self, id: &str) -> Result<Option<AgentState>, StoreError> {
         let path = self.path(id);
         match self.read(&path) {
-            Ok(meta) => Ok(Some(meta)),
+            Ok(state) => Ok(Some(state)),
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(ReadError::Io(e)) => Err(StoreError::new("read", &path, e)),
             Err(ReadError::Parse(reason)) => Err(StoreError::new(
@@ -143,24 +181,107 @@ impl FileMetadataStore {
         }
     }
 
-    pub fn save(&self, meta: &AgentMetadata) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(meta)
-            .map_err(|e| StoreError::new("encode", self.path(&meta.id), e.into()))?;
-        write_atomically(&self.agents_dir, &Self::file_name(&meta.id), &bytes)
-            .map_err(|e| StoreError::new("write", self.path(&meta.id), e))
+    pub fn save(&self, state: &AgentState) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(state)
+            .map_err(|e| StoreError::new("encode", self.path(&state.id), e.into()))?;
+        write_atomically(&self.agents_dir, &Self::file_name(&state.id), &bytes)
+            .map_err(|e| StoreError::new("write", self.path(&state.id), e))
     }
 
-    pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
+    /// Removes an agent's state and history; `false` if it had neither.
+    pub fn delete(&mut self, id: &str) -> Result<bool, StoreError> {
         let path = self.path(id);
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                sync_dir(&self.agents_dir)
-                    .map_err(|e| StoreError::new("sync", &self.agents_dir, e))?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(StoreError::new("remove", &path, e)),
+        let state = match fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(StoreError::new("remove", &path, e)),
+        };
+        let history = self
+            .history
+            .remove(id)
+            .map_err(|e| StoreError::new("remove", self.history.path(id), e))?;
+        self.sync_dirs()?;
+        Ok(state || history)
+    }
+
+    fn sync_dirs(&self) -> Result<(), StoreError> {
+        for dir in [&self.agents_dir, &self.history.dir().to_owned()] {
+            sync_dir(dir).map_err(|e| StoreError::new("sync", dir, e))?;
         }
+        Ok(())
+    }
+
+    /// Makes one batch durable. See the module documentation for the order of steps.
+    pub fn persist(&mut self, deltas: &[AgentDelta]) -> Result<PersistReport, StoreError> {
+        let mut appended = Vec::new();
+        let mut records = 0;
+        for delta in deltas.iter().filter(|d| !d.samples.is_empty()) {
+            let file = self
+                .history
+                .append(&delta.state.id, &delta.samples)
+                .map_err(|e| StoreError::new("append to", self.history.path(&delta.state.id), e))?;
+            records += delta.samples.len();
+            appended.push(file);
+        }
+        let mut staged = Vec::with_capacity(deltas.len());
+        for delta in deltas {
+            let bytes = serde_json::to_vec(&delta.state)
+                .map_err(|e| StoreError::new("encode", self.path(&delta.state.id), e.into()))?;
+            staged.push(
+                StagedFile::stage(&self.agents_dir, &Self::file_name(&delta.state.id), &bytes)
+                    .map_err(|e| StoreError::new("write", self.path(&delta.state.id), e))?,
+            );
+        }
+        let files: Vec<&fs::File> = appended
+            .iter()
+            .chain(staged.iter().map(StagedFile::file))
+            .collect();
+        sync_files(&self.agents_dir, files.into_iter())
+            .map_err(|e| StoreError::new("sync", &self.agents_dir, e))?;
+        for (delta, file) in deltas.iter().zip(staged) {
+            file.commit()
+                .map_err(|e| StoreError::new("rename into", self.path(&delta.state.id), e))?;
+        }
+        self.sync_dirs()?;
+
+        let mut report = PersistReport {
+            agents: deltas.len(),
+            records,
+            damaged_records_set_aside: 0,
+        };
+        for delta in deltas.iter().filter(|d| d.compact_to.is_some()) {
+            let id = &delta.state.id;
+            match self
+                .history
+                .compact(id, delta.compact_to.unwrap_or_default())
+            {
+                Ok((_, damaged)) => report.damaged_records_set_aside += damaged,
+                // The appended records are durable; compaction is retried at the next trigger.
+                Err(e) => {
+                    error!(self.log, "could not compact a history log; it will be tried again";
+                    "path" => %self.history.path(id).display(), "error" => %e)
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The newest `limit` records of one agent's history on disk, oldest first.
+    pub fn read_history(&self, id: &str, limit: usize) -> Result<HistoryOnDisk, StoreError> {
+        let mut read = self
+            .history
+            .read(id)
+            .map_err(|e| StoreError::new("read", self.history.path(id), e))?;
+        if !read.damaged.is_empty() {
+            error!(self.log, "history log has damaged records; they are skipped and set aside at its next compaction";
+                "path" => %self.history.path(id).display(), "damaged_records" => read.damaged.len());
+        }
+        let skip = read.samples.len().saturating_sub(limit);
+        read.samples.drain(..skip);
+        Ok(HistoryOnDisk {
+            samples: read.samples,
+            damaged_records: read.damaged.len(),
+        })
     }
 }
 
@@ -171,23 +292,19 @@ enum ReadError {
 
 impl Actor for FileMetadataStore {
     type Context = SyncContext<Self>;
-
-    fn started(&mut self, _: &mut SyncContext<Self>) {
-        slog::debug!(self.log, "store started"; "dir" => %self.agents_dir.display());
-    }
 }
 
 /// What [`LoadAll`] found on disk.
 #[derive(Debug, Default)]
 pub struct LoadedAgents {
-    pub agents: Vec<AgentMetadata>,
-    /// Files that did not parse and were moved aside.
+    pub agents: Vec<AgentState>,
+    /// State files that did not parse and were moved aside.
     pub corrupt_files: usize,
     /// Temp files of interrupted writes that were removed.
     pub temp_files_removed: usize,
 }
 
-/// Reads every agent file at start-up.
+/// Reads every agent's state at start-up.
 #[derive(Message)]
 #[rtype(result = "Result<LoadedAgents, StoreError>")]
 pub struct LoadAll;
@@ -200,55 +317,114 @@ impl Handler<LoadAll> for FileMetadataStore {
     }
 }
 
-/// Reads one agent's file; `None` if it has none.
+/// One agent's part of a [`Persist`] batch.
+#[derive(Debug, Clone)]
+pub struct AgentDelta {
+    /// The agent's whole state, as it is to be on disk.
+    pub state: AgentState,
+    /// History records not yet on disk, oldest first.
+    pub samples: Vec<ResourceSample>,
+    /// Compact the log to this many records after appending.
+    pub compact_to: Option<usize>,
+}
+
+/// What a [`Persist`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersistReport {
+    pub agents: usize,
+    pub records: usize,
+    pub damaged_records_set_aside: usize,
+}
+
+/// Makes a batch of changed agents durable. Answered once it is on disk; on failure the batch
+/// comes back so the Manager can keep it and try again (from memory, never by re-syncing a
+/// file descriptor whose fsync failed).
 #[derive(Message)]
-#[rtype(result = "Result<Option<AgentMetadata>, StoreError>")]
+#[rtype(result = "Result<PersistReport, (StoreError, Vec<AgentDelta>)>")]
+pub struct Persist(pub Vec<AgentDelta>);
+
+impl Handler<Persist> for FileMetadataStore {
+    type Result = Result<PersistReport, (StoreError, Vec<AgentDelta>)>;
+
+    fn handle(&mut self, Persist(deltas): Persist, _: &mut SyncContext<Self>) -> Self::Result {
+        self.persist(&deltas).map_err(|e| (e, deltas))
+    }
+}
+
+/// An agent's history as the disk has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryOnDisk {
+    /// Oldest first.
+    pub samples: Vec<ResourceSample>,
+    /// Lines skipped because they did not parse.
+    pub damaged_records: usize,
+}
+
+/// Reads the newest `limit` history records of one agent from disk.
+#[derive(Message)]
+#[rtype(result = "Result<HistoryOnDisk, StoreError>")]
+pub struct ReadHistory {
+    pub id: String,
+    pub limit: usize,
+}
+
+impl Handler<ReadHistory> for FileMetadataStore {
+    type Result = Result<HistoryOnDisk, StoreError>;
+
+    fn handle(&mut self, msg: ReadHistory, _: &mut SyncContext<Self>) -> Self::Result {
+        self.read_history(&msg.id, msg.limit)
+    }
+}
+
+/// Reads one agent's state file; `None` if it has none.
+#[derive(Message)]
+#[rtype(result = "Result<Option<AgentState>, StoreError>")]
 pub struct Get(pub String);
 
 impl Handler<Get> for FileMetadataStore {
-    type Result = Result<Option<AgentMetadata>, StoreError>;
+    type Result = Result<Option<AgentState>, StoreError>;
 
     fn handle(&mut self, Get(id): Get, _: &mut SyncContext<Self>) -> Self::Result {
         self.get(&id)
     }
 }
 
-/// Replaces one agent's file, atomically and durably. Answered once it is on disk.
+/// Replaces one agent's state file, atomically and durably.
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
-pub struct Save(pub AgentMetadata);
+pub struct Save(pub AgentState);
 
 impl Handler<Save> for FileMetadataStore {
     type Result = Result<(), StoreError>;
 
-    fn handle(&mut self, Save(meta): Save, _: &mut SyncContext<Self>) -> Self::Result {
-        self.save(&meta)
+    fn handle(&mut self, Save(state): Save, _: &mut SyncContext<Self>) -> Self::Result {
+        self.save(&state)
     }
 }
 
-/// Read-modify-write of one agent's file, in one step of the store's thread.
+/// Read-modify-write of one agent's state file, in one step of the store's thread.
 #[derive(Message)]
-#[rtype(result = "Result<Option<AgentMetadata>, StoreError>")]
+#[rtype(result = "Result<Option<AgentState>, StoreError>")]
 pub struct Update {
     pub id: String,
-    /// Applied to the stored metadata; not called when the agent has no file.
-    pub change: Box<dyn FnOnce(&mut AgentMetadata) + Send>,
+    /// Applied to the stored state; not called when the agent has no file.
+    pub change: Box<dyn FnOnce(&mut AgentState) + Send>,
 }
 
 impl Handler<Update> for FileMetadataStore {
-    type Result = Result<Option<AgentMetadata>, StoreError>;
+    type Result = Result<Option<AgentState>, StoreError>;
 
     fn handle(&mut self, Update { id, change }: Update, _: &mut SyncContext<Self>) -> Self::Result {
-        let Some(mut meta) = self.get(&id)? else {
+        let Some(mut state) = self.get(&id)? else {
             return Ok(None);
         };
-        change(&mut meta);
-        self.save(&meta)?;
-        Ok(Some(meta))
+        change(&mut state);
+        self.save(&state)?;
+        Ok(Some(state))
     }
 }
 
-/// Removes one agent's file; `false` if it had none.
+/// Removes one agent's state and history; `false` if it had neither.
 #[derive(Message)]
 #[rtype(result = "Result<bool, StoreError>")]
 pub struct Delete(pub String);
@@ -261,8 +437,7 @@ impl Handler<Delete> for FileMetadataStore {
     }
 }
 
-/// Makes everything written so far durable. Every [`Save`] is already durable when answered;
-/// this is the last step of shutdown and also proves the directory is still reachable.
+/// Makes every rename and removal so far durable, and proves the directories still work.
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct Flush;
@@ -271,7 +446,7 @@ impl Handler<Flush> for FileMetadataStore {
     type Result = Result<(), StoreError>;
 
     fn handle(&mut self, _: Flush, _: &mut SyncContext<Self>) -> Self::Result {
-        sync_dir(&self.agents_dir).map_err(|e| StoreError::new("sync", &self.agents_dir, e))
+        self.sync_dirs()
     }
 }
 
@@ -285,16 +460,17 @@ mod tests {
         Logger::root(slog::Discard, slog::o!())
     }
 
-    fn meta(id: &str, heartbeats: u64) -> AgentMetadata {
-        let mut meta = AgentMetadata::new(&AgentInfo {
+    /// An agent that has sent `heartbeats` heartbeats, and the samples they produced.
+    fn agent(id: &str, heartbeats: u64) -> (AgentState, Vec<ResourceSample>) {
+        let mut state = AgentState::new(&AgentInfo {
             id: id.into(),
             name: "n".into(),
             agent_type: "custom".into(),
         });
-        for n in 0..heartbeats {
-            let at = chrono::DateTime::from_timestamp(1_700_000_000 + n as i64, 0).unwrap();
-            meta.record(
-                &Heartbeat {
+        let samples = (0..heartbeats)
+            .map(|n| {
+                let at = chrono::DateTime::from_timestamp(1_700_000_000 + n as i64, 0).unwrap();
+                state.record(&Heartbeat {
                     agent_id: id.into(),
                     timestamp: at,
                     received_at: at,
@@ -302,46 +478,91 @@ mod tests {
                     cpu: 12.5,
                     memory: n,
                     status: None,
-                },
-                1440,
-            );
+                })
+            })
+            .collect();
+        (state, samples)
+    }
+
+    fn delta(id: &str, heartbeats: u64) -> AgentDelta {
+        let (state, samples) = agent(id, heartbeats);
+        AgentDelta {
+            state,
+            samples,
+            compact_to: None,
         }
-        meta
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
     }
 
     #[test]
-    fn save_then_reload_gives_back_the_same_metadata() {
+    fn a_persisted_batch_reloads_with_its_history() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
-        let a = meta("a", 3);
-        store.save(&a).unwrap();
-        store.save(&meta("b", 1)).unwrap();
+        let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
+        // More agents than are synced one by one, so the syncfs path runs too.
+        let deltas: Vec<_> = (0..12).map(|i| delta(&format!("a{i:02}"), 3)).collect();
+        let report = store.persist(&deltas).unwrap();
+        assert_eq!((report.agents, report.records), (12, 36));
 
         let reopened = FileMetadataStore::open(dir.path(), quiet()).unwrap();
         let loaded = reopened.load_all().unwrap();
-        assert_eq!(loaded.agents.len(), 2);
-        assert_eq!(loaded.agents[0], a);
-        assert_eq!(reopened.get("a").unwrap(), Some(a));
+        assert_eq!(loaded.agents.len(), 12);
+        assert_eq!(loaded.agents[0], deltas[0].state);
+        let history = reopened.read_history("a00", 1440).unwrap();
+        assert_eq!(history.samples, deltas[0].samples);
+        assert_eq!(
+            reopened.read_history("a00", 2).unwrap().samples,
+            deltas[0].samples[1..]
+        );
         assert_eq!(reopened.get("zzz").unwrap(), None);
     }
 
     #[test]
-    fn corrupt_files_are_moved_aside_and_temp_files_removed() {
+    fn compaction_keeps_the_newest_records() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
-        store.save(&meta("good", 2)).unwrap();
+        let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
+        let mut d = delta("a", 25);
+        d.compact_to = Some(10);
+        store.persist(&[d]).unwrap();
+        let seqs: Vec<_> = store
+            .read_history("a", 100)
+            .unwrap()
+            .samples
+            .iter()
+            .map(|s| s.seq)
+            .collect();
+        assert_eq!(seqs, (16..=25).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn corrupt_state_files_are_moved_aside_and_temp_files_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
+        store.persist(&[delta("good", 2)]).unwrap();
         let agents = store.agents_dir().to_owned();
         fs::write(
             agents.join("torn.json"),
-            b"{\"format_version\":1,\"id\":\"to",
+            b"{\"format_version\":2,\"id\":\"to",
         )
         .unwrap();
         fs::write(
             agents.join("other.json"),
-            serde_json::to_vec(&meta("good", 1)).unwrap(),
+            serde_json::to_vec(&agent("good", 1).0).unwrap(),
         )
         .unwrap();
         fs::write(agents.join(".good.json.tmp-abc"), b"partial").unwrap();
+        fs::write(
+            dir.path().join("history").join(".good.log.tmp-abc"),
+            b"partial",
+        )
+        .unwrap();
 
         let loaded = store.load_all().unwrap();
 
@@ -354,16 +575,13 @@ mod tests {
             ["good"]
         );
         assert_eq!(loaded.corrupt_files, 2);
-        assert_eq!(loaded.temp_files_removed, 1);
-        let mut names: Vec<_> = fs::read_dir(&agents)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
+        assert_eq!(loaded.temp_files_removed, 2);
+        let names = names(&agents);
         assert_eq!(names.len(), 3, "{names:?}");
         assert_eq!(names[0], "good.json");
         assert!(names[1].starts_with("other.json.corrupt-"), "{names:?}");
         assert!(names[2].starts_with("torn.json.corrupt-"), "{names:?}");
+        assert_eq!(self::names(&dir.path().join("history")), ["good.log"]);
     }
 
     #[test]
@@ -377,13 +595,33 @@ mod tests {
         assert!(err.to_string().contains("not-a-dir"), "{err}");
     }
 
+    #[test]
+    fn a_failed_persist_leaves_no_temp_file_and_the_old_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
+        store.persist(&[delta("a", 1)]).unwrap();
+        // A directory where b's history log should go makes the append fail.
+        fs::create_dir(dir.path().join("history").join("b.log")).unwrap();
+        assert!(store.persist(&[delta("a", 2), delta("b", 1)]).is_err());
+        assert_eq!(
+            store.get("a").unwrap().unwrap().heartbeat_count,
+            1,
+            "old state kept"
+        );
+        assert_eq!(names(store.agents_dir()), ["a.json"]);
+    }
+
     #[actix_rt::test]
-    async fn messages_get_save_update_delete() {
+    async fn messages_get_save_update_delete_persist() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_owned();
         let addr = SyncArbiter::start(1, move || FileMetadataStore::open(&path, quiet()).unwrap());
 
-        addr.send(Save(meta("a", 1))).await.unwrap().unwrap();
+        addr.send(Persist(vec![delta("a", 2)]))
+            .await
+            .unwrap()
+            .unwrap();
+        addr.send(Save(agent("b", 0).0)).await.unwrap().unwrap();
         let updated = addr
             .send(Update {
                 id: "a".into(),
@@ -394,22 +632,38 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(updated.name, "renamed");
-        let got = addr.send(Get("a".into())).await.unwrap().unwrap().unwrap();
-        assert_eq!(got.name, "renamed");
-        assert_eq!(got.history.len(), 1);
-        let missing = addr
-            .send(Update {
-                id: "nope".into(),
-                change: Box::new(|_| panic!("must not be called")),
+        assert_eq!(
+            addr.send(Get("a".into()))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                .name,
+            "renamed"
+        );
+        let history = addr
+            .send(ReadHistory {
+                id: "a".into(),
+                limit: 10,
             })
             .await
             .unwrap()
             .unwrap();
-        assert!(missing.is_none());
+        assert_eq!(history.samples.len(), 2);
 
         assert!(addr.send(Delete("a".into())).await.unwrap().unwrap());
         assert!(!addr.send(Delete("a".into())).await.unwrap().unwrap());
         assert!(addr.send(Get("a".into())).await.unwrap().unwrap().is_none());
+        assert!(addr
+            .send(ReadHistory {
+                id: "a".into(),
+                limit: 10
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .samples
+            .is_empty());
         addr.send(Flush).await.unwrap().unwrap();
     }
 }

@@ -149,7 +149,7 @@ impl ClosingPool {
 mod tests {
     use super::*;
     use crate::agent::AgentInfo;
-    use crate::queue::{Admission, IngressQueue};
+    use crate::queue::IngressQueue;
     use crate::registry::Registry;
     use crate::stats::GetStats;
     use crate::store::FileMetadataStore;
@@ -172,9 +172,18 @@ mod tests {
         .unwrap();
         let view = registry.snapshot();
         let queue = IngressQueue::new(100);
-        let stats = Stats::new(2, queue.clone(), view.clone()).start();
+        let stats = Stats::new(
+            2,
+            crate::stats::IngressCounters::new(),
+            queue.clone(),
+            view.clone(),
+        )
+        .start();
         let manager = Manager::new(
-            1440,
+            crate::manager::PersistPolicy {
+                history_len: 1440,
+                flush_interval: Duration::ZERO,
+            },
             Vec::new(),
             registry.start(),
             view,
@@ -186,9 +195,7 @@ mod tests {
 
         let addr = pool.addr();
         for n in 0..50u64 {
-            let Admission::Admitted(permit) = queue.try_acquire() else {
-                panic!("queue full")
-            };
+            let permit = queue.try_acquire().expect("room in the queue");
             let heartbeat = Heartbeat {
                 agent_id: "a".into(),
                 timestamp: Utc::now(),
@@ -209,12 +216,14 @@ mod tests {
         assert_eq!(queue.depth(), 0, "every permit released");
         let report = stats.send(GetStats).await.unwrap();
         assert_eq!(report.total_processed, 50);
-        let meta = store
-            .send(crate::store::Get("a".into()))
+        let history = store
+            .send(crate::store::ReadHistory {
+                id: "a".into(),
+                limit: 1440,
+            })
             .await
             .unwrap()
-            .unwrap()
             .unwrap();
-        assert_eq!(meta.history.len(), 50, "every heartbeat is on disk");
+        assert_eq!(history.samples.len(), 50, "every heartbeat is on disk");
     }
 }

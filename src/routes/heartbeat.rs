@@ -7,17 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::{Addr, WeakAddr};
+use actix::WeakAddr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
 use futures::StreamExt;
-use heartbeatd_actors::queue::{Admission, IngressQueue};
+use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::ratelimit::LogGate;
 use heartbeatd_actors::registry::RegistrySnapshot;
-use heartbeatd_actors::stats::{HeartbeatAccepted, HeartbeatRejected, Stats};
+use heartbeatd_actors::stats::IngressCounters;
 use heartbeatd_actors::worker::{HeartbeatWorker, ProcessHeartbeat};
-use slog::{debug, info, warn, Logger};
+use slog::{debug, warn, Logger};
 
 use super::ApiResponse;
 use crate::heartbeat_request::{self, RequestError, TimestampSource};
@@ -25,9 +25,9 @@ use crate::heartbeat_request::{self, RequestError, TimestampSource};
 /// The largest body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// At most one "unparseable timestamp" warning per this long (an agent with a broken clock
-/// format would otherwise log one line per heartbeat).
-const TIMESTAMP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// At most one "unparseable timestamp" warning, and one "queue full" warning, per this long;
+/// each says how many were not logged. Under overload either would otherwise log per request.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a heartbeat was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +72,13 @@ pub struct HeartbeatIngress {
     /// at shutdown ends them deterministically; a failed upgrade means "stopped".
     pub workers: WeakAddr<HeartbeatWorker>,
     pub registry: RegistrySnapshot,
-    pub stats: Addr<Stats>,
+    /// Received and rejected counts; Stats reads them.
+    pub counters: Arc<IngressCounters>,
     /// Set when shutdown begins; from then on heartbeats get 503 "stopped".
     pub stopping: Arc<AtomicBool>,
     pub log: Logger,
     timestamp_warnings: Mutex<LogGate>,
+    queue_full_warnings: Mutex<LogGate>,
 }
 
 impl HeartbeatIngress {
@@ -84,7 +86,7 @@ impl HeartbeatIngress {
         queue: Arc<IngressQueue>,
         workers: WeakAddr<HeartbeatWorker>,
         registry: RegistrySnapshot,
-        stats: Addr<Stats>,
+        counters: Arc<IngressCounters>,
         stopping: Arc<AtomicBool>,
         log: Logger,
     ) -> Self {
@@ -92,10 +94,11 @@ impl HeartbeatIngress {
             queue,
             workers,
             registry,
-            stats,
+            counters,
             stopping,
             log,
-            timestamp_warnings: Mutex::new(LogGate::new(TIMESTAMP_WARNING_INTERVAL)),
+            timestamp_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
+            queue_full_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
         }
     }
 }
@@ -107,7 +110,7 @@ pub async fn post_heartbeat(
 ) -> Result<HttpResponse, HeartbeatError> {
     let result = accept(&req, payload, &ingress).await;
     if result.is_err() {
-        ingress.stats.do_send(HeartbeatRejected);
+        ingress.counters.rejected();
     }
     result
 }
@@ -146,20 +149,20 @@ async fn accept(
         }
     }
 
-    let permit = match ingress.queue.try_acquire() {
-        Admission::Admitted(permit) => permit,
-        Admission::Full { first_of_episode } => {
-            if first_of_episode {
-                warn!(log, "worker queue is full; answering 503 until it drains (logged once per episode)";
-                    "agent_id" => &heartbeat.agent_id, "capacity" => ingress.queue.capacity(),
-                    "what_to_do" => "raise workers or queue_capacity, or lower the agents' heartbeat rate");
-            }
-            return Err(HeartbeatError::QueueFull);
+    let Some(permit) = ingress.queue.try_acquire() else {
+        // try_lock: under overload, rejections must not queue up behind each other here.
+        if let Ok(Some(not_logged)) = ingress
+            .queue_full_warnings
+            .try_lock()
+            .map(|mut g| g.check(Instant::now()))
+        {
+            warn!(log, "worker queue is full; answering 503 with Retry-After (logged at most once per 10 s)";
+                "agent_id" => &heartbeat.agent_id, "capacity" => ingress.queue.capacity(),
+                "rejections_not_logged" => not_logged,
+                "what_to_do" => "raise workers or queue_capacity, or lower the agents' heartbeat rate");
         }
+        return Err(HeartbeatError::QueueFull);
     };
-    if let Some(rejected) = permit.ended_full_episode() {
-        info!(log, "worker queue has room again"; "rejected_while_full" => rejected);
-    }
     debug!(log, "heartbeat queued"; "agent_id" => &heartbeat.agent_id);
     ingress
         .workers
@@ -167,7 +170,7 @@ async fn accept(
         .ok_or(HeartbeatError::Stopped)?
         .try_send(ProcessHeartbeat { heartbeat, permit })
         .map_err(|_| HeartbeatError::Stopped)?;
-    ingress.stats.do_send(HeartbeatAccepted { at: now });
+    ingress.counters.accepted(now);
     Ok(HttpResponse::Ok().json(ApiResponse::new(true, "heartbeat received")))
 }
 
@@ -204,9 +207,9 @@ mod tests {
     use actix::prelude::*;
     use actix_web::{test, App};
     use heartbeatd_actors::agent::AgentInfo;
-    use heartbeatd_actors::manager::Manager;
+    use heartbeatd_actors::manager::{Manager, PersistPolicy};
     use heartbeatd_actors::registry::Registry;
-    use heartbeatd_actors::stats::GetStats;
+    use heartbeatd_actors::stats::{GetStats, Stats};
     use heartbeatd_actors::store::{self, FileMetadataStore};
     use heartbeatd_actors::worker::WorkerPool;
     use serde_json::{json, Value};
@@ -235,9 +238,14 @@ mod tests {
         .unwrap();
         let view = registry.snapshot();
         let queue = IngressQueue::new(capacity);
-        let stats = Stats::new(1, queue.clone(), view.clone()).start();
+        let counters = IngressCounters::new();
+        let stats = Stats::new(1, counters.clone(), queue.clone(), view.clone()).start();
+        let policy = PersistPolicy {
+            history_len: 10,
+            flush_interval: Duration::ZERO,
+        };
         let manager = Manager::new(
-            10,
+            policy,
             Vec::new(),
             registry.start(),
             view.clone(),
@@ -250,7 +258,7 @@ mod tests {
             queue,
             pool.weak_addr(),
             view,
-            stats.clone(),
+            counters,
             Arc::new(AtomicBool::new(false)),
             quiet,
         ));
