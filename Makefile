@@ -3,13 +3,14 @@
 CARGO ?= cargo
 CONFIG ?= configs/heartbeatd.toml
 
-.PHONY: help run build test lint fmt clean
+.PHONY: help run build test lint fmt clean bench wrk
 
 help:
 	@echo "make run    build (release) and run heartbeatd on $(CONFIG) (127.0.0.1:8080)"
 	@echo "make test   the whole suite: format check, clippy, unit and integration tests"
 	@echo "make build  release build only (target/release/heartbeatd)"
 	@echo "make lint   cargo fmt --check and clippy with warnings as errors"
+	@echo "make bench  the performance scenarios (about 3 minutes), printed as one table"
 	@echo "make clean  remove build output"
 
 run:
@@ -24,6 +25,16 @@ lint:
 
 test: lint
 	$(CARGO) test --workspace
+
+# wrk checks heartbeatd-load against an independent load generator (Debian package).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk (Debian package) for the bench"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
+
+bench: wrk
+	$(CARGO) bench --bench scenarios
 
 fmt:
 	$(CARGO) fmt --all

@@ -35,19 +35,12 @@ fn bad_configurations_exit_2_and_name_the_key_and_file() {
             "[[agents]]\nid = \"a\"\n[[agents]]\nid = \"a\"\n",
             "agents[1].id",
         ),
-        (
-            "bad agent id",
-            "[[agents]]\nid = \"no spaces\"\n",
-            "agents[0].id",
-        ),
+        ("bad agent id", "[[agents]]\nid = \"no spaces\"\n", "agents[0].id"),
     ];
     for (case, text, key) in cases {
         let (code, _, stderr) = run_with_config(text, &[]);
         assert_eq!(code, Some(2), "{case}: {stderr}");
-        assert!(
-            stderr.contains(key),
-            "{case}: stderr does not name {key}: {stderr}"
-        );
+        assert!(stderr.contains(key), "{case}: stderr does not name {key}: {stderr}");
         assert!(
             stderr.contains("bad.toml"),
             "{case}: stderr does not name the file: {stderr}"
@@ -67,30 +60,15 @@ fn check_config_prints_the_effective_configuration_or_the_error() {
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(printed.contains("workers = 3"), "{printed}");
-    assert!(
-        printed.contains("queue_capacity = 30"),
-        "default filled in: {printed}"
-    );
-    assert!(
-        printed.contains("http_port = 9123"),
-        "environment applied: {printed}"
-    );
+    assert!(printed.contains("queue_capacity = 30"), "default filled in: {printed}");
+    assert!(printed.contains("http_port = 9123"), "environment applied: {printed}");
     assert!(printed.contains("id = \"agent-1\""), "{printed}");
 
     let bad = dir.path().join("bad.toml");
     fs::write(&bad, "workers = -1\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("workers"));
 }
@@ -112,15 +90,7 @@ fn an_unusable_data_dir_exits_1_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_dir = dir.path().join("a-file");
     fs::write(&not_a_dir, b"").unwrap();
-    let (code, _, stderr) = run_with_config(
-        AGENTS,
-        &[
-            "--http-port",
-            "1",
-            "--data-dir",
-            not_a_dir.to_str().unwrap(),
-        ],
-    );
+    let (code, _, stderr) = run_with_config(AGENTS, &["--http-port", "1", "--data-dir", not_a_dir.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("data_dir is not usable") && stderr.contains("a-file"),
@@ -165,15 +135,8 @@ fn json_log_format_writes_one_json_object_per_line() {
     let lines: Vec<_> = log.lines().collect();
     assert!(lines.len() >= 2, "{log}");
     for line in lines {
-        let record: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(
-            record["msg"].is_string() && record["level"].is_string(),
-            "{line}"
-        );
+        let record: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(record["msg"].is_string() && record["level"].is_string(), "{line}");
     }
-    assert!(
-        log.contains("\"version\""),
-        "start-up line carries the version: {log}"
-    );
+    assert!(log.contains("\"version\""), "start-up line carries the version: {log}");
 }

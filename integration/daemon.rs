@@ -53,11 +53,7 @@ impl Reply {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Daemon {
@@ -154,15 +150,11 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let stats = self.stats();
-            let done = stats["total_processed"].as_u64().unwrap()
-                + stats["total_errors"].as_u64().unwrap();
+            let done = stats["total_processed"].as_u64().unwrap() + stats["total_errors"].as_u64().unwrap();
             if done >= n {
                 return stats;
             }
-            assert!(
-                Instant::now() < deadline,
-                "only {done} of {n} processed: {stats}"
-            );
+            assert!(Instant::now() < deadline, "only {done} of {n} processed: {stats}");
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -182,10 +174,7 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
-                    "heartbeatd did not exit within {timeout:?}:\n{}",
-                    self.log()
-                );
+                panic!("heartbeatd did not exit within {timeout:?}:\n{}", self.log());
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -212,9 +201,7 @@ pub fn send_signal(pid: u32, signal: &str) {
 
 /// One HTTP request; `None` when the connection fails.
 pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<Reply> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .build();
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
     let request = agent.request(method, &format!("http://127.0.0.1:{port}{path}"));
     let result = match body {
         Some(body) => request.send_string(body),
@@ -236,11 +223,7 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<R
         .collect();
     let text = response.into_string().unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Some(Reply {
-        status,
-        headers,
-        body,
-    })
+    Some(Reply { status, headers, body })
 }
 
 /// Reads one agent's state file.
@@ -262,8 +245,7 @@ pub fn history_on_disk(data_dir: &Path, id: &str) -> Vec<Value> {
     };
     let mut records: Vec<Value> = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
-        let record: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
+        let record: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
         if records
             .last()
             .is_none_or(|prev| record["n"].as_u64() > prev["n"].as_u64())

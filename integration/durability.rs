@@ -32,11 +32,7 @@ fn a_restart_keeps_last_heartbeat_and_history() {
         .map(|p| p["m"].as_u64().unwrap())
         .collect();
     assert_eq!(memories, [0, 1, 2, 3, 4, 5]);
-    assert!(
-        second.log().contains("agents_with_state: 1"),
-        "{}",
-        second.log()
-    );
+    assert!(second.log().contains("agents_with_state: 1"), "{}", second.log());
 }
 
 #[test]
@@ -51,16 +47,8 @@ fn a_corrupt_agent_file_is_moved_aside_and_the_daemon_starts() {
         b"{\"format_version\":2,\"id\":\"agent-1\",\"hea",
     )
     .unwrap();
-    fs::write(
-        data.join("agents/.agent-2.json.tmp-deadbeef"),
-        b"half a write",
-    )
-    .unwrap();
-    fs::write(
-        data.join("history/.agent-2.log.tmp-deadbeef"),
-        b"half a write",
-    )
-    .unwrap();
+    fs::write(data.join("agents/.agent-2.json.tmp-deadbeef"), b"half a write").unwrap();
+    fs::write(data.join("history/.agent-2.log.tmp-deadbeef"), b"half a write").unwrap();
 
     // Act
     let daemon = Daemon::start_in(dir.path(), &format!("flush_interval_ms = 0\n{AGENTS}"));
@@ -76,9 +64,7 @@ fn a_corrupt_agent_file_is_moved_aside_and_the_daemon_starts() {
     };
     let agents = names("agents");
     assert!(
-        agents
-            .iter()
-            .any(|n| n.starts_with("agent-1.json.corrupt-")),
+        agents.iter().any(|n| n.starts_with("agent-1.json.corrupt-")),
         "{agents:?}"
     );
     for sub in ["agents", "history"] {
@@ -87,10 +73,7 @@ fn a_corrupt_agent_file_is_moved_aside_and_the_daemon_starts() {
             "temp files removed from {sub}"
         );
     }
-    assert_eq!(
-        agent_file(&daemon.data_dir(), "agent-1")["heartbeat_count"],
-        1
-    );
+    assert_eq!(agent_file(&daemon.data_dir(), "agent-1")["heartbeat_count"], 1);
     let log = daemon.log();
     assert!(log.contains("ERRO") && log.contains("moved aside"), "{log}");
 }
@@ -109,15 +92,8 @@ fn the_timed_flush_writes_state_and_history_without_a_stop() {
     // Assert: within a few intervals both files are there, with no stop to force them.
     let deadline = Instant::now() + Duration::from_secs(10);
     while history_on_disk(&daemon.data_dir(), "agent-2").len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "history not flushed:\n{}",
-            daemon.log()
-        );
+        assert!(Instant::now() < deadline, "history not flushed:\n{}", daemon.log());
         thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        agent_file(&daemon.data_dir(), "agent-2")["heartbeat_count"],
-        3
-    );
+    assert_eq!(agent_file(&daemon.data_dir(), "agent-2")["heartbeat_count"], 3);
 }

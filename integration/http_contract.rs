@@ -19,10 +19,7 @@ fn assert_body_shape(body: &Value, success: bool) {
 }
 
 fn chrono_like_rfc3339(ts: &str) -> bool {
-    ts.len() >= 20
-        && ts.as_bytes()[4] == b'-'
-        && ts.as_bytes()[10] == b'T'
-        && (ts.ends_with('Z') || ts.contains('+'))
+    ts.len() >= 20 && ts.as_bytes()[4] == b'-' && ts.as_bytes()[10] == b'T' && (ts.ends_with('Z') || ts.contains('+'))
 }
 
 #[test]
@@ -90,10 +87,7 @@ struct ErrorCase {
 fn every_error_status_has_the_common_body() {
     // Arrange
     let daemon = Daemon::start(AGENTS);
-    let big = format!(
-        "{{\"agent_id\":\"agent-1\",\"pad\":\"{}\"}}",
-        "x".repeat(70 * 1024)
-    );
+    let big = format!("{{\"agent_id\":\"agent-1\",\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
     let valid_but = |field: &str, value: Value| {
         let mut body = heartbeat("agent-1", 1);
         body[field] = value;
@@ -238,10 +232,7 @@ fn every_error_status_has_the_common_body() {
         .filter(|c| c.method == "POST" && c.path == "/heartbeat")
         .count();
     let stats = daemon.stats();
-    assert_eq!(
-        stats["total_rejected"], rejected_heartbeats as u64,
-        "{stats}"
-    );
+    assert_eq!(stats["total_rejected"], rejected_heartbeats as u64, "{stats}");
     assert_eq!(stats["total_received"], 0, "{stats}");
     let log = daemon.log();
     assert!(

@@ -6,4 +6,5 @@ mod daemon;
 mod config_errors;
 mod durability;
 mod http_contract;
+mod load_tool;
 mod shutdown;

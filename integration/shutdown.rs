@@ -32,21 +32,12 @@ fn burst(port: u16, target: u64) -> u64 {
                         accepted.fetch_sub(1, Ordering::SeqCst);
                         break;
                     }
-                    let reply = http(
-                        port,
-                        "POST",
-                        "/heartbeat",
-                        Some(&heartbeat(&id, n).to_string()),
-                    )
-                    .expect("answer");
+                    let reply = http(port, "POST", "/heartbeat", Some(&heartbeat(&id, n).to_string())).expect("answer");
                     match reply.status {
                         200 => {}
                         503 => {
                             assert_eq!(reply.header("retry-after"), Some("1"), "{reply:?}");
-                            assert_eq!(
-                                reply.body["message"],
-                                "worker pool is full, please retry later"
-                            );
+                            assert_eq!(reply.body["message"], "worker pool is full, please retry later");
                             full.fetch_add(1, Ordering::SeqCst);
                             accepted.fetch_sub(1, Ordering::SeqCst);
                         }
@@ -88,10 +79,7 @@ fn stop_right_after_a_burst_loses_nothing(signal: &str, heartbeats: u64) {
         log.contains("every accepted heartbeat is processed and on disk"),
         "{log}"
     );
-    let drained_line = log
-        .lines()
-        .find(|l| l.contains("drained"))
-        .unwrap_or_default();
+    let drained_line = log.lines().find(|l| l.contains("drained")).unwrap_or_default();
     println!("{signal}: {drained_line}");
 }
 

@@ -96,7 +96,9 @@ async fn run_daemon(loaded: Result<Loaded, SettingsError>) -> ExitCode {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("heartbeatd: {e}");
-            eprintln!("heartbeatd: nothing was started; fix the configuration (check it with `heartbeatd check-config FILE`)");
+            eprintln!(
+                "heartbeatd: nothing was started; fix the configuration (check it with `heartbeatd check-config FILE`)"
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };

@@ -60,8 +60,7 @@ pub fn parse(
     is_registered: impl Fn(&str) -> bool,
     now: DateTime<Utc>,
 ) -> Result<ValidHeartbeat, RequestError> {
-    let req: HeartbeatRequest =
-        serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+    let req: HeartbeatRequest = serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
     // serde would also map a JSON array onto the struct by position; Go (and we) want an object.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(RequestError::InvalidJson("expected a JSON object".into()));
@@ -73,10 +72,7 @@ pub fn parse(
         return Err(invalid("agent_id", "is required".into()));
     }
     if !is_registered(&agent_id) {
-        return Err(invalid(
-            "agent_id",
-            format!("agent {agent_id:?} is not registered"),
-        ));
+        return Err(invalid("agent_id", format!("agent {agent_id:?} is not registered")));
     }
     let pid = req.pid.unwrap_or(0);
     if pid <= 0 {
@@ -84,10 +80,7 @@ pub fn parse(
     }
     let cpu = req.cpu.unwrap_or(0.0);
     if !(0.0..=100.0).contains(&cpu) {
-        return Err(invalid(
-            "cpu",
-            format!("must be between 0 and 100, got {cpu}"),
-        ));
+        return Err(invalid("cpu", format!("must be between 0 and 100, got {cpu}")));
     }
     let status = match req.status.as_deref() {
         None | Some("") => None,
@@ -128,9 +121,7 @@ pub fn agent_id_hint(body: &[u8]) -> Option<String> {
     struct JustTheId {
         agent_id: String,
     }
-    serde_json::from_slice::<JustTheId>(body)
-        .ok()
-        .map(|r| r.agent_id)
+    serde_json::from_slice::<JustTheId>(body).ok().map(|r| r.agent_id)
 }
 
 #[cfg(test)]
@@ -139,9 +130,7 @@ mod tests {
     use serde_json::json;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-24T06:00:00Z")
-            .unwrap()
-            .to_utc()
+        DateTime::parse_from_rfc3339("2026-11-24T06:00:00Z").unwrap().to_utc()
     }
 
     fn registered(id: &str) -> bool {
@@ -187,27 +176,59 @@ mod tests {
         let cases: Vec<(&str, Vec<u8>, Result<(), &str>)> = vec![
             ("cpu 0", with("cpu", json!(0)), Ok(())),
             ("cpu 100", with("cpu", json!(100)), Ok(())),
-            ("cpu 100.000001", with("cpu", json!(100.000001)),
-                Err("validation failed: cpu: must be between 0 and 100, got 100.000001")),
-            ("cpu -0.1", with("cpu", json!(-0.1)),
-                Err("validation failed: cpu: must be between 0 and 100, got -0.1")),
+            (
+                "cpu 100.000001",
+                with("cpu", json!(100.000001)),
+                Err("validation failed: cpu: must be between 0 and 100, got 100.000001"),
+            ),
+            (
+                "cpu -0.1",
+                with("cpu", json!(-0.1)),
+                Err("validation failed: cpu: must be between 0 and 100, got -0.1"),
+            ),
             ("cpu missing", with("-cpu", json!(null)), Ok(())),
             ("pid 1", with("pid", json!(1)), Ok(())),
-            ("pid 0", with("pid", json!(0)), Err("validation failed: pid: must be greater than 0, got 0")),
-            ("pid -1", with("pid", json!(-1)), Err("validation failed: pid: must be greater than 0, got -1")),
-            ("pid missing", with("-pid", json!(null)), Err("validation failed: pid: must be greater than 0, got 0")),
+            (
+                "pid 0",
+                with("pid", json!(0)),
+                Err("validation failed: pid: must be greater than 0, got 0"),
+            ),
+            (
+                "pid -1",
+                with("pid", json!(-1)),
+                Err("validation failed: pid: must be greater than 0, got -1"),
+            ),
+            (
+                "pid missing",
+                with("-pid", json!(null)),
+                Err("validation failed: pid: must be greater than 0, got 0"),
+            ),
             ("memory 0", with("memory", json!(0)), Ok(())),
             ("memory max u64", with("memory", json!(u64::MAX)), Ok(())),
-            ("agent_id empty", with("agent_id", json!("")), Err("validation failed: agent_id: is required")),
-            ("agent_id missing", with("-agent_id", json!(null)), Err("validation failed: agent_id: is required")),
-            ("agent_id unknown", with("agent_id", json!("ghost")),
-                Err("validation failed: agent_id: agent \"ghost\" is not registered")),
+            (
+                "agent_id empty",
+                with("agent_id", json!("")),
+                Err("validation failed: agent_id: is required"),
+            ),
+            (
+                "agent_id missing",
+                with("-agent_id", json!(null)),
+                Err("validation failed: agent_id: is required"),
+            ),
+            (
+                "agent_id unknown",
+                with("agent_id", json!("ghost")),
+                Err("validation failed: agent_id: agent \"ghost\" is not registered"),
+            ),
             ("status stopped", with("status", json!("stopped")), Ok(())),
             ("status error", with("status", json!("error")), Ok(())),
             ("status empty", with("status", json!("")), Ok(())),
             ("status missing", with("-status", json!(null)), Ok(())),
-            ("status unknown", with("status", json!("dancing")),
-                Err("validation failed: status: must be one of running, stopped, error, got \"dancing\"")),
+            (
+                "status unknown",
+                with("status", json!("dancing")),
+                Err("validation failed: status: must be one of running, stopped, error, got \"dancing\""),
+            ),
             ("unknown fields are ignored", with("version", json!("1.2.3")), Ok(())),
         ];
         for (case, body, expected) in cases {
@@ -247,28 +268,19 @@ mod tests {
     fn a_bad_or_missing_timestamp_falls_back_to_server_time() {
         let bad = check(&with("timestamp", json!("yesterday"))).unwrap();
         assert_eq!(bad.heartbeat.timestamp, now());
-        assert_eq!(
-            bad.timestamp_source,
-            TimestampSource::Unparseable("yesterday".into())
-        );
+        assert_eq!(bad.timestamp_source, TimestampSource::Unparseable("yesterday".into()));
 
         let missing = check(&with("-timestamp", json!(null))).unwrap();
         assert_eq!(missing.heartbeat.timestamp, now());
         assert_eq!(missing.timestamp_source, TimestampSource::Missing);
 
         let offset = check(&with("timestamp", json!("2026-11-24T08:00:00.5+02:00"))).unwrap();
-        assert_eq!(
-            offset.heartbeat.timestamp.to_rfc3339(),
-            "2026-11-24T06:00:00.500+00:00"
-        );
+        assert_eq!(offset.heartbeat.timestamp.to_rfc3339(), "2026-11-24T06:00:00.500+00:00");
     }
 
     #[test]
     fn the_agent_id_of_a_refused_body_is_found_for_the_log() {
-        assert_eq!(
-            agent_id_hint(&with("pid", json!(-1))),
-            Some("agent-1".into())
-        );
+        assert_eq!(agent_id_hint(&with("pid", json!(-1))), Some("agent-1".into()));
         assert_eq!(agent_id_hint(b"nonsense"), None);
     }
 }

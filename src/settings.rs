@@ -170,8 +170,7 @@ fn default_shutdown_timeout_s() -> u64 {
 impl Settings {
     /// The effective queue capacity.
     pub fn queue_capacity(&self) -> usize {
-        self.queue_capacity
-            .unwrap_or(self.workers.saturating_mul(10))
+        self.queue_capacity.unwrap_or(self.workers.saturating_mul(10))
     }
 
     /// The settings with every default filled in, as `check-config` prints them.
@@ -272,20 +271,14 @@ pub fn load(
     let mut builder = config::Config::builder();
     if let Some(path) = file {
         if !path.is_file() {
-            return Err(fail(
-                &origin,
-                "the file does not exist or is not a regular file".into(),
-            ));
+            return Err(fail(&origin, "the file does not exist or is not a regular file".into()));
         }
         builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
     }
 
     let mut applied_env = Vec::new();
     let mut ignored_env = Vec::new();
-    let mut env: Vec<_> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
+    let mut env: Vec<_> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
     env.sort();
     for (name, value) in env {
         let key = name[ENV_PREFIX.len()..].to_ascii_lowercase();
@@ -327,9 +320,7 @@ pub fn load(
 /// The config crate appends the file path to some messages; ours already leads with it.
 fn clean_config_message(message: &str) -> String {
     match message.find(" in ") {
-        Some(at) if message[at..].contains('/') || message[at..].contains(".toml") => {
-            message[..at].to_owned()
-        }
+        Some(at) if message[at..].contains('/') || message[at..].contains(".toml") => message[..at].to_owned(),
         _ => message.to_owned(),
     }
 }
@@ -352,9 +343,7 @@ mod tests {
 
     #[test]
     fn defaults_match_the_documentation() {
-        let s = load(None, Vec::new(), &Overrides::default())
-            .unwrap()
-            .settings;
+        let s = load(None, Vec::new(), &Overrides::default()).unwrap().settings;
         assert_eq!(s.http_port, 0);
         assert_eq!(s.http_bind, "127.0.0.1");
         assert_eq!(s.workers, 10);
@@ -383,16 +372,9 @@ mod tests {
             data_dir: None,
         };
         let loaded = load(Some(file.path()), env, &overrides).unwrap();
-        assert_eq!(
-            loaded.settings.http_port, 3000,
-            "flag wins over env and file"
-        );
+        assert_eq!(loaded.settings.http_port, 3000, "flag wins over env and file");
         assert_eq!(loaded.settings.workers, 6, "env wins over file");
-        assert_eq!(
-            loaded.settings.queue_capacity(),
-            60,
-            "capacity follows workers"
-        );
+        assert_eq!(loaded.settings.queue_capacity(), 60, "capacity follows workers");
         assert_eq!(loaded.settings.data_dir, PathBuf::from("/from/file"));
         assert_eq!(loaded.ignored_env, ["HEARTBEATD_NO_SUCH_KEY"]);
     }
@@ -420,10 +402,7 @@ mod tests {
             ("log_level = \"loud\"", "log_level"),
             ("log_format = \"xml\"", "log_format"),
             ("shutdown_timeout_s = 0", "shutdown_timeout_s"),
-            (
-                "[[agents]]\nid = \"a\"\n[[agents]]\nid = \"a\"",
-                "agents[1].id",
-            ),
+            ("[[agents]]\nid = \"a\"\n[[agents]]\nid = \"a\"", "agents[1].id"),
             ("[[agents]]\nid = \"a/b\"", "agents[0].id"),
             ("[[agents]]\nid = \"\"", "agents[0].id"),
             ("[[agents]]\nname = \"no id\"", "id"),
@@ -435,10 +414,7 @@ mod tests {
                 .err()
                 .unwrap_or_else(|| panic!("{text:?} must be refused"));
             let message = err.to_string();
-            assert!(
-                message.contains(key),
-                "{text:?}: {message:?} does not name {key}"
-            );
+            assert!(message.contains(key), "{text:?}: {message:?} does not name {key}");
             assert!(
                 message.contains(".toml"),
                 "{text:?}: {message:?} does not name the file"
@@ -459,13 +435,9 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_an_error() {
-        let err = load(
-            Some(Path::new("/no/such/file.toml")),
-            Vec::new(),
-            &Overrides::default(),
-        )
-        .err()
-        .unwrap();
+        let err = load(Some(Path::new("/no/such/file.toml")), Vec::new(), &Overrides::default())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("/no/such/file.toml"), "{err}");
     }
 }

@@ -111,9 +111,7 @@ pub async fn run(app: Application) -> DrainOutcome {
     let force = actix_rt::spawn(async move {
         let name = signals.recv().await;
         // The async logger may not get to write this before exit, so say it directly too.
-        eprintln!(
-            "heartbeatd: second stop signal ({name}): exiting now without finishing the queue"
-        );
+        eprintln!("heartbeatd: second stop signal ({name}): exiting now without finishing the queue");
         slog::crit!(force_log, "second stop signal: exiting now without finishing the queue"; "signal" => name);
         std::process::exit(1);
     });
@@ -129,7 +127,7 @@ pub async fn run(app: Application) -> DrainOutcome {
         actix_rt::time::sleep(DRAIN_POLL).await;
     }
     let workers_running = pool.close().wait(deadline).await;
-    let unprocessed = queue.depth();
+    let unprocessed = queue.depth() as u64 + queue.lost();
     let flush = flush_until_clean(&manager, deadline).await;
     let drained = finished(&stats).await.saturating_sub(finished_before);
     force.abort();
@@ -149,10 +147,7 @@ pub async fn run(app: Application) -> DrainOutcome {
 
 /// Flushes until no agent is left unpersisted, the store fails, or the deadline passes.
 /// Returns how many flushes it took.
-async fn flush_until_clean(
-    manager: &actix::Addr<manager::Manager>,
-    deadline: Instant,
-) -> Result<usize, String> {
+async fn flush_until_clean(manager: &actix::Addr<manager::Manager>, deadline: Instant) -> Result<usize, String> {
     let mut flushes = 0;
     loop {
         let remaining = deadline
@@ -162,11 +157,7 @@ async fn flush_until_clean(
         match actix_rt::time::timeout(remaining, manager.send(manager::Flush)).await {
             Ok(Ok(Ok(0))) => return Ok(flushes),
             Ok(Ok(Ok(_still_dirty))) if Instant::now() < deadline => continue,
-            Ok(Ok(Ok(still_dirty))) => {
-                return Err(format!(
-                    "{still_dirty} agents not persisted by the deadline"
-                ))
-            }
+            Ok(Ok(Ok(still_dirty))) => return Err(format!("{still_dirty} agents not persisted by the deadline")),
             Ok(Ok(Err(e))) => return Err(e),
             Ok(Err(_)) => return Err("the manager is not running".to_owned()),
             Err(_) => return Err("timed out".to_owned()),
@@ -188,7 +179,7 @@ fn report(
     log: &Logger,
     started: Instant,
     drained: u64,
-    unprocessed: usize,
+    unprocessed: u64,
     workers_running: usize,
     flush: Result<usize, String>,
     server_failed: bool,

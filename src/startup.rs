@@ -69,8 +69,7 @@ impl Application {
         let signals = Signals::install().map_err(StartupError::Signals)?;
 
         let store_log = log.new(o!("actor" => "store"));
-        let store = FileMetadataStore::open(&settings.data_dir, store_log)
-            .map_err(StartupError::DataDir)?;
+        let store = FileMetadataStore::open(&settings.data_dir, store_log).map_err(StartupError::DataDir)?;
         let loaded = store.load_all().map_err(StartupError::Load)?;
         if loaded.corrupt_files > 0 || loaded.temp_files_removed > 0 {
             warn!(log, "agent state loaded with repairs";
@@ -121,12 +120,9 @@ impl Application {
                 "what_to_do" => "set http_port in the config file, HEARTBEATD_HTTP_PORT, or --http-port");
             (None, None)
         } else {
-            let bind_ip = settings
-                .bind_ip()
-                .expect("validated when the settings were loaded");
+            let bind_ip = settings.bind_ip().expect("validated when the settings were loaded");
             let addr = SocketAddr::new(bind_ip, settings.http_port);
-            let listener =
-                TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
+            let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
             let local_addr = listener.local_addr().map_err(StartupError::Http)?;
             let ingress = web::Data::new(HeartbeatIngress::new(
                 Arc::clone(&queue),

@@ -30,12 +30,7 @@ pub fn build_logger(level: LogLevel, format: LogFormat) -> (Logger, LogGuard) {
     let drain: Box<dyn Drain<Ok = (), Err = slog::Never> + Send> = match format {
         LogFormat::Term => {
             let decorator = slog_term::TermDecorator::new().stderr().build();
-            Box::new(
-                slog_term::FullFormat::new(decorator)
-                    .use_utc_timestamp()
-                    .build()
-                    .fuse(),
-            )
+            Box::new(slog_term::FullFormat::new(decorator).use_utc_timestamp().build().fuse())
         }
         LogFormat::Json => Box::new(
             slog_json::Json::new(std::io::stderr())

@@ -25,15 +25,9 @@ pub fn is_temp_file(file_name: &str) -> bool {
 
 /// Replaces `dir/file_name` with `contents`, durably and atomically.
 pub fn write_atomically(dir: &Path, file_name: &str, contents: &[u8]) -> io::Result<()> {
-    let temp_path = dir.join(format!(
-        ".{file_name}{TEMP_MARKER}{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let temp_path = dir.join(format!(".{file_name}{TEMP_MARKER}{}", uuid::Uuid::new_v4().simple()));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&temp_path)?;
         file.write_all(contents)?;
         file.sync_all()?;
         drop(file);
@@ -60,28 +54,20 @@ pub struct StagedFile {
 impl StagedFile {
     /// Writes `contents` to a temp file beside `dir/file_name`; not yet synced.
     pub fn stage(dir: &Path, file_name: &str, contents: &[u8]) -> io::Result<Self> {
-        let temp = dir.join(format!(
-            ".{file_name}{TEMP_MARKER}{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let temp = dir.join(format!(".{file_name}{TEMP_MARKER}{}", uuid::Uuid::new_v4().simple()));
         let mut staged = Self {
             file: None,
             target: dir.join(file_name),
             temp,
         };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&staged.temp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&staged.temp)?;
         file.write_all(contents)?;
         staged.file = Some(file);
         Ok(staged)
     }
 
     pub fn file(&self) -> &File {
-        self.file
-            .as_ref()
-            .expect("staged files hold their file until commit")
+        self.file.as_ref().expect("staged files hold their file until commit")
     }
 
     /// Renames the temp file over the target. Call only once its data is synced.
@@ -106,10 +92,7 @@ const SYNC_ONE_BY_ONE_MAX: usize = 8;
 
 /// Makes the data of `files` durable: `fdatasync` each for a few, one `syncfs(2)` of the
 /// filesystem holding `dir` for many (one call, however many files a flush touched).
-pub fn sync_files<'a>(
-    dir: &Path,
-    files: impl ExactSizeIterator<Item = &'a File>,
-) -> io::Result<()> {
+pub fn sync_files<'a>(dir: &Path, files: impl ExactSizeIterator<Item = &'a File>) -> io::Result<()> {
     if files.len() <= SYNC_ONE_BY_ONE_MAX {
         for file in files {
             file.sync_data()?;

@@ -87,13 +87,9 @@ impl HistoryLog {
         let mut read = HistoryRead::default();
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             match serde_json::from_slice::<ResourceSample>(line) {
-                Ok(sample) if read.samples.last().is_none_or(|prev| sample.seq > prev.seq) => {
-                    read.samples.push(sample)
-                }
+                Ok(sample) if read.samples.last().is_none_or(|prev| sample.seq > prev.seq) => read.samples.push(sample),
                 Ok(_) => {} // a duplicate from a retried append
-                Err(_) => read
-                    .damaged
-                    .push(String::from_utf8_lossy(line).into_owned()),
+                Err(_) => read.damaged.push(String::from_utf8_lossy(line).into_owned()),
             }
         }
         Ok(read)
@@ -192,11 +188,7 @@ mod tests {
         let mut after_restart = HistoryLog::open(dir.path().to_owned()).unwrap();
         after_restart.append("a", &samples(3..5)).unwrap();
         let read = after_restart.read("a").unwrap();
-        assert_eq!(
-            seqs(&read),
-            [1, 2, 3, 4],
-            "records around the damage are kept"
-        );
+        assert_eq!(seqs(&read), [1, 2, 3, 4], "records around the damage are kept");
         assert_eq!(read.damaged, ["{\"n\":3,\"t\":\"20"]);
 
         assert_eq!(after_restart.compact("a", 3).unwrap(), (3, 1));

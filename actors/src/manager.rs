@@ -44,13 +44,10 @@ pub struct PersistPolicy {
     pub flush_interval: Duration,
 }
 
-/// Why an update failed. The heartbeat is counted in `total_errors`.
+/// Why a write-through batch failed. Its heartbeats count in `total_errors`; they are applied
+/// in memory and written by a later flush.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpdateError {
-    #[error("agent {0:?} does not exist")]
-    UnknownAgent(String),
-    /// Write-through only: the heartbeat is applied in memory and will be written by a later
-    /// flush.
     #[error("could not persist: {0}")]
     Store(String),
 }
@@ -148,11 +145,7 @@ impl Manager {
             // counted twice, which only brings the next compaction forward.
             let records = entry.state.history_records + samples.len() as u64;
             let compact = records > 2 * history_len;
-            entry.state.history_records = if compact {
-                records.min(history_len)
-            } else {
-                records
-            };
+            entry.state.history_records = if compact { records.min(history_len) } else { records };
             deltas.push(AgentDelta {
                 state: entry.state.clone(),
                 samples,
@@ -194,9 +187,7 @@ impl Manager {
         for waiter in waiters {
             let _ = waiter.send(outcome.clone());
         }
-        if !self.waiters.is_empty()
-            || (self.write_through() && !self.dirty.is_empty() && self.retry_at.is_none())
-        {
+        if !self.waiters.is_empty() || (self.write_through() && !self.dirty.is_empty() && self.retry_at.is_none()) {
             self.start_flush(ctx);
         }
     }
@@ -263,39 +254,48 @@ impl Actor for Manager {
     }
 }
 
-/// Applies one heartbeat: get or create the agent's state, set `last_heartbeat` and
-/// `last_seen`, queue its history sample for the next flush. In write-through mode it is
-/// answered once that flush is on disk.
+/// Applies a batch of heartbeats (the seed's `UpdateHeartbeat`, batched): for each, get or
+/// create the agent's state, set `last_heartbeat` and `last_seen`, queue its history sample
+/// for the next flush. In write-through mode it is answered once that flush is on disk.
 #[derive(Message)]
-#[rtype(result = "Result<(), UpdateError>")]
-pub struct UpdateHeartbeat(pub Heartbeat);
+#[rtype(result = "Result<BatchOutcome, UpdateError>")]
+pub struct UpdateHeartbeats(pub Vec<Heartbeat>);
 
-impl Handler<UpdateHeartbeat> for Manager {
-    type Result = ResponseActFuture<Self, Result<(), UpdateError>>;
+/// What became of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub applied: usize,
+    /// Ids that are not registered (any more): those heartbeats were not applied.
+    pub unknown_agents: Vec<String>,
+}
 
-    fn handle(
-        &mut self,
-        UpdateHeartbeat(hb): UpdateHeartbeat,
-        ctx: &mut Context<Self>,
-    ) -> Self::Result {
-        let Some(entry) = self.entry(&hb.agent_id) else {
-            return Box::pin(fut::ready(Err(UpdateError::UnknownAgent(hb.agent_id))));
-        };
-        let sample = entry.state.record(&hb);
-        entry.pending.push(sample);
-        if !entry.dirty {
-            entry.dirty = true;
-            self.dirty.push(hb.agent_id);
+impl Handler<UpdateHeartbeats> for Manager {
+    type Result = ResponseActFuture<Self, Result<BatchOutcome, UpdateError>>;
+
+    fn handle(&mut self, UpdateHeartbeats(batch): UpdateHeartbeats, ctx: &mut Context<Self>) -> Self::Result {
+        let mut outcome = BatchOutcome::default();
+        for hb in batch {
+            let Some(entry) = self.entry(&hb.agent_id) else {
+                outcome.unknown_agents.push(hb.agent_id);
+                continue;
+            };
+            let sample = entry.state.record(&hb);
+            entry.pending.push(sample);
+            outcome.applied += 1;
+            if !entry.dirty {
+                entry.dirty = true;
+                self.dirty.push(hb.agent_id);
+            }
         }
-        if !self.write_through() {
-            return Box::pin(fut::ready(Ok(())));
+        if !self.write_through() || outcome.applied == 0 {
+            return Box::pin(fut::ready(Ok(outcome)));
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push(tx);
         self.start_flush(ctx);
         Box::pin(fut::wrap_future(async move {
             match rx.await {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => Ok(outcome),
                 Ok(Err(e)) => Err(UpdateError::Store(e)),
                 Err(_) => Err(UpdateError::Store("the flush was abandoned".into())),
             }
@@ -328,23 +328,12 @@ pub struct GetHistory {
 impl Handler<GetHistory> for Manager {
     type Result = ResponseFuture<Result<Vec<ResourceSample>, String>>;
 
-    fn handle(
-        &mut self,
-        GetHistory { id, limit }: GetHistory,
-        _: &mut Context<Self>,
-    ) -> Self::Result {
+    fn handle(&mut self, GetHistory { id, limit }: GetHistory, _: &mut Context<Self>) -> Self::Result {
         let limit = limit.min(self.policy.history_len);
-        let pending = self
-            .agents
-            .get(&id)
-            .map(|e| e.pending.clone())
-            .unwrap_or_default();
+        let pending = self.agents.get(&id).map(|e| e.pending.clone()).unwrap_or_default();
         let read = self.store.send(store::ReadHistory { id, limit });
         Box::pin(async move {
-            let on_disk = read
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let on_disk = read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
             let mut all = on_disk.samples;
             // A flush in flight may have written some pending samples already.
             let last = all.last().map_or(0, |s| s.seq);
@@ -371,13 +360,11 @@ impl Handler<Flush> for Manager {
         self.retry_at = None;
         self.start_flush(ctx);
         Box::pin(
-            fut::wrap_future(async move {
-                rx.await
-                    .unwrap_or_else(|_| Err("the flush was abandoned".into()))
-            })
-            .map(|result: Result<(), String>, act: &mut Manager, _| {
-                result.map(|()| act.dirty.len() + usize::from(act.flush_in_flight))
-            }),
+            fut::wrap_future(async move { rx.await.unwrap_or_else(|_| Err("the flush was abandoned".into())) }).map(
+                |result: Result<(), String>, act: &mut Manager, _| {
+                    result.map(|()| act.dirty.len() + usize::from(act.flush_in_flight))
+                },
+            ),
         )
     }
 }
@@ -403,10 +390,11 @@ mod tests {
         }
     }
 
-    fn start(
-        dir: &std::path::Path,
-        flush_interval: Duration,
-    ) -> (Addr<Manager>, Addr<FileMetadataStore>) {
+    async fn update(manager: &Addr<Manager>, batch: &[Heartbeat]) -> BatchOutcome {
+        manager.send(UpdateHeartbeats(batch.to_vec())).await.unwrap().unwrap()
+    }
+
+    fn start(dir: &std::path::Path, flush_interval: Duration) -> (Addr<Manager>, Addr<FileMetadataStore>) {
         let path = dir.to_owned();
         let store = SyncArbiter::start(1, move || FileMetadataStore::open(&path, quiet()).unwrap());
         let registry = Registry::new([AgentInfo {
@@ -420,15 +408,7 @@ mod tests {
             history_len: 3,
             flush_interval,
         };
-        let manager = Manager::new(
-            policy,
-            Vec::new(),
-            registry.start(),
-            view,
-            store.clone(),
-            quiet(),
-        )
-        .start();
+        let manager = Manager::new(policy, Vec::new(), registry.start(), view, store.clone(), quiet()).start();
         (manager, store)
     }
 
@@ -438,25 +418,14 @@ mod tests {
         let (manager, store) = start(dir.path(), Duration::ZERO);
 
         for memory in 0..8 {
-            manager
-                .send(UpdateHeartbeat(heartbeat("a", memory)))
-                .await
-                .unwrap()
-                .unwrap();
+            update(&manager, &[heartbeat("a", memory)]).await;
         }
-        let err = manager
-            .send(UpdateHeartbeat(heartbeat("ghost", 0)))
-            .await
-            .unwrap();
-        assert!(matches!(err, Err(UpdateError::UnknownAgent(id)) if id == "ghost"));
+        let outcome = update(&manager, &[heartbeat("ghost", 0), heartbeat("a", 8)]).await;
+        assert_eq!(outcome.applied, 1);
+        assert_eq!(outcome.unknown_agents, ["ghost"]);
 
-        let state = store
-            .send(store::Get("a".into()))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(state.heartbeat_count, 8);
+        let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
+        assert_eq!(state.heartbeat_count, 9);
         assert_eq!(state.name, "A");
         let history = manager
             .send(GetHistory {
@@ -467,7 +436,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let memories: Vec<_> = history.iter().map(|s| s.memory).collect();
-        assert_eq!(memories, [7, 6, 5], "newest first, at most history_len = 3");
+        assert_eq!(memories, [8, 7, 6], "newest first, at most history_len = 3");
         let on_disk = store
             .send(store::ReadHistory {
                 id: "a".into(),
@@ -476,10 +445,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(
-            on_disk.samples.len() <= 6,
-            "compacted back once over 2 × history_len"
-        );
+        assert!(on_disk.samples.len() <= 6, "compacted back once over 2 × history_len");
         assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
     }
 
@@ -488,18 +454,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (manager, store) = start(dir.path(), Duration::from_secs(3600));
 
-        manager
-            .send(UpdateHeartbeat(heartbeat("a", 1)))
-            .await
-            .unwrap()
-            .unwrap();
+        update(&manager, &[heartbeat("a", 1)]).await;
         assert!(
-            store
-                .send(store::Get("a".into()))
-                .await
-                .unwrap()
-                .unwrap()
-                .is_none(),
+            store.send(store::Get("a".into())).await.unwrap().unwrap().is_none(),
             "not yet flushed"
         );
         let history = manager
@@ -513,17 +470,9 @@ mod tests {
         assert_eq!(history.len(), 1, "unflushed samples are visible");
 
         assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
-        let state = store
-            .send(store::Get("a".into()))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
         assert_eq!(state.heartbeat_count, 1);
-        assert_eq!(
-            manager.send(GetAgent("a".into())).await.unwrap(),
-            Some(state)
-        );
+        assert_eq!(manager.send(GetAgent("a".into())).await.unwrap(), Some(state));
     }
 
     #[actix_rt::test]
@@ -534,24 +483,11 @@ mod tests {
         let blocker = dir.path().join("history").join("a.log");
         std::fs::create_dir_all(&blocker).unwrap();
 
-        manager
-            .send(UpdateHeartbeat(heartbeat("a", 1)))
-            .await
-            .unwrap()
-            .unwrap();
-        manager
-            .send(UpdateHeartbeat(heartbeat("a", 2)))
-            .await
-            .unwrap()
-            .unwrap();
+        update(&manager, &[heartbeat("a", 1), heartbeat("a", 2)]).await;
         assert!(manager.send(Flush).await.unwrap().is_err());
 
         std::fs::remove_dir(&blocker).unwrap();
-        manager
-            .send(UpdateHeartbeat(heartbeat("a", 3)))
-            .await
-            .unwrap()
-            .unwrap();
+        update(&manager, &[heartbeat("a", 3)]).await;
         assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
         let on_disk = store
             .send(store::ReadHistory {

@@ -69,10 +69,7 @@ impl Registry {
             map.insert(info.id.clone(), info);
         }
         let published = Arc::new(ArcSwap::from_pointee(map.clone()));
-        Ok(Self {
-            agents: map,
-            published,
-        })
+        Ok(Self { agents: map, published })
     }
 
     /// The read side, for the HTTP layer and the Manager.
@@ -213,13 +210,7 @@ mod tests {
         let removed = addr.send(Unregister("a".into())).await.unwrap().unwrap();
         assert_eq!(removed, info("a"));
         assert!(!snapshot.contains("a"));
-        let ids: Vec<_> = addr
-            .send(List)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|a| a.id)
-            .collect();
+        let ids: Vec<_> = addr.send(List).await.unwrap().into_iter().map(|a| a.id).collect();
         assert_eq!(ids, ["b"]);
         assert_eq!(
             addr.send(Unregister("a".into())).await.unwrap(),

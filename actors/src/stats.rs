@@ -117,25 +117,23 @@ impl Actor for Stats {
     type Context = Context<Self>;
 }
 
-/// A worker finished a heartbeat: the manager update took `latency`, or it failed.
+/// A worker finished a batch: `succeeded` heartbeats applied, each having waited `latency` for
+/// the manager update; `failed` not applied.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub enum HeartbeatProcessed {
-    Succeeded { latency: Duration },
-    Failed,
+pub struct HeartbeatsProcessed {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub latency: Duration,
 }
 
-impl Handler<HeartbeatProcessed> for Stats {
+impl Handler<HeartbeatsProcessed> for Stats {
     type Result = ();
 
-    fn handle(&mut self, msg: HeartbeatProcessed, _: &mut Context<Self>) {
-        match msg {
-            HeartbeatProcessed::Succeeded { latency } => {
-                self.total_processed += 1;
-                self.total_latency += latency;
-            }
-            HeartbeatProcessed::Failed => self.total_errors += 1,
-        }
+    fn handle(&mut self, msg: HeartbeatsProcessed, _: &mut Context<Self>) {
+        self.total_processed += msg.succeeded;
+        self.total_errors += msg.failed;
+        self.total_latency += msg.latency * msg.succeeded as u32;
     }
 }
 
@@ -177,39 +175,34 @@ mod tests {
     async fn counts_and_averages_like_the_seed() {
         let registry = Registry::new([]).unwrap();
         let ingress = IngressCounters::new();
-        let stats = Stats::new(
-            3,
-            ingress.clone(),
-            IngressQueue::new(30),
-            registry.snapshot(),
-        )
-        .start();
+        let stats = Stats::new(3, ingress.clone(), IngressQueue::new(30), registry.snapshot()).start();
 
         let empty = stats.send(GetStats).await.unwrap();
         let json = serde_json::to_value(&empty).unwrap();
         assert_eq!(json["last_received_time"], "0001-01-01T00:00:00Z");
         assert_eq!(json["average_latency"], 0);
 
-        let at = DateTime::parse_from_rfc3339("2026-11-24T06:00:00Z")
-            .unwrap()
-            .to_utc();
+        let at = DateTime::parse_from_rfc3339("2026-11-24T06:00:00Z").unwrap().to_utc();
         ingress.accepted(at);
         ingress.accepted(at - chrono::Duration::seconds(5));
         ingress.rejected();
-        stats.do_send(HeartbeatProcessed::Succeeded {
+        stats.do_send(HeartbeatsProcessed {
+            succeeded: 1,
+            failed: 0,
             latency: Duration::from_micros(10),
         });
-        stats.do_send(HeartbeatProcessed::Succeeded {
+        stats.do_send(HeartbeatsProcessed {
+            succeeded: 3,
+            failed: 1,
             latency: Duration::from_micros(30),
         });
-        stats.do_send(HeartbeatProcessed::Failed);
         let report = stats.send(GetStats).await.unwrap();
 
         assert_eq!(report.total_received, 2);
-        assert_eq!(report.total_processed, 2);
+        assert_eq!(report.total_processed, 4);
         assert_eq!(report.total_errors, 1);
         assert_eq!(report.total_rejected, 1);
-        assert_eq!(report.average_latency, 20_000);
+        assert_eq!(report.average_latency, 25_000, "(10 + 3 × 30) / 4 µs");
         assert_eq!(report.workers, 3);
         assert_eq!(report.queue_capacity, 30);
         let json = serde_json::to_value(&report).unwrap();

@@ -69,8 +69,7 @@ impl FileMetadataStore {
                 .and_then(|()| fs::remove_file(dir.join(probe)))
                 .map_err(|e| StoreError::new("write to", dir, e))?;
         }
-        let history = HistoryLog::open(history_dir.clone())
-            .map_err(|e| StoreError::new("open", &history_dir, e))?;
+        let history = HistoryLog::open(history_dir.clone()).map_err(|e| StoreError::new("open", &history_dir, e))?;
         Ok(Self {
             agents_dir,
             history,
@@ -112,9 +111,7 @@ impl FileMetadataStore {
                 continue;
             }
             match self.read(&path) {
-                Ok(state)
-                    if Some(state.id.as_str()) == path.file_stem().and_then(OsStr::to_str) =>
-                {
+                Ok(state) if Some(state.id.as_str()) == path.file_stem().and_then(OsStr::to_str) => {
                     loaded.agents.push(state)
                 }
                 Ok(state) => {
@@ -182,8 +179,7 @@ impl FileMetadataStore {
     }
 
     pub fn save(&self, state: &AgentState) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(state)
-            .map_err(|e| StoreError::new("encode", self.path(&state.id), e.into()))?;
+        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::new("encode", self.path(&state.id), e.into()))?;
         write_atomically(&self.agents_dir, &Self::file_name(&state.id), &bytes)
             .map_err(|e| StoreError::new("write", self.path(&state.id), e))
     }
@@ -232,12 +228,8 @@ impl FileMetadataStore {
                     .map_err(|e| StoreError::new("write", self.path(&delta.state.id), e))?,
             );
         }
-        let files: Vec<&fs::File> = appended
-            .iter()
-            .chain(staged.iter().map(StagedFile::file))
-            .collect();
-        sync_files(&self.agents_dir, files.into_iter())
-            .map_err(|e| StoreError::new("sync", &self.agents_dir, e))?;
+        let files: Vec<&fs::File> = appended.iter().chain(staged.iter().map(StagedFile::file)).collect();
+        sync_files(&self.agents_dir, files.into_iter()).map_err(|e| StoreError::new("sync", &self.agents_dir, e))?;
         for (delta, file) in deltas.iter().zip(staged) {
             file.commit()
                 .map_err(|e| StoreError::new("rename into", self.path(&delta.state.id), e))?;
@@ -251,10 +243,7 @@ impl FileMetadataStore {
         };
         for delta in deltas.iter().filter(|d| d.compact_to.is_some()) {
             let id = &delta.state.id;
-            match self
-                .history
-                .compact(id, delta.compact_to.unwrap_or_default())
-            {
+            match self.history.compact(id, delta.compact_to.unwrap_or_default()) {
                 Ok((_, damaged)) => report.damaged_records_set_aside += damaged,
                 // The appended records are durable; compaction is retried at the next trigger.
                 Err(e) => {
@@ -517,10 +506,7 @@ mod tests {
         assert_eq!(loaded.agents[0], deltas[0].state);
         let history = reopened.read_history("a00", 1440).unwrap();
         assert_eq!(history.samples, deltas[0].samples);
-        assert_eq!(
-            reopened.read_history("a00", 2).unwrap().samples,
-            deltas[0].samples[1..]
-        );
+        assert_eq!(reopened.read_history("a00", 2).unwrap().samples, deltas[0].samples[1..]);
         assert_eq!(reopened.get("zzz").unwrap(), None);
     }
 
@@ -547,31 +533,19 @@ mod tests {
         let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
         store.persist(&[delta("good", 2)]).unwrap();
         let agents = store.agents_dir().to_owned();
-        fs::write(
-            agents.join("torn.json"),
-            b"{\"format_version\":2,\"id\":\"to",
-        )
-        .unwrap();
+        fs::write(agents.join("torn.json"), b"{\"format_version\":2,\"id\":\"to").unwrap();
         fs::write(
             agents.join("other.json"),
             serde_json::to_vec(&agent("good", 1).0).unwrap(),
         )
         .unwrap();
         fs::write(agents.join(".good.json.tmp-abc"), b"partial").unwrap();
-        fs::write(
-            dir.path().join("history").join(".good.log.tmp-abc"),
-            b"partial",
-        )
-        .unwrap();
+        fs::write(dir.path().join("history").join(".good.log.tmp-abc"), b"partial").unwrap();
 
         let loaded = store.load_all().unwrap();
 
         assert_eq!(
-            loaded
-                .agents
-                .iter()
-                .map(|m| m.id.as_str())
-                .collect::<Vec<_>>(),
+            loaded.agents.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
             ["good"]
         );
         assert_eq!(loaded.corrupt_files, 2);
@@ -589,9 +563,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-dir");
         fs::write(&file, b"").unwrap();
-        let err = FileMetadataStore::open(&file, quiet())
-            .err()
-            .expect("must fail");
+        let err = FileMetadataStore::open(&file, quiet()).err().expect("must fail");
         assert!(err.to_string().contains("not-a-dir"), "{err}");
     }
 
@@ -603,11 +575,7 @@ mod tests {
         // A directory where b's history log should go makes the append fail.
         fs::create_dir(dir.path().join("history").join("b.log")).unwrap();
         assert!(store.persist(&[delta("a", 2), delta("b", 1)]).is_err());
-        assert_eq!(
-            store.get("a").unwrap().unwrap().heartbeat_count,
-            1,
-            "old state kept"
-        );
+        assert_eq!(store.get("a").unwrap().unwrap().heartbeat_count, 1, "old state kept");
         assert_eq!(names(store.agents_dir()), ["a.json"]);
     }
 
@@ -617,10 +585,7 @@ mod tests {
         let path = dir.path().to_owned();
         let addr = SyncArbiter::start(1, move || FileMetadataStore::open(&path, quiet()).unwrap());
 
-        addr.send(Persist(vec![delta("a", 2)]))
-            .await
-            .unwrap()
-            .unwrap();
+        addr.send(Persist(vec![delta("a", 2)])).await.unwrap().unwrap();
         addr.send(Save(agent("b", 0).0)).await.unwrap().unwrap();
         let updated = addr
             .send(Update {
@@ -633,12 +598,7 @@ mod tests {
             .unwrap();
         assert_eq!(updated.name, "renamed");
         assert_eq!(
-            addr.send(Get("a".into()))
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap()
-                .name,
+            addr.send(Get("a".into())).await.unwrap().unwrap().unwrap().name,
             "renamed"
         );
         let history = addr

@@ -1,9 +1,10 @@
 //! The worker pool: `workers` threads of a SyncArbiter, each running a [`HeartbeatWorker`].
 //!
-//! A worker takes a [`ProcessHeartbeat`], asks the Manager to apply it and blocks until the
-//! Manager answers (the update is on disk by then), reports the outcome to Stats, and only then
-//! drops the heartbeat's [`QueuePermit`]. So the queue depth counts every heartbeat that was
-//! answered 200 and is not yet durable, and the shutdown drain can wait on it.
+//! A worker takes a [`ProcessHeartbeats`] batch, asks the Manager to apply it and blocks until
+//! the Manager answers (in write-through mode the batch is on disk by then), reports the
+//! outcome to Stats in one message, and only then releases the batch's [`QueuePermit`]. So the
+//! queue depth counts every heartbeat answered 200 and not yet applied, and the shutdown drain
+//! can wait on it.
 //!
 //! A SyncArbiter thread ends only when every `Addr` of the pool is dropped and its queue is
 //! empty (`ctx.stop()` merely restarts the actor), so [`WorkerPool::close`] drops the pool's
@@ -18,15 +19,16 @@ use actix::WeakAddr;
 use slog::{debug, Logger};
 
 use crate::heartbeat::Heartbeat;
-use crate::manager::{Manager, UpdateHeartbeat};
+use crate::manager::{Manager, UpdateHeartbeats};
 use crate::queue::QueuePermit;
-use crate::stats::{HeartbeatProcessed, Stats};
+use crate::stats::{HeartbeatsProcessed, Stats};
 
-/// One heartbeat for the pool, with the queue slot it holds until it is processed.
+/// A batch of heartbeats for the pool, with the queue slots it holds until processed.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ProcessHeartbeat {
-    pub heartbeat: Heartbeat,
+pub struct ProcessHeartbeats {
+    pub heartbeats: Vec<Heartbeat>,
+    /// One slot per heartbeat (merged).
     pub permit: QueuePermit,
 }
 
@@ -46,29 +48,49 @@ impl Actor for HeartbeatWorker {
     }
 }
 
-impl Handler<ProcessHeartbeat> for HeartbeatWorker {
+impl Handler<ProcessHeartbeats> for HeartbeatWorker {
     type Result = ();
 
-    fn handle(&mut self, msg: ProcessHeartbeat, _: &mut SyncContext<Self>) {
-        let ProcessHeartbeat { heartbeat, permit } = msg;
-        let agent_id = heartbeat.agent_id.clone();
+    fn handle(&mut self, msg: ProcessHeartbeats, _: &mut SyncContext<Self>) {
+        let ProcessHeartbeats { heartbeats, permit } = msg;
+        let count = heartbeats.len() as u64;
         let started = Instant::now();
         // Blocking is what this thread is for: the Manager and Store run elsewhere.
-        let outcome = futures::executor::block_on(self.manager.send(UpdateHeartbeat(heartbeat)));
+        let outcome = futures::executor::block_on(self.manager.send(UpdateHeartbeats(heartbeats)));
         let latency = started.elapsed();
         let processed = match outcome {
-            Ok(Ok(())) => HeartbeatProcessed::Succeeded { latency },
+            Ok(Ok(outcome)) => {
+                if !outcome.unknown_agents.is_empty() {
+                    debug!(self.log, "heartbeats of agents unregistered meanwhile were dropped";
+                        "agents" => ?outcome.unknown_agents);
+                }
+                HeartbeatsProcessed {
+                    succeeded: outcome.applied as u64,
+                    failed: count - outcome.applied as u64,
+                    latency,
+                }
+            }
             Ok(Err(e)) => {
-                debug!(self.log, "heartbeat processing failed"; "agent_id" => agent_id, "error" => %e);
-                HeartbeatProcessed::Failed
+                debug!(self.log, "heartbeat processing failed"; "heartbeats" => count, "error" => %e);
+                HeartbeatsProcessed {
+                    succeeded: 0,
+                    failed: count,
+                    latency,
+                }
             }
             Err(e) => {
-                debug!(self.log, "manager unreachable"; "agent_id" => agent_id, "error" => %e);
-                HeartbeatProcessed::Failed
+                debug!(self.log, "manager unreachable"; "heartbeats" => count, "error" => %e);
+                HeartbeatsProcessed {
+                    succeeded: 0,
+                    failed: count,
+                    latency,
+                }
             }
         };
         self.stats.do_send(processed);
-        drop(permit);
+        // Processed here means: applied, or failed and counted in total_errors; either way
+        // the worker is done with them.
+        permit.processed();
     }
 }
 
@@ -172,13 +194,7 @@ mod tests {
         .unwrap();
         let view = registry.snapshot();
         let queue = IngressQueue::new(100);
-        let stats = Stats::new(
-            2,
-            crate::stats::IngressCounters::new(),
-            queue.clone(),
-            view.clone(),
-        )
-        .start();
+        let stats = Stats::new(2, crate::stats::IngressCounters::new(), queue.clone(), view.clone()).start();
         let manager = Manager::new(
             crate::manager::PersistPolicy {
                 history_len: 1440,
@@ -194,26 +210,34 @@ mod tests {
         let pool = WorkerPool::start(2, manager.clone(), stats.clone(), quiet());
 
         let addr = pool.addr();
-        for n in 0..50u64 {
-            let permit = queue.try_acquire().expect("room in the queue");
-            let heartbeat = Heartbeat {
-                agent_id: "a".into(),
-                timestamp: Utc::now(),
-                received_at: Utc::now(),
-                pid: 1,
-                cpu: 0.0,
-                memory: n,
-                status: None,
-            };
-            addr.try_send(ProcessHeartbeat { heartbeat, permit })
-                .unwrap();
+        for batch in 0..10u64 {
+            let mut permit = queue.try_acquire().expect("room in the queue");
+            for _ in 1..5 {
+                permit.merge(queue.try_acquire().expect("room in the queue"));
+            }
+            let heartbeats = (0..5)
+                .map(|n| Heartbeat {
+                    agent_id: "a".into(),
+                    timestamp: Utc::now(),
+                    received_at: Utc::now(),
+                    pid: 1,
+                    cpu: 0.0,
+                    memory: batch * 5 + n,
+                    status: None,
+                })
+                .collect();
+            addr.try_send(ProcessHeartbeats { heartbeats, permit }).unwrap();
         }
         drop(addr);
         let closing = pool.close();
         let still_running = closing.wait(Instant::now() + Duration::from_secs(10)).await;
 
         assert_eq!(still_running, 0);
-        assert_eq!(queue.depth(), 0, "every permit released");
+        assert_eq!(
+            (queue.depth(), queue.lost()),
+            (0, 0),
+            "every permit released as processed"
+        );
         let report = stats.send(GetStats).await.unwrap();
         assert_eq!(report.total_processed, 50);
         let history = store

@@ -37,18 +37,12 @@ async fn main() -> std::io::Result<()> {
     HttpServer::new(move || {
         App::new().app_data(agents.clone()).route(
             "/heartbeat",
-            web::post().to(
-                |body: web::Bytes, agents: web::Data<HashSet<String>>| async move {
-                    match heartbeat_request::parse(&body, |id| agents.contains(id), Utc::now()) {
-                        Ok(_) => {
-                            HttpResponse::Ok().json(ApiResponse::new(true, "heartbeat received"))
-                        }
-                        Err(e) => {
-                            HttpResponse::BadRequest().json(ApiResponse::new(false, e.to_string()))
-                        }
-                    }
-                },
-            ),
+            web::post().to(|body: web::Bytes, agents: web::Data<HashSet<String>>| async move {
+                match heartbeat_request::parse(&body, |id| agents.contains(id), Utc::now()) {
+                    Ok(_) => HttpResponse::Ok().json(ApiResponse::new(true, "heartbeat received")),
+                    Err(e) => HttpResponse::BadRequest().json(ApiResponse::new(false, e.to_string())),
+                }
+            }),
         )
     })
     .workers(args.http_workers)

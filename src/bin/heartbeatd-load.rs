@@ -14,10 +14,7 @@ fn main() -> ExitCode {
     match load::run::run(&args) {
         Ok(report) => {
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serialises")
-                );
+                println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
             } else {
                 print!("{}", report.table());
             }

@@ -28,8 +28,7 @@ impl Target {
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => (
                 host,
-                port.parse()
-                    .map_err(|_| format!("--url {url:?}: bad port {port:?}"))?,
+                port.parse().map_err(|_| format!("--url {url:?}: bad port {port:?}"))?,
             ),
             _ => (authority, 80),
         };
@@ -71,10 +70,7 @@ pub struct Answer {
 pub fn parse_response(buf: &[u8]) -> Result<Option<(Answer, usize)>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response
-        .parse(buf)
-        .map_err(|e| format!("bad HTTP response: {e}"))?
-    {
+    let head_len = match response.parse(buf).map_err(|e| format!("bad HTTP response: {e}"))? {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return Ok(None),
     };
@@ -117,9 +113,7 @@ impl Connection {
     pub async fn round_trip(&mut self, request: &[u8]) -> io::Result<Answer> {
         self.stream.write_all(request).await?;
         loop {
-            match parse_response(&self.buf)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-            {
+            match parse_response(&self.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? {
                 Some((answer, length)) => {
                     self.buf.drain(..length);
                     return Ok(answer);
@@ -151,10 +145,7 @@ mod tests {
             }
         );
         assert_eq!(Target::parse("http://localhost").unwrap().port, 80);
-        assert_eq!(
-            Target::parse("http://localhost:9").unwrap().path,
-            "/heartbeat"
-        );
+        assert_eq!(Target::parse("http://localhost:9").unwrap().path, "/heartbeat");
         assert!(Target::parse("https://x/heartbeat").is_err());
         assert!(Target::parse("http://x:notaport/").is_err());
     }
@@ -179,18 +170,10 @@ mod tests {
                 close: false
             }
         );
-        assert_eq!(
-            &full[len..],
-            b"HTTP/1.1 200",
-            "the next response stays in the buffer"
-        );
+        assert_eq!(&full[len..], b"HTTP/1.1 200", "the next response stays in the buffer");
 
         assert_eq!(parse_response(&full[..20]).unwrap(), None, "partial head");
-        assert_eq!(
-            parse_response(&full[..len - 1]).unwrap(),
-            None,
-            "partial body"
-        );
+        assert_eq!(parse_response(&full[..len - 1]).unwrap(), None, "partial body");
 
         let closing = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
         assert!(parse_response(closing).unwrap().unwrap().0.close);

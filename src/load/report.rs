@@ -60,6 +60,8 @@ pub struct Report {
     /// HTTP status → answers, as strings for JSON keys.
     pub by_status: BTreeMap<String, u64>,
     pub transport_errors: u64,
+    /// Answers during the warm-up, by status (not in any other figure).
+    pub warmup_by_status: BTreeMap<String, u64>,
     /// Answers 200 per second of measurement.
     pub ok_per_s: f64,
     pub sent_per_s: f64,
@@ -73,9 +75,11 @@ impl Report {
     pub fn new(
         args: &super::args::LoadArgs,
         counts: &StatusCounts,
+        warmup: &StatusCounts,
         latencies: &Latencies,
         fell_behind: bool,
     ) -> Self {
+        let by_status = |c: &StatusCounts| c.by_status().iter().map(|(s, n)| (s.to_string(), *n)).collect();
         let secs = args.duration().as_secs_f64();
         Self {
             url: args.url.clone(),
@@ -86,12 +90,9 @@ impl Report {
             warmup_s: args.warmup().as_secs_f64(),
             requested_rate: args.rate,
             sent: counts.sent(),
-            by_status: counts
-                .by_status()
-                .iter()
-                .map(|(s, n)| (s.to_string(), *n))
-                .collect(),
+            by_status: by_status(counts),
             transport_errors: counts.transport_errors,
+            warmup_by_status: by_status(warmup),
             ok_per_s: counts.get(200) as f64 / secs,
             sent_per_s: counts.sent() as f64 / secs,
             latency: latencies.percentiles(),
@@ -104,9 +105,7 @@ impl Report {
         let mut out = String::new();
         let rate = self
             .requested_rate
-            .map_or("as fast as possible".to_owned(), |r| {
-                format!("{r} heartbeats/s")
-            });
+            .map_or("as fast as possible".to_owned(), |r| format!("{r} heartbeats/s"));
         let _ = writeln!(out, "target          {}", self.url);
         let _ = writeln!(
             out,

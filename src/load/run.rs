@@ -15,11 +15,23 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed connect, so a refusing target is not hammered in a tight loop.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
 
-/// What one connection saw in the measured window.
+/// What one connection saw: answers in the measured window (with latencies) and in the
+/// warm-up (counted only, so totals can be compared with the server's own counters).
 #[derive(Default)]
 struct ConnectionTally {
     counts: StatusCounts,
+    warmup: StatusCounts,
     latencies: Latencies,
+}
+
+impl ConnectionTally {
+    fn window(&mut self, measured: bool) -> &mut StatusCounts {
+        if measured {
+            &mut self.counts
+        } else {
+            &mut self.warmup
+        }
+    }
 }
 
 /// The fixed facts of a run, shared by its connections.
@@ -51,9 +63,7 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
     args.validate()?;
     let target = Target::parse(&args.url)?;
     let runtime = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(args.threads)
@@ -93,18 +103,18 @@ async fn drive(args: &LoadArgs, target: Target) -> Result<Report, String> {
         .map(|index| tokio::spawn(connection(Arc::clone(&plan), index)))
         .collect();
     let mut counts = StatusCounts::default();
+    let mut warmup = StatusCounts::default();
     let mut latencies = Latencies::default();
     for task in tasks {
-        let tally = task
-            .await
-            .map_err(|e| format!("a connection task failed: {e}"))?;
+        let tally = task.await.map_err(|e| format!("a connection task failed: {e}"))?;
         counts.merge(&tally.counts);
+        warmup.merge(&tally.warmup);
         latencies.merge(&tally.latencies);
     }
     let fell_behind = args
         .rate
         .is_some_and(|rate| pacing::fell_behind(rate, counts.sent(), args.duration()));
-    Ok(Report::new(args, &counts, &latencies, fell_behind))
+    Ok(Report::new(args, &counts, &warmup, &latencies, fell_behind))
 }
 
 async fn connection(plan: Arc<Plan>, index: usize) -> ConnectionTally {
@@ -136,9 +146,7 @@ async fn connection(plan: Arc<Plan>, index: usize) -> ConnectionTally {
             match Connection::connect(plan.addr).await {
                 Ok(c) => conn = Some(c),
                 Err(_) => {
-                    if measured {
-                        tally.counts.transport_errors += 1;
-                    }
+                    tally.window(measured).transport_errors += 1;
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                     continue;
                 }
@@ -149,8 +157,8 @@ async fn connection(plan: Arc<Plan>, index: usize) -> ConnectionTally {
         let c = conn.as_mut().expect("connected above");
         match tokio::time::timeout(REQUEST_TIMEOUT, c.round_trip(request)).await {
             Ok(Ok(answer)) => {
+                tally.window(measured).add(answer.status);
                 if measured {
-                    tally.counts.add(answer.status);
                     tally.latencies.record(scheduled.elapsed());
                 }
                 if answer.close {
@@ -159,9 +167,7 @@ async fn connection(plan: Arc<Plan>, index: usize) -> ConnectionTally {
             }
             Ok(Err(_)) | Err(_) => {
                 conn = None;
-                if measured {
-                    tally.counts.transport_errors += 1;
-                }
+                tally.window(measured).transport_errors += 1;
             }
         }
     }

@@ -16,10 +16,10 @@ use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::ratelimit::LogGate;
 use heartbeatd_actors::registry::RegistrySnapshot;
 use heartbeatd_actors::stats::IngressCounters;
-use heartbeatd_actors::worker::{HeartbeatWorker, ProcessHeartbeat};
+use heartbeatd_actors::worker::HeartbeatWorker;
 use slog::{debug, warn, Logger};
 
-use super::ApiResponse;
+use super::{handoff, ApiResponse};
 use crate::heartbeat_request::{self, RequestError, TimestampSource};
 
 /// The largest body accepted; larger ones get 413.
@@ -130,18 +130,14 @@ async fn accept(
     })?;
 
     let now = Utc::now();
-    let valid =
-        heartbeat_request::parse(&body, |id| ingress.registry.contains(id), now).map_err(|e| {
-            let agent_id = heartbeat_request::agent_id_hint(&body).unwrap_or_default();
-            warn!(log, "invalid heartbeat request"; "agent_id" => agent_id, "reason" => %e);
-            HeartbeatError::Invalid(e)
-        })?;
+    let valid = heartbeat_request::parse(&body, |id| ingress.registry.contains(id), now).map_err(|e| {
+        let agent_id = heartbeat_request::agent_id_hint(&body).unwrap_or_default();
+        warn!(log, "invalid heartbeat request"; "agent_id" => agent_id, "reason" => %e);
+        HeartbeatError::Invalid(e)
+    })?;
     let heartbeat = valid.heartbeat;
     if let TimestampSource::Unparseable(text) = &valid.timestamp_source {
-        let gate = ingress
-            .timestamp_warnings
-            .lock()
-            .map(|mut g| g.check(Instant::now()));
+        let gate = ingress.timestamp_warnings.lock().map(|mut g| g.check(Instant::now()));
         if let Ok(Some(suppressed)) = gate {
             warn!(log, "heartbeat timestamp is not RFC 3339; using the server's time";
                 "agent_id" => &heartbeat.agent_id, "timestamp" => text, "similar_warnings_not_logged" => suppressed,
@@ -164,22 +160,14 @@ async fn accept(
         return Err(HeartbeatError::QueueFull);
     };
     debug!(log, "heartbeat queued"; "agent_id" => &heartbeat.agent_id);
-    ingress
-        .workers
-        .upgrade()
-        .ok_or(HeartbeatError::Stopped)?
-        .try_send(ProcessHeartbeat { heartbeat, permit })
-        .map_err(|_| HeartbeatError::Stopped)?;
+    handoff::hand_off(&ingress.workers, heartbeat, permit).map_err(|_| HeartbeatError::Stopped)?;
     ingress.counters.accepted(now);
     Ok(HttpResponse::Ok().json(ApiResponse::new(true, "heartbeat received")))
 }
 
 /// Reads the whole body, refusing more than [`MAX_BODY_BYTES`] (by `Content-Length` up front,
 /// and while streaming for chunked bodies).
-async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-) -> Result<web::BytesMut, HeartbeatError> {
+async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, HeartbeatError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -4,11 +4,12 @@
 //!
 //! | route | module |
 //! |---|---|
-//! | `POST /heartbeat` | [`heartbeat`] |
+//! | `POST /heartbeat` | [`heartbeat`], handing batches to the pool through [`handoff`] |
 //! | `GET /heartbeat/stats` | [`stats`] |
 //! | anything else (404), wrong method (405), body over 64 KiB (413) | [`fallback`] |
 
 pub mod fallback;
+pub mod handoff;
 pub mod heartbeat;
 pub mod stats;
 

@@ -25,9 +25,6 @@ impl ResponseError for StatsError {
 }
 
 pub async fn get_stats(stats: web::Data<Addr<Stats>>) -> Result<HttpResponse, StatsError> {
-    let report = stats
-        .send(GetStats)
-        .await
-        .map_err(|_| StatsError::Unavailable)?;
+    let report = stats.send(GetStats).await.map_err(|_| StatsError::Unavailable)?;
     Ok(HttpResponse::Ok().json(report))
 }

@@ -1,0 +1,110 @@
+//! `heartbeatd-load` against the real daemon: its counts must match the daemon's own.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::daemon::Daemon;
+
+const LOAD_BIN: &str = env!("CARGO_BIN_EXE_heartbeatd-load");
+
+fn load_tool(args: &[&str]) -> std::process::Output {
+    Command::new(LOAD_BIN).args(args).output().expect("run heartbeatd-load")
+}
+
+#[test]
+fn its_counts_match_the_daemons_stats() {
+    // Arrange: the agents the load tool simulates, registered from its own config output,
+    // and a queue small enough that some requests get 503.
+    let agents = load_tool(&["--agents", "20", "--print-agents-config"]);
+    assert!(agents.status.success());
+    let config = format!(
+        "workers = 1\nqueue_capacity = 4\n{}",
+        String::from_utf8(agents.stdout).unwrap()
+    );
+    let daemon = Daemon::start(&config);
+    let url = format!("http://127.0.0.1:{}/heartbeat", daemon.port);
+
+    // Act
+    let out = load_tool(&[
+        "--url",
+        &url,
+        "--agents",
+        "20",
+        "--connections",
+        "16",
+        "--duration",
+        "2",
+        "--json",
+    ]);
+
+    // Assert
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_status = |status: &str| report["by_status"][status].as_u64().unwrap_or(0);
+    let ok = by_status("200");
+    let sent = report["sent"].as_u64().unwrap();
+    assert!(ok > 0, "{report}");
+    assert_eq!(report["transport_errors"], 0, "{report}");
+    assert_eq!(sent, ok + by_status("503"), "only 200 and 503 expected: {report}");
+
+    let stats = daemon.wait_processed(ok);
+    assert_eq!(stats["total_received"].as_u64(), Some(ok), "{stats} vs {report}");
+    assert_eq!(stats["total_rejected"].as_u64(), Some(sent - ok), "{stats} vs {report}");
+    assert_eq!(stats["total_processed"].as_u64(), Some(ok), "{stats}");
+    assert_eq!(stats["total_errors"], 0);
+    for key in ["p50_ms", "p99_ms", "max_ms"] {
+        assert!(
+            report["latency"][key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {report}"
+        );
+    }
+}
+
+#[test]
+fn it_says_when_the_target_falls_behind_the_rate() {
+    // Arrange: one worker with write-through, asked for far more than it can answer.
+    let agents = load_tool(&["--agents", "2", "--print-agents-config"]);
+    let config = format!(
+        "workers = 1\nqueue_capacity = 100000\n{}",
+        String::from_utf8(agents.stdout).unwrap()
+    );
+    let daemon = Daemon::start(&config);
+    let url = format!("http://127.0.0.1:{}/heartbeat", daemon.port);
+
+    // Act: 2 connections cannot do 10 million per second.
+    let out = load_tool(&[
+        "--url",
+        &url,
+        "--agents",
+        "2",
+        "--connections",
+        "2",
+        "--duration",
+        "1",
+        "--rate",
+        "10000000",
+    ]);
+
+    // Assert
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.contains("fell behind --rate"), "{table}");
+}
+
+#[test]
+fn a_target_that_does_not_listen_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = load_tool(&[
+        "--url",
+        &format!("http://127.0.0.1:{port}/heartbeat"),
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
