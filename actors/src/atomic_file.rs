@@ -66,8 +66,15 @@ impl StagedFile {
         Ok(staged)
     }
 
-    pub fn file(&self) -> &File {
-        self.file.as_ref().expect("staged files hold their file until commit")
+    /// The open temp file; `None` after [`StagedFile::close`].
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
+    /// Closes the temp file, keeping it staged: for batches made durable by [`sync_filesystem`],
+    /// which need no descriptor per file (and may be larger than the descriptor limit).
+    pub fn close(&mut self) {
+        self.file = None;
     }
 
     /// Renames the temp file over the target. Call only once its data is synced.
@@ -87,18 +94,12 @@ impl Drop for StagedFile {
     }
 }
 
-/// Batches up to this many files are synced one by one; larger ones with one `syncfs`.
-const SYNC_ONE_BY_ONE_MAX: usize = 8;
+/// Batches of up to this many files are synced one by one (`fdatasync`); larger ones with one
+/// [`sync_filesystem`] call, however many files they hold.
+pub const SYNC_ONE_BY_ONE_MAX: usize = 8;
 
-/// Makes the data of `files` durable: `fdatasync` each for a few, one `syncfs(2)` of the
-/// filesystem holding `dir` for many (one call, however many files a flush touched).
-pub fn sync_files<'a>(dir: &Path, files: impl ExactSizeIterator<Item = &'a File>) -> io::Result<()> {
-    if files.len() <= SYNC_ONE_BY_ONE_MAX {
-        for file in files {
-            file.sync_data()?;
-        }
-        return Ok(());
-    }
+/// Makes the data of every file on the filesystem holding `dir` durable: `syncfs(2)`.
+pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
     let dir = File::open(dir)?;
     // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
@@ -150,9 +151,13 @@ mod tests {
     fn staged_files_appear_only_when_committed() {
         let dir = tempfile::tempdir().unwrap();
         let files: Vec<_> = (0..20)
-            .map(|i| StagedFile::stage(dir.path(), &format!("f{i}.json"), b"x").unwrap())
+            .map(|i| {
+                let mut staged = StagedFile::stage(dir.path(), &format!("f{i}.json"), b"x").unwrap();
+                staged.close();
+                staged
+            })
             .collect();
-        sync_files(dir.path(), files.iter().map(StagedFile::file)).unwrap();
+        sync_filesystem(dir.path()).unwrap();
         assert!(!dir.path().join("f0.json").exists());
         let mut files = files.into_iter();
         files.next().unwrap().commit().unwrap();

@@ -25,7 +25,7 @@ use chrono::Utc;
 use slog::{error, info, Logger};
 
 use crate::agent::{AgentState, ResourceSample};
-use crate::atomic_file::{is_temp_file, sync_dir, sync_files, write_atomically, StagedFile};
+use crate::atomic_file::{is_temp_file, sync_dir, sync_filesystem, write_atomically, StagedFile, SYNC_ONE_BY_ONE_MAX};
 use crate::history_log::HistoryLog;
 
 /// A store operation failed; says which file and why.
@@ -209,6 +209,10 @@ impl FileMetadataStore {
 
     /// Makes one batch durable. See the module documentation for the order of steps.
     pub fn persist(&mut self, deltas: &[AgentDelta]) -> Result<PersistReport, StoreError> {
+        // A few files are synced one by one through their descriptors; a larger batch is closed
+        // file by file and made durable with one syncfs, so it never needs more descriptors
+        // than one (a flush can touch tens of thousands of files).
+        let one_by_one = 2 * deltas.len() <= SYNC_ONE_BY_ONE_MAX;
         let mut appended = Vec::new();
         let mut records = 0;
         for delta in deltas.iter().filter(|d| !d.samples.is_empty()) {
@@ -217,19 +221,30 @@ impl FileMetadataStore {
                 .append(&delta.state.id, &delta.samples)
                 .map_err(|e| StoreError::new("append to", self.history.path(&delta.state.id), e))?;
             records += delta.samples.len();
-            appended.push(file);
+            if one_by_one {
+                appended.push(file);
+            }
         }
         let mut staged = Vec::with_capacity(deltas.len());
         for delta in deltas {
             let bytes = serde_json::to_vec(&delta.state)
                 .map_err(|e| StoreError::new("encode", self.path(&delta.state.id), e.into()))?;
-            staged.push(
-                StagedFile::stage(&self.agents_dir, &Self::file_name(&delta.state.id), &bytes)
-                    .map_err(|e| StoreError::new("write", self.path(&delta.state.id), e))?,
-            );
+            let mut file = StagedFile::stage(&self.agents_dir, &Self::file_name(&delta.state.id), &bytes)
+                .map_err(|e| StoreError::new("write", self.path(&delta.state.id), e))?;
+            if !one_by_one {
+                file.close();
+            }
+            staged.push(file);
         }
-        let files: Vec<&fs::File> = appended.iter().chain(staged.iter().map(StagedFile::file)).collect();
-        sync_files(&self.agents_dir, files.into_iter()).map_err(|e| StoreError::new("sync", &self.agents_dir, e))?;
+        let synced = if one_by_one {
+            appended
+                .iter()
+                .chain(staged.iter().filter_map(StagedFile::file))
+                .try_for_each(fs::File::sync_data)
+        } else {
+            sync_filesystem(&self.agents_dir)
+        };
+        synced.map_err(|e| StoreError::new("sync", &self.agents_dir, e))?;
         for (delta, file) in deltas.iter().zip(staged) {
             file.commit()
                 .map_err(|e| StoreError::new("rename into", self.path(&delta.state.id), e))?;
@@ -473,6 +488,16 @@ mod tests {
         (state, samples)
     }
 
+    fn lower_open_files_limit(soft: libc::rlim_t) {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: plain getrlimit/setrlimit on a local struct.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            limit.rlim_cur = limit.rlim_cur.min(soft);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+
     fn delta(id: &str, heartbeats: u64) -> AgentDelta {
         let (state, samples) = agent(id, heartbeats);
         AgentDelta {
@@ -495,18 +520,27 @@ mod tests {
     fn a_persisted_batch_reloads_with_its_history() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
-        // More agents than are synced one by one, so the syncfs path runs too.
-        let deltas: Vec<_> = (0..12).map(|i| delta(&format!("a{i:02}"), 3)).collect();
+        // More agents than are synced one by one, so the syncfs path runs; and more files than
+        // the descriptor limit, which a batch must not need. (Lowered for this process: other
+        // tests here hold a handful of files at most.)
+        lower_open_files_limit(512);
+        let deltas: Vec<_> = (0..1500).map(|i| delta(&format!("a{i:04}"), 3)).collect();
         let report = store.persist(&deltas).unwrap();
-        assert_eq!((report.agents, report.records), (12, 36));
+        assert_eq!((report.agents, report.records), (1500, 4500));
 
         let reopened = FileMetadataStore::open(dir.path(), quiet()).unwrap();
         let loaded = reopened.load_all().unwrap();
-        assert_eq!(loaded.agents.len(), 12);
+        assert_eq!(loaded.agents.len(), 1500);
         assert_eq!(loaded.agents[0], deltas[0].state);
-        let history = reopened.read_history("a00", 1440).unwrap();
+        let history = reopened.read_history("a0000", 1440).unwrap();
         assert_eq!(history.samples, deltas[0].samples);
-        assert_eq!(reopened.read_history("a00", 2).unwrap().samples, deltas[0].samples[1..]);
+        assert_eq!(
+            reopened.read_history("a0000", 2).unwrap().samples,
+            deltas[0].samples[1..]
+        );
+        // And the small path: a batch synced file by file.
+        store.persist(&[delta("small", 2)]).unwrap();
+        assert_eq!(reopened.read_history("small", 10).unwrap().samples.len(), 2);
         assert_eq!(reopened.get("zzz").unwrap(), None);
     }
 
