@@ -256,6 +256,25 @@ pub fn history_on_disk(data_dir: &Path, id: &str) -> Vec<Value> {
     records
 }
 
+/// Every record in the journal (`journal/*.log`), in segment order.
+pub fn journal_records(data_dir: &Path) -> Vec<Value> {
+    let mut segments: Vec<PathBuf> = match fs::read_dir(data_dir.join("journal")) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => return Vec::new(),
+    };
+    segments.sort();
+    segments
+        .iter()
+        .flat_map(|path| {
+            let text = fs::read_to_string(path).unwrap();
+            text.lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
 /// A valid heartbeat body for `agent_id`.
 pub fn heartbeat(agent_id: &str, memory: u64) -> Value {
     serde_json::json!({"agent_id": agent_id, "pid": 4242, "status": "running", "cpu": 5.5, "memory": memory})

@@ -5,7 +5,7 @@ use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::daemon::{agent_file, heartbeat, history_on_disk, Daemon, AGENTS};
+use crate::daemon::{agent_file, heartbeat, history_on_disk, journal_records, Daemon, AGENTS};
 
 #[test]
 fn a_restart_keeps_last_heartbeat_and_history() {
@@ -51,9 +51,10 @@ fn a_corrupt_agent_file_is_moved_aside_and_the_daemon_starts() {
     fs::write(data.join("history/.agent-2.log.tmp-deadbeef"), b"half a write").unwrap();
 
     // Act
-    let daemon = Daemon::start_in(dir.path(), &format!("flush_interval_ms = 0\n{AGENTS}"));
+    let mut daemon = Daemon::start_in(dir.path(), AGENTS);
     assert_eq!(daemon.post_heartbeat(&heartbeat("agent-1", 1)).status, 200);
     daemon.wait_processed(1);
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
 
     // Assert
     let names = |sub: &str| -> Vec<String> {
@@ -78,10 +79,19 @@ fn a_corrupt_agent_file_is_moved_aside_and_the_daemon_starts() {
     assert!(log.contains("ERRO") && log.contains("moved aside"), "{log}");
 }
 
+/// Waits up to 10 s for `done`; panics with the daemon's log otherwise.
+fn eventually(daemon: &Daemon, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} did not happen:\n{}", daemon.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
-fn the_timed_flush_writes_state_and_history_without_a_stop() {
+fn flushes_and_checkpoints_write_without_a_stop() {
     // Arrange
-    let daemon = Daemon::start(&format!("flush_interval_ms = 200\n{AGENTS}"));
+    let daemon = Daemon::start(&format!("flush_interval_ms = 200\ncheckpoint_interval_s = 1\n{AGENTS}"));
 
     // Act
     for n in 0..3 {
@@ -89,11 +99,45 @@ fn the_timed_flush_writes_state_and_history_without_a_stop() {
     }
     daemon.wait_processed(3);
 
-    // Assert: within a few intervals both files are there, with no stop to force them.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while history_on_disk(&daemon.data_dir(), "agent-2").len() < 3 {
-        assert!(Instant::now() < deadline, "history not flushed:\n{}", daemon.log());
-        thread::sleep(Duration::from_millis(50));
+    // Assert: the journal within a few flush intervals, the agent's files within a checkpoint.
+    let data = daemon.data_dir();
+    eventually(&daemon, "the journal flush", || {
+        journal_records(&data).len() >= 3 || history_on_disk(&data, "agent-2").len() == 3
+    });
+    eventually(&daemon, "the checkpoint", || {
+        history_on_disk(&data, "agent-2").len() == 3
+    });
+    assert_eq!(agent_file(&data, "agent-2")["heartbeat_count"], 3);
+    eventually(&daemon, "the journal cleanup", || journal_records(&data).is_empty());
+}
+
+#[test]
+fn kill_9_after_the_flush_interval_loses_nothing() {
+    // Arrange: no checkpoint during the test, so everything rests on the journal.
+    let config = format!("flush_interval_ms = 100\ncheckpoint_interval_s = 3600\n{AGENTS}");
+    let mut first = Daemon::start(&config);
+    for n in 0..50 {
+        assert_eq!(
+            first
+                .post_heartbeat(&heartbeat(if n % 2 == 0 { "agent-1" } else { "agent-2" }, n))
+                .status,
+            200
+        );
     }
-    assert_eq!(agent_file(&daemon.data_dir(), "agent-2")["heartbeat_count"], 3);
+    first.wait_processed(50);
+    thread::sleep(Duration::from_millis(500)); // several flush intervals
+
+    // Act
+    crate::daemon::send_signal(first.pid(), "KILL");
+    first.wait_exit(Duration::from_secs(10));
+    let mut second = Daemon::start_in(&first.dir, &config);
+    assert_eq!(second.stop_with("TERM").code(), Some(0), "{}", second.log());
+
+    // Assert: every heartbeat answered 200 before the kill is back, state and history.
+    let data = second.data_dir();
+    for id in ["agent-1", "agent-2"] {
+        assert_eq!(agent_file(&data, id)["heartbeat_count"], 25, "{id}");
+        assert_eq!(history_on_disk(&data, id).len(), 25, "{id}");
+    }
+    assert!(second.log().contains("journal replayed"), "{}", second.log());
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::daemon::{agent_file, heartbeat, history_on_disk, Daemon, AGENTS};
+use crate::daemon::{agent_file, heartbeat, history_on_disk, journal_records, Daemon, AGENTS};
 
 fn assert_body_shape(body: &Value, success: bool) {
     assert_eq!(body["success"], success, "{body}");
@@ -24,8 +24,8 @@ fn chrono_like_rfc3339(ts: &str) -> bool {
 
 #[test]
 fn a_heartbeat_is_accepted_counted_and_saved() {
-    // Arrange: write-through, so "processed" means "on disk".
-    let daemon = Daemon::start(&format!("flush_interval_ms = 0\n{AGENTS}"));
+    // Arrange: write-through, so "processed" means "in the journal on disk".
+    let mut daemon = Daemon::start(&format!("flush_interval_ms = 0\n{AGENTS}"));
 
     // Act: sent as text/plain, as `curl -d` and some agents do; parsed as JSON anyway.
     let reply = daemon.post_heartbeat(&json!({
@@ -50,6 +50,15 @@ fn a_heartbeat_is_accepted_counted_and_saved() {
     for key in ["queue_depth", "uptime_seconds"] {
         assert!(stats[key].is_u64(), "{key}: {stats}");
     }
+    let journal = journal_records(&daemon.data_dir());
+    assert_eq!(journal.len(), 1, "processed means journaled: {journal:?}");
+    assert_eq!(
+        (journal[0]["a"].as_str(), journal[0]["m"].as_u64()),
+        (Some("agent-1"), Some(104857600))
+    );
+
+    // After a stop, the agent's own files are up to date.
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
     let saved = agent_file(&daemon.data_dir(), "agent-1");
     assert_eq!(saved["last_heartbeat"], "2026-11-24T06:00:00Z");
     assert_eq!(saved["pid"], 1234);

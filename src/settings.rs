@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "HEARTBEATD_";
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 11] = [
+pub const ENV_KEYS: [&str; 12] = [
     "http_port",
     "http_bind",
     "workers",
@@ -25,6 +25,7 @@ pub const ENV_KEYS: [&str; 11] = [
     "shutdown_timeout_s",
     "http_workers",
     "flush_interval_ms",
+    "checkpoint_interval_s",
 ];
 
 /// The daemon's whole configuration.
@@ -58,6 +59,11 @@ pub struct Settings {
     /// long of heartbeats is lost; a graceful stop loses none.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
+    /// Per-agent state and history files are brought up to date from memory this often (and at
+    /// shutdown); the journal in between holds what they lack. Longer means less writing and
+    /// a longer replay after a crash.
+    #[serde(default = "default_checkpoint_interval_s")]
+    pub checkpoint_interval_s: u64,
     #[serde(default)]
     pub log_level: LogLevel,
     #[serde(default)]
@@ -163,6 +169,9 @@ fn default_history_len() -> usize {
 fn default_flush_interval_ms() -> u64 {
     1000
 }
+fn default_checkpoint_interval_s() -> u64 {
+    60
+}
 fn default_shutdown_timeout_s() -> u64 {
     30
 }
@@ -208,8 +217,13 @@ impl Settings {
             }
         }
         self.bind_ip()?;
-        if self.shutdown_timeout_s == 0 {
-            return Err("shutdown_timeout_s: must be at least 1, got 0".into());
+        for (key, value) in [
+            ("shutdown_timeout_s", self.shutdown_timeout_s),
+            ("checkpoint_interval_s", self.checkpoint_interval_s),
+        ] {
+            if value == 0 {
+                return Err(format!("{key}: must be at least 1, got 0"));
+            }
         }
         let mut seen = HashSet::new();
         for (i, agent) in self.agents.iter().enumerate() {
@@ -351,6 +365,7 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("./data"));
         assert_eq!(s.history_len, 1440);
         assert_eq!(s.flush_interval_ms, 1000);
+        assert_eq!(s.checkpoint_interval_s, 60);
         assert_eq!(s.log_level, LogLevel::Info);
         assert_eq!(s.log_format, LogFormat::Term);
         assert_eq!(s.shutdown_timeout_s, 30);
@@ -402,6 +417,7 @@ mod tests {
             ("log_level = \"loud\"", "log_level"),
             ("log_format = \"xml\"", "log_format"),
             ("shutdown_timeout_s = 0", "shutdown_timeout_s"),
+            ("checkpoint_interval_s = 0", "checkpoint_interval_s"),
             ("[[agents]]\nid = \"a\"\n[[agents]]\nid = \"a\"", "agents[1].id"),
             ("[[agents]]\nid = \"a/b\"", "agents[0].id"),
             ("[[agents]]\nid = \"\"", "agents[0].id"),

@@ -69,13 +69,13 @@ impl Application {
         let signals = Signals::install().map_err(StartupError::Signals)?;
 
         let store_log = log.new(o!("actor" => "store"));
-        let store = FileMetadataStore::open(&settings.data_dir, store_log).map_err(StartupError::DataDir)?;
+        let mut store = FileMetadataStore::open(&settings.data_dir, store_log).map_err(StartupError::DataDir)?;
         let loaded = store.load_all().map_err(StartupError::Load)?;
         if loaded.corrupt_files > 0 || loaded.temp_files_removed > 0 {
             warn!(log, "agent state loaded with repairs";
                 "corrupt_files_moved_aside" => loaded.corrupt_files, "temp_files_removed" => loaded.temp_files_removed);
         }
-        let store = SyncArbiter::start(1, move || store.clone());
+        let store = store.start();
 
         let registry = Registry::new(settings.agent_infos())?;
         let registry_view = registry.snapshot();
@@ -99,12 +99,12 @@ impl Application {
             let policy = PersistPolicy {
                 history_len: settings.history_len,
                 flush_interval: Duration::from_millis(settings.flush_interval_ms),
+                checkpoint_interval: Duration::from_secs(settings.checkpoint_interval_s),
             };
             let (view, log) = (registry_view.clone(), log.new(o!("actor" => "manager")));
-            let agents = loaded.agents;
-            agents_with_state = agents.len();
+            agents_with_state = loaded.agents.len();
             Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| {
-                Manager::new(policy, agents, registry, view, store, log)
+                Manager::new(policy, loaded, registry, view, store, log)
             })
         };
         let pool = WorkerPool::start(

@@ -28,6 +28,7 @@ pub mod agent;
 pub mod atomic_file;
 pub mod heartbeat;
 pub mod history_log;
+pub mod journal;
 pub mod manager;
 pub mod queue;
 pub mod ratelimit;

@@ -1,38 +1,42 @@
 //! The Manager actor: owns every agent's state in memory (authoritative) and the addresses of
 //! the Registry and the Store.
 //!
-//! [`UpdateHeartbeat`] applies a heartbeat in memory: the agent's state changes, its new
-//! history sample waits in `pending`, and the agent is marked dirty. Persistence happens off
-//! the request path, in flushes: every dirty agent's state and pending samples go to the Store
-//! in one [`store::Persist`] batch.
+//! [`UpdateHeartbeats`] applies heartbeats in memory: each agent's state changes, its history
+//! sample waits for the next checkpoint, and a journal record waits for the next flush. Both
+//! kinds of write happen off the request path, in two pipelines to the Store:
 //!
-//! - `flush_interval > 0`: a flush every interval (when anything changed). After `kill -9` at
-//!   most the last interval of heartbeats is lost.
-//! - `flush_interval = 0` (write-through): an update is answered only once a flush holding it
-//!   is on disk. Updates that arrive while a flush runs share the next one (group commit), so
-//!   write-through still costs a few syncs per batch, not per heartbeat.
+//! - **flush** (every `flush_interval`): the pending journal records, one append and one sync.
+//!   After `kill -9`, at most the last interval of heartbeats is lost. With `flush_interval = 0`
+//!   (write-through) an update is answered only once a flush holding it is synced; updates
+//!   that arrive meanwhile share the next flush (group commit).
+//! - **checkpoint** (every `checkpoint_interval`, when too many samples wait, and at shutdown):
+//!   every changed agent's state and new history samples; then the journal before it can go.
 //!
-//! A failed flush keeps everything in memory and is retried with backoff (doubling up to 30 s);
-//! errors are logged at most once per 10 s. [`Flush`] (shutdown) flushes at once.
+//! A failed write keeps everything in memory and is retried with backoff (doubling up to 30 s);
+//! errors are logged at most once per 10 s. [`Flush`] (shutdown) flushes and checkpoints now.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::channel::oneshot;
-use slog::{error, info, Logger};
+use slog::{error, info, warn, Logger};
 
 use crate::agent::{AgentInfo, AgentState, ResourceSample};
 use crate::heartbeat::Heartbeat;
+use crate::journal::JournalRecord;
 use crate::ratelimit::LogGate;
 use crate::registry::{Registry, RegistrySnapshot};
 use crate::store::{self, AgentDelta, FileMetadataStore, PersistReport, StoreError};
 
 /// At most one store-error log line per this long; the others are counted in it.
 const STORE_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// First wait before retrying a failed flush; doubles up to [`MAX_RETRY_BACKOFF`].
+/// First wait before retrying a failed write; doubles up to [`MAX_RETRY_BACKOFF`].
 const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
+/// A checkpoint starts early once this many history samples wait in memory (bounds memory
+/// at high rates: about 40 bytes each).
+const MAX_SAMPLES_BETWEEN_CHECKPOINTS: usize = 1_000_000;
 
 /// How the Manager persists.
 #[derive(Debug, Clone, Copy)]
@@ -40,8 +44,10 @@ pub struct PersistPolicy {
     /// History records kept per agent: reads return at most this many, and a log is compacted
     /// back to it once it holds twice as many.
     pub history_len: usize,
-    /// Time between flushes; zero for write-through.
+    /// Time between journal flushes; zero for write-through.
     pub flush_interval: Duration,
+    /// Time between checkpoints.
+    pub checkpoint_interval: Duration,
 }
 
 /// Why a write-through batch failed. Its heartbeats count in `total_errors`; they are applied
@@ -55,21 +61,30 @@ pub enum UpdateError {
 /// One agent as the Manager holds it.
 struct AgentEntry {
     state: AgentState,
-    /// Samples not yet on disk, oldest first.
-    pending: Vec<ResourceSample>,
+    /// History samples not yet in the agent's history file, oldest first.
+    since_checkpoint: Vec<ResourceSample>,
+    /// Changed since the last checkpoint.
     dirty: bool,
 }
+
+type Waiter = oneshot::Sender<Result<(), String>>;
 
 /// Owns the agents' state.
 pub struct Manager {
     policy: PersistPolicy,
     agents: HashMap<String, AgentEntry>,
-    /// Ids of dirty agents, in the order they became dirty.
+    /// Ids of agents changed since the last checkpoint, in the order they changed.
     dirty: Vec<String>,
-    /// Answered when the next flush completes (write-through updates, [`Flush`]).
-    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    samples_since_checkpoint: usize,
+    /// Records for the next journal flush.
+    journal_pending: Vec<JournalRecord>,
+    /// Answered when the next journal flush completes (write-through updates, [`Flush`]).
+    flush_waiters: Vec<Waiter>,
     flush_in_flight: bool,
-    /// After a failed flush: no timed flush before this instant.
+    /// Answered when the next checkpoint completes ([`Flush`]).
+    checkpoint_waiters: Vec<Waiter>,
+    checkpoint_in_flight: bool,
+    /// After a failed write: no timed write before this instant.
     retry_at: Option<Instant>,
     retry_backoff: Duration,
     store_errors: u64,
@@ -82,32 +97,38 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// A Manager starting from the states the Store loaded at start-up.
+    /// A Manager starting from the states the Store loaded at start-up, with the journal
+    /// records after the last checkpoint applied on top.
     pub fn new(
         policy: PersistPolicy,
-        loaded: Vec<AgentState>,
+        loaded: store::LoadedAgents,
         registry: Addr<Registry>,
         registry_view: RegistrySnapshot,
         store: Addr<FileMetadataStore>,
         log: Logger,
     ) -> Self {
         let agents = loaded
+            .agents
             .into_iter()
             .map(|state| {
                 let entry = AgentEntry {
                     state,
-                    pending: Vec::new(),
+                    since_checkpoint: Vec::new(),
                     dirty: false,
                 };
                 (entry.state.id.clone(), entry)
             })
             .collect();
-        Self {
+        let mut manager = Self {
             policy,
             agents,
             dirty: Vec::new(),
-            waiters: Vec::new(),
+            samples_since_checkpoint: 0,
+            journal_pending: Vec::new(),
+            flush_waiters: Vec::new(),
             flush_in_flight: false,
+            checkpoint_waiters: Vec::new(),
+            checkpoint_in_flight: false,
             retry_at: None,
             retry_backoff: FIRST_RETRY_BACKOFF,
             store_errors: 0,
@@ -116,6 +137,43 @@ impl Manager {
             store,
             store_error_gate: LogGate::new(STORE_ERROR_LOG_INTERVAL),
             log,
+        };
+        manager.replay(loaded.replay.records);
+        manager
+    }
+
+    /// Applies journal records newer than the loaded states (older ones are already in them).
+    fn replay(&mut self, records: Vec<JournalRecord>) {
+        let total = records.len();
+        let (mut applied, mut unknown) = (0usize, 0usize);
+        for record in records {
+            let Some(entry) = self.entry(&record.agent_id) else {
+                unknown += 1;
+                continue;
+            };
+            if record.seq <= entry.state.heartbeat_count {
+                continue;
+            }
+            entry.state.heartbeat_count = record.seq;
+            entry.state.last_heartbeat = Some(record.timestamp);
+            entry.state.last_seen = Some(record.received_at);
+            entry.state.pid = Some(record.pid);
+            if record.status.is_some() {
+                entry.state.status = record.status;
+            }
+            entry.since_checkpoint.push(record.sample());
+            let newly_dirty = !entry.dirty;
+            entry.dirty = true;
+            if newly_dirty {
+                self.dirty.push(record.agent_id);
+            }
+            self.samples_since_checkpoint += 1;
+            applied += 1;
+        }
+        if total > 0 {
+            info!(self.log, "journal replayed: heartbeats since the last checkpoint restored";
+                "records" => total, "applied" => applied, "already_in_state" => total - applied - unknown,
+                "of_unregistered_agents" => unknown);
         }
     }
 
@@ -127,10 +185,50 @@ impl Manager {
         self.policy.flush_interval.is_zero()
     }
 
-    /// Sends every dirty agent to the Store, unless a flush is already running (then the next
-    /// one starts when it completes).
+    fn may_retry(&self) -> bool {
+        self.retry_at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// Sends the pending journal records, unless a flush is running (the next one starts when
+    /// it completes).
     fn start_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flush_in_flight || (self.dirty.is_empty() && self.waiters.is_empty()) {
+        if self.flush_in_flight || (self.journal_pending.is_empty() && self.flush_waiters.is_empty()) {
+            return;
+        }
+        let records = std::mem::take(&mut self.journal_pending);
+        let waiters = std::mem::take(&mut self.flush_waiters);
+        self.flush_in_flight = true;
+        self.store
+            .send(store::AppendJournal(records))
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                act.flush_in_flight = false;
+                let outcome = match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err((e, mut records))) => {
+                        records.append(&mut act.journal_pending);
+                        act.journal_pending = records;
+                        Err(act.note_store_error(e))
+                    }
+                    Err(_) => Err(act.note_store_error_text("the store is not running".into())),
+                };
+                if outcome.is_ok() {
+                    act.note_store_ok();
+                }
+                for waiter in waiters {
+                    let _ = waiter.send(outcome.clone());
+                }
+                let again = !act.flush_waiters.is_empty() || (act.write_through() && !act.journal_pending.is_empty());
+                if again && act.may_retry() {
+                    act.start_flush(ctx);
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Sends every changed agent's state and samples, unless a checkpoint is running.
+    fn start_checkpoint(&mut self, ctx: &mut Context<Self>) {
+        if self.checkpoint_in_flight || (self.dirty.is_empty() && self.checkpoint_waiters.is_empty()) {
             return;
         }
         let history_len = self.policy.history_len as u64;
@@ -140,8 +238,8 @@ impl Manager {
                 continue;
             };
             entry.dirty = false;
-            let samples = std::mem::take(&mut entry.pending);
-            // Counted when the flush starts: if it fails, the samples are sent again and
+            let samples = std::mem::take(&mut entry.since_checkpoint);
+            // Counted when the checkpoint starts: if it fails, the samples are sent again and
             // counted twice, which only brings the next compaction forward.
             let records = entry.state.history_records + samples.len() as u64;
             let compact = records > 2 * history_len;
@@ -152,26 +250,32 @@ impl Manager {
                 compact_to: compact.then_some(self.policy.history_len),
             });
         }
-        let waiters = std::mem::take(&mut self.waiters);
-        self.flush_in_flight = true;
+        self.samples_since_checkpoint = 0;
+        let waiters = std::mem::take(&mut self.checkpoint_waiters);
+        self.checkpoint_in_flight = true;
         self.store
-            .send(store::Persist(deltas))
+            .send(store::Checkpoint(deltas))
             .into_actor(self)
-            .map(move |result, act, ctx| act.flush_done(result, waiters, ctx))
+            .map(move |result, act, ctx| {
+                act.checkpoint_in_flight = false;
+                let outcome = act.checkpoint_done(result);
+                for waiter in waiters {
+                    let _ = waiter.send(outcome.clone());
+                }
+                if !act.checkpoint_waiters.is_empty() {
+                    act.start_checkpoint(ctx);
+                }
+            })
             .spawn(ctx);
     }
 
-    fn flush_done(
+    fn checkpoint_done(
         &mut self,
         result: Result<Result<PersistReport, (StoreError, Vec<AgentDelta>)>, MailboxError>,
-        waiters: Vec<oneshot::Sender<Result<(), String>>>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.flush_in_flight = false;
-        let outcome = match result {
+    ) -> Result<(), String> {
+        match result {
             Ok(Ok(report)) => {
-                self.retry_at = None;
-                self.retry_backoff = FIRST_RETRY_BACKOFF;
+                self.note_store_ok();
                 if report.damaged_records_set_aside > 0 {
                     error!(self.log, "damaged history records were set aside during compaction";
                         "records" => report.damaged_records_set_aside);
@@ -180,27 +284,22 @@ impl Manager {
             }
             Ok(Err((e, deltas))) => {
                 self.keep_unpersisted(deltas);
-                Err(self.note_store_error(e.to_string()))
+                Err(self.note_store_error(e))
             }
-            Err(_) => Err(self.note_store_error("the store is not running".to_owned())),
-        };
-        for waiter in waiters {
-            let _ = waiter.send(outcome.clone());
-        }
-        if !self.waiters.is_empty() || (self.write_through() && !self.dirty.is_empty() && self.retry_at.is_none()) {
-            self.start_flush(ctx);
+            Err(_) => Err(self.note_store_error_text("the store is not running".into())),
         }
     }
 
-    /// Puts a failed batch back: its samples go before anything that arrived since.
+    /// Puts a failed checkpoint back: its samples go before anything that arrived since.
     fn keep_unpersisted(&mut self, deltas: Vec<AgentDelta>) {
         for delta in deltas {
             let Some(entry) = self.agents.get_mut(&delta.state.id) else {
                 continue;
             };
+            self.samples_since_checkpoint += delta.samples.len();
             let mut samples = delta.samples;
-            samples.append(&mut entry.pending);
-            entry.pending = samples;
+            samples.append(&mut entry.since_checkpoint);
+            entry.since_checkpoint = samples;
             if !entry.dirty {
                 entry.dirty = true;
                 self.dirty.push(delta.state.id);
@@ -208,7 +307,18 @@ impl Manager {
         }
     }
 
-    fn note_store_error(&mut self, message: String) -> String {
+    fn note_store_ok(&mut self) {
+        if self.retry_at.take().is_some() {
+            info!(self.log, "writing to data_dir works again"; "store_errors_so_far" => self.store_errors);
+        }
+        self.retry_backoff = FIRST_RETRY_BACKOFF;
+    }
+
+    fn note_store_error(&mut self, e: StoreError) -> String {
+        self.note_store_error_text(e.to_string())
+    }
+
+    fn note_store_error_text(&mut self, message: String) -> String {
         self.store_errors += 1;
         self.retry_at = Some(Instant::now() + self.retry_backoff);
         if let Some(not_logged) = self.store_error_gate.check(Instant::now()) {
@@ -221,17 +331,20 @@ impl Manager {
         message
     }
 
+    /// The agent's entry, created from the registry on its first heartbeat; `None` for an
+    /// agent that is not registered.
     fn entry(&mut self, id: &str) -> Option<&mut AgentEntry> {
+        if !self.registry_view.contains(id) {
+            return None;
+        }
         if !self.agents.contains_key(id) {
             let info: AgentInfo = self.registry_view.get(id)?;
             let entry = AgentEntry {
                 state: AgentState::new(&info),
-                pending: Vec::new(),
+                since_checkpoint: Vec::new(),
                 dirty: false,
             };
             self.agents.insert(info.id, entry);
-        } else if !self.registry_view.contains(id) {
-            return None;
         }
         self.agents.get_mut(id)
     }
@@ -243,20 +356,26 @@ impl Actor for Manager {
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(self.log, "manager started"; "agents_with_state" => self.agents.len(),
             "history_len" => self.policy.history_len,
-            "flush_interval_ms" => self.policy.flush_interval.as_millis() as u64);
+            "flush_interval_ms" => self.policy.flush_interval.as_millis() as u64,
+            "checkpoint_interval_s" => self.policy.checkpoint_interval.as_secs());
         if !self.write_through() {
             ctx.run_interval(self.policy.flush_interval, |act, ctx| {
-                if act.retry_at.is_none_or(|at| Instant::now() >= at) {
+                if act.may_retry() {
                     act.start_flush(ctx);
                 }
             });
         }
+        ctx.run_interval(self.policy.checkpoint_interval, |act, ctx| {
+            if act.may_retry() {
+                act.start_checkpoint(ctx);
+            }
+        });
     }
 }
 
 /// Applies a batch of heartbeats (the seed's `UpdateHeartbeat`, batched): for each, get or
 /// create the agent's state, set `last_heartbeat` and `last_seen`, queue its history sample
-/// for the next flush. In write-through mode it is answered once that flush is on disk.
+/// and its journal record. In write-through mode it is answered once the journal holds it.
 #[derive(Message)]
 #[rtype(result = "Result<BatchOutcome, UpdateError>")]
 pub struct UpdateHeartbeats(pub Vec<Heartbeat>);
@@ -280,19 +399,38 @@ impl Handler<UpdateHeartbeats> for Manager {
                 continue;
             };
             let sample = entry.state.record(&hb);
-            entry.pending.push(sample);
-            outcome.applied += 1;
-            if !entry.dirty {
-                entry.dirty = true;
+            entry.since_checkpoint.push(sample);
+            let newly_dirty = !entry.dirty;
+            entry.dirty = true;
+            self.journal_pending.push(JournalRecord {
+                agent_id: hb.agent_id.clone(),
+                seq: sample.seq,
+                timestamp: hb.timestamp,
+                received_at: hb.received_at,
+                cpu: hb.cpu,
+                memory: hb.memory,
+                pid: hb.pid,
+                status: hb.status,
+            });
+            if newly_dirty {
                 self.dirty.push(hb.agent_id);
             }
+            self.samples_since_checkpoint += 1;
+            outcome.applied += 1;
+        }
+        if self.samples_since_checkpoint >= MAX_SAMPLES_BETWEEN_CHECKPOINTS && self.may_retry() {
+            // The journal first, so the checkpoint's records are synced before it runs.
+            self.start_flush(ctx);
+            self.start_checkpoint(ctx);
         }
         if !self.write_through() || outcome.applied == 0 {
             return Box::pin(fut::ready(Ok(outcome)));
         }
         let (tx, rx) = oneshot::channel();
-        self.waiters.push(tx);
-        self.start_flush(ctx);
+        self.flush_waiters.push(tx);
+        if self.may_retry() {
+            self.start_flush(ctx);
+        }
         Box::pin(fut::wrap_future(async move {
             match rx.await {
                 Ok(Ok(())) => Ok(outcome),
@@ -303,7 +441,7 @@ impl Handler<UpdateHeartbeats> for Manager {
     }
 }
 
-/// One agent's state as the Manager holds it (newer than the disk between flushes).
+/// One agent's state as the Manager holds it (newer than the disk between writes).
 #[derive(Message)]
 #[rtype(result = "Option<AgentState>")]
 pub struct GetAgent(pub String);
@@ -316,8 +454,8 @@ impl Handler<GetAgent> for Manager {
     }
 }
 
-/// One agent's newest `limit` history samples, newest first: the disk's plus those not yet
-/// flushed.
+/// One agent's newest `limit` history samples, newest first: the history file's plus those
+/// waiting for the next checkpoint.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<ResourceSample>, String>")]
 pub struct GetHistory {
@@ -330,12 +468,16 @@ impl Handler<GetHistory> for Manager {
 
     fn handle(&mut self, GetHistory { id, limit }: GetHistory, _: &mut Context<Self>) -> Self::Result {
         let limit = limit.min(self.policy.history_len);
-        let pending = self.agents.get(&id).map(|e| e.pending.clone()).unwrap_or_default();
+        let pending = self
+            .agents
+            .get(&id)
+            .map(|e| e.since_checkpoint.clone())
+            .unwrap_or_default();
         let read = self.store.send(store::ReadHistory { id, limit });
         Box::pin(async move {
             let on_disk = read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
             let mut all = on_disk.samples;
-            // A flush in flight may have written some pending samples already.
+            // A checkpoint in flight may have written some pending samples already.
             let last = all.last().map_or(0, |s| s.seq);
             all.extend(pending.into_iter().filter(|s| s.seq > last));
             all.reverse();
@@ -345,8 +487,9 @@ impl Handler<GetHistory> for Manager {
     }
 }
 
-/// Shutdown's last step: flush now, ignoring any retry backoff. Answers how many agents are
-/// still not persisted (0 when everything is on disk) or the store's error.
+/// Shutdown's last step: flush the journal and checkpoint now, ignoring any retry backoff.
+/// Answers how many agents still have changes not in their files (0 when everything is), or
+/// the store's error.
 #[derive(Message)]
 #[rtype(result = "Result<usize, String>")]
 pub struct Flush;
@@ -355,16 +498,25 @@ impl Handler<Flush> for Manager {
     type Result = ResponseActFuture<Self, Result<usize, String>>;
 
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.waiters.push(tx);
+        let (flushed_tx, flushed) = oneshot::channel();
+        let (checkpointed_tx, checkpointed) = oneshot::channel();
+        self.flush_waiters.push(flushed_tx);
+        self.checkpoint_waiters.push(checkpointed_tx);
         self.retry_at = None;
         self.start_flush(ctx);
+        self.start_checkpoint(ctx);
+        let abandoned = || Err("the write was abandoned".to_owned());
         Box::pin(
-            fut::wrap_future(async move { rx.await.unwrap_or_else(|_| Err("the flush was abandoned".into())) }).map(
-                |result: Result<(), String>, act: &mut Manager, _| {
-                    result.map(|()| act.dirty.len() + usize::from(act.flush_in_flight))
-                },
-            ),
+            fut::wrap_future(async move {
+                flushed.await.unwrap_or_else(|_| abandoned())?;
+                checkpointed.await.unwrap_or_else(|_| abandoned())
+            })
+            .map(|result: Result<(), String>, act: &mut Manager, _| {
+                if !act.journal_pending.is_empty() {
+                    warn!(act.log, "heartbeats arrived during the final flush"; "records" => act.journal_pending.len());
+                }
+                result.map(|()| act.dirty.len() + usize::from(act.checkpoint_in_flight))
+            }),
         )
     }
 }
@@ -394,9 +546,12 @@ mod tests {
         manager.send(UpdateHeartbeats(batch.to_vec())).await.unwrap().unwrap()
     }
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     fn start(dir: &std::path::Path, flush_interval: Duration) -> (Addr<Manager>, Addr<FileMetadataStore>) {
-        let path = dir.to_owned();
-        let store = SyncArbiter::start(1, move || FileMetadataStore::open(&path, quiet()).unwrap());
+        let mut opened = FileMetadataStore::open(dir, quiet()).unwrap();
+        let loaded = opened.load_all().unwrap();
+        let store = opened.start();
         let registry = Registry::new([AgentInfo {
             id: "a".into(),
             name: "A".into(),
@@ -407,27 +562,33 @@ mod tests {
         let policy = PersistPolicy {
             history_len: 3,
             flush_interval,
+            checkpoint_interval: HOUR,
         };
-        let manager = Manager::new(policy, Vec::new(), registry.start(), view, store.clone(), quiet()).start();
+        let manager = Manager::new(policy, loaded, registry.start(), view, store.clone(), quiet()).start();
         (manager, store)
     }
 
-    #[actix_rt::test]
-    async fn write_through_updates_are_on_disk_when_answered() {
-        let dir = tempfile::tempdir().unwrap();
-        let (manager, store) = start(dir.path(), Duration::ZERO);
+    fn memories(samples: &[ResourceSample]) -> Vec<u64> {
+        samples.iter().map(|s| s.memory).collect()
+    }
 
-        for memory in 0..8 {
+    #[actix_rt::test]
+    async fn write_through_updates_survive_a_crash_once_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, _) = start(dir.path(), Duration::ZERO);
+        for memory in 0..5 {
             update(&manager, &[heartbeat("a", memory)]).await;
         }
-        let outcome = update(&manager, &[heartbeat("ghost", 0), heartbeat("a", 8)]).await;
+        let outcome = update(&manager, &[heartbeat("ghost", 0), heartbeat("a", 5)]).await;
         assert_eq!(outcome.applied, 1);
         assert_eq!(outcome.unknown_agents, ["ghost"]);
+        // "Crash": no flush, no checkpoint; start again on the same directory.
+        drop(manager);
 
-        let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
-        assert_eq!(state.heartbeat_count, 9);
-        assert_eq!(state.name, "A");
-        let history = manager
+        let (restarted, _) = start(dir.path(), Duration::ZERO);
+        let state = restarted.send(GetAgent("a".into())).await.unwrap().unwrap();
+        assert_eq!(state.heartbeat_count, 6, "replayed from the journal");
+        let history = restarted
             .send(GetHistory {
                 id: "a".into(),
                 limit: 100,
@@ -435,8 +596,26 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let memories: Vec<_> = history.iter().map(|s| s.memory).collect();
-        assert_eq!(memories, [8, 7, 6], "newest first, at most history_len = 3");
+        assert_eq!(memories(&history), [5, 4, 3], "newest first, at most history_len = 3");
+    }
+
+    #[actix_rt::test]
+    async fn flush_checkpoints_and_a_restart_needs_no_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, store) = start(dir.path(), HOUR);
+
+        for memory in 0..8 {
+            update(&manager, &[heartbeat("a", memory)]).await;
+        }
+        assert!(
+            store.send(store::Get("a".into())).await.unwrap().unwrap().is_none(),
+            "nothing written yet"
+        );
+        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
+
+        let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
+        assert_eq!(state.heartbeat_count, 8);
+        assert_eq!(state.name, "A");
         let on_disk = store
             .send(store::ReadHistory {
                 id: "a".into(),
@@ -446,39 +625,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(on_disk.samples.len() <= 6, "compacted back once over 2 × history_len");
-        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
-    }
+        assert_eq!(memories(&on_disk.samples).last(), Some(&7));
 
-    #[actix_rt::test]
-    async fn timed_flushes_persist_off_the_request_path_and_flush_forces_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let (manager, store) = start(dir.path(), Duration::from_secs(3600));
-
-        update(&manager, &[heartbeat("a", 1)]).await;
+        let mut reopened = FileMetadataStore::open(dir.path(), quiet()).unwrap();
         assert!(
-            store.send(store::Get("a".into())).await.unwrap().unwrap().is_none(),
-            "not yet flushed"
+            reopened.load_all().unwrap().replay.records.is_empty(),
+            "the checkpoint covers the journal"
         );
-        let history = manager
-            .send(GetHistory {
-                id: "a".into(),
-                limit: 10,
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(history.len(), 1, "unflushed samples are visible");
-
-        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
-        let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
-        assert_eq!(state.heartbeat_count, 1);
-        assert_eq!(manager.send(GetAgent("a".into())).await.unwrap(), Some(state));
     }
 
     #[actix_rt::test]
-    async fn a_failed_flush_keeps_the_data_and_a_later_flush_writes_it() {
+    async fn a_failed_checkpoint_keeps_the_data_and_a_later_one_writes_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (manager, store) = start(dir.path(), Duration::from_secs(3600));
+        let (manager, store) = start(dir.path(), HOUR);
         // Make the history append fail: a directory where the log file should be.
         let blocker = dir.path().join("history").join("a.log");
         std::fs::create_dir_all(&blocker).unwrap();
@@ -497,7 +656,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let memories: Vec<_> = on_disk.samples.iter().map(|s| s.memory).collect();
-        assert_eq!(memories, [1, 2, 3], "nothing lost, nothing twice, in order");
+        assert_eq!(
+            memories(&on_disk.samples),
+            [1, 2, 3],
+            "nothing lost, nothing twice, in order"
+        );
     }
 }

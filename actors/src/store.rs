@@ -1,19 +1,23 @@
 //! The Store actor (FileMetadataStore): owns everything under `data_dir`.
 //!
-//! - `agents/<id>.json`: each agent's state without history ([`AgentState`]), replaced
-//!   atomically.
-//! - `history/<id>.log`: each agent's resource history, append-only ([`HistoryLog`]).
+//! - `journal/<seq>.log`: every processed heartbeat, appended and synced once per flush
+//!   ([`Journal`]); what a crash would otherwise lose.
+//! - `agents/<id>.json`: each agent's state without history ([`AgentState`]) as of the last
+//!   checkpoint, replaced atomically.
+//! - `history/<id>.log`: each agent's resource history up to the last checkpoint,
+//!   append-only ([`HistoryLog`]).
+//! - `checkpoint.json`: the first journal segment the last checkpoint does not cover.
 //!
 //! It runs on its own thread (a one-thread SyncArbiter) because it blocks on fsync, and one
-//! thread keeps an agent's writes in the order the Manager sent them.
+//! thread keeps writes in the order the Manager sent them.
 //!
-//! The Manager sends [`Persist`] batches: every changed agent's new state and its new history
-//! records. A batch is made durable with a fixed number of sync calls, however many agents it
-//! holds: append the histories and stage the state files, sync them all (one `syncfs` for a
-//! large batch), rename the states into place, fsync the two directories.
+//! A [`Checkpoint`] rotates the journal, then makes a batch of changed agents durable with a
+//! fixed number of sync calls however many agents it holds (append the histories and stage the
+//! state files, sync them all, rename the states into place, fsync the directories), then
+//! records the new start of the journal and removes the segments before it.
 //!
-//! Messages: [`LoadAll`] at start-up; [`Persist`], [`ReadHistory`], [`Get`], [`Save`],
-//! [`Update`], [`Delete`], [`Flush`].
+//! Messages: [`LoadAll`] at start-up; [`AppendJournal`], [`Checkpoint`], [`ReadHistory`],
+//! [`Get`], [`Save`], [`Update`], [`Delete`], [`Flush`].
 
 use std::ffi::OsStr;
 use std::fs;
@@ -24,9 +28,22 @@ use actix::prelude::*;
 use chrono::Utc;
 use slog::{error, info, Logger};
 
+use serde::{Deserialize, Serialize};
+
 use crate::agent::{AgentState, ResourceSample};
 use crate::atomic_file::{is_temp_file, sync_dir, sync_filesystem, write_atomically, StagedFile, SYNC_ONE_BY_ONE_MAX};
 use crate::history_log::HistoryLog;
+use crate::journal::{Journal, JournalRecord, Replay};
+
+/// `data_dir/checkpoint.json`: where replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct CheckpointMarker {
+    format_version: u32,
+    /// Journal segments numbered below this are covered by the state and history files.
+    journal_from: u64,
+}
+
+const CHECKPOINT_FILE: &str = "checkpoint.json";
 
 /// A store operation failed; says which file and why.
 #[derive(Debug, thiserror::Error)]
@@ -48,21 +65,26 @@ impl StoreError {
     }
 }
 
-/// Owns `data_dir/agents/` and `data_dir/history/`.
-#[derive(Clone)]
+/// Owns `data_dir`.
 pub struct FileMetadataStore {
+    data_dir: PathBuf,
     agents_dir: PathBuf,
     history: HistoryLog,
+    journal: Journal,
+    /// What the journal held at start-up; handed over once by [`FileMetadataStore::load_all`].
+    replay: Option<Replay>,
     log: Logger,
 }
 
 impl FileMetadataStore {
-    /// Opens (creating if needed) `data_dir/agents` and `data_dir/history`, and proves they are
-    /// writable with a probe write, so an unusable data directory is reported at start-up.
+    /// Opens (creating if needed) the directories under `data_dir`, proves they are writable
+    /// with a probe write (so an unusable data directory is reported at start-up), and reads the
+    /// journal after the last checkpoint.
     pub fn open(data_dir: &Path, log: Logger) -> Result<Self, StoreError> {
         let agents_dir = data_dir.join("agents");
         let history_dir = data_dir.join("history");
-        for dir in [&agents_dir, &history_dir] {
+        let journal_dir = data_dir.join("journal");
+        for dir in [&agents_dir, &history_dir, &journal_dir] {
             fs::create_dir_all(dir).map_err(|e| StoreError::new("create", dir, e))?;
             let probe = ".write-probe";
             write_atomically(dir, probe, b"probe")
@@ -70,10 +92,38 @@ impl FileMetadataStore {
                 .map_err(|e| StoreError::new("write to", dir, e))?;
         }
         let history = HistoryLog::open(history_dir.clone()).map_err(|e| StoreError::new("open", &history_dir, e))?;
+        let marker_path = data_dir.join(CHECKPOINT_FILE);
+        let journal_from = match fs::read(&marker_path) {
+            Ok(bytes) => {
+                serde_json::from_slice::<CheckpointMarker>(&bytes)
+                    .map_err(|e| StoreError::new("parse", &marker_path, io::Error::new(io::ErrorKind::InvalidData, e)))?
+                    .journal_from
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(StoreError::new("read", &marker_path, e)),
+        };
+        let (journal, replay) =
+            Journal::open(journal_dir.clone(), journal_from).map_err(|e| StoreError::new("read", &journal_dir, e))?;
         Ok(Self {
+            data_dir: data_dir.to_owned(),
             agents_dir,
             history,
+            journal,
+            replay: Some(replay),
             log,
+        })
+    }
+
+    /// Starts the store on its own thread (a one-thread SyncArbiter).
+    pub fn start(self) -> Addr<Self> {
+        // The factory runs once, on the new thread; it is never called again because the
+        // store never stops itself (a SyncContext would restart it).
+        let cell = std::sync::Mutex::new(Some(self));
+        SyncArbiter::start(1, move || {
+            cell.lock()
+                .ok()
+                .and_then(|mut c| c.take())
+                .expect("the store is started once")
         })
     }
 
@@ -89,10 +139,17 @@ impl FileMetadataStore {
         self.agents_dir.join(Self::file_name(id))
     }
 
-    /// Reads every agent's state (not its history), moves unparseable files aside, and removes
-    /// temp files left by interrupted writes.
-    pub fn load_all(&self) -> Result<LoadedAgents, StoreError> {
-        let mut loaded = LoadedAgents::default();
+    /// Reads every agent's state (not its history) and hands over the journal records to
+    /// replay; moves unparseable files aside and removes temp files of interrupted writes.
+    pub fn load_all(&mut self) -> Result<LoadedAgents, StoreError> {
+        let mut loaded = LoadedAgents {
+            replay: self.replay.take().unwrap_or_default(),
+            ..LoadedAgents::default()
+        };
+        if loaded.replay.damaged_lines > 0 {
+            error!(self.log, "the journal has damaged lines (a write cut short by a crash); they are skipped";
+                "lines" => loaded.replay.damaged_lines, "dir" => %self.journal.dir().display());
+        }
         loaded.temp_files_removed += self.remove_temp_files(self.history.dir())?;
         let dir = &self.agents_dir;
         let entries = fs::read_dir(dir).map_err(|e| StoreError::new("list", dir, e))?;
@@ -207,8 +264,34 @@ impl FileMetadataStore {
         Ok(())
     }
 
+    /// Appends processed heartbeats to the journal and syncs it.
+    pub fn append_journal(&mut self, records: &[JournalRecord]) -> Result<(), StoreError> {
+        let dir = self.journal.dir().to_owned();
+        self.journal
+            .append(records)
+            .map_err(|e| StoreError::new("append to the journal in", dir, e))
+    }
+
+    /// Rotates the journal, persists `deltas`, records the checkpoint, drops covered segments.
+    pub fn checkpoint(&mut self, deltas: &[AgentDelta]) -> Result<PersistReport, StoreError> {
+        let journal_from = self.journal.rotate();
+        let report = self.persist(deltas)?;
+        let marker = CheckpointMarker {
+            format_version: 1,
+            journal_from,
+        };
+        let bytes = serde_json::to_vec(&marker).map_err(|e| StoreError::new("encode", CHECKPOINT_FILE, e.into()))?;
+        write_atomically(&self.data_dir, CHECKPOINT_FILE, &bytes)
+            .map_err(|e| StoreError::new("write", self.data_dir.join(CHECKPOINT_FILE), e))?;
+        let dir = self.journal.dir().to_owned();
+        self.journal
+            .remove_before(journal_from)
+            .map_err(|e| StoreError::new("remove old segments from", dir, e))?;
+        Ok(report)
+    }
+
     /// Makes one batch durable. See the module documentation for the order of steps.
-    pub fn persist(&mut self, deltas: &[AgentDelta]) -> Result<PersistReport, StoreError> {
+    fn persist(&mut self, deltas: &[AgentDelta]) -> Result<PersistReport, StoreError> {
         // A few files are synced one by one through their descriptors; a larger batch is closed
         // file by file and made durable with one syncfs, so it never needs more descriptors
         // than one (a flush can touch tens of thousands of files).
@@ -301,7 +384,10 @@ impl Actor for FileMetadataStore {
 /// What [`LoadAll`] found on disk.
 #[derive(Debug, Default)]
 pub struct LoadedAgents {
+    /// States as of the last checkpoint.
     pub agents: Vec<AgentState>,
+    /// Journal records after the last checkpoint, to apply on top.
+    pub replay: Replay,
     /// State files that did not parse and were moved aside.
     pub corrupt_files: usize,
     /// Temp files of interrupted writes that were removed.
@@ -321,7 +407,7 @@ impl Handler<LoadAll> for FileMetadataStore {
     }
 }
 
-/// One agent's part of a [`Persist`] batch.
+/// One agent's part of a [`Checkpoint`].
 #[derive(Debug, Clone)]
 pub struct AgentDelta {
     /// The agent's whole state, as it is to be on disk.
@@ -332,7 +418,7 @@ pub struct AgentDelta {
     pub compact_to: Option<usize>,
 }
 
-/// What a [`Persist`] wrote.
+/// What a [`Checkpoint`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PersistReport {
     pub agents: usize,
@@ -340,18 +426,32 @@ pub struct PersistReport {
     pub damaged_records_set_aside: usize,
 }
 
-/// Makes a batch of changed agents durable. Answered once it is on disk; on failure the batch
-/// comes back so the Manager can keep it and try again (from memory, never by re-syncing a
-/// file descriptor whose fsync failed).
+/// Appends processed heartbeats to the journal. Answered once they are synced; on failure
+/// the records come back so the Manager can keep them and try again (into a new segment).
+#[derive(Message)]
+#[rtype(result = "Result<(), (StoreError, Vec<JournalRecord>)>")]
+pub struct AppendJournal(pub Vec<JournalRecord>);
+
+impl Handler<AppendJournal> for FileMetadataStore {
+    type Result = Result<(), (StoreError, Vec<JournalRecord>)>;
+
+    fn handle(&mut self, AppendJournal(records): AppendJournal, _: &mut SyncContext<Self>) -> Self::Result {
+        self.append_journal(&records).map_err(|e| (e, records))
+    }
+}
+
+/// Writes every changed agent's state and new history, then lets the journal before it go.
+/// On failure the batch comes back so the Manager can keep it and try again (from memory,
+/// never by re-syncing a file descriptor whose fsync failed); the journal still holds it.
 #[derive(Message)]
 #[rtype(result = "Result<PersistReport, (StoreError, Vec<AgentDelta>)>")]
-pub struct Persist(pub Vec<AgentDelta>);
+pub struct Checkpoint(pub Vec<AgentDelta>);
 
-impl Handler<Persist> for FileMetadataStore {
+impl Handler<Checkpoint> for FileMetadataStore {
     type Result = Result<PersistReport, (StoreError, Vec<AgentDelta>)>;
 
-    fn handle(&mut self, Persist(deltas): Persist, _: &mut SyncContext<Self>) -> Self::Result {
-        self.persist(&deltas).map_err(|e| (e, deltas))
+    fn handle(&mut self, Checkpoint(deltas): Checkpoint, _: &mut SyncContext<Self>) -> Self::Result {
+        self.checkpoint(&deltas).map_err(|e| (e, deltas))
     }
 }
 
@@ -489,7 +589,10 @@ mod tests {
     }
 
     fn lower_open_files_limit(soft: libc::rlim_t) {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: plain getrlimit/setrlimit on a local struct.
         unsafe {
             assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
@@ -525,10 +628,10 @@ mod tests {
         // tests here hold a handful of files at most.)
         lower_open_files_limit(512);
         let deltas: Vec<_> = (0..1500).map(|i| delta(&format!("a{i:04}"), 3)).collect();
-        let report = store.persist(&deltas).unwrap();
+        let report = store.checkpoint(&deltas).unwrap();
         assert_eq!((report.agents, report.records), (1500, 4500));
 
-        let reopened = FileMetadataStore::open(dir.path(), quiet()).unwrap();
+        let mut reopened = FileMetadataStore::open(dir.path(), quiet()).unwrap();
         let loaded = reopened.load_all().unwrap();
         assert_eq!(loaded.agents.len(), 1500);
         assert_eq!(loaded.agents[0], deltas[0].state);
@@ -539,9 +642,43 @@ mod tests {
             deltas[0].samples[1..]
         );
         // And the small path: a batch synced file by file.
-        store.persist(&[delta("small", 2)]).unwrap();
+        store.checkpoint(&[delta("small", 2)]).unwrap();
         assert_eq!(reopened.read_history("small", 10).unwrap().samples.len(), 2);
         assert_eq!(reopened.get("zzz").unwrap(), None);
+    }
+
+    #[test]
+    fn the_journal_is_replayed_until_a_checkpoint_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
+        let record = |n: u64| JournalRecord {
+            agent_id: "a".into(),
+            seq: n,
+            timestamp: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            received_at: chrono::DateTime::from_timestamp(1_700_000_001, 0).unwrap(),
+            cpu: 1.0,
+            memory: n,
+            pid: 9,
+            status: None,
+        };
+        store.append_journal(&[record(1), record(2)]).unwrap();
+        drop(store); // as after a crash: no checkpoint
+
+        let mut reopened = FileMetadataStore::open(dir.path(), quiet()).unwrap();
+        let loaded = reopened.load_all().unwrap();
+        assert!(loaded.agents.is_empty());
+        assert_eq!(loaded.replay.records, [record(1), record(2)]);
+
+        // A checkpoint covers them: the next start replays nothing.
+        reopened.checkpoint(&[delta("a", 2)]).unwrap();
+        reopened.append_journal(&[record(3)]).unwrap();
+        drop(reopened);
+        let mut third = FileMetadataStore::open(dir.path(), quiet()).unwrap();
+        let loaded = third.load_all().unwrap();
+        assert_eq!(loaded.agents.len(), 1);
+        assert_eq!(loaded.replay.records, [record(3)]);
+        let segments = fs::read_dir(dir.path().join("journal")).unwrap().count();
+        assert_eq!(segments, 1, "covered segments are removed");
     }
 
     #[test]
@@ -550,7 +687,7 @@ mod tests {
         let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
         let mut d = delta("a", 25);
         d.compact_to = Some(10);
-        store.persist(&[d]).unwrap();
+        store.checkpoint(&[d]).unwrap();
         let seqs: Vec<_> = store
             .read_history("a", 100)
             .unwrap()
@@ -565,7 +702,7 @@ mod tests {
     fn corrupt_state_files_are_moved_aside_and_temp_files_removed() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
-        store.persist(&[delta("good", 2)]).unwrap();
+        store.checkpoint(&[delta("good", 2)]).unwrap();
         let agents = store.agents_dir().to_owned();
         fs::write(agents.join("torn.json"), b"{\"format_version\":2,\"id\":\"to").unwrap();
         fs::write(
@@ -605,21 +742,20 @@ mod tests {
     fn a_failed_persist_leaves_no_temp_file_and_the_old_state() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
-        store.persist(&[delta("a", 1)]).unwrap();
+        store.checkpoint(&[delta("a", 1)]).unwrap();
         // A directory where b's history log should go makes the append fail.
         fs::create_dir(dir.path().join("history").join("b.log")).unwrap();
-        assert!(store.persist(&[delta("a", 2), delta("b", 1)]).is_err());
+        assert!(store.checkpoint(&[delta("a", 2), delta("b", 1)]).is_err());
         assert_eq!(store.get("a").unwrap().unwrap().heartbeat_count, 1, "old state kept");
         assert_eq!(names(store.agents_dir()), ["a.json"]);
     }
 
     #[actix_rt::test]
-    async fn messages_get_save_update_delete_persist() {
+    async fn messages_get_save_update_delete_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_owned();
-        let addr = SyncArbiter::start(1, move || FileMetadataStore::open(&path, quiet()).unwrap());
+        let addr = FileMetadataStore::open(dir.path(), quiet()).unwrap().start();
 
-        addr.send(Persist(vec![delta("a", 2)])).await.unwrap().unwrap();
+        addr.send(Checkpoint(vec![delta("a", 2)])).await.unwrap().unwrap();
         addr.send(Save(agent("b", 0).0)).await.unwrap().unwrap();
         let updated = addr
             .send(Update {

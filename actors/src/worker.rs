@@ -185,7 +185,9 @@ mod tests {
     async fn pool_processes_the_queue_and_stops_when_closed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_owned();
-        let store = SyncArbiter::start(1, move || FileMetadataStore::open(&path, quiet()).unwrap());
+        let mut opened = FileMetadataStore::open(&path, quiet()).unwrap();
+        let loaded = opened.load_all().unwrap();
+        let store = opened.start();
         let registry = Registry::new([AgentInfo {
             id: "a".into(),
             name: String::new(),
@@ -199,8 +201,9 @@ mod tests {
             crate::manager::PersistPolicy {
                 history_len: 1440,
                 flush_interval: Duration::ZERO,
+                checkpoint_interval: Duration::from_secs(3600),
             },
-            Vec::new(),
+            loaded,
             registry.start(),
             view,
             store.clone(),
@@ -240,6 +243,8 @@ mod tests {
         );
         let report = stats.send(GetStats).await.unwrap();
         assert_eq!(report.total_processed, 50);
+        // History reaches the agent's file at a checkpoint; Flush forces one.
+        assert_eq!(manager.send(crate::manager::Flush).await.unwrap(), Ok(0));
         let history = store
             .send(crate::store::ReadHistory {
                 id: "a".into(),

@@ -216,8 +216,9 @@ mod tests {
     fn fixture(capacity: usize) -> Fixture {
         let quiet = Logger::root(slog::Discard, slog::o!());
         let dir = tempfile::tempdir().unwrap();
-        let opened = FileMetadataStore::open(dir.path(), quiet.clone()).unwrap();
-        let store = SyncArbiter::start(1, move || opened.clone());
+        let mut opened = FileMetadataStore::open(dir.path(), quiet.clone()).unwrap();
+        let loaded = opened.load_all().unwrap();
+        let store = opened.start();
         let registry = Registry::new([AgentInfo {
             id: "a".into(),
             name: String::new(),
@@ -231,10 +232,11 @@ mod tests {
         let policy = PersistPolicy {
             history_len: 10,
             flush_interval: Duration::ZERO,
+            checkpoint_interval: Duration::from_secs(3600),
         };
         let manager = Manager::new(
             policy,
-            Vec::new(),
+            loaded,
             registry.start(),
             view.clone(),
             store.clone(),
