@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
+use heartbeatd_actors::agent::AgentInfo;
 use heartbeatd_actors::manager::{Manager, PersistPolicy};
 use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::registry::{Registry, RegistryError};
@@ -64,7 +65,7 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: Settings, log: Logger) -> Result<Self, StartupError> {
+    pub async fn build(mut settings: Settings, log: Logger) -> Result<Self, StartupError> {
         // Signal handlers first: a SIGTERM during start-up then stops us gracefully too.
         let signals = Signals::install().map_err(StartupError::Signals)?;
 
@@ -77,7 +78,8 @@ impl Application {
         }
         let store = store.start();
 
-        let registry = Registry::new(settings.agent_infos())?;
+        // The Registry keeps the only copy of the agent list from here on.
+        let registry = Registry::new(std::mem::take(&mut settings.agents).iter().map(AgentInfo::from))?;
         let registry_view = registry.snapshot();
         let registry = registry.start();
 
@@ -167,6 +169,7 @@ impl Application {
             "agents" => registry_view.len(), "agents_with_state" => agents_with_state,
             "history_len" => settings.history_len, "flush_interval_ms" => settings.flush_interval_ms);
 
+        release_startup_memory();
         Ok(Self {
             settings,
             log,
@@ -190,5 +193,15 @@ impl Application {
     /// Serves until a stop signal, then drains. See [`shutdown::run`].
     pub async fn run_until_stopped(self) -> DrainOutcome {
         shutdown::run(self).await
+    }
+}
+
+/// Gives the memory freed after start-up (the configuration parser's, large for a big
+/// `[[agents]]` list) back to the OS, so the resident size reflects what the daemon keeps.
+fn release_startup_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -50,8 +50,10 @@ pub enum RegistryError {
 }
 
 /// Owns the agent set; the only writer of the snapshot.
+///
+/// The published map is the only copy: a change builds the next map from it and publishes
+/// that (changes are rare admin operations; 100k agents are not worth keeping twice).
 pub struct Registry {
-    agents: AgentMap,
     published: Arc<ArcSwap<AgentMap>>,
 }
 
@@ -68,8 +70,9 @@ impl Registry {
             }
             map.insert(info.id.clone(), info);
         }
-        let published = Arc::new(ArcSwap::from_pointee(map.clone()));
-        Ok(Self { agents: map, published })
+        Ok(Self {
+            published: Arc::new(ArcSwap::from_pointee(map)),
+        })
     }
 
     /// The read side, for the HTTP layer and the Manager.
@@ -79,8 +82,16 @@ impl Registry {
         }
     }
 
-    fn publish(&self) {
-        self.published.store(Arc::new(self.agents.clone()));
+    fn agents(&self) -> Arc<AgentMap> {
+        self.published.load_full()
+    }
+
+    /// Publishes the current map changed by `change`.
+    fn change<T>(&self, change: impl FnOnce(&mut AgentMap) -> T) -> T {
+        let mut next = AgentMap::clone(&self.agents());
+        let result = change(&mut next);
+        self.published.store(Arc::new(next));
+        result
     }
 }
 
@@ -100,11 +111,10 @@ impl Handler<Register> for Registry {
         if !is_valid_agent_id(&info.id) {
             return Err(RegistryError::InvalidId(info.id));
         }
-        if self.agents.contains_key(&info.id) {
+        if self.agents().contains_key(&info.id) {
             return Err(RegistryError::Duplicate(info.id));
         }
-        self.agents.insert(info.id.clone(), info);
-        self.publish();
+        self.change(|agents| agents.insert(info.id.clone(), info));
         Ok(())
     }
 }
@@ -118,9 +128,12 @@ impl Handler<Unregister> for Registry {
     type Result = Result<AgentInfo, RegistryError>;
 
     fn handle(&mut self, Unregister(id): Unregister, _: &mut Context<Self>) -> Self::Result {
-        let removed = self.agents.remove(&id).ok_or(RegistryError::NotFound(id))?;
-        self.publish();
-        Ok(removed)
+        if !self.agents().contains_key(&id) {
+            return Err(RegistryError::NotFound(id));
+        }
+        Ok(self
+            .change(|agents| agents.remove(&id))
+            .expect("present: checked above"))
     }
 }
 
@@ -133,7 +146,7 @@ impl Handler<List> for Registry {
     type Result = MessageResult<List>;
 
     fn handle(&mut self, _: List, _: &mut Context<Self>) -> Self::Result {
-        let mut all: Vec<_> = self.agents.values().cloned().collect();
+        let mut all: Vec<_> = self.agents().values().cloned().collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         MessageResult(all)
     }
@@ -148,7 +161,7 @@ impl Handler<Count> for Registry {
     type Result = usize;
 
     fn handle(&mut self, _: Count, _: &mut Context<Self>) -> usize {
-        self.agents.len()
+        self.agents().len()
     }
 }
 
@@ -161,7 +174,7 @@ impl Handler<Exists> for Registry {
     type Result = bool;
 
     fn handle(&mut self, Exists(id): Exists, _: &mut Context<Self>) -> bool {
-        self.agents.contains_key(&id)
+        self.agents().contains_key(&id)
     }
 }
 
