@@ -5,6 +5,7 @@ mod daemon;
 
 mod config_errors;
 mod durability;
+mod faults;
 mod http_contract;
 mod load_tool;
 mod shutdown;
