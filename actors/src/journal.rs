@@ -31,11 +31,12 @@ pub struct JournalRecord {
     /// The heartbeat's number for its agent (its `heartbeat_count` after it).
     #[serde(rename = "n")]
     pub seq: u64,
-    /// The agent's timestamp.
-    #[serde(rename = "t")]
+    /// The agent's timestamp, in nanoseconds since the Unix epoch (integers: formatting RFC
+    /// 3339 was a measurable share of the journal's cost at 80k heartbeats/s).
+    #[serde(rename = "t", with = "chrono::serde::ts_nanoseconds")]
     pub timestamp: DateTime<Utc>,
-    /// The server's receive time.
-    #[serde(rename = "r")]
+    /// The server's receive time, in nanoseconds since the Unix epoch.
+    #[serde(rename = "r", with = "chrono::serde::ts_nanoseconds")]
     pub received_at: DateTime<Utc>,
     #[serde(rename = "c")]
     pub cpu: f64,
