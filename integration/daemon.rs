@@ -201,8 +201,22 @@ pub fn send_signal(pid: u32, signal: &str) {
 
 /// One HTTP request; `None` when the connection fails.
 pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<Reply> {
+    http_with_headers(port, method, path, body, &[])
+}
+
+/// One HTTP request with extra headers; `None` when the connection fails.
+pub fn http_with_headers(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Option<Reply> {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
-    let request = agent.request(method, &format!("http://127.0.0.1:{port}{path}"));
+    let mut request = agent.request(method, &format!("http://127.0.0.1:{port}{path}"));
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
     let result = match body {
         Some(body) => request.send_string(body),
         None => request.call(),

@@ -3,6 +3,7 @@
 
 mod daemon;
 
+mod admin_api;
 mod config_errors;
 mod durability;
 mod faults;

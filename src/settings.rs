@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "HEARTBEATD_";
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 12] = [
+pub const ENV_KEYS: [&str; 14] = [
     "http_port",
     "http_bind",
     "workers",
@@ -26,6 +26,8 @@ pub const ENV_KEYS: [&str; 12] = [
     "http_workers",
     "flush_interval_ms",
     "checkpoint_interval_s",
+    "auto_register",
+    "admin_token",
 ];
 
 /// The daemon's whole configuration.
@@ -71,7 +73,14 @@ pub struct Settings {
     /// How long a graceful stop may take before heartbeatd gives up and exits 1.
     #[serde(default = "default_shutdown_timeout_s")]
     pub shutdown_timeout_s: u64,
-    /// The agents allowed to report.
+    /// A valid heartbeat from an unknown, well-formed agent id registers that agent.
+    #[serde(default)]
+    pub auto_register: bool,
+    /// Bearer token for the admin API's changes. Never logged; `check-config` prints it
+    /// redacted.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// The agents allowed to report (imported into the registry once; see README).
     #[serde(default)]
     pub agents: Vec<AgentSettings>,
 }
@@ -182,10 +191,12 @@ impl Settings {
         self.queue_capacity.unwrap_or(self.workers.saturating_mul(10))
     }
 
-    /// The settings with every default filled in, as `check-config` prints them.
+    /// The settings with every default filled in and the admin token redacted, as
+    /// `check-config` prints them.
     pub fn effective(&self) -> Self {
         Self {
             queue_capacity: Some(self.queue_capacity()),
+            admin_token: self.admin_token.as_ref().map(|_| "<redacted>".to_owned()),
             ..self.clone()
         }
     }

@@ -17,8 +17,9 @@ use heartbeatd_actors::registry::{Registry, RegistryError};
 use heartbeatd_actors::stats::{IngressCounters, Stats};
 use heartbeatd_actors::store::{FileMetadataStore, StoreError};
 use heartbeatd_actors::worker::WorkerPool;
-use slog::{info, o, warn, Logger};
+use slog::{error, info, o, warn, Logger};
 
+use crate::routes::agents::{self, AdminApi, AdminAuth};
 use crate::routes::heartbeat::{post_heartbeat, HeartbeatIngress};
 use crate::routes::{fallback, stats};
 use crate::settings::Settings;
@@ -27,6 +28,9 @@ use crate::shutdown::{self, DrainOutcome, Signals};
 /// At most this long is given to open HTTP connections after a stop signal; the rest of
 /// `shutdown_timeout_s` is for the queue.
 const MAX_HTTP_GRACE: Duration = Duration::from_secs(5);
+
+/// The largest admin request body (`POST /agents` with many agents at once).
+const ADMIN_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 /// Why the daemon could not start (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +83,14 @@ impl Application {
         let store = store.start();
 
         // The Registry keeps the only copy of the agent list from here on.
-        let registry = Registry::new(std::mem::take(&mut settings.agents).iter().map(AgentInfo::from))?;
+        let config_agents = std::mem::take(&mut settings.agents);
+        let (registry, registry_load) = Registry::load(&settings.data_dir, config_agents.iter().map(AgentInfo::from))?;
+        drop(config_agents);
+        if let Some(aside) = &registry_load.moved_aside {
+            error!(log, "registry.json was damaged and was moved aside; the registry starts from the config's agents";
+                "moved_to" => %aside.display(),
+                "what_to_do" => "re-register agents added through the API, or restore the file while heartbeatd is stopped");
+        }
         let registry_view = registry.snapshot();
         let registry = registry.start();
 
@@ -132,32 +143,68 @@ impl Application {
                 registry_view.clone(),
                 Arc::clone(&counters),
                 Arc::clone(&stopping),
+                settings.auto_register.then(|| manager.clone()),
                 log.new(o!("actor" => "http")),
             ));
             let stats_data = web::Data::new(stats.clone());
+            let loopback = bind_ip.is_loopback();
+            if settings.admin_token.is_none() && !loopback {
+                warn!(log, "no admin_token is set and heartbeatd listens beyond loopback: the admin API refuses every change (403)";
+                    "bind" => %addr,
+                    "what_to_do" => "set admin_token (or HEARTBEATD_ADMIN_TOKEN) to register, change and delete agents over HTTP");
+            }
+            let admin = web::Data::new(AdminApi {
+                manager: manager.clone(),
+                auth: AdminAuth::new(settings.admin_token.clone(), loopback),
+                log: log.new(o!("actor" => "admin")),
+            });
             let grace = Duration::from_secs(settings.shutdown_timeout_s).min(MAX_HTTP_GRACE);
-            let server = HttpServer::new(move || {
-                App::new()
-                    .app_data(ingress.clone())
-                    .app_data(stats_data.clone())
-                    .service(
-                        web::resource("/heartbeat")
-                            .route(web::post().to(post_heartbeat))
-                            .default_service(web::to(fallback::expected_post)),
-                    )
-                    .service(
-                        web::resource("/heartbeat/stats")
-                            .route(web::get().to(stats::get_stats))
-                            .default_service(web::to(fallback::expected_get)),
-                    )
-                    .default_service(web::to(fallback::not_found))
-            })
-            .workers(settings.http_workers)
-            .disable_signals()
-            .shutdown_timeout(grace.as_secs())
-            .listen(listener)
-            .map_err(StartupError::Http)?
-            .run();
+            let server =
+                HttpServer::new(move || {
+                    App::new()
+                        .app_data(ingress.clone())
+                        .app_data(stats_data.clone())
+                        .app_data(admin.clone())
+                        .service(
+                            web::resource("/heartbeat")
+                                .route(web::post().to(post_heartbeat))
+                                .default_service(web::to(fallback::expected_post)),
+                        )
+                        .service(
+                            web::resource("/heartbeat/stats")
+                                .route(web::get().to(stats::get_stats))
+                                .default_service(web::to(fallback::expected_get)),
+                        )
+                        .service(
+                            web::resource("/agents")
+                                .route(web::get().to(agents::list))
+                                .route(web::post().to(agents::register))
+                                .default_service(web::to(fallback::expected_get_or_post)),
+                        )
+                        .service(
+                            web::resource("/agents/{id}")
+                                .route(web::get().to(agents::get))
+                                .route(web::patch().to(agents::update))
+                                .route(web::delete().to(agents::delete))
+                                .default_service(web::to(fallback::expected_get_patch_or_delete)),
+                        )
+                        .service(
+                            web::resource("/agents/{id}/history")
+                                .route(web::get().to(agents::history))
+                                .default_service(web::to(fallback::expected_get)),
+                        )
+                        .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                            agents::AgentsError::BadRequest(format!("invalid query: {e}")).into()
+                        }))
+                        .app_data(web::PayloadConfig::new(ADMIN_BODY_LIMIT))
+                        .default_service(web::to(fallback::not_found))
+                })
+                .workers(settings.http_workers)
+                .disable_signals()
+                .shutdown_timeout(grace.as_secs())
+                .listen(listener)
+                .map_err(StartupError::Http)?
+                .run();
             (Some(server), Some(local_addr))
         };
 
@@ -167,6 +214,7 @@ impl Application {
             "workers" => settings.workers, "queue_capacity" => settings.queue_capacity(),
             "http_workers" => settings.http_workers, "data_dir" => %settings.data_dir.display(),
             "agents" => registry_view.len(), "agents_with_state" => agents_with_state,
+            "agents_imported_from_config" => registry_load.imported, "auto_register" => settings.auto_register,
             "history_len" => settings.history_len, "flush_interval_ms" => settings.flush_interval_ms);
 
         release_startup_memory();

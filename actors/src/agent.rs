@@ -116,6 +116,36 @@ impl AgentState {
     }
 }
 
+/// An agent as the admin API shows it: registry facts joined with the live state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentView {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub agent_type: String,
+    /// What the agent last said about itself (`running`, `stopped`, `error`), if anything.
+    pub reported_status: Option<ReportedStatus>,
+    pub pid: Option<i64>,
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub heartbeat_count: u64,
+}
+
+impl AgentView {
+    pub fn new(info: &AgentInfo, state: Option<&AgentState>) -> Self {
+        Self {
+            id: info.id.clone(),
+            name: info.name.clone(),
+            agent_type: info.agent_type.clone(),
+            reported_status: state.and_then(|s| s.status),
+            pid: state.and_then(|s| s.pid),
+            last_heartbeat: state.and_then(|s| s.last_heartbeat),
+            last_seen: state.and_then(|s| s.last_seen),
+            heartbeat_count: state.map_or(0, |s| s.heartbeat_count),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,13 +20,14 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::channel::oneshot;
+use serde::Serialize;
 use slog::{error, info, warn, Logger};
 
-use crate::agent::{AgentInfo, AgentState, ResourceSample};
+use crate::agent::{AgentInfo, AgentState, AgentView, ResourceSample};
 use crate::heartbeat::Heartbeat;
 use crate::journal::JournalRecord;
 use crate::ratelimit::LogGate;
-use crate::registry::{Registry, RegistrySnapshot};
+use crate::registry::{self, Registry, RegistryError, RegistrySnapshot};
 use crate::store::{self, AgentDelta, FileMetadataStore, PersistReport, StoreError};
 
 /// At most one store-error log line per this long; the others are counted in it.
@@ -484,6 +485,157 @@ impl Handler<GetHistory> for Manager {
             all.truncate(limit);
             Ok(all)
         })
+    }
+}
+
+/// Registers agents through the Registry, all or none (the admin API's `POST /agents`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<AgentView>, RegistryError>")]
+pub struct RegisterAgents(pub Vec<AgentInfo>);
+
+impl Handler<RegisterAgents> for Manager {
+    type Result = ResponseFuture<Result<Vec<AgentView>, RegistryError>>;
+
+    fn handle(&mut self, RegisterAgents(batch): RegisterAgents, _: &mut Context<Self>) -> Self::Result {
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let views = batch.iter().map(|info| AgentView::new(info, None)).collect();
+            registry
+                .send(registry::Register(batch))
+                .await
+                .map_err(|_| RegistryError::Save("the registry is not running".into()))??;
+            Ok(views)
+        })
+    }
+}
+
+/// Changes an agent's name and/or type (the admin API's `PATCH /agents/{id}`); the state file
+/// follows at the next checkpoint.
+#[derive(Message)]
+#[rtype(result = "Result<AgentView, RegistryError>")]
+pub struct UpdateAgent {
+    pub id: String,
+    pub name: Option<String>,
+    pub agent_type: Option<String>,
+}
+
+impl Handler<UpdateAgent> for Manager {
+    type Result = ResponseActFuture<Self, Result<AgentView, RegistryError>>;
+
+    fn handle(&mut self, msg: UpdateAgent, _: &mut Context<Self>) -> Self::Result {
+        let update = registry::UpdateInfo {
+            id: msg.id,
+            name: msg.name,
+            agent_type: msg.agent_type,
+        };
+        Box::pin(self.registry.send(update).into_actor(self).map(|result, act, _| {
+            let info = result.map_err(|_| RegistryError::Save("the registry is not running".into()))??;
+            if let Some(entry) = act.agents.get_mut(&info.id) {
+                entry.state.name = info.name.clone();
+                entry.state.agent_type = info.agent_type.clone();
+                if !entry.dirty {
+                    entry.dirty = true;
+                    act.dirty.push(info.id.clone());
+                }
+            }
+            Ok(AgentView::new(&info, act.agents.get(&info.id).map(|e| &e.state)))
+        }))
+    }
+}
+
+/// Unregisters an agent and removes its state and history (the admin API's
+/// `DELETE /agents/{id}`). Its later heartbeats get the unknown-agent 400.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct DeleteAgent(pub String);
+
+impl Handler<DeleteAgent> for Manager {
+    type Result = ResponseActFuture<Self, Result<(), RegistryError>>;
+
+    fn handle(&mut self, DeleteAgent(id): DeleteAgent, _: &mut Context<Self>) -> Self::Result {
+        let unregister = self.registry.send(registry::Unregister(id));
+        Box::pin(unregister.into_actor(self).then(|result, act, _| {
+            let removed = result
+                .map_err(|_| RegistryError::Save("the registry is not running".into()))
+                .and_then(|r| r);
+            // Forget the agent now; its journal records are skipped at replay (not registered).
+            let delete = removed.map(|info| {
+                if let Some(entry) = act.agents.remove(&info.id) {
+                    act.samples_since_checkpoint = act
+                        .samples_since_checkpoint
+                        .saturating_sub(entry.since_checkpoint.len());
+                }
+                act.store.send(store::Delete(info.id))
+            });
+            let log = act.log.clone();
+            fut::wrap_future(async move {
+                if let Ok(Err(e)) = delete?.await {
+                    error!(log, "agent unregistered, but its files could not be removed"; "error" => %e,
+                        "what_to_do" => "remove agents/<id>.json and history/<id>.log by hand");
+                }
+                Ok(())
+            })
+        }))
+    }
+}
+
+/// One page of `GET /agents`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentPage {
+    pub agents: Vec<AgentView>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    pub next_after: Option<String>,
+}
+
+/// Lists agents sorted by id, optionally of one type, `limit` at a time after the id `after`.
+#[derive(Message)]
+#[rtype(result = "AgentPage")]
+pub struct ListAgents {
+    pub agent_type: Option<String>,
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl Handler<ListAgents> for Manager {
+    type Result = MessageResult<ListAgents>;
+
+    fn handle(&mut self, msg: ListAgents, _: &mut Context<Self>) -> Self::Result {
+        let registered = self.registry_view.load();
+        let mut ids: Vec<&String> = registered
+            .iter()
+            .filter(|(id, info)| {
+                msg.after.as_ref().is_none_or(|after| *id > after)
+                    && msg.agent_type.as_ref().is_none_or(|t| &info.agent_type == t)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        let more = ids.len() > msg.limit;
+        ids.truncate(msg.limit);
+        let agents: Vec<AgentView> = ids
+            .iter()
+            .map(|id| AgentView::new(&registered[*id], self.agents.get(*id).map(|e| &e.state)))
+            .collect();
+        let next_after = if more {
+            agents.last().map(|a| a.id.clone())
+        } else {
+            None
+        };
+        MessageResult(AgentPage { agents, next_after })
+    }
+}
+
+/// One registered agent as the admin API shows it; `None` if it is not registered.
+#[derive(Message)]
+#[rtype(result = "Option<AgentView>")]
+pub struct GetAgentView(pub String);
+
+impl Handler<GetAgentView> for Manager {
+    type Result = MessageResult<GetAgentView>;
+
+    fn handle(&mut self, GetAgentView(id): GetAgentView, _: &mut Context<Self>) -> Self::Result {
+        let info = self.registry_view.get(&id);
+        MessageResult(info.map(|info| AgentView::new(&info, self.agents.get(&id).map(|e| &e.state))))
     }
 }
 

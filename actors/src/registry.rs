@@ -1,18 +1,31 @@
-//! The Registry actor: owns the set of agents allowed to report.
+//! The Registry actor: owns the set of agents allowed to report, and `data_dir/registry.json`.
 //!
-//! Every change publishes a new immutable [`RegistrySnapshot`] map, so the heartbeat hot path
-//! checks `agent_id` with one atomic load and no message round-trip. A change is visible to
-//! readers by the time its message has been answered.
+//! Every change is saved (atomically) and then published as a new immutable
+//! [`RegistrySnapshot`] map, so the heartbeat hot path checks `agent_id` with one atomic load
+//! and no message round-trip, and a change is visible to readers by the time its message has
+//! been answered. A change that cannot be saved is not published.
+//!
+//! Agents from the config's `[[agents]]` are imported once: at start-up an id the registry has
+//! never imported is added; after that the API's changes win (an agent deleted through the API
+//! stays deleted, a renamed one keeps its new name).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
 
 use crate::agent::{is_valid_agent_id, AgentInfo};
+use crate::atomic_file::write_atomically;
 
 type AgentMap = HashMap<String, AgentInfo>;
+
+/// The registry's file name under `data_dir`.
+pub const REGISTRY_FILE: &str = "registry.json";
 
 /// A read-only view of the registry, cheap to clone and to query from any thread.
 #[derive(Debug, Clone)]
@@ -36,9 +49,14 @@ impl RegistrySnapshot {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The whole map as it is now (it never changes; a change publishes a new one).
+    pub fn load(&self) -> Arc<AgentMap> {
+        self.current.load_full()
+    }
 }
 
-/// Why a registration was refused.
+/// Why a registry change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
     #[error("agent id {0:?} is invalid: use 1 to 128 characters from A-Z a-z 0-9 . _ -")]
@@ -47,32 +65,95 @@ pub enum RegistryError {
     Duplicate(String),
     #[error("agent {0:?} is not registered")]
     NotFound(String),
+    /// Entry `index` of a batch is bad; nothing of the batch was registered.
+    #[error("entry {index}: {reason}")]
+    InvalidEntry { index: usize, reason: String },
+    #[error("could not save the registry: {0}")]
+    Save(String),
 }
 
-/// Owns the agent set; the only writer of the snapshot.
+/// The content of `registry.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct RegistryFile {
+    format_version: u32,
+    agents: Vec<AgentInfo>,
+    /// Config agents imported once; not imported again (so API deletions stick).
+    imported_from_config: BTreeSet<String>,
+}
+
+/// What loading the registry found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RegistryLoad {
+    /// Agents read from `registry.json`.
+    pub from_file: usize,
+    /// Config agents added now (first start, or new in the config).
+    pub imported: usize,
+    /// Set when `registry.json` did not parse and was moved aside to this path.
+    pub moved_aside: Option<PathBuf>,
+}
+
+/// Owns the agent set; the only writer of the snapshot and of `registry.json`.
 ///
 /// The published map is the only copy: a change builds the next map from it and publishes
 /// that (changes are rare admin operations; 100k agents are not worth keeping twice).
 pub struct Registry {
     published: Arc<ArcSwap<AgentMap>>,
+    imported_from_config: BTreeSet<String>,
+    /// `None`: in memory only (tests).
+    dir: Option<PathBuf>,
 }
 
 impl Registry {
-    /// A registry holding `agents`. Fails on an invalid or duplicate id, naming it.
+    /// An in-memory registry holding `agents`. Fails on an invalid or duplicate id.
     pub fn new(agents: impl IntoIterator<Item = AgentInfo>) -> Result<Self, RegistryError> {
-        let mut map = AgentMap::new();
-        for info in agents {
-            if !is_valid_agent_id(&info.id) {
-                return Err(RegistryError::InvalidId(info.id));
-            }
-            if map.contains_key(&info.id) {
-                return Err(RegistryError::Duplicate(info.id));
-            }
-            map.insert(info.id.clone(), info);
-        }
         Ok(Self {
-            published: Arc::new(ArcSwap::from_pointee(map)),
+            published: Arc::new(ArcSwap::from_pointee(build_map(agents)?)),
+            imported_from_config: BTreeSet::new(),
+            dir: None,
         })
+    }
+
+    /// Loads `dir/registry.json` (if any), imports the config agents it has never imported,
+    /// and saves the result.
+    pub fn load(
+        dir: &Path,
+        config_agents: impl IntoIterator<Item = AgentInfo>,
+    ) -> Result<(Self, RegistryLoad), RegistryError> {
+        let path = dir.join(REGISTRY_FILE);
+        let mut report = RegistryLoad::default();
+        let file = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<RegistryFile>(&bytes) {
+                Ok(file) => file,
+                Err(_) => {
+                    let aside = dir.join(format!(
+                        "{REGISTRY_FILE}.corrupt-{}",
+                        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+                    ));
+                    fs::rename(&path, &aside).map_err(|e| RegistryError::Save(format!("{}: {e}", path.display())))?;
+                    report.moved_aside = Some(aside);
+                    RegistryFile::default()
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => RegistryFile::default(),
+            Err(e) => return Err(RegistryError::Save(format!("cannot read {}: {e}", path.display()))),
+        };
+        report.from_file = file.agents.len();
+        let mut map = build_map(file.agents)?;
+        let mut imported = file.imported_from_config;
+        for info in config_agents {
+            if imported.insert(info.id.clone()) && !map.contains_key(&info.id) {
+                map.insert(info.id.clone(), info);
+                report.imported += 1;
+            }
+        }
+        let registry = Self {
+            published: Arc::new(ArcSwap::from_pointee(AgentMap::new())),
+            imported_from_config: imported,
+            dir: Some(dir.to_owned()),
+        };
+        registry.save(&map)?;
+        registry.published.store(Arc::new(map));
+        Ok((registry, report))
     }
 
     /// The read side, for the HTTP layer and the Manager.
@@ -86,36 +167,107 @@ impl Registry {
         self.published.load_full()
     }
 
-    /// Publishes the current map changed by `change`.
-    fn change<T>(&self, change: impl FnOnce(&mut AgentMap) -> T) -> T {
+    fn save(&self, map: &AgentMap) -> Result<(), RegistryError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let mut agents: Vec<&AgentInfo> = map.values().collect();
+        agents.sort_by(|a, b| a.id.cmp(&b.id));
+        #[derive(Serialize)]
+        struct Out<'a> {
+            format_version: u32,
+            agents: Vec<&'a AgentInfo>,
+            imported_from_config: &'a BTreeSet<String>,
+        }
+        let bytes = serde_json::to_vec(&Out {
+            format_version: 1,
+            agents,
+            imported_from_config: &self.imported_from_config,
+        })
+        .map_err(|e| RegistryError::Save(e.to_string()))?;
+        write_atomically(dir, REGISTRY_FILE, &bytes)
+            .map_err(|e| RegistryError::Save(format!("{}: {e}", dir.join(REGISTRY_FILE).display())))
+    }
+
+    /// Saves and publishes the current map changed by `change`; nothing changes on error.
+    fn change<T>(&self, change: impl FnOnce(&mut AgentMap) -> T) -> Result<T, RegistryError> {
         let mut next = AgentMap::clone(&self.agents());
         let result = change(&mut next);
+        self.save(&next)?;
         self.published.store(Arc::new(next));
-        result
+        Ok(result)
     }
+}
+
+fn build_map(agents: impl IntoIterator<Item = AgentInfo>) -> Result<AgentMap, RegistryError> {
+    let mut map = AgentMap::new();
+    for info in agents {
+        if !is_valid_agent_id(&info.id) {
+            return Err(RegistryError::InvalidId(info.id));
+        }
+        if map.contains_key(&info.id) {
+            return Err(RegistryError::Duplicate(info.id));
+        }
+        map.insert(info.id.clone(), info);
+    }
+    Ok(map)
 }
 
 impl Actor for Registry {
     type Context = Context<Self>;
 }
 
-/// Adds one agent. Answered after the snapshot shows it.
+/// Adds agents, all or none. Answered after the snapshot shows them.
 #[derive(Message)]
 #[rtype(result = "Result<(), RegistryError>")]
-pub struct Register(pub AgentInfo);
+pub struct Register(pub Vec<AgentInfo>);
 
 impl Handler<Register> for Registry {
     type Result = Result<(), RegistryError>;
 
-    fn handle(&mut self, Register(info): Register, _: &mut Context<Self>) -> Self::Result {
-        if !is_valid_agent_id(&info.id) {
-            return Err(RegistryError::InvalidId(info.id));
+    fn handle(&mut self, Register(batch): Register, _: &mut Context<Self>) -> Self::Result {
+        let current = self.agents();
+        let mut seen = BTreeSet::new();
+        for (index, info) in batch.iter().enumerate() {
+            if !is_valid_agent_id(&info.id) {
+                let reason = RegistryError::InvalidId(info.id.clone()).to_string();
+                return Err(RegistryError::InvalidEntry { index, reason });
+            }
+            if current.contains_key(&info.id) || !seen.insert(info.id.as_str()) {
+                return Err(RegistryError::Duplicate(info.id.clone()));
+            }
         }
-        if self.agents().contains_key(&info.id) {
-            return Err(RegistryError::Duplicate(info.id));
+        self.change(|agents| {
+            for info in batch {
+                agents.insert(info.id.clone(), info);
+            }
+        })
+    }
+}
+
+/// Changes an agent's name and/or type.
+#[derive(Message)]
+#[rtype(result = "Result<AgentInfo, RegistryError>")]
+pub struct UpdateInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub agent_type: Option<String>,
+}
+
+impl Handler<UpdateInfo> for Registry {
+    type Result = Result<AgentInfo, RegistryError>;
+
+    fn handle(&mut self, msg: UpdateInfo, _: &mut Context<Self>) -> Self::Result {
+        let Some(mut info) = self.agents().get(&msg.id).cloned() else {
+            return Err(RegistryError::NotFound(msg.id));
+        };
+        if let Some(name) = msg.name {
+            info.name = name;
         }
-        self.change(|agents| agents.insert(info.id.clone(), info));
-        Ok(())
+        if let Some(agent_type) = msg.agent_type {
+            info.agent_type = agent_type;
+        }
+        let updated = info.clone();
+        self.change(|agents| agents.insert(info.id.clone(), info))?;
+        Ok(updated)
     }
 }
 
@@ -132,7 +284,7 @@ impl Handler<Unregister> for Registry {
             return Err(RegistryError::NotFound(id));
         }
         Ok(self
-            .change(|agents| agents.remove(&id))
+            .change(|agents| agents.remove(&id))?
             .expect("present: checked above"))
     }
 }
@@ -211,14 +363,10 @@ mod tests {
         assert!(snapshot.contains("a"));
         assert!(!snapshot.contains("b"));
 
-        addr.send(Register(info("b"))).await.unwrap().unwrap();
+        addr.send(Register(vec![info("b")])).await.unwrap().unwrap();
         assert!(snapshot.contains("b"));
         assert_eq!(addr.send(Count).await.unwrap(), 2);
         assert!(addr.send(Exists("b".into())).await.unwrap());
-        assert_eq!(
-            addr.send(Register(info("b"))).await.unwrap(),
-            Err(RegistryError::Duplicate("b".into()))
-        );
 
         let removed = addr.send(Unregister("a".into())).await.unwrap().unwrap();
         assert_eq!(removed, info("a"));
@@ -229,5 +377,74 @@ mod tests {
             addr.send(Unregister("a".into())).await.unwrap(),
             Err(RegistryError::NotFound("a".into()))
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_batch_registers_all_or_none() {
+        let registry = Registry::new([info("a")]).unwrap();
+        let snapshot = registry.snapshot();
+        let addr = registry.start();
+
+        let bad = addr.send(Register(vec![info("b"), info("c d")])).await.unwrap();
+        assert!(
+            matches!(bad, Err(RegistryError::InvalidEntry { index: 1, .. })),
+            "{bad:?}"
+        );
+        let dup = addr.send(Register(vec![info("b"), info("a")])).await.unwrap();
+        assert_eq!(dup, Err(RegistryError::Duplicate("a".into())));
+        let twice = addr.send(Register(vec![info("b"), info("b")])).await.unwrap();
+        assert_eq!(twice, Err(RegistryError::Duplicate("b".into())));
+        assert!(!snapshot.contains("b"), "nothing of a refused batch is registered");
+
+        addr.send(Register(vec![info("b"), info("c")])).await.unwrap().unwrap();
+        assert_eq!(snapshot.len(), 3);
+    }
+
+    #[actix_rt::test]
+    async fn the_file_keeps_api_changes_and_config_agents_are_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, report) = Registry::load(dir.path(), [info("from-config"), info("also-config")]).unwrap();
+        assert_eq!(report.imported, 2);
+        let addr = registry.start();
+        addr.send(Unregister("from-config".into())).await.unwrap().unwrap();
+        addr.send(Register(vec![info("from-api")])).await.unwrap().unwrap();
+        let renamed = UpdateInfo {
+            id: "also-config".into(),
+            name: Some("renamed".into()),
+            agent_type: None,
+        };
+        addr.send(renamed).await.unwrap().unwrap();
+
+        // Restart with the same config plus a new agent.
+        let (again, report) =
+            Registry::load(dir.path(), [info("from-config"), info("also-config"), info("new")]).unwrap();
+        let snapshot = again.snapshot();
+        assert_eq!(
+            report,
+            RegistryLoad {
+                from_file: 2,
+                imported: 1,
+                moved_aside: None
+            }
+        );
+        assert!(
+            !snapshot.contains("from-config"),
+            "deleted through the API: stays deleted"
+        );
+        assert!(snapshot.contains("from-api") && snapshot.contains("new"));
+        assert_eq!(
+            snapshot.get("also-config").unwrap().name,
+            "renamed",
+            "the API's change wins"
+        );
+    }
+
+    #[test]
+    fn a_damaged_registry_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(REGISTRY_FILE), b"{\"format_version\":1,\"agen").unwrap();
+        let (registry, report) = Registry::load(dir.path(), [info("a")]).unwrap();
+        assert!(report.moved_aside.as_ref().is_some_and(|p| p.exists()), "{report:?}");
+        assert!(registry.snapshot().contains("a"));
     }
 }

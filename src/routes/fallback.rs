@@ -19,11 +19,23 @@ pub async fn expected_post() -> HttpResponse {
     method_not_allowed("POST")
 }
 
-/// 405 for `/heartbeat/stats` with a method other than GET (the original's wording).
+/// 405 for `/heartbeat/stats` and `/agents/{id}/history` with a method other than GET (the
+/// original's wording).
 pub async fn expected_get() -> HttpResponse {
     method_not_allowed("GET")
 }
 
+/// 405 for `/agents`.
+pub async fn expected_get_or_post() -> HttpResponse {
+    method_not_allowed("GET, POST")
+}
+
+/// 405 for `/agents/{id}`.
+pub async fn expected_get_patch_or_delete() -> HttpResponse {
+    method_not_allowed("GET, PATCH, DELETE")
+}
+
+/// 405 with `Allow: <allowed>` and the message `method not allowed, expected <allowed>`.
 fn method_not_allowed(allowed: &'static str) -> HttpResponse {
     let mut response = ApiResponse::error(
         StatusCode::METHOD_NOT_ALLOWED,

@@ -7,17 +7,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::WeakAddr;
+use actix::{Addr, WeakAddr};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
 use futures::StreamExt;
+use heartbeatd_actors::agent::{is_valid_agent_id, AgentInfo};
+use heartbeatd_actors::manager::{Manager, RegisterAgents};
 use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::ratelimit::LogGate;
+use heartbeatd_actors::registry::RegistryError;
 use heartbeatd_actors::registry::RegistrySnapshot;
 use heartbeatd_actors::stats::IngressCounters;
 use heartbeatd_actors::worker::HeartbeatWorker;
-use slog::{debug, warn, Logger};
+use slog::{debug, info, warn, Logger};
 
 use super::{handoff, ApiResponse};
 use crate::heartbeat_request::{self, RequestError, TimestampSource};
@@ -42,6 +45,9 @@ pub enum HeartbeatError {
     QueueFull,
     #[error("heartbeat receiver is stopped")]
     Stopped,
+    /// `auto_register` could not register the agent (the registry could not be saved).
+    #[error("could not register the agent: {0}")]
+    Registration(String),
 }
 
 impl ResponseError for HeartbeatError {
@@ -49,7 +55,7 @@ impl ResponseError for HeartbeatError {
         match self {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::QueueFull | Self::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QueueFull | Self::Stopped | Self::Registration(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -76,6 +82,8 @@ pub struct HeartbeatIngress {
     pub counters: Arc<IngressCounters>,
     /// Set when shutdown begins; from then on heartbeats get 503 "stopped".
     pub stopping: Arc<AtomicBool>,
+    /// `auto_register`: where unknown, well-formed agents get registered.
+    pub auto_register: Option<Addr<Manager>>,
     pub log: Logger,
     timestamp_warnings: Mutex<LogGate>,
     queue_full_warnings: Mutex<LogGate>,
@@ -88,6 +96,7 @@ impl HeartbeatIngress {
         registry: RegistrySnapshot,
         counters: Arc<IngressCounters>,
         stopping: Arc<AtomicBool>,
+        auto_register: Option<Addr<Manager>>,
         log: Logger,
     ) -> Self {
         Self {
@@ -96,6 +105,7 @@ impl HeartbeatIngress {
             registry,
             counters,
             stopping,
+            auto_register,
             log,
             timestamp_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
             queue_full_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
@@ -130,12 +140,22 @@ async fn accept(
     })?;
 
     let now = Utc::now();
-    let valid = heartbeat_request::parse(&body, |id| ingress.registry.contains(id), now).map_err(|e| {
+    // With auto_register, a well-formed unknown id passes here and is registered below.
+    let may_report =
+        |id: &str| ingress.registry.contains(id) || (ingress.auto_register.is_some() && is_valid_agent_id(id));
+    let valid = heartbeat_request::parse(&body, may_report, now).map_err(|e| {
         let agent_id = heartbeat_request::agent_id_hint(&body).unwrap_or_default();
         warn!(log, "invalid heartbeat request"; "agent_id" => agent_id, "reason" => %e);
         HeartbeatError::Invalid(e)
     })?;
     let heartbeat = valid.heartbeat;
+    if let Some(manager) = ingress
+        .auto_register
+        .as_ref()
+        .filter(|_| !ingress.registry.contains(&heartbeat.agent_id))
+    {
+        auto_register(manager, &heartbeat.agent_id, log).await?;
+    }
     if let TimestampSource::Unparseable(text) = &valid.timestamp_source {
         let gate = ingress.timestamp_warnings.lock().map(|mut g| g.check(Instant::now()));
         if let Ok(Some(suppressed)) = gate {
@@ -163,6 +183,25 @@ async fn accept(
     handoff::hand_off(&ingress.workers, heartbeat, permit).map_err(|_| HeartbeatError::Stopped)?;
     ingress.counters.accepted(now);
     Ok(HttpResponse::Ok().json(ApiResponse::new(true, "heartbeat received")))
+}
+
+/// Registers an unknown agent on its first heartbeat (`auto_register = true`). Another
+/// request may have registered it meanwhile; that is fine.
+async fn auto_register(manager: &Addr<Manager>, id: &str, log: &Logger) -> Result<(), HeartbeatError> {
+    let info = AgentInfo {
+        id: id.to_owned(),
+        name: String::new(),
+        agent_type: String::new(),
+    };
+    match manager.send(RegisterAgents(vec![info])).await {
+        Ok(Ok(_)) => {
+            info!(log, "agent registered by its first heartbeat (auto_register)"; "agent_id" => id);
+            Ok(())
+        }
+        Ok(Err(RegistryError::Duplicate(_))) => Ok(()),
+        Ok(Err(e)) => Err(HeartbeatError::Registration(e.to_string())),
+        Err(_) => Err(HeartbeatError::Stopped),
+    }
 }
 
 /// Reads the whole body, refusing more than [`MAX_BODY_BYTES`] (by `Content-Length` up front,
@@ -250,6 +289,7 @@ mod tests {
             view,
             counters,
             Arc::new(AtomicBool::new(false)),
+            None,
             quiet,
         ));
         Fixture {

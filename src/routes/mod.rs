@@ -6,8 +6,10 @@
 //! |---|---|
 //! | `POST /heartbeat` | [`heartbeat`], handing batches to the pool through [`handoff`] |
 //! | `GET /heartbeat/stats` | [`stats`] |
+//! | `/agents`, `/agents/{id}`, `/agents/{id}/history` (admin API) | [`agents`] |
 //! | anything else (404), wrong method (405), body over 64 KiB (413) | [`fallback`] |
 
+pub mod agents;
 pub mod fallback;
 pub mod handoff;
 pub mod heartbeat;

@@ -1,0 +1,237 @@
+//! The admin API against the real binary: register, list, page, rename, delete, history,
+//! persistence across restarts, auth, auto-registration.
+
+use serde_json::{json, Value};
+
+use crate::daemon::{heartbeat, http_with_headers, Daemon, Reply};
+
+const TOKEN: &str = "s3cret-token";
+
+fn call(daemon: &Daemon, method: &str, path: &str, body: Option<&Value>, token: Option<&str>) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let body = body.map(Value::to_string);
+    http_with_headers(daemon.port, method, path, body.as_deref(), &headers).expect("an answer")
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn registered_agents_report_and_survive_a_restart() {
+    // Arrange: no agents in the config at all.
+    let mut first = Daemon::start("");
+    let batch = json!([
+        {"id": "web-1", "name": "Web one", "type": "filebeat"},
+        {"id": "web-2", "type": "filebeat"},
+        {"id": "db-1", "type": "custom"}
+    ]);
+
+    // Act
+    let created = call(&first, "POST", "/agents", Some(&batch), None);
+    for n in 0..3 {
+        assert_eq!(first.post_heartbeat(&heartbeat("web-1", n)).status, 200);
+    }
+    first.wait_processed(3);
+    assert_eq!(first.stop_with("TERM").code(), Some(0));
+    let second = Daemon::start_in(&first.dir, "");
+
+    // Assert
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.body["registered"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        ids(&call(&second, "GET", "/agents", None, None).body),
+        ["db-1", "web-1", "web-2"]
+    );
+    let web1 = call(&second, "GET", "/agents/web-1", None, None);
+    assert_eq!(web1.status, 200);
+    assert_eq!(web1.body["name"], "Web one");
+    assert_eq!(web1.body["type"], "filebeat");
+    assert_eq!(web1.body["heartbeat_count"], 3);
+    assert_eq!(web1.body["reported_status"], "running");
+    assert!(web1.body["last_seen"].is_string() && web1.body["last_heartbeat"].is_string());
+    let history = call(&second, "GET", "/agents/web-1/history?limit=2", None, None);
+    let memories: Vec<u64> = history.body["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["memory"].as_u64().unwrap())
+        .collect();
+    assert_eq!(memories, [2, 1], "newest first, limited");
+    assert_eq!(call(&second, "GET", "/agents/nope", None, None).status, 404);
+    assert_eq!(call(&second, "GET", "/agents/nope/history", None, None).status, 404);
+}
+
+#[test]
+fn a_deleted_agent_is_refused_and_its_files_are_gone() {
+    // Arrange: a config agent with state on disk.
+    let mut first = Daemon::start("[[agents]]\nid = \"gone\"\n[[agents]]\nid = \"kept\"\n");
+    assert_eq!(first.post_heartbeat(&heartbeat("gone", 1)).status, 200);
+    first.wait_processed(1);
+    assert_eq!(first.stop_with("TERM").code(), Some(0));
+    let data = first.data_dir();
+    assert!(data.join("agents/gone.json").exists() && data.join("history/gone.log").exists());
+    let mut daemon = Daemon::start_in(&first.dir, "[[agents]]\nid = \"gone\"\n[[agents]]\nid = \"kept\"\n");
+
+    // Act
+    let deleted = call(&daemon, "DELETE", "/agents/gone", None, None);
+    let after = daemon.post_heartbeat(&heartbeat("gone", 2));
+
+    // Assert
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    assert_eq!(after.status, 400);
+    assert_eq!(
+        after.body["message"],
+        "validation failed: agent_id: agent \"gone\" is not registered"
+    );
+    assert_eq!(call(&daemon, "GET", "/agents/gone", None, None).status, 404);
+    assert_eq!(call(&daemon, "DELETE", "/agents/gone", None, None).status, 404);
+    assert!(!data.join("agents/gone.json").exists() && !data.join("history/gone.log").exists());
+    // The config still lists it, but the API's deletion wins at the next start.
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
+    let restarted = Daemon::start_in(&first.dir, "[[agents]]\nid = \"gone\"\n[[agents]]\nid = \"kept\"\n");
+    assert_eq!(ids(&call(&restarted, "GET", "/agents", None, None).body), ["kept"]);
+}
+
+#[test]
+fn registration_is_all_or_none_and_names_the_bad_entry() {
+    let daemon = Daemon::start("[[agents]]\nid = \"taken\"\n");
+    let cases = [
+        (json!([{"id": "ok-1"}, {"id": "not ok"}]), 400, "entry 1"),
+        (json!([{"id": "ok-1"}, {"name": "no id"}]), 400, "entry 1"),
+        (json!([{"id": "ok-1"}, {"id": "ok-2", "colour": "red"}]), 400, "colour"),
+        (json!([{"id": "ok-1"}, {"id": "taken"}]), 409, "taken"),
+        (json!([{"id": "ok-1"}, {"id": "ok-1"}]), 409, "ok-1"),
+        (json!("a string"), 400, "expected an agent object"),
+        (json!([]), 400, "empty"),
+    ];
+    for (body, status, names) in cases {
+        let reply = call(&daemon, "POST", "/agents", Some(&body), None);
+        assert_eq!(reply.status, status, "{body}: {reply:?}");
+        assert_eq!(reply.body["success"], false);
+        assert!(
+            reply.body["message"].as_str().unwrap().contains(names),
+            "{body}: {reply:?}"
+        );
+    }
+    assert_eq!(
+        ids(&call(&daemon, "GET", "/agents", None, None).body),
+        ["taken"],
+        "nothing of a refused batch"
+    );
+    let single = call(
+        &daemon,
+        "POST",
+        "/agents",
+        Some(&json!({"id": "ok-1", "type": "custom"})),
+        None,
+    );
+    assert_eq!(single.status, 201);
+    assert_eq!(single.body["id"], "ok-1");
+}
+
+#[test]
+fn listing_pages_and_filters_and_patch_renames() {
+    // Arrange
+    let daemon = Daemon::start("");
+    let batch: Vec<Value> = (1..=5)
+        .map(|i| json!({"id": format!("a{i}"), "type": if i % 2 == 0 { "even" } else { "odd" }}))
+        .collect();
+    assert_eq!(call(&daemon, "POST", "/agents", Some(&json!(batch)), None).status, 201);
+
+    // Act / Assert: pages of two, by id.
+    let first = call(&daemon, "GET", "/agents?limit=2", None, None).body;
+    assert_eq!(ids(&first), ["a1", "a2"]);
+    let second = call(
+        &daemon,
+        "GET",
+        &format!("/agents?limit=2&after={}", first["next_after"].as_str().unwrap()),
+        None,
+        None,
+    )
+    .body;
+    assert_eq!(ids(&second), ["a3", "a4"]);
+    let last = call(&daemon, "GET", "/agents?limit=2&after=a4", None, None).body;
+    assert_eq!(ids(&last), ["a5"]);
+    assert!(last["next_after"].is_null());
+    assert_eq!(
+        ids(&call(&daemon, "GET", "/agents?type=even", None, None).body),
+        ["a2", "a4"]
+    );
+    assert_eq!(call(&daemon, "GET", "/agents?limit=0", None, None).status, 400);
+    assert_eq!(call(&daemon, "GET", "/agents?limit=abc", None, None).status, 400);
+
+    let renamed = call(
+        &daemon,
+        "PATCH",
+        "/agents/a3",
+        Some(&json!({"name": "Third", "type": "special"})),
+        None,
+    );
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+    assert_eq!(
+        (renamed.body["name"].as_str(), renamed.body["type"].as_str()),
+        (Some("Third"), Some("special"))
+    );
+    assert_eq!(call(&daemon, "GET", "/agents/a3", None, None).body["name"], "Third");
+    assert_eq!(
+        call(&daemon, "PATCH", "/agents/zz", Some(&json!({"name": "x"})), None).status,
+        404
+    );
+    assert_eq!(
+        call(&daemon, "PATCH", "/agents/a3", Some(&json!({"colour": "x"})), None).status,
+        400
+    );
+    let put = call(&daemon, "PUT", "/agents", Some(&json!({})), None);
+    assert_eq!((put.status, put.header("allow")), (405, Some("GET, POST")));
+}
+
+#[test]
+fn the_auth_matrix() {
+    // With a token: missing 401, wrong 403, right 201; reads stay open.
+    let daemon = Daemon::start(&format!("admin_token = \"{TOKEN}\"\n"));
+    let body = json!({"id": "x"});
+    let missing = call(&daemon, "POST", "/agents", Some(&body), None);
+    assert_eq!(
+        (missing.status, missing.header("www-authenticate")),
+        (401, Some("Bearer"))
+    );
+    assert_eq!(call(&daemon, "POST", "/agents", Some(&body), Some("wrong")).status, 403);
+    assert_eq!(call(&daemon, "DELETE", "/agents/x", None, Some("wrong")).status, 403);
+    assert_eq!(call(&daemon, "POST", "/agents", Some(&body), Some(TOKEN)).status, 201);
+    assert_eq!(
+        call(&daemon, "PATCH", "/agents/x", Some(&json!({"name": "n"})), None).status,
+        401
+    );
+    assert_eq!(call(&daemon, "GET", "/agents/x", None, None).status, 200);
+    assert_eq!(call(&daemon, "DELETE", "/agents/x", None, Some(TOKEN)).status, 204);
+    assert!(!daemon.log().contains(TOKEN), "the token never appears in logs");
+
+    // No token while listening beyond loopback: every change refused, and a warning says why.
+    let open = Daemon::start("http_bind = \"0.0.0.0\"\n");
+    let refused = call(&open, "POST", "/agents", Some(&body), None);
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(open.log().contains("no admin_token is set"), "{}", open.log());
+}
+
+#[test]
+fn auto_register_registers_well_formed_unknown_agents() {
+    let daemon = Daemon::start("auto_register = true\n");
+    assert_eq!(daemon.post_heartbeat(&heartbeat("fresh-agent", 1)).status, 200);
+    assert_eq!(daemon.post_heartbeat(&heartbeat("bad id", 1)).status, 400);
+    daemon.wait_processed(1);
+    let agent = call(&daemon, "GET", "/agents/fresh-agent", None, None);
+    assert_eq!(agent.status, 200);
+    assert_eq!(agent.body["heartbeat_count"], 1);
+    assert!(
+        daemon.log().contains("registered by its first heartbeat"),
+        "{}",
+        daemon.log()
+    );
+}

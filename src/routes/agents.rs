@@ -1,0 +1,371 @@
+//! The admin API: `/agents`, `/agents/{id}`, `/agents/{id}/history`.
+//!
+//! Reads are open. Mutations (`POST`, `PATCH`, `DELETE`) need `Authorization: Bearer <token>`
+//! when `admin_token` is set (missing: 401, wrong: 403). Without a token they are allowed only
+//! when heartbeatd listens on a loopback address; otherwise they are refused with 403, since
+//! anyone who can reach the port could change the registry.
+
+use actix::Addr;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use heartbeatd_actors::agent::AgentInfo;
+use heartbeatd_actors::manager::{
+    DeleteAgent, GetAgentView, GetHistory, ListAgents, Manager, RegisterAgents, UpdateAgent,
+};
+use heartbeatd_actors::registry::RegistryError;
+use serde::{Deserialize, Serialize};
+use slog::{info, Logger};
+
+use super::ApiResponse;
+
+/// `GET /agents` returns at most this many agents per page.
+pub const MAX_PAGE: usize = 10_000;
+/// `GET /agents` without `limit`.
+pub const DEFAULT_PAGE: usize = 1_000;
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentsError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("agent {0:?} is not registered")]
+    NotFound(String),
+    #[error("agent {0:?} is already registered")]
+    Conflict(String),
+    #[error("this call changes the registry and needs Authorization: Bearer <admin_token>")]
+    MissingToken,
+    #[error("the admin token is wrong")]
+    WrongToken,
+    #[error("changing the registry is refused: heartbeatd listens beyond loopback and no admin_token is set")]
+    NoTokenConfigured,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ResponseError for AgentsError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::MissingToken => StatusCode::UNAUTHORIZED,
+            Self::WrongToken | Self::NoTokenConfigured => StatusCode::FORBIDDEN,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = ApiResponse::error(self.status_code(), self.to_string());
+        if matches!(self, Self::MissingToken) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<RegistryError> for AgentsError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Duplicate(id) => Self::Conflict(id),
+            RegistryError::NotFound(id) => Self::NotFound(id),
+            RegistryError::InvalidId(_) | RegistryError::InvalidEntry { .. } => Self::BadRequest(e.to_string()),
+            RegistryError::Save(_) => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+fn unavailable(_: actix::MailboxError) -> AgentsError {
+    AgentsError::Unavailable("the manager is not running".into())
+}
+
+/// Who may change the registry.
+#[derive(Clone)]
+pub struct AdminAuth {
+    /// Never logged or printed.
+    token: Option<String>,
+    /// Without a token, allow mutations only on a loopback listener.
+    loopback_only: bool,
+}
+
+impl AdminAuth {
+    pub fn new(token: Option<String>, listens_on_loopback: bool) -> Self {
+        Self {
+            token: token.filter(|t| !t.is_empty()),
+            loopback_only: listens_on_loopback,
+        }
+    }
+
+    fn check(&self, req: &HttpRequest) -> Result<(), AgentsError> {
+        let Some(expected) = &self.token else {
+            return if self.loopback_only {
+                Ok(())
+            } else {
+                Err(AgentsError::NoTokenConfigured)
+            };
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(AgentsError::MissingToken)?;
+        if constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(AgentsError::WrongToken)
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell an
+/// attacker how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Everything the admin handlers need.
+pub struct AdminApi {
+    pub manager: Addr<Manager>,
+    pub auth: AdminAuth,
+    pub log: Logger,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(rename = "type")]
+    agent_type: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /agents[?type=T][&limit=N][&after=ID]`
+pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Result<HttpResponse, AgentsError> {
+    let query = query.into_inner();
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(AgentsError::BadRequest(format!(
+            "limit: must be between 1 and {MAX_PAGE}, got {limit}"
+        )));
+    }
+    let page = api
+        .manager
+        .send(ListAgents {
+            agent_type: query.agent_type,
+            after: query.after,
+            limit,
+        })
+        .await
+        .map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// `GET /agents/{id}`
+pub async fn get(api: web::Data<AdminApi>, id: web::Path<String>) -> Result<HttpResponse, AgentsError> {
+    let id = id.into_inner();
+    let view = api.manager.send(GetAgentView(id.clone())).await.map_err(unavailable)?;
+    view.map(|v| HttpResponse::Ok().json(v))
+        .ok_or(AgentsError::NotFound(id))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// One history point as the API shows it.
+#[derive(Serialize)]
+struct HistoryPoint {
+    time: chrono::DateTime<chrono::Utc>,
+    cpu: f64,
+    memory: u64,
+}
+
+/// `GET /agents/{id}/history[?limit=N]`: newest first, at most `history_len`.
+pub async fn history(
+    api: web::Data<AdminApi>,
+    id: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, AgentsError> {
+    let id = id.into_inner();
+    if api
+        .manager
+        .send(GetAgentView(id.clone()))
+        .await
+        .map_err(unavailable)?
+        .is_none()
+    {
+        return Err(AgentsError::NotFound(id));
+    }
+    let limit = query.limit.unwrap_or(usize::MAX);
+    if limit == 0 {
+        return Err(AgentsError::BadRequest("limit: must be at least 1".into()));
+    }
+    let samples = api
+        .manager
+        .send(GetHistory { id: id.clone(), limit })
+        .await
+        .map_err(unavailable)?
+        .map_err(AgentsError::Unavailable)?;
+    let points: Vec<_> = samples
+        .into_iter()
+        .map(|s| HistoryPoint {
+            time: s.time,
+            cpu: s.cpu,
+            memory: s.memory,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "agent_id": id, "history": points })))
+}
+
+/// A `POST /agents` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAgent {
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default, rename = "type")]
+    agent_type: String,
+}
+
+/// `POST /agents` with one agent (an object) or many (an array): all or none.
+pub async fn register(
+    req: HttpRequest,
+    api: web::Data<AdminApi>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AgentsError> {
+    api.auth.check(&req)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| AgentsError::BadRequest(format!("invalid JSON format: {e}")))?;
+    let (entries, single) = match value {
+        serde_json::Value::Array(items) => (items, false),
+        object @ serde_json::Value::Object(_) => (vec![object], true),
+        _ => {
+            return Err(AgentsError::BadRequest(
+                "expected an agent object or an array of them".into(),
+            ))
+        }
+    };
+    if entries.is_empty() {
+        return Err(AgentsError::BadRequest("the array is empty".into()));
+    }
+    let mut batch = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.into_iter().enumerate() {
+        let agent: NewAgent = serde_json::from_value(entry).map_err(|e| {
+            let at = if single {
+                String::new()
+            } else {
+                format!("entry {index}: ")
+            };
+            AgentsError::BadRequest(format!("{at}{e}"))
+        })?;
+        batch.push(AgentInfo {
+            id: agent.id,
+            name: agent.name,
+            agent_type: agent.agent_type,
+        });
+    }
+    let count = batch.len();
+    let views = api.manager.send(RegisterAgents(batch)).await.map_err(unavailable)??;
+    info!(api.log, "agents registered through the API"; "count" => count);
+    Ok(if single {
+        HttpResponse::Created().json(&views[0])
+    } else {
+        HttpResponse::Created().json(serde_json::json!({ "registered": views }))
+    })
+}
+
+/// A `PATCH /agents/{id}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentChange {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    agent_type: Option<String>,
+}
+
+/// `PATCH /agents/{id}`: change name and/or type.
+pub async fn update(
+    req: HttpRequest,
+    api: web::Data<AdminApi>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AgentsError> {
+    api.auth.check(&req)?;
+    let change: AgentChange =
+        serde_json::from_slice(&body).map_err(|e| AgentsError::BadRequest(format!("invalid JSON format: {e}")))?;
+    let view = api
+        .manager
+        .send(UpdateAgent {
+            id: id.into_inner(),
+            name: change.name,
+            agent_type: change.agent_type,
+        })
+        .await
+        .map_err(unavailable)??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// `DELETE /agents/{id}`: unregister and remove its files.
+pub async fn delete(
+    req: HttpRequest,
+    api: web::Data<AdminApi>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AgentsError> {
+    api.auth.check(&req)?;
+    let id = id.into_inner();
+    api.manager.send(DeleteAgent(id.clone())).await.map_err(unavailable)??;
+    info!(api.log, "agent unregistered through the API"; "agent_id" => id);
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn with_auth(value: Option<&str>) -> HttpRequest {
+        let mut req = TestRequest::post();
+        if let Some(v) = value {
+            req = req.insert_header((header::AUTHORIZATION, v));
+        }
+        req.to_http_request()
+    }
+
+    #[test]
+    fn the_auth_matrix() {
+        let token = AdminAuth::new(Some("s3cret".into()), false);
+        assert!(matches!(token.check(&with_auth(None)), Err(AgentsError::MissingToken)));
+        assert!(matches!(
+            token.check(&with_auth(Some("Bearer nope"))),
+            Err(AgentsError::WrongToken)
+        ));
+        assert!(matches!(
+            token.check(&with_auth(Some("Basic s3cret"))),
+            Err(AgentsError::MissingToken)
+        ));
+        assert!(token.check(&with_auth(Some("Bearer s3cret"))).is_ok());
+
+        let open_on_loopback = AdminAuth::new(None, true);
+        assert!(open_on_loopback.check(&with_auth(None)).is_ok());
+        let refused_elsewhere = AdminAuth::new(None, false);
+        assert!(matches!(
+            refused_elsewhere.check(&with_auth(None)),
+            Err(AgentsError::NoTokenConfigured)
+        ));
+        assert!(matches!(
+            AdminAuth::new(Some(String::new()), false).check(&with_auth(None)),
+            Err(AgentsError::NoTokenConfigured)
+        ));
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}
