@@ -53,7 +53,8 @@ fn a_corrupt_agent_file_is_moved_aside_and_the_daemon_starts() {
     // Act
     let mut daemon = Daemon::start_in(dir.path(), AGENTS);
     assert_eq!(daemon.post_heartbeat(&heartbeat("agent-1", 1)).status, 200);
-    daemon.wait_processed(1);
+    let stats = daemon.wait_processed(1);
+    assert_eq!(stats["damaged_records"], 1, "the damage is counted: {stats}");
     assert_eq!(daemon.stop_with("TERM").code(), Some(0));
 
     // Assert

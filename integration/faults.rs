@@ -197,6 +197,11 @@ fn a_full_disk_loses_nothing_once_it_has_room_again() {
         assert!(Instant::now() < deadline, "no store error logged:\n{}", daemon.log());
         thread::sleep(Duration::from_millis(50));
     }
+    let failing = daemon.stats();
+    assert!(
+        failing["store_errors"].as_u64().unwrap() >= 1,
+        "counted in stats: {failing}"
+    );
     fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !daemon.log().contains("works again") {

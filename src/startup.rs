@@ -96,18 +96,12 @@ impl Application {
 
         let queue = IngressQueue::new(settings.queue_capacity());
         let counters = IngressCounters::new();
-        let stats = Stats::new(
-            settings.workers,
-            Arc::clone(&counters),
-            Arc::clone(&queue),
-            registry_view.clone(),
-        )
-        .start();
 
         // The Manager gets a thread of its own so its work never competes with the timers and
         // the SyncArbiter forwarding on the main arbiter.
         let manager_arbiter = Arbiter::new();
         let agents_with_state;
+        let store_health;
         let manager = {
             let policy = PersistPolicy {
                 history_len: settings.history_len,
@@ -116,10 +110,18 @@ impl Application {
             };
             let (view, log) = (registry_view.clone(), log.new(o!("actor" => "manager")));
             agents_with_state = loaded.agents.len();
-            Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| {
-                Manager::new(policy, loaded, registry, view, store, log)
-            })
+            let manager = Manager::new(policy, loaded, registry, view, store, log);
+            store_health = manager.health();
+            Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| manager)
         };
+        let stats = Stats::new(
+            settings.workers,
+            Arc::clone(&counters),
+            Arc::clone(&queue),
+            registry_view.clone(),
+        )
+        .with_store_health(store_health)
+        .start();
         let pool = WorkerPool::start(
             settings.workers,
             manager.clone(),

@@ -16,6 +16,7 @@
 //! errors are logged at most once per 10 s. [`Flush`] (shutdown) flushes and checkpoints now.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -28,6 +29,7 @@ use crate::heartbeat::Heartbeat;
 use crate::journal::JournalRecord;
 use crate::ratelimit::LogGate;
 use crate::registry::{self, Registry, RegistryError, RegistrySnapshot};
+use crate::stats::StoreHealth;
 use crate::store::{self, AgentDelta, FileMetadataStore, PersistReport, StoreError};
 
 /// At most one store-error log line per this long; the others are counted in it.
@@ -89,6 +91,8 @@ pub struct Manager {
     retry_at: Option<Instant>,
     retry_backoff: Duration,
     store_errors: u64,
+    /// Shared with Stats: errors and damage, for `/heartbeat/stats`.
+    health: Arc<StoreHealth>,
     registry_view: RegistrySnapshot,
     /// Held so the Registry lives as long as the Manager; admin messages go through it.
     registry: Addr<Registry>,
@@ -133,14 +137,23 @@ impl Manager {
             retry_at: None,
             retry_backoff: FIRST_RETRY_BACKOFF,
             store_errors: 0,
+            health: StoreHealth::new(),
             registry_view,
             registry,
             store,
             store_error_gate: LogGate::new(STORE_ERROR_LOG_INTERVAL),
             log,
         };
+        manager
+            .health
+            .damaged((loaded.corrupt_files + loaded.replay.damaged_lines) as u64);
         manager.replay(loaded.replay.records);
         manager
+    }
+
+    /// The store's health as Stats reports it.
+    pub fn health(&self) -> Arc<StoreHealth> {
+        Arc::clone(&self.health)
     }
 
     /// Applies journal records newer than the loaded states (older ones are already in them).
@@ -277,6 +290,7 @@ impl Manager {
         match result {
             Ok(Ok(report)) => {
                 self.note_store_ok();
+                self.health.damaged(report.damaged_records_set_aside as u64);
                 if report.damaged_records_set_aside > 0 {
                     error!(self.log, "damaged history records were set aside during compaction";
                         "records" => report.damaged_records_set_aside);
@@ -321,6 +335,7 @@ impl Manager {
 
     fn note_store_error_text(&mut self, message: String) -> String {
         self.store_errors += 1;
+        self.health.store_error();
         self.retry_at = Some(Instant::now() + self.retry_backoff);
         if let Some(not_logged) = self.store_error_gate.check(Instant::now()) {
             error!(self.log, "could not persist agent state; it is kept in memory and written when the disk works again";

@@ -53,6 +53,37 @@ impl IngressCounters {
     }
 }
 
+/// The store's health: written by the Manager (which owns every write), read by Stats.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    /// Failed journal appends and checkpoints (each retried from memory).
+    store_errors: AtomicU64,
+    /// Damaged records found: unparseable state files and journal or history lines.
+    damaged_records: AtomicU64,
+}
+
+impl StoreHealth {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn damaged(&self, records: u64) {
+        self.damaged_records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.load(Ordering::Relaxed)
+    }
+
+    pub fn damaged_records(&self) -> u64 {
+        self.damaged_records.load(Ordering::Relaxed)
+    }
+}
+
 /// The answer to `GET /heartbeat/stats`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatsReport {
@@ -71,6 +102,10 @@ pub struct StatsReport {
     pub workers: usize,
     pub agents_registered: usize,
     pub uptime_seconds: u64,
+    /// Failed writes to `data_dir` since start (retried from memory; see the logs).
+    pub store_errors: u64,
+    /// Damaged records found since start (set aside; see the logs).
+    pub damaged_records: u64,
 }
 
 fn go_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
@@ -88,6 +123,7 @@ pub struct Stats {
     ingress: Arc<IngressCounters>,
     queue: Arc<IngressQueue>,
     registry: RegistrySnapshot,
+    store: Arc<StoreHealth>,
     total_processed: u64,
     total_errors: u64,
     total_latency: Duration,
@@ -106,10 +142,19 @@ impl Stats {
             ingress,
             queue,
             registry,
+            store: StoreHealth::new(),
             total_processed: 0,
             total_errors: 0,
             total_latency: Duration::ZERO,
         }
+    }
+}
+
+impl Stats {
+    /// Reports the store's health from `store` (the Manager's).
+    pub fn with_store_health(mut self, store: Arc<StoreHealth>) -> Self {
+        self.store = store;
+        self
     }
 }
 
@@ -162,6 +207,8 @@ impl Handler<GetStats> for Stats {
             workers: self.workers,
             agents_registered: self.registry.len(),
             uptime_seconds: self.started.elapsed().as_secs(),
+            store_errors: self.store.store_errors(),
+            damaged_records: self.store.damaged_records(),
         })
     }
 }
