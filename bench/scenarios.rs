@@ -690,28 +690,29 @@ fn written_bytes(pid: u32) -> u64 {
 /// compacted during the run.
 fn history_cost(phases: &Phases, rows: &mut Vec<Row>) {
     const AGENTS: usize = 10;
-    let mut figures = Vec::new();
-    for history_len in [10, 1440] {
-        eprintln!("history cost: history_len = {history_len} …");
+    // Saturation throughput swings by ±15 % from run to run on a shared 2-core machine, more
+    // than the effect looked for; so the two settings alternate, twice, and each keeps its
+    // best run (the one least disturbed).
+    let mut best: [(f64, f64); 2] = [(0.0, 0.0); 2];
+    for round in 0..4 {
+        let (slot, history_len) = if round % 2 == 0 { (0, 10) } else { (1, 1440) };
+        eprintln!("history cost: history_len = {history_len} (round {}) …", round / 2 + 1);
         let daemon = Daemon::start(&format!(
             "queue_capacity = 1000\nhistory_len = {history_len}\ncheckpoint_interval_s = 1\n{}",
             agents_config(AGENTS)
         ));
         let written_before = written_bytes(daemon.pid());
         let t0 = Instant::now();
-        let report = load(&daemon.url(), AGENTS, 64, phases.saturation_s, phases.warmup_s, None);
+        load(&daemon.url(), AGENTS, 64, phases.saturation_s, phases.warmup_s, None);
         let stats = wait_quiet(&daemon);
         let elapsed = t0.elapsed().as_secs_f64();
         let mib_per_s = (written_bytes(daemon.pid()) - written_before) as f64 / elapsed / (1024.0 * 1024.0);
-        let processed = stats["total_processed"].as_f64().unwrap_or(0.0);
-        figures.push((
-            history_len,
-            report["ok_per_s"].as_f64().unwrap_or(0.0),
-            processed / elapsed,
-            mib_per_s,
-        ));
+        let processed_per_s = stats["total_processed"].as_f64().unwrap_or(0.0) / elapsed;
+        if processed_per_s > best[slot].0 {
+            best[slot] = (processed_per_s, mib_per_s);
+        }
     }
-    let (short, long) = (figures[0], figures[1]);
+    let (short, long) = ((0, 0.0, best[0].0, best[0].1), (0, 0.0, best[1].0, best[1].1));
     let ratio = long.2 / short.2;
     rows.push(
         row(
@@ -869,7 +870,7 @@ fn print(rows: &[Row]) -> String {
     };
     line(
         &mut out,
-        ["scenario", "metric", "heartbeatd", "ceiling", "target", "verdict"],
+        ["scenario", "metric", "heartbeatd", "baseline", "target", "verdict"],
     );
     let _ = writeln!(
         out,

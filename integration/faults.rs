@@ -233,3 +233,39 @@ fn a_full_disk_loses_nothing_once_it_has_room_again() {
         "errors are logged at most once per 10 s, {errors} lines:\n{log}"
     );
 }
+
+#[test]
+fn a_vanished_data_dir_is_recreated_and_nothing_is_lost() {
+    // Arrange
+    let config = agents_config("flush_interval_ms = 100\ncheckpoint_interval_s = 3600\n");
+    let mut daemon = Daemon::start(&config);
+    let data = daemon.data_dir();
+    for n in 0..4u64 {
+        assert_eq!(daemon.post_heartbeat(&heartbeat(AGENTS[n as usize], n)).status, 200);
+    }
+    daemon.wait_processed(4);
+
+    // Act: an operator removes the whole data directory while heartbeatd runs.
+    fs::remove_dir_all(&data).unwrap();
+    for n in 4..8u64 {
+        assert_eq!(
+            daemon.post_heartbeat(&heartbeat(AGENTS[(n % 4) as usize], n)).status,
+            200
+        );
+    }
+    daemon.wait_processed(8);
+    let status = daemon.stop_with("TERM");
+
+    // Assert: what was in memory is all written again (the files of the first four
+    // heartbeats went with the directory; their agents' state and history did not).
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert_nothing_torn(&data);
+    for id in AGENTS {
+        assert_eq!(agent_file(&data, id)["heartbeat_count"], 2, "{id}");
+    }
+    let history: usize = AGENTS.iter().map(|id| history_on_disk(&data, id).len()).sum();
+    assert_eq!(
+        history, 8,
+        "the history since the last checkpoint comes back from memory"
+    );
+}

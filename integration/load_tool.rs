@@ -12,18 +12,24 @@ fn load_tool(args: &[&str]) -> std::process::Output {
     Command::new(LOAD_BIN).args(args).output().expect("run heartbeatd-load")
 }
 
-#[test]
-fn its_counts_match_the_daemons_stats() {
-    // Arrange: the agents the load tool simulates, registered from its own config output,
-    // and a queue small enough that some requests get 503.
-    let agents = load_tool(&["--agents", "20", "--print-agents-config"]);
-    assert!(agents.status.success());
+/// A daemon with the load tool's `agents` simulated agents registered (from the tool's own
+/// `--print-agents-config`), one worker and `queue_capacity`; and its heartbeat URL.
+fn daemon_for(agents: usize, queue_capacity: usize) -> (Daemon, String) {
+    let printed = load_tool(&["--agents", &agents.to_string(), "--print-agents-config"]);
+    assert!(printed.status.success());
     let config = format!(
-        "workers = 1\nqueue_capacity = 4\n{}",
-        String::from_utf8(agents.stdout).unwrap()
+        "workers = 1\nqueue_capacity = {queue_capacity}\n{}",
+        String::from_utf8(printed.stdout).unwrap()
     );
     let daemon = Daemon::start(&config);
     let url = format!("http://127.0.0.1:{}/heartbeat", daemon.port);
+    (daemon, url)
+}
+
+#[test]
+fn its_counts_match_the_daemons_stats() {
+    // Arrange: a queue small enough that some requests may get 503.
+    let (daemon, url) = daemon_for(20, 4);
 
     // Act
     let out = load_tool(&[
@@ -63,14 +69,8 @@ fn its_counts_match_the_daemons_stats() {
 
 #[test]
 fn it_says_when_the_target_falls_behind_the_rate() {
-    // Arrange: one worker with write-through, asked for far more than it can answer.
-    let agents = load_tool(&["--agents", "2", "--print-agents-config"]);
-    let config = format!(
-        "workers = 1\nqueue_capacity = 100000\n{}",
-        String::from_utf8(agents.stdout).unwrap()
-    );
-    let daemon = Daemon::start(&config);
-    let url = format!("http://127.0.0.1:{}/heartbeat", daemon.port);
+    // Arrange: one worker, asked for far more than anything can answer.
+    let (_daemon, url) = daemon_for(2, 100_000);
 
     // Act: 2 connections cannot do 10 million per second.
     let out = load_tool(&[
@@ -107,4 +107,38 @@ fn a_target_that_does_not_listen_is_a_clear_error() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
+
+#[test]
+fn register_adds_its_agents_through_the_admin_api() {
+    // Arrange: no agents in the config, one of the simulated ones registered already.
+    let daemon = Daemon::start("");
+    let url = format!("http://127.0.0.1:{}/heartbeat", daemon.port);
+    let existing = serde_json::json!({"id": "load-000002"}).to_string();
+    assert_eq!(daemon.request("POST", "/agents", Some(&existing)).status, 201);
+
+    // Act
+    let out = load_tool(&[
+        "--url",
+        &url,
+        "--agents",
+        "5",
+        "--connections",
+        "2",
+        "--duration",
+        "1",
+        "--register",
+        "--json",
+    ]);
+
+    // Assert: every heartbeat was for a registered agent.
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["by_status"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["200"],
+        "{report}"
+    );
+    let page = daemon.request("GET", "/agents", None).body;
+    assert_eq!(page["agents"].as_array().unwrap().len(), 5, "{page}");
 }

@@ -154,6 +154,9 @@ impl Journal {
 
     fn write_and_sync(&mut self, buf: &[u8]) -> io::Result<()> {
         if self.file.is_none() {
+            // Recreates the directory if it vanished (an operator's mistake), so writing
+            // resumes once it can.
+            fs::create_dir_all(&self.dir)?;
             let path = self.dir.join(segment_name(self.current));
             let file = OpenOptions::new().create(true).append(true).open(path)?;
             // The new segment's name must survive a crash too.

@@ -35,4 +35,6 @@ pub mod ratelimit;
 pub mod registry;
 pub mod stats;
 pub mod store;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod worker;

@@ -183,6 +183,7 @@ impl Registry {
             imported_from_config: &self.imported_from_config,
         })
         .map_err(|e| RegistryError::Save(e.to_string()))?;
+        fs::create_dir_all(dir).map_err(|e| RegistryError::Save(format!("{}: {e}", dir.display())))?;
         write_atomically(dir, REGISTRY_FILE, &bytes)
             .map_err(|e| RegistryError::Save(format!("{}: {e}", dir.join(REGISTRY_FILE).display())))
     }

@@ -292,6 +292,10 @@ impl FileMetadataStore {
 
     /// Makes one batch durable. See the module documentation for the order of steps.
     fn persist(&mut self, deltas: &[AgentDelta]) -> Result<PersistReport, StoreError> {
+        // Recreates the directories if they vanished, so writing resumes once it can.
+        for dir in [&self.agents_dir, &self.history.dir().to_owned()] {
+            fs::create_dir_all(dir).map_err(|e| StoreError::new("create", dir, e))?;
+        }
         // A few files are synced one by one through their descriptors; a larger batch is closed
         // file by file and made durable with one syncfs, so it never needs more descriptors
         // than one (a flush can touch tens of thousands of files).

@@ -170,47 +170,20 @@ impl ClosingPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::AgentInfo;
-    use crate::queue::IngressQueue;
-    use crate::registry::Registry;
     use crate::stats::GetStats;
-    use crate::store::FileMetadataStore;
     use chrono::Utc;
-
-    fn quiet() -> Logger {
-        Logger::root(slog::Discard, slog::o!())
-    }
 
     #[actix_rt::test]
     async fn pool_processes_the_queue_and_stops_when_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_owned();
-        let mut opened = FileMetadataStore::open(&path, quiet()).unwrap();
-        let loaded = opened.load_all().unwrap();
-        let store = opened.start();
-        let registry = Registry::new([AgentInfo {
-            id: "a".into(),
-            name: String::new(),
-            agent_type: String::new(),
-        }])
-        .unwrap();
-        let view = registry.snapshot();
-        let queue = IngressQueue::new(100);
-        let stats = Stats::new(2, crate::stats::IngressCounters::new(), queue.clone(), view.clone()).start();
-        let manager = Manager::new(
-            crate::manager::PersistPolicy {
-                history_len: 1440,
-                flush_interval: Duration::ZERO,
-                checkpoint_interval: Duration::from_secs(3600),
-            },
-            loaded,
-            registry.start(),
-            view,
-            store.clone(),
-            quiet(),
-        )
-        .start();
-        let pool = WorkerPool::start(2, manager.clone(), stats.clone(), quiet());
+        let crate::testkit::TestActors {
+            store,
+            queue,
+            stats,
+            manager,
+            pool,
+            dir: _dir,
+            ..
+        } = crate::testkit::start(2, 100);
 
         let addr = pool.addr();
         for batch in 0..10u64 {

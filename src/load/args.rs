@@ -36,6 +36,13 @@ pub struct LoadArgs {
     /// agents, and exit.
     #[arg(long)]
     pub print_agents_config: bool,
+    /// Register the simulated agents through the admin API (`POST /agents`) before the run;
+    /// agents already registered are fine.
+    #[arg(long)]
+    pub register: bool,
+    /// The admin token for `--register`.
+    #[arg(long, env = "HEARTBEATD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 impl LoadArgs {

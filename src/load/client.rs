@@ -68,6 +68,11 @@ pub struct Answer {
 /// Looks for one complete response at the start of `buf`. `Ok(None)`: not complete yet;
 /// `Ok(Some((answer, length)))`: the response occupies `buf[..length]`.
 pub fn parse_response(buf: &[u8]) -> Result<Option<(Answer, usize)>, String> {
+    Ok(parse_response_parts(buf)?.map(|(answer, body)| (answer, body.end)))
+}
+
+/// Like [`parse_response`], with the range of the body in `buf`.
+fn parse_response_parts(buf: &[u8]) -> Result<Option<(Answer, std::ops::Range<usize>)>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf).map_err(|e| format!("bad HTTP response: {e}"))? {
@@ -90,7 +95,40 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Answer, usize)>, String> {
         }
     }
     let total = head_len + content_length;
-    Ok((buf.len() >= total).then_some((Answer { status, close }, total)))
+    Ok((buf.len() >= total).then_some((Answer { status, close }, head_len..total)))
+}
+
+/// One request on a connection of its own (admin calls around a run, not the measured load):
+/// returns the status and the body.
+pub async fn request(
+    addr: SocketAddr,
+    target: &Target,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> io::Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        target.host,
+        target.port,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut buf = Vec::new();
+    loop {
+        if let Some((answer, body)) =
+            parse_response_parts(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        {
+            return Ok((answer.status, buf[body].to_vec()));
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
 }
 
 /// A keep-alive connection.

@@ -58,6 +58,40 @@ fn heartbeat_body(n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Agents per `POST /agents` call of `--register`.
+const REGISTER_BATCH: usize = 10_000;
+
+/// Registers the simulated agents through the admin API, `REGISTER_BATCH` at a time. A batch
+/// that meets an agent registered before (409) is registered one by one, skipping those.
+async fn register(addr: SocketAddr, target: &Target, agents: usize, token: Option<&str>) -> Result<(), String> {
+    let post = |body: String| async move {
+        let (status, answer) = super::client::request(addr, target, "POST", "/agents", token, body.as_bytes())
+            .await
+            .map_err(|e| format!("cannot register agents: {e}"))?;
+        Ok::<_, String>((status, String::from_utf8_lossy(&answer).into_owned()))
+    };
+    let entry = |n: usize| format!("{{\"id\":\"{}\",\"type\":\"load\"}}", super::agent_id(n));
+    let ids: Vec<usize> = (1..=agents).collect();
+    for chunk in ids.chunks(REGISTER_BATCH) {
+        let body = format!("[{}]", chunk.iter().map(|&n| entry(n)).collect::<Vec<_>>().join(","));
+        match post(body).await? {
+            (201, _) => {}
+            (409, _) => {
+                for &n in chunk {
+                    match post(entry(n)).await? {
+                        (201 | 409, _) => {}
+                        (status, answer) => {
+                            return Err(format!("registering {}: {status} {answer}", super::agent_id(n)))
+                        }
+                    }
+                }
+            }
+            (status, answer) => return Err(format!("registering agents: {status} {answer}")),
+        }
+    }
+    Ok(())
+}
+
 /// Runs the load and returns the report.
 pub fn run(args: &LoadArgs) -> Result<Report, String> {
     args.validate()?;
@@ -84,6 +118,9 @@ async fn drive(args: &LoadArgs, target: Target) -> Result<Report, String> {
     Connection::connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    if args.register {
+        register(addr, &target, args.agents, args.admin_token.as_deref()).await?;
+    }
 
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + args.warmup();

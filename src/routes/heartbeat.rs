@@ -231,74 +231,32 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    use actix::prelude::*;
     use actix_web::{test, App};
-    use heartbeatd_actors::agent::AgentInfo;
-    use heartbeatd_actors::manager::{Manager, PersistPolicy};
-    use heartbeatd_actors::registry::Registry;
-    use heartbeatd_actors::stats::{GetStats, Stats};
-    use heartbeatd_actors::store::{self, FileMetadataStore};
-    use heartbeatd_actors::worker::WorkerPool;
+    use heartbeatd_actors::stats::GetStats;
+    use heartbeatd_actors::store;
+    use heartbeatd_actors::testkit::{self, TestActors};
     use serde_json::{json, Value};
 
     use super::*;
 
     struct Fixture {
         ingress: web::Data<HeartbeatIngress>,
-        store: Addr<FileMetadataStore>,
-        stats: Addr<Stats>,
-        _pool: WorkerPool,
-        _dir: tempfile::TempDir,
+        actors: TestActors,
     }
 
     /// The real actors with one worker and a queue of `capacity`.
     fn fixture(capacity: usize) -> Fixture {
-        let quiet = Logger::root(slog::Discard, slog::o!());
-        let dir = tempfile::tempdir().unwrap();
-        let mut opened = FileMetadataStore::open(dir.path(), quiet.clone()).unwrap();
-        let loaded = opened.load_all().unwrap();
-        let store = opened.start();
-        let registry = Registry::new([AgentInfo {
-            id: "a".into(),
-            name: String::new(),
-            agent_type: String::new(),
-        }])
-        .unwrap();
-        let view = registry.snapshot();
-        let queue = IngressQueue::new(capacity);
-        let counters = IngressCounters::new();
-        let stats = Stats::new(1, counters.clone(), queue.clone(), view.clone()).start();
-        let policy = PersistPolicy {
-            history_len: 10,
-            flush_interval: Duration::ZERO,
-            checkpoint_interval: Duration::from_secs(3600),
-        };
-        let manager = Manager::new(
-            policy,
-            loaded,
-            registry.start(),
-            view.clone(),
-            store.clone(),
-            quiet.clone(),
-        )
-        .start();
-        let pool = WorkerPool::start(1, manager, stats.clone(), quiet.clone());
+        let actors = testkit::start(1, capacity);
         let ingress = web::Data::new(HeartbeatIngress::new(
-            queue,
-            pool.weak_addr(),
-            view,
-            counters,
+            actors.queue.clone(),
+            actors.pool.weak_addr(),
+            actors.registry.clone(),
+            actors.counters.clone(),
             Arc::new(AtomicBool::new(false)),
             None,
-            quiet,
+            actors.log.clone(),
         ));
-        Fixture {
-            ingress,
-            store,
-            stats,
-            _pool: pool,
-            _dir: dir,
-        }
+        Fixture { ingress, actors }
     }
 
     async fn post(f: &Fixture) -> (StatusCode, Option<String>, Value) {
@@ -324,7 +282,7 @@ mod tests {
 
     async fn wait_processed(f: &Fixture, n: u64) {
         for _ in 0..1000 {
-            if f.stats.send(GetStats).await.unwrap().total_processed >= n {
+            if f.actors.stats.send(GetStats).await.unwrap().total_processed >= n {
                 return;
             }
             actix_rt::time::sleep(Duration::from_millis(5)).await;
@@ -339,7 +297,7 @@ mod tests {
         assert_eq!(post(&f).await.0, StatusCode::OK);
         wait_processed(&f, 1).await;
         let (release, blocked) = mpsc::channel::<()>();
-        let blocker = f.store.send(store::Update {
+        let blocker = f.actors.store.send(store::Update {
             id: "a".into(),
             change: Box::new(move |_| {
                 let _ = blocked.recv();
@@ -364,7 +322,7 @@ mod tests {
         wait_processed(&f, 2).await;
         assert_eq!(post(&f).await.0, StatusCode::OK);
         wait_processed(&f, 3).await;
-        let report = f.stats.send(GetStats).await.unwrap();
+        let report = f.actors.stats.send(GetStats).await.unwrap();
         assert_eq!((report.total_received, report.total_rejected), (3, 1));
     }
 
