@@ -269,3 +269,28 @@ fn a_vanished_data_dir_is_recreated_and_nothing_is_lost() {
         "the history since the last checkpoint comes back from memory"
     );
 }
+
+#[test]
+fn a_graceful_stop_that_cannot_write_exits_1_and_says_so() {
+    // Arrange: heartbeats processed while the disk is full.
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(dir.path().join("data"), "2m");
+    let config = agents_config("flush_interval_ms = 100\nshutdown_timeout_s = 3\n");
+    let mut daemon = Daemon::start_in(dir.path(), &config);
+    let _filler = fill(&mount.0);
+    assert_eq!(daemon.post_heartbeat(&heartbeat(AGENTS[0], 1)).status, 200);
+    daemon.wait_processed(1);
+
+    // Act: stop while the disk is still full.
+    let status = daemon.stop_with("TERM");
+
+    // Assert: not the clean exit; the log says what is at stake and what to do.
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("could not flush agent state at shutdown"), "{log}");
+    assert!(log.contains("what_to_do"), "{log}");
+    assert!(
+        !log.contains("every accepted heartbeat is processed and on disk"),
+        "{log}"
+    );
+}
