@@ -110,17 +110,26 @@ fn http_port_0_starts_no_server_and_says_how_to_enable_it() {
         ),
     )
     .unwrap();
-    let child = Command::new(BIN)
+    let log_path = dir.path().join("heartbeatd.log");
+    let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&config)
-        .stderr(std::process::Stdio::piped())
+        .stderr(fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Signal only once it is up (its handlers are installed by then).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("heartbeatd started")
+    {
+        assert!(std::time::Instant::now() < deadline, "heartbeatd did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     crate::daemon::send_signal(child.id(), "TERM");
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let status = child.wait().unwrap();
+    let stderr = fs::read_to_string(&log_path).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains("http_port is 0") && stderr.contains("--http-port"),
         "{stderr}"

@@ -126,7 +126,7 @@ fn kill_9_after_the_flush_interval_loses_nothing() {
         );
     }
     first.wait_processed(50);
-    thread::sleep(Duration::from_millis(500)); // several flush intervals
+    thread::sleep(Duration::from_millis(1000)); // ten flush intervals
 
     // Act
     crate::daemon::send_signal(first.pid(), "KILL");

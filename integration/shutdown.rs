@@ -95,9 +95,10 @@ fn sigint_is_graceful_too() {
 
 #[test]
 fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() {
-    // Arrange: a queue of 2 in front of 1 worker that writes to disk each time.
+    // Arrange: a queue of 2 in front of 1 worker that waits for the disk (write-through), so
+    // slots stay taken long enough for concurrent requests to find the queue full.
     let mut daemon = Daemon::start(&format!(
-        "workers = 1\n{}",
+        "workers = 1\nflush_interval_ms = 0\n{}",
         agents_config(2).split_once('\n').unwrap().1
     ));
 
