@@ -210,6 +210,12 @@ fn a_full_disk_loses_nothing_once_it_has_room_again() {
         assert!(Instant::now() < deadline, "no recovery logged:\n{}", daemon.log());
         thread::sleep(Duration::from_millis(100));
     }
+    // A write that started while the disk was full may still fail once; then ready again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.request("GET", "/readyz", None).status != 200 {
+        assert!(Instant::now() < deadline, "not ready again:\n{}", daemon.log());
+        thread::sleep(Duration::from_millis(100));
+    }
     let status = daemon.stop_with("TERM");
 
     // Assert: no panic, a clean stop, everything on disk, nothing torn.

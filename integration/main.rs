@@ -8,5 +8,6 @@ mod config_errors;
 mod durability;
 mod faults;
 mod http_contract;
+mod liveness;
 mod load_tool;
 mod shutdown;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "HEARTBEATD_";
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 14] = [
+pub const ENV_KEYS: [&str; 17] = [
     "http_port",
     "http_bind",
     "workers",
@@ -28,6 +28,9 @@ pub const ENV_KEYS: [&str; 14] = [
     "checkpoint_interval_s",
     "auto_register",
     "admin_token",
+    "heartbeat_interval_s",
+    "grace_s",
+    "max_clock_skew_s",
 ];
 
 /// The daemon's whole configuration.
@@ -73,6 +76,16 @@ pub struct Settings {
     /// How long a graceful stop may take before heartbeatd gives up and exits 1.
     #[serde(default = "default_shutdown_timeout_s")]
     pub shutdown_timeout_s: u64,
+    /// How often agents are expected to report (agents may set their own).
+    #[serde(default = "default_heartbeat_interval_s")]
+    pub heartbeat_interval_s: u64,
+    /// Grace after the interval: late at interval + grace / 2, down at interval + grace.
+    /// Default: twice the interval.
+    #[serde(default)]
+    pub grace_s: Option<u64>,
+    /// An agent whose clock is off by more than this is warned about once.
+    #[serde(default = "default_max_clock_skew_s")]
+    pub max_clock_skew_s: u64,
     /// A valid heartbeat from an unknown, well-formed agent id registers that agent.
     #[serde(default)]
     pub auto_register: bool,
@@ -94,6 +107,10 @@ pub struct AgentSettings {
     pub name: String,
     #[serde(default, rename = "type")]
     pub agent_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_s: Option<u64>,
 }
 
 impl From<&AgentSettings> for AgentInfo {
@@ -102,6 +119,8 @@ impl From<&AgentSettings> for AgentInfo {
             id: a.id.clone(),
             name: a.name.clone(),
             agent_type: a.agent_type.clone(),
+            heartbeat_interval_s: a.heartbeat_interval_s,
+            grace_s: a.grace_s,
         }
     }
 }
@@ -178,6 +197,12 @@ fn default_history_len() -> usize {
 fn default_flush_interval_ms() -> u64 {
     1000
 }
+fn default_heartbeat_interval_s() -> u64 {
+    10
+}
+fn default_max_clock_skew_s() -> u64 {
+    300
+}
 fn default_checkpoint_interval_s() -> u64 {
     60
 }
@@ -227,6 +252,8 @@ impl Settings {
         for (key, value) in [
             ("shutdown_timeout_s", self.shutdown_timeout_s),
             ("checkpoint_interval_s", self.checkpoint_interval_s),
+            ("heartbeat_interval_s", self.heartbeat_interval_s),
+            ("grace_s", self.grace_s.unwrap_or(1)),
         ] {
             if value == 0 {
                 return Err(format!("{key}: must be at least 1, got 0"));
@@ -239,6 +266,14 @@ impl Settings {
                     "agents[{i}].id: {:?} is not a valid agent id (1 to 128 characters from A-Z a-z 0-9 . _ -)",
                     agent.id
                 ));
+            }
+            for (key, value) in [
+                ("heartbeat_interval_s", agent.heartbeat_interval_s),
+                ("grace_s", agent.grace_s),
+            ] {
+                if value == Some(0) {
+                    return Err(format!("agents[{i}].{key}: must be at least 1, got 0"));
+                }
             }
             if !seen.insert(agent.id.as_str()) {
                 return Err(format!("agents[{i}].id: duplicate agent id {:?}", agent.id));

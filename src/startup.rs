@@ -11,7 +11,8 @@ use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use heartbeatd_actors::agent::AgentInfo;
-use heartbeatd_actors::manager::{Manager, PersistPolicy};
+use heartbeatd_actors::liveness::{Liveness, LivenessPolicy};
+use heartbeatd_actors::manager::{Manager, ManagerPolicy};
 use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::registry::{Registry, RegistryError};
 use heartbeatd_actors::stats::{IngressCounters, Stats};
@@ -20,6 +21,7 @@ use heartbeatd_actors::worker::WorkerPool;
 use slog::{error, info, o, warn, Logger};
 
 use crate::routes::agents::{self, AdminApi, AdminAuth};
+use crate::routes::health::{self, Readiness};
 use crate::routes::heartbeat::{post_heartbeat, HeartbeatIngress};
 use crate::routes::{fallback, stats};
 use crate::settings::Settings;
@@ -101,17 +103,36 @@ impl Application {
         // the SyncArbiter forwarding on the main arbiter.
         let manager_arbiter = Arbiter::new();
         let agents_with_state;
-        let store_health;
+        let manager_counters;
+        // Liveness, owned by the Manager: agents seen before this start begin `up`, with a
+        // full interval + grace from now.
+        let liveness = {
+            let policy = LivenessPolicy {
+                interval: Duration::from_secs(settings.heartbeat_interval_s),
+                grace: settings.grace_s.map(Duration::from_secs),
+            };
+            let seen_before: Vec<String> = loaded
+                .agents
+                .iter()
+                .filter(|a| a.last_seen.is_some() && registry_view.contains(&a.id))
+                .map(|a| a.id.clone())
+                .collect();
+            let (view, log) = (registry_view.clone(), log.new(o!("actor" => "liveness")));
+            Liveness::new(policy, view, seen_before, log)
+        };
+        let status_counts = liveness.counts();
+        let liveness = Liveness::start_in_arbiter(&manager_arbiter.handle(), move |_| liveness);
         let manager = {
-            let policy = PersistPolicy {
+            let policy = ManagerPolicy {
                 history_len: settings.history_len,
                 flush_interval: Duration::from_millis(settings.flush_interval_ms),
                 checkpoint_interval: Duration::from_secs(settings.checkpoint_interval_s),
+                max_clock_skew: Duration::from_secs(settings.max_clock_skew_s),
             };
             let (view, log) = (registry_view.clone(), log.new(o!("actor" => "manager")));
             agents_with_state = loaded.agents.len();
-            let manager = Manager::new(policy, loaded, registry, view, store, log);
-            store_health = manager.health();
+            let manager = Manager::new(policy, loaded, registry, view, store, log).with_liveness(liveness);
+            manager_counters = manager.health();
             Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| manager)
         };
         let stats = Stats::new(
@@ -120,7 +141,8 @@ impl Application {
             Arc::clone(&queue),
             registry_view.clone(),
         )
-        .with_store_health(store_health)
+        .with_manager_counters(Arc::clone(&manager_counters))
+        .with_status_counts(status_counts)
         .start();
         let pool = WorkerPool::start(
             settings.workers,
@@ -155,6 +177,10 @@ impl Application {
                     "bind" => %addr,
                     "what_to_do" => "set admin_token (or HEARTBEATD_ADMIN_TOKEN) to register, change and delete agents over HTTP");
             }
+            let readiness = web::Data::new(Readiness {
+                stopping: Arc::clone(&stopping),
+                counters: Arc::clone(&manager_counters),
+            });
             let admin = web::Data::new(AdminApi {
                 manager: manager.clone(),
                 auth: AdminAuth::new(settings.admin_token.clone(), loopback),
@@ -167,6 +193,9 @@ impl Application {
                         .app_data(ingress.clone())
                         .app_data(stats_data.clone())
                         .app_data(admin.clone())
+                        .app_data(readiness.clone())
+                        .route("/healthz", web::get().to(health::healthz))
+                        .route("/readyz", web::get().to(health::readyz))
                         .service(
                             web::resource("/heartbeat")
                                 .route(web::post().to(post_heartbeat))
@@ -189,6 +218,16 @@ impl Application {
                                 .route(web::patch().to(agents::update))
                                 .route(web::delete().to(agents::delete))
                                 .default_service(web::to(fallback::expected_get_patch_or_delete)),
+                        )
+                        .service(
+                            web::resource("/agents/{id}/pause")
+                                .route(web::post().to(agents::pause))
+                                .default_service(web::to(fallback::expected_post)),
+                        )
+                        .service(
+                            web::resource("/agents/{id}/resume")
+                                .route(web::post().to(agents::resume))
+                                .default_service(web::to(fallback::expected_post)),
                         )
                         .service(
                             web::resource("/agents/{id}/history")

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::heartbeat::{Heartbeat, ReportedStatus};
+use crate::liveness::AgentStatus;
 
 /// The longest agent id accepted, in bytes.
 pub const MAX_AGENT_ID_LEN: usize = 128;
@@ -24,7 +25,7 @@ pub fn is_valid_agent_id(id: &str) -> bool {
 }
 
 /// What the registry knows about an agent: who it is, not how it is doing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {
     pub id: String,
     #[serde(default)]
@@ -32,6 +33,12 @@ pub struct AgentInfo {
     /// Free text, e.g. `filebeat` or `custom`.
     #[serde(default, rename = "type")]
     pub agent_type: String,
+    /// Its own heartbeat interval; `None`: `heartbeat_interval_s` of the config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_s: Option<u64>,
+    /// Its own grace; `None`: `grace_s` of the config (default twice the interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_s: Option<u64>,
 }
 
 /// One point of resource-usage history: one line of `history/<id>.log`.
@@ -79,6 +86,9 @@ pub struct AgentState {
     /// Records in `history/<id>.log` (as of this snapshot); drives compaction.
     #[serde(default)]
     pub history_records: u64,
+    /// Server receive time minus the agent's timestamp, at its last heartbeat.
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
 }
 
 impl AgentState {
@@ -95,6 +105,7 @@ impl AgentState {
             last_seen: None,
             heartbeat_count: 0,
             history_records: 0,
+            clock_skew_ms: None,
         }
     }
 
@@ -107,6 +118,7 @@ impl AgentState {
             self.status = hb.status;
         }
         self.heartbeat_count += 1;
+        self.clock_skew_ms = Some((hb.received_at - hb.timestamp).num_milliseconds());
         ResourceSample {
             seq: self.heartbeat_count,
             time: hb.timestamp,
@@ -129,6 +141,14 @@ pub struct AgentView {
     pub last_heartbeat: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
     pub heartbeat_count: u64,
+    /// Liveness, judged on the server's clock.
+    pub status: AgentStatus,
+    /// Since when it is in that status (`null`: new since before this start).
+    pub status_since: Option<DateTime<Utc>>,
+    /// Server receive time minus the agent's timestamp at its last heartbeat.
+    pub clock_skew_ms: Option<i64>,
+    pub heartbeat_interval_s: Option<u64>,
+    pub grace_s: Option<u64>,
 }
 
 impl AgentView {
@@ -142,6 +162,11 @@ impl AgentView {
             last_heartbeat: state.and_then(|s| s.last_heartbeat),
             last_seen: state.and_then(|s| s.last_seen),
             heartbeat_count: state.map_or(0, |s| s.heartbeat_count),
+            status: AgentStatus::New,
+            status_since: None,
+            clock_skew_ms: state.and_then(|s| s.clock_skew_ms),
+            heartbeat_interval_s: info.heartbeat_interval_s,
+            grace_s: info.grace_s,
         }
     }
 }
@@ -156,6 +181,7 @@ mod tests {
             id: "a".into(),
             name: String::new(),
             agent_type: String::new(),
+            ..Default::default()
         });
         let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let hb = Heartbeat {

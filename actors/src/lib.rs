@@ -29,6 +29,7 @@ pub mod atomic_file;
 pub mod heartbeat;
 pub mod history_log;
 pub mod journal;
+pub mod liveness;
 pub mod manager;
 pub mod queue;
 pub mod ratelimit;

@@ -27,9 +27,10 @@ use slog::{error, info, warn, Logger};
 use crate::agent::{AgentInfo, AgentState, AgentView, ResourceSample};
 use crate::heartbeat::Heartbeat;
 use crate::journal::JournalRecord;
+use crate::liveness::{self, AgentStatus, Liveness};
 use crate::ratelimit::LogGate;
 use crate::registry::{self, Registry, RegistryError, RegistrySnapshot};
-use crate::stats::StoreHealth;
+use crate::stats::ManagerCounters;
 use crate::store::{self, AgentDelta, FileMetadataStore, PersistReport, StoreError};
 
 /// At most one store-error log line per this long; the others are counted in it.
@@ -43,7 +44,7 @@ const MAX_SAMPLES_BETWEEN_CHECKPOINTS: usize = 1_000_000;
 
 /// How the Manager persists.
 #[derive(Debug, Clone, Copy)]
-pub struct PersistPolicy {
+pub struct ManagerPolicy {
     /// History records kept per agent: reads return at most this many, and a log is compacted
     /// back to it once it holds twice as many.
     pub history_len: usize,
@@ -51,6 +52,8 @@ pub struct PersistPolicy {
     pub flush_interval: Duration,
     /// Time between checkpoints.
     pub checkpoint_interval: Duration,
+    /// Beyond this difference between an agent's clock and ours, warn once per agent.
+    pub max_clock_skew: Duration,
 }
 
 /// Why a write-through batch failed. Its heartbeats count in `total_errors`; they are applied
@@ -68,13 +71,15 @@ struct AgentEntry {
     since_checkpoint: Vec<ResourceSample>,
     /// Changed since the last checkpoint.
     dirty: bool,
+    /// Its clock skew was warned about (once per agent per run).
+    skew_warned: bool,
 }
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
 /// Owns the agents' state.
 pub struct Manager {
-    policy: PersistPolicy,
+    policy: ManagerPolicy,
     agents: HashMap<String, AgentEntry>,
     /// Ids of agents changed since the last checkpoint, in the order they changed.
     dirty: Vec<String>,
@@ -92,11 +97,13 @@ pub struct Manager {
     retry_backoff: Duration,
     store_errors: u64,
     /// Shared with Stats: errors and damage, for `/heartbeat/stats`.
-    health: Arc<StoreHealth>,
+    health: Arc<ManagerCounters>,
     registry_view: RegistrySnapshot,
     /// Held so the Registry lives as long as the Manager; admin messages go through it.
     registry: Addr<Registry>,
     store: Addr<FileMetadataStore>,
+    /// Told of every heartbeat; asked for statuses. `None` in tests that do not need it.
+    liveness: Option<Addr<Liveness>>,
     store_error_gate: LogGate,
     log: Logger,
 }
@@ -105,7 +112,7 @@ impl Manager {
     /// A Manager starting from the states the Store loaded at start-up, with the journal
     /// records after the last checkpoint applied on top.
     pub fn new(
-        policy: PersistPolicy,
+        policy: ManagerPolicy,
         loaded: store::LoadedAgents,
         registry: Addr<Registry>,
         registry_view: RegistrySnapshot,
@@ -120,6 +127,7 @@ impl Manager {
                     state,
                     since_checkpoint: Vec::new(),
                     dirty: false,
+                    skew_warned: false,
                 };
                 (entry.state.id.clone(), entry)
             })
@@ -137,10 +145,11 @@ impl Manager {
             retry_at: None,
             retry_backoff: FIRST_RETRY_BACKOFF,
             store_errors: 0,
-            health: StoreHealth::new(),
+            health: ManagerCounters::new(),
             registry_view,
             registry,
             store,
+            liveness: None,
             store_error_gate: LogGate::new(STORE_ERROR_LOG_INTERVAL),
             log,
         };
@@ -151,9 +160,41 @@ impl Manager {
         manager
     }
 
-    /// The store's health as Stats reports it.
-    pub fn health(&self) -> Arc<StoreHealth> {
+    /// The counters Stats reports.
+    pub fn health(&self) -> Arc<ManagerCounters> {
         Arc::clone(&self.health)
+    }
+
+    /// The Liveness actor to tell of heartbeats and ask for statuses.
+    pub fn with_liveness(mut self, liveness: Addr<Liveness>) -> Self {
+        self.liveness = Some(liveness);
+        self
+    }
+
+    /// Views of these registered agents, with their liveness.
+    fn views(&self, ids: Vec<String>) -> impl std::future::Future<Output = Vec<AgentView>> + 'static {
+        let registered = self.registry_view.load();
+        let mut views: Vec<AgentView> = ids
+            .iter()
+            .filter_map(|id| registered.get(id))
+            .map(|info| AgentView::new(info, self.agents.get(&info.id).map(|e| &e.state)))
+            .collect();
+        let statuses = self
+            .liveness
+            .as_ref()
+            .map(|l| l.send(liveness::Statuses(views.iter().map(|v| v.id.clone()).collect())));
+        async move {
+            if let Some(Ok(statuses)) = match statuses {
+                Some(request) => Some(request.await),
+                None => None,
+            } {
+                for (view, (status, since)) in views.iter_mut().zip(statuses) {
+                    view.status = status;
+                    view.status_since = since;
+                }
+            }
+            views
+        }
     }
 
     /// Applies journal records newer than the loaded states (older ones are already in them).
@@ -323,6 +364,7 @@ impl Manager {
     }
 
     fn note_store_ok(&mut self) {
+        self.health.store_ok();
         if self.retry_at.take().is_some() {
             info!(self.log, "writing to data_dir works again"; "store_errors_so_far" => self.store_errors);
         }
@@ -359,6 +401,7 @@ impl Manager {
                 state: AgentState::new(&info),
                 since_checkpoint: Vec::new(),
                 dirty: false,
+                skew_warned: false,
             };
             self.agents.insert(info.id, entry);
         }
@@ -409,12 +452,18 @@ impl Handler<UpdateHeartbeats> for Manager {
 
     fn handle(&mut self, UpdateHeartbeats(batch): UpdateHeartbeats, ctx: &mut Context<Self>) -> Self::Result {
         let mut outcome = BatchOutcome::default();
+        let mut seen = Vec::with_capacity(batch.len());
+        let max_skew_ms = self.policy.max_clock_skew.as_millis() as i64;
         for hb in batch {
             let Some(entry) = self.entry(&hb.agent_id) else {
                 outcome.unknown_agents.push(hb.agent_id);
                 continue;
             };
             let sample = entry.state.record(&hb);
+            let skew_ms = entry.state.clock_skew_ms.unwrap_or(0);
+            let warn_skew = skew_ms.abs() > max_skew_ms && !entry.skew_warned;
+            entry.skew_warned |= warn_skew;
+            seen.push((hb.agent_id.clone(), hb.received_at));
             entry.since_checkpoint.push(sample);
             let newly_dirty = !entry.dirty;
             entry.dirty = true;
@@ -428,11 +477,20 @@ impl Handler<UpdateHeartbeats> for Manager {
                 pid: hb.pid,
                 status: hb.status,
             });
+            if warn_skew {
+                self.health.skewed_agent();
+                warn!(self.log, "agent clock is off; liveness is judged on the server's clock, so nothing breaks (logged once per agent)";
+                    "agent_id" => &hb.agent_id, "clock_skew_ms" => skew_ms, "max_clock_skew_s" => self.policy.max_clock_skew.as_secs(),
+                    "what_to_do" => "check NTP on the agent's host");
+            }
             if newly_dirty {
                 self.dirty.push(hb.agent_id);
             }
             self.samples_since_checkpoint += 1;
             outcome.applied += 1;
+        }
+        if let (Some(liveness), false) = (&self.liveness, seen.is_empty()) {
+            liveness.do_send(liveness::Seen(seen));
         }
         if self.samples_since_checkpoint >= MAX_SAMPLES_BETWEEN_CHECKPOINTS && self.may_retry() {
             // The journal first, so the checkpoint's records are synced before it runs.
@@ -532,6 +590,8 @@ pub struct UpdateAgent {
     pub id: String,
     pub name: Option<String>,
     pub agent_type: Option<String>,
+    pub heartbeat_interval_s: Option<u64>,
+    pub grace_s: Option<u64>,
 }
 
 impl Handler<UpdateAgent> for Manager {
@@ -542,18 +602,28 @@ impl Handler<UpdateAgent> for Manager {
             id: msg.id,
             name: msg.name,
             agent_type: msg.agent_type,
+            heartbeat_interval_s: msg.heartbeat_interval_s,
+            grace_s: msg.grace_s,
         };
-        Box::pin(self.registry.send(update).into_actor(self).map(|result, act, _| {
-            let info = result.map_err(|_| RegistryError::Save("the registry is not running".into()))??;
-            if let Some(entry) = act.agents.get_mut(&info.id) {
-                entry.state.name = info.name.clone();
-                entry.state.agent_type = info.agent_type.clone();
-                if !entry.dirty {
-                    entry.dirty = true;
-                    act.dirty.push(info.id.clone());
+        Box::pin(self.registry.send(update).into_actor(self).then(|result, act, _| {
+            let updated = result
+                .map_err(|_| RegistryError::Save("the registry is not running".into()))
+                .and_then(|r| r);
+            let view = updated.map(|info| {
+                if let Some(entry) = act.agents.get_mut(&info.id) {
+                    entry.state.name = info.name.clone();
+                    entry.state.agent_type = info.agent_type.clone();
+                    if !entry.dirty {
+                        entry.dirty = true;
+                        act.dirty.push(info.id.clone());
+                    }
                 }
-            }
-            Ok(AgentView::new(&info, act.agents.get(&info.id).map(|e| &e.state)))
+                act.views(vec![info.id])
+            });
+            fut::wrap_future(async move {
+                let view = view?.await.pop();
+                view.ok_or_else(|| RegistryError::Save("the agent vanished meanwhile".into()))
+            })
         }))
     }
 }
@@ -602,41 +672,72 @@ pub struct AgentPage {
     pub next_after: Option<String>,
 }
 
-/// Lists agents sorted by id, optionally of one type, `limit` at a time after the id `after`.
+/// Lists agents sorted by id, optionally of one type and/or one liveness status, `limit` at a
+/// time after the id `after`.
 #[derive(Message)]
 #[rtype(result = "AgentPage")]
 pub struct ListAgents {
     pub agent_type: Option<String>,
+    pub status: Option<AgentStatus>,
     pub after: Option<String>,
     pub limit: usize,
 }
 
 impl Handler<ListAgents> for Manager {
-    type Result = MessageResult<ListAgents>;
+    type Result = ResponseActFuture<Self, AgentPage>;
 
     fn handle(&mut self, msg: ListAgents, _: &mut Context<Self>) -> Self::Result {
         let registered = self.registry_view.load();
-        let mut ids: Vec<&String> = registered
+        let mut ids: Vec<String> = registered
             .iter()
             .filter(|(id, info)| {
                 msg.after.as_ref().is_none_or(|after| *id > after)
                     && msg.agent_type.as_ref().is_none_or(|t| &info.agent_type == t)
             })
-            .map(|(id, _)| id)
+            .map(|(id, _)| id.clone())
             .collect();
         ids.sort_unstable();
-        let more = ids.len() > msg.limit;
-        ids.truncate(msg.limit);
-        let agents: Vec<AgentView> = ids
-            .iter()
-            .map(|id| AgentView::new(&registered[*id], self.agents.get(*id).map(|e| &e.state)))
-            .collect();
-        let next_after = if more {
-            agents.last().map(|a| a.id.clone())
-        } else {
-            None
+        let limit = msg.limit;
+        // The status filter comes before paging, so a page is full whatever it filters out.
+        let keep = match (msg.status, &self.liveness) {
+            (Some(status), Some(liveness)) => Some(liveness.send(liveness::InStatus {
+                ids: ids.clone(),
+                status,
+            })),
+            _ => None,
         };
-        MessageResult(AgentPage { agents, next_after })
+        let no_liveness_filter = msg.status.filter(|_| self.liveness.is_none());
+        Box::pin(
+            fut::wrap_future(async move {
+                if let Some(request) = keep {
+                    let keep = request.await.unwrap_or_default();
+                    ids = ids
+                        .into_iter()
+                        .zip(keep)
+                        .filter(|(_, k)| *k)
+                        .map(|(id, _)| id)
+                        .collect();
+                } else if let Some(status) = no_liveness_filter {
+                    // Without liveness tracking every agent is new.
+                    if status != AgentStatus::New {
+                        ids.clear();
+                    }
+                }
+                let more = ids.len() > limit;
+                ids.truncate(limit);
+                (ids, more)
+            })
+            .then(move |(ids, more), act: &mut Manager, _| {
+                fut::wrap_future(act.views(ids)).map(move |agents: Vec<AgentView>, _, _| {
+                    let next_after = if more {
+                        agents.last().map(|a| a.id.clone())
+                    } else {
+                        None
+                    };
+                    AgentPage { agents, next_after }
+                })
+            }),
+        )
     }
 }
 
@@ -646,11 +747,49 @@ impl Handler<ListAgents> for Manager {
 pub struct GetAgentView(pub String);
 
 impl Handler<GetAgentView> for Manager {
-    type Result = MessageResult<GetAgentView>;
+    type Result = ResponseFuture<Option<AgentView>>;
 
     fn handle(&mut self, GetAgentView(id): GetAgentView, _: &mut Context<Self>) -> Self::Result {
-        let info = self.registry_view.get(&id);
-        MessageResult(info.map(|info| AgentView::new(&info, self.agents.get(&id).map(|e| &e.state))))
+        let views = self.views(vec![id]);
+        Box::pin(async move { views.await.pop() })
+    }
+}
+
+/// Pauses (no liveness transitions) or resumes an agent (`POST /agents/{id}/pause`,
+/// `/resume`). Answers its view afterwards; `None` if it is not registered.
+#[derive(Message)]
+#[rtype(result = "Option<AgentView>")]
+pub struct SetAgentPaused {
+    pub id: String,
+    pub paused: bool,
+}
+
+impl Handler<SetAgentPaused> for Manager {
+    type Result = ResponseActFuture<Self, Option<AgentView>>;
+
+    fn handle(&mut self, msg: SetAgentPaused, _: &mut Context<Self>) -> Self::Result {
+        if !self.registry_view.contains(&msg.id) {
+            return Box::pin(fut::ready(None));
+        }
+        let ever_seen = self.agents.get(&msg.id).is_some_and(|e| e.state.last_seen.is_some());
+        let request = self.liveness.as_ref().map(|l| {
+            l.send(liveness::SetPaused {
+                id: msg.id.clone(),
+                paused: msg.paused,
+                ever_seen,
+            })
+        });
+        let id = msg.id;
+        Box::pin(
+            fut::wrap_future(async move {
+                if let Some(request) = request {
+                    let _ = request.await;
+                }
+            })
+            .then(move |(), act: &mut Manager, _| {
+                fut::wrap_future(act.views(vec![id])).map(|mut v: Vec<AgentView>, _, _| v.pop())
+            }),
+        )
     }
 }
 
@@ -723,13 +862,15 @@ mod tests {
             id: "a".into(),
             name: "A".into(),
             agent_type: "custom".into(),
+            ..Default::default()
         }])
         .unwrap();
         let view = registry.snapshot();
-        let policy = PersistPolicy {
+        let policy = ManagerPolicy {
             history_len: 3,
             flush_interval,
             checkpoint_interval: HOUR,
+            max_clock_skew: HOUR,
         };
         let manager = Manager::new(policy, loaded, registry.start(), view, store.clone(), quiet()).start();
         (manager, store)

@@ -244,13 +244,15 @@ impl Handler<Register> for Registry {
     }
 }
 
-/// Changes an agent's name and/or type.
-#[derive(Message)]
+/// Changes an agent's name, type and/or timing.
+#[derive(Message, Default)]
 #[rtype(result = "Result<AgentInfo, RegistryError>")]
 pub struct UpdateInfo {
     pub id: String,
     pub name: Option<String>,
     pub agent_type: Option<String>,
+    pub heartbeat_interval_s: Option<u64>,
+    pub grace_s: Option<u64>,
 }
 
 impl Handler<UpdateInfo> for Registry {
@@ -265,6 +267,12 @@ impl Handler<UpdateInfo> for Registry {
         }
         if let Some(agent_type) = msg.agent_type {
             info.agent_type = agent_type;
+        }
+        if msg.heartbeat_interval_s.is_some() {
+            info.heartbeat_interval_s = msg.heartbeat_interval_s;
+        }
+        if msg.grace_s.is_some() {
+            info.grace_s = msg.grace_s;
         }
         let updated = info.clone();
         self.change(|agents| agents.insert(info.id.clone(), info))?;
@@ -340,6 +348,7 @@ mod tests {
             id: id.into(),
             name: format!("{id} name"),
             agent_type: "custom".into(),
+            ..Default::default()
         }
     }
 
@@ -412,7 +421,7 @@ mod tests {
         let renamed = UpdateInfo {
             id: "also-config".into(),
             name: Some("renamed".into()),
-            agent_type: None,
+            ..UpdateInfo::default()
         };
         addr.send(renamed).await.unwrap().unwrap();
 

@@ -5,6 +5,7 @@
 //! `average_latency` (integer nanoseconds of the manager update) when a worker finishes one;
 //! `total_errors` when processing fails.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use actix::prelude::*;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 
+use crate::liveness::{AgentStatus, StatusCounts};
 use crate::queue::IngressQueue;
 use crate::registry::RegistrySnapshot;
 
@@ -53,22 +55,44 @@ impl IngressCounters {
     }
 }
 
-/// The store's health: written by the Manager (which owns every write), read by Stats.
+/// What the Manager counts for Stats and `/readyz`: written by the Manager only.
 #[derive(Debug, Default)]
-pub struct StoreHealth {
+pub struct ManagerCounters {
     /// Failed journal appends and checkpoints (each retried from memory).
     store_errors: AtomicU64,
     /// Damaged records found: unparseable state files and journal or history lines.
     damaged_records: AtomicU64,
+    /// Set while writes to `data_dir` fail (cleared by the next write that works).
+    store_failing: std::sync::atomic::AtomicBool,
+    /// Agents whose clock was found off by more than `max_clock_skew_s`.
+    skewed_agents: AtomicU64,
 }
 
-impl StoreHealth {
+impl ManagerCounters {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
+        self.store_failing.store(true, Ordering::Relaxed);
+    }
+
+    pub fn store_ok(&self) {
+        self.store_failing.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the last write to `data_dir` failed.
+    pub fn store_failing(&self) -> bool {
+        self.store_failing.load(Ordering::Relaxed)
+    }
+
+    pub fn skewed_agent(&self) {
+        self.skewed_agents.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn skewed_agents(&self) -> u64 {
+        self.skewed_agents.load(Ordering::Relaxed)
     }
 
     pub fn damaged(&self, records: u64) {
@@ -106,6 +130,10 @@ pub struct StatsReport {
     pub store_errors: u64,
     /// Damaged records found since start (set aside; see the logs).
     pub damaged_records: u64,
+    /// Agents whose clock was off by more than `max_clock_skew_s` (each warned once).
+    pub clock_skewed_agents: u64,
+    /// Registered agents by liveness state.
+    pub agents_by_status: BTreeMap<&'static str, u64>,
 }
 
 fn go_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
@@ -123,7 +151,8 @@ pub struct Stats {
     ingress: Arc<IngressCounters>,
     queue: Arc<IngressQueue>,
     registry: RegistrySnapshot,
-    store: Arc<StoreHealth>,
+    store: Arc<ManagerCounters>,
+    statuses: Arc<StatusCounts>,
     total_processed: u64,
     total_errors: u64,
     total_latency: Duration,
@@ -142,7 +171,8 @@ impl Stats {
             ingress,
             queue,
             registry,
-            store: StoreHealth::new(),
+            store: ManagerCounters::new(),
+            statuses: StatusCounts::new(),
             total_processed: 0,
             total_errors: 0,
             total_latency: Duration::ZERO,
@@ -151,9 +181,15 @@ impl Stats {
 }
 
 impl Stats {
-    /// Reports the store's health from `store` (the Manager's).
-    pub fn with_store_health(mut self, store: Arc<StoreHealth>) -> Self {
+    /// Reports the Manager's counters.
+    pub fn with_manager_counters(mut self, store: Arc<ManagerCounters>) -> Self {
         self.store = store;
+        self
+    }
+
+    /// Reports the Liveness actor's per-state counts.
+    pub fn with_status_counts(mut self, statuses: Arc<StatusCounts>) -> Self {
+        self.statuses = statuses;
         self
     }
 }
@@ -209,6 +245,11 @@ impl Handler<GetStats> for Stats {
             uptime_seconds: self.started.elapsed().as_secs(),
             store_errors: self.store.store_errors(),
             damaged_records: self.store.damaged_records(),
+            clock_skewed_agents: self.store.skewed_agents(),
+            agents_by_status: AgentStatus::ALL
+                .iter()
+                .map(|s| (s.name(), self.statuses.get(*s)))
+                .collect(),
         })
     }
 }

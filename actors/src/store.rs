@@ -574,6 +574,7 @@ mod tests {
             id: id.into(),
             name: "n".into(),
             agent_type: "custom".into(),
+            ..Default::default()
         });
         let samples = (0..heartbeats)
             .map(|n| {

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use slog::Logger;
 
 use crate::agent::AgentInfo;
-use crate::manager::{Manager, PersistPolicy};
+use crate::manager::{Manager, ManagerPolicy};
 use crate::queue::IngressQueue;
 use crate::registry::{Registry, RegistrySnapshot};
 use crate::stats::{IngressCounters, Stats};
@@ -41,16 +41,18 @@ pub fn start(workers: usize, queue_capacity: usize) -> TestActors {
         id: "a".into(),
         name: String::new(),
         agent_type: String::new(),
+        ..Default::default()
     };
     let registry = Registry::new([agent]).expect("valid agent");
     let view = registry.snapshot();
     let queue = IngressQueue::new(queue_capacity);
     let counters = IngressCounters::new();
     let stats = Stats::new(workers, Arc::clone(&counters), Arc::clone(&queue), view.clone()).start();
-    let policy = PersistPolicy {
+    let policy = ManagerPolicy {
         history_len: 1440,
         flush_interval: Duration::ZERO,
         checkpoint_interval: Duration::from_secs(3600),
+        max_clock_skew: Duration::from_secs(300),
     };
     let manager = Manager::new(
         policy,

@@ -9,8 +9,9 @@ use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use heartbeatd_actors::agent::AgentInfo;
+use heartbeatd_actors::liveness::AgentStatus;
 use heartbeatd_actors::manager::{
-    DeleteAgent, GetAgentView, GetHistory, ListAgents, Manager, RegisterAgents, UpdateAgent,
+    DeleteAgent, GetAgentView, GetHistory, ListAgents, Manager, RegisterAgents, SetAgentPaused, UpdateAgent,
 };
 use heartbeatd_actors::registry::RegistryError;
 use serde::{Deserialize, Serialize};
@@ -136,6 +137,7 @@ pub struct AdminApi {
 pub struct ListQuery {
     #[serde(rename = "type")]
     agent_type: Option<String>,
+    status: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
 }
@@ -149,10 +151,17 @@ pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Res
             "limit: must be between 1 and {MAX_PAGE}, got {limit}"
         )));
     }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(AgentStatus::parse(text).ok_or_else(|| {
+            AgentsError::BadRequest(format!("status: {text:?} is not one of new, up, late, down, paused"))
+        })?),
+    };
     let page = api
         .manager
         .send(ListAgents {
             agent_type: query.agent_type,
+            status,
             after: query.after,
             limit,
         })
@@ -228,6 +237,8 @@ struct NewAgent {
     name: String,
     #[serde(default, rename = "type")]
     agent_type: String,
+    heartbeat_interval_s: Option<u64>,
+    grace_s: Option<u64>,
 }
 
 /// `POST /agents` with one agent (an object) or many (an array): all or none.
@@ -261,10 +272,22 @@ pub async fn register(
             };
             AgentsError::BadRequest(format!("{at}{e}"))
         })?;
+        if agent.heartbeat_interval_s == Some(0) || agent.grace_s == Some(0) {
+            let at = if single {
+                String::new()
+            } else {
+                format!("entry {index}: ")
+            };
+            return Err(AgentsError::BadRequest(format!(
+                "{at}heartbeat_interval_s and grace_s must be at least 1"
+            )));
+        }
         batch.push(AgentInfo {
             id: agent.id,
             name: agent.name,
             agent_type: agent.agent_type,
+            heartbeat_interval_s: agent.heartbeat_interval_s,
+            grace_s: agent.grace_s,
         });
     }
     let count = batch.len();
@@ -284,6 +307,8 @@ struct AgentChange {
     name: Option<String>,
     #[serde(rename = "type")]
     agent_type: Option<String>,
+    heartbeat_interval_s: Option<u64>,
+    grace_s: Option<u64>,
 }
 
 /// `PATCH /agents/{id}`: change name and/or type.
@@ -296,12 +321,19 @@ pub async fn update(
     api.auth.check(&req)?;
     let change: AgentChange =
         serde_json::from_slice(&body).map_err(|e| AgentsError::BadRequest(format!("invalid JSON format: {e}")))?;
+    if change.heartbeat_interval_s == Some(0) || change.grace_s == Some(0) {
+        return Err(AgentsError::BadRequest(
+            "heartbeat_interval_s and grace_s must be at least 1".into(),
+        ));
+    }
     let view = api
         .manager
         .send(UpdateAgent {
             id: id.into_inner(),
             name: change.name,
             agent_type: change.agent_type,
+            heartbeat_interval_s: change.heartbeat_interval_s,
+            grace_s: change.grace_s,
         })
         .await
         .map_err(unavailable)??;
@@ -319,6 +351,41 @@ pub async fn delete(
     api.manager.send(DeleteAgent(id.clone())).await.map_err(unavailable)??;
     info!(api.log, "agent unregistered through the API"; "agent_id" => id);
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /agents/{id}/pause`: no liveness transitions until resumed.
+pub async fn pause(
+    req: HttpRequest,
+    api: web::Data<AdminApi>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AgentsError> {
+    set_paused(req, api, id.into_inner(), true).await
+}
+
+/// `POST /agents/{id}/resume`: `up` again, with a full interval + grace from now.
+pub async fn resume(
+    req: HttpRequest,
+    api: web::Data<AdminApi>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AgentsError> {
+    set_paused(req, api, id.into_inner(), false).await
+}
+
+async fn set_paused(
+    req: HttpRequest,
+    api: web::Data<AdminApi>,
+    id: String,
+    paused: bool,
+) -> Result<HttpResponse, AgentsError> {
+    api.auth.check(&req)?;
+    let view = api
+        .manager
+        .send(SetAgentPaused { id: id.clone(), paused })
+        .await
+        .map_err(unavailable)?
+        .ok_or(AgentsError::NotFound(id.clone()))?;
+    info!(api.log, "agent liveness {}", if paused { "paused" } else { "resumed" }; "agent_id" => id);
+    Ok(HttpResponse::Ok().json(view))
 }
 
 #[cfg(test)]

@@ -192,6 +192,7 @@ async fn auto_register(manager: &Addr<Manager>, id: &str, log: &Logger) -> Resul
         id: id.to_owned(),
         name: String::new(),
         agent_type: String::new(),
+        ..Default::default()
     };
     match manager.send(RegisterAgents(vec![info])).await {
         Ok(Ok(_)) => {

@@ -6,12 +6,14 @@
 //! |---|---|
 //! | `POST /heartbeat` | [`heartbeat`], handing batches to the pool through [`handoff`] |
 //! | `GET /heartbeat/stats` | [`stats`] |
-//! | `/agents`, `/agents/{id}`, `/agents/{id}/history` (admin API) | [`agents`] |
+//! | `/agents`, `/agents/{id}`, `/agents/{id}/history`, `/agents/{id}/pause`, `/resume` (admin API) | [`agents`] |
+//! | `GET /healthz`, `GET /readyz` | [`health`] |
 //! | anything else (404), wrong method (405), body over 64 KiB (413) | [`fallback`] |
 
 pub mod agents;
 pub mod fallback;
 pub mod handoff;
+pub mod health;
 pub mod heartbeat;
 pub mod stats;
 

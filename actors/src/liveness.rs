@@ -1,0 +1,622 @@
+//! The Liveness actor: who is alive, judged on the daemon's own clock.
+//!
+//! States: `new` (registered, never seen), `up`, `late` (no heartbeat for interval + half the
+//! grace), `down` (interval + grace), `paused` (set through the API; no transitions). The next
+//! heartbeat brings `late` or `down` back to `up`. After heartbeatd itself restarts, every
+//! agent seen before starts `up` with a full interval + grace from start-up: our restart must
+//! not page anyone.
+//!
+//! Deadlines sit in a min-heap ([`DeadlineTracker`]): a tick pops only the deadlines that have
+//! passed, so its cost follows the agents changing state, not the number of agents. A
+//! heartbeat pushes a new entry and bumps the agent's generation; the old entry is dropped
+//! when it surfaces.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use slog::{info, warn, Logger};
+
+use crate::registry::RegistrySnapshot;
+
+/// How often the actor looks for passed deadlines: the resolution of `late` and `down`.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// An agent's liveness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    New,
+    Up,
+    Late,
+    Down,
+    Paused,
+}
+
+impl AgentStatus {
+    pub const ALL: [AgentStatus; 5] = [Self::New, Self::Up, Self::Late, Self::Down, Self::Paused];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Up => "up",
+            Self::Late => "late",
+            Self::Down => "down",
+            Self::Paused => "paused",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == text)
+    }
+}
+
+/// One change of state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub agent_id: String,
+    pub from: AgentStatus,
+    pub to: AgentStatus,
+    pub at: DateTime<Utc>,
+}
+
+/// An agent's timing: when it counts as late and as down after its last heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub interval: Duration,
+    pub grace: Duration,
+}
+
+impl Timing {
+    fn late_after(self) -> Duration {
+        self.interval + self.grace / 2
+    }
+
+    fn down_after(self) -> Duration {
+        self.interval + self.grace
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    status: AgentStatus,
+    since: DateTime<Utc>,
+    /// Deadlines are measured from here: the last heartbeat, start-up, or a resume.
+    reference: Instant,
+    generation: u64,
+    timing: Timing,
+}
+
+/// The deadline structure, with an explicit clock so it can be tested against a model.
+#[derive(Debug, Default)]
+pub struct DeadlineTracker {
+    agents: HashMap<String, Tracked>,
+    /// (when, generation, id): the agent's next deadline, if its generation still matches.
+    deadlines: BinaryHeap<Reverse<(Instant, u64, String)>>,
+    next_generation: u64,
+}
+
+impl DeadlineTracker {
+    /// The agent's status and since when; `new` for an agent it has not heard of.
+    pub fn status(&self, id: &str) -> Option<(AgentStatus, DateTime<Utc>)> {
+        self.agents.get(id).map(|t| (t.status, t.since))
+    }
+
+    /// Starts tracking an agent seen before our start: `up`, with a full interval + grace
+    /// from `now`.
+    pub fn start_up(&mut self, id: &str, timing: Timing, now: Instant, wall: DateTime<Utc>) {
+        self.set(id, AgentStatus::Up, timing, now, wall);
+    }
+
+    /// A heartbeat received at `now`. Returns the transition, if any.
+    pub fn seen(&mut self, id: &str, timing: Timing, now: Instant, wall: DateTime<Utc>) -> Option<Transition> {
+        let previous = self.agents.get(id).map(|t| t.status).unwrap_or(AgentStatus::New);
+        if previous == AgentStatus::Paused {
+            if let Some(t) = self.agents.get_mut(id) {
+                t.reference = now;
+            }
+            return None;
+        }
+        if previous == AgentStatus::Up {
+            // Stays up: only its deadline moves.
+            self.schedule(id, timing, now);
+            return None;
+        }
+        self.set(id, AgentStatus::Up, timing, now, wall);
+        Some(Transition {
+            agent_id: id.to_owned(),
+            from: previous,
+            to: AgentStatus::Up,
+            at: wall,
+        })
+    }
+
+    /// Pauses an agent: no transitions until it is resumed.
+    pub fn pause(&mut self, id: &str, wall: DateTime<Utc>) -> Option<Transition> {
+        let entry = self.agents.entry(id.to_owned()).or_insert_with(|| Tracked {
+            status: AgentStatus::New,
+            since: wall,
+            reference: Instant::now(),
+            generation: 0,
+            timing: Timing {
+                interval: Duration::ZERO,
+                grace: Duration::ZERO,
+            },
+        });
+        if entry.status == AgentStatus::Paused {
+            return None;
+        }
+        let from = entry.status;
+        entry.status = AgentStatus::Paused;
+        entry.since = wall;
+        entry.generation = u64::MAX; // no scheduled deadline matches
+        Some(Transition {
+            agent_id: id.to_owned(),
+            from,
+            to: AgentStatus::Paused,
+            at: wall,
+        })
+    }
+
+    /// Resumes a paused agent as `up` with a full interval + grace from `now` (or `new` if
+    /// it was never seen).
+    pub fn resume(
+        &mut self,
+        id: &str,
+        timing: Timing,
+        now: Instant,
+        wall: DateTime<Utc>,
+        ever_seen: bool,
+    ) -> Option<Transition> {
+        if self.agents.get(id).map(|t| t.status) != Some(AgentStatus::Paused) {
+            return None;
+        }
+        let to = if ever_seen { AgentStatus::Up } else { AgentStatus::New };
+        if ever_seen {
+            self.set(id, to, timing, now, wall);
+        } else {
+            self.agents.remove(id);
+        }
+        Some(Transition {
+            agent_id: id.to_owned(),
+            from: AgentStatus::Paused,
+            to,
+            at: wall,
+        })
+    }
+
+    pub fn forget(&mut self, id: &str) {
+        self.agents.remove(id);
+    }
+
+    /// Applies every deadline that has passed by `now`; returns the transitions, oldest first.
+    pub fn tick(&mut self, now: Instant, wall: DateTime<Utc>) -> Vec<Transition> {
+        let mut transitions = Vec::new();
+        while let Some(Reverse((when, generation, _))) = self.deadlines.peek() {
+            if *when > now {
+                break;
+            }
+            let (_, generation) = (*when, *generation);
+            let Reverse((_, _, id)) = self.deadlines.pop().expect("peeked");
+            let Some(tracked) = self.agents.get_mut(&id) else {
+                continue;
+            };
+            if tracked.generation != generation {
+                continue; // superseded by a later heartbeat, a pause or a resume
+            }
+            let (to, next) = match tracked.status {
+                AgentStatus::Up => (AgentStatus::Late, Some(tracked.reference + tracked.timing.down_after())),
+                AgentStatus::Late => (AgentStatus::Down, None),
+                _ => continue,
+            };
+            let from = tracked.status;
+            tracked.status = to;
+            tracked.since = wall;
+            if let Some(next) = next {
+                self.deadlines.push(Reverse((next, generation, id.clone())));
+            }
+            transitions.push(Transition {
+                agent_id: id,
+                from,
+                to,
+                at: wall,
+            });
+        }
+        transitions
+    }
+
+    fn set(&mut self, id: &str, status: AgentStatus, timing: Timing, now: Instant, wall: DateTime<Utc>) {
+        let entry = self.agents.entry(id.to_owned()).or_insert_with(|| Tracked {
+            status,
+            since: wall,
+            reference: now,
+            generation: 0,
+            timing,
+        });
+        entry.status = status;
+        entry.since = wall;
+        self.schedule(id, timing, now);
+    }
+
+    fn schedule(&mut self, id: &str, timing: Timing, now: Instant) {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        if let Some(t) = self.agents.get_mut(id) {
+            t.reference = now;
+            t.timing = timing;
+            t.generation = generation;
+        }
+        self.deadlines
+            .push(Reverse((now + timing.late_after(), generation, id.to_owned())));
+    }
+
+    /// How many agents are in each state (untracked registered agents are not counted).
+    pub fn counts(&self) -> HashMap<AgentStatus, u64> {
+        let mut counts = HashMap::new();
+        for t in self.agents.values() {
+            *counts.entry(t.status).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// Per-state agent counts, published for Stats (written by Liveness only).
+#[derive(Debug, Default)]
+pub struct StatusCounts {
+    counts: [AtomicU64; 5],
+}
+
+impl StatusCounts {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Count of `status`.
+    pub fn get(&self, status: AgentStatus) -> u64 {
+        self.counts[status as usize].load(Ordering::Relaxed)
+    }
+
+    fn store(&self, status: AgentStatus, value: u64) {
+        self.counts[status as usize].store(value, Ordering::Relaxed);
+    }
+}
+
+/// Defaults for agents that do not set their own timing.
+#[derive(Debug, Clone, Copy)]
+pub struct LivenessPolicy {
+    pub interval: Duration,
+    /// `None`: twice the interval.
+    pub grace: Option<Duration>,
+}
+
+/// The actor around the tracker.
+pub struct Liveness {
+    policy: LivenessPolicy,
+    tracker: DeadlineTracker,
+    registry: RegistrySnapshot,
+    counts: Arc<StatusCounts>,
+    log: Logger,
+}
+
+impl Liveness {
+    /// `seen_before`: agents with a `last_seen` from the previous run; they start `up` with a
+    /// full interval + grace from now.
+    pub fn new(
+        policy: LivenessPolicy,
+        registry: RegistrySnapshot,
+        seen_before: impl IntoIterator<Item = String>,
+        log: Logger,
+    ) -> Self {
+        let mut liveness = Self {
+            policy,
+            tracker: DeadlineTracker::default(),
+            registry,
+            counts: StatusCounts::new(),
+            log,
+        };
+        let (now, wall) = (Instant::now(), Utc::now());
+        for id in seen_before {
+            let timing = liveness.timing(&id);
+            liveness.tracker.start_up(&id, timing, now, wall);
+        }
+        liveness.publish_counts();
+        liveness
+    }
+
+    /// The shared per-state counts (for Stats).
+    pub fn counts(&self) -> Arc<StatusCounts> {
+        Arc::clone(&self.counts)
+    }
+
+    /// The agent's timing: its own settings, else the defaults.
+    fn timing(&self, id: &str) -> Timing {
+        let info = self.registry.get(id);
+        let interval = info
+            .as_ref()
+            .and_then(|i| i.heartbeat_interval_s)
+            .map_or(self.policy.interval, Duration::from_secs);
+        let grace = info
+            .as_ref()
+            .and_then(|i| i.grace_s)
+            .map(Duration::from_secs)
+            .or(self.policy.grace)
+            .unwrap_or(interval * 2);
+        Timing { interval, grace }
+    }
+
+    fn publish_counts(&self) {
+        let counts = self.tracker.counts();
+        let tracked: u64 = counts.values().sum();
+        for status in AgentStatus::ALL {
+            let n = counts.get(&status).copied().unwrap_or(0);
+            // Registered agents the tracker has not heard of are new.
+            let n = if status == AgentStatus::New {
+                n + (self.registry.len() as u64).saturating_sub(tracked)
+            } else {
+                n
+            };
+            self.counts.store(status, n);
+        }
+    }
+
+    fn log_transition(&self, t: &Transition) {
+        match t.to {
+            AgentStatus::Late | AgentStatus::Down => warn!(self.log, "agent went silent";
+                "agent_id" => &t.agent_id, "from" => t.from.name(), "to" => t.to.name()),
+            _ => info!(self.log, "agent status changed";
+                "agent_id" => &t.agent_id, "from" => t.from.name(), "to" => t.to.name()),
+        }
+    }
+}
+
+impl Actor for Liveness {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(TICK, |act, _| {
+            let transitions = act.tracker.tick(Instant::now(), Utc::now());
+            for t in &transitions {
+                act.log_transition(t);
+            }
+            if !transitions.is_empty() {
+                act.publish_counts();
+            }
+        });
+    }
+}
+
+/// Heartbeats received (id, server receive time), from the Manager, one message per batch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Seen(pub Vec<(String, DateTime<Utc>)>);
+
+impl Handler<Seen> for Liveness {
+    type Result = ();
+
+    fn handle(&mut self, Seen(batch): Seen, _: &mut Context<Self>) {
+        let (now, wall) = (Instant::now(), Utc::now());
+        let mut changed = false;
+        for (id, received_at) in batch {
+            // Deadlines count from the receive time, not from when this message arrives.
+            let lag = (wall - received_at).to_std().unwrap_or_default();
+            let at = now.checked_sub(lag).unwrap_or(now);
+            let timing = self.timing(&id);
+            if let Some(t) = self.tracker.seen(&id, timing, at, received_at) {
+                self.log_transition(&t);
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish_counts();
+        }
+    }
+}
+
+/// Pauses (`true`) or resumes (`false`) an agent. Answers its status afterwards.
+#[derive(Message)]
+#[rtype(result = "(AgentStatus, DateTime<Utc>)")]
+pub struct SetPaused {
+    pub id: String,
+    pub paused: bool,
+    /// Whether the agent ever sent a heartbeat (a resumed agent that never did is `new`).
+    pub ever_seen: bool,
+}
+
+impl Handler<SetPaused> for Liveness {
+    type Result = MessageResult<SetPaused>;
+
+    fn handle(&mut self, msg: SetPaused, _: &mut Context<Self>) -> Self::Result {
+        let (now, wall) = (Instant::now(), Utc::now());
+        let transition = if msg.paused {
+            self.tracker.pause(&msg.id, wall)
+        } else {
+            let timing = self.timing(&msg.id);
+            self.tracker.resume(&msg.id, timing, now, wall, msg.ever_seen)
+        };
+        if let Some(t) = &transition {
+            self.log_transition(t);
+            self.publish_counts();
+        }
+        MessageResult(self.tracker.status(&msg.id).unwrap_or((AgentStatus::New, wall)))
+    }
+}
+
+/// The agent was unregistered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forget(pub String);
+
+impl Handler<Forget> for Liveness {
+    type Result = ();
+
+    fn handle(&mut self, Forget(id): Forget, _: &mut Context<Self>) {
+        self.tracker.forget(&id);
+        self.publish_counts();
+    }
+}
+
+/// The status of each of these agents (`new` for one never seen), in order.
+#[derive(Message)]
+#[rtype(result = "Vec<(AgentStatus, Option<DateTime<Utc>>)>")]
+pub struct Statuses(pub Vec<String>);
+
+impl Handler<Statuses> for Liveness {
+    type Result = MessageResult<Statuses>;
+
+    fn handle(&mut self, Statuses(ids): Statuses, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            ids.iter()
+                .map(|id| match self.tracker.status(id) {
+                    Some((status, since)) => (status, Some(since)),
+                    None => (AgentStatus::New, None),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Whether each agent is in `status`: the filter behind `GET /agents?status=`.
+#[derive(Message)]
+#[rtype(result = "Vec<bool>")]
+pub struct InStatus {
+    pub ids: Vec<String>,
+    pub status: AgentStatus,
+}
+
+impl Handler<InStatus> for Liveness {
+    type Result = MessageResult<InStatus>;
+
+    fn handle(&mut self, msg: InStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            msg.ids
+                .iter()
+                .map(|id| self.tracker.status(id).map_or(AgentStatus::New, |(s, _)| s) == msg.status)
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn timing() -> Timing {
+        Timing {
+            interval: 10 * SECOND,
+            grace: 20 * SECOND,
+        }
+    }
+
+    #[test]
+    fn an_agent_goes_up_late_down_and_up_again() {
+        let mut tracker = DeadlineTracker::default();
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        assert_eq!(tracker.status("a"), None, "new: never seen");
+
+        let up = tracker.seen("a", timing(), t0, wall).unwrap();
+        assert_eq!((up.from, up.to), (AgentStatus::New, AgentStatus::Up));
+        assert!(
+            tracker.tick(t0 + 19 * SECOND, wall).is_empty(),
+            "late after 10 + 20/2 s"
+        );
+        let late = tracker.tick(t0 + 20 * SECOND, wall);
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].to, AgentStatus::Late);
+        assert!(tracker.tick(t0 + 29 * SECOND, wall).is_empty());
+        assert_eq!(tracker.tick(t0 + 30 * SECOND, wall)[0].to, AgentStatus::Down);
+        let back = tracker.seen("a", timing(), t0 + 31 * SECOND, wall).unwrap();
+        assert_eq!((back.from, back.to), (AgentStatus::Down, AgentStatus::Up));
+        assert!(
+            tracker.tick(t0 + 50 * SECOND, wall).is_empty(),
+            "deadlines moved with the heartbeat"
+        );
+    }
+
+    #[test]
+    fn paused_agents_make_no_transitions() {
+        let mut tracker = DeadlineTracker::default();
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        tracker.seen("a", timing(), t0, wall);
+        assert_eq!(tracker.pause("a", wall).unwrap().to, AgentStatus::Paused);
+        assert!(tracker.tick(t0 + 100 * SECOND, wall).is_empty());
+        assert!(tracker.seen("a", timing(), t0 + 101 * SECOND, wall).is_none());
+        let resumed = tracker.resume("a", timing(), t0 + 102 * SECOND, wall, true).unwrap();
+        assert_eq!(resumed.to, AgentStatus::Up);
+        assert!(
+            tracker.tick(t0 + 121 * SECOND, wall).is_empty(),
+            "a full interval + grace from the resume"
+        );
+        assert_eq!(tracker.tick(t0 + 122 * SECOND, wall)[0].to, AgentStatus::Late);
+    }
+
+    #[test]
+    fn a_restart_gives_every_agent_a_full_interval_and_grace() {
+        let mut tracker = DeadlineTracker::default();
+        let start = Instant::now();
+        tracker.start_up("a", timing(), start, Utc::now());
+        assert_eq!(tracker.status("a").unwrap().0, AgentStatus::Up);
+        assert!(tracker.tick(start + 19 * SECOND, Utc::now()).is_empty());
+        assert_eq!(tracker.tick(start + 20 * SECOND, Utc::now())[0].to, AgentStatus::Late);
+    }
+
+    /// 100k agents with random heartbeats, ticked at random times, against a model that
+    /// derives the status from the time since the last heartbeat.
+    #[test]
+    fn the_heap_agrees_with_a_simple_model_on_100k_agents() {
+        const AGENTS: usize = 100_000;
+        let mut tracker = DeadlineTracker::default();
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        let timing = Timing {
+            interval: 10 * SECOND,
+            grace: 10 * SECOND,
+        };
+        // A small deterministic generator (no dependency for one test).
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        let ids: Vec<String> = (0..AGENTS).map(|i| format!("a{i}")).collect();
+        let mut last_seen: Vec<Option<Duration>> = vec![None; AGENTS];
+        let mut now = Duration::ZERO;
+        for _step in 0..200 {
+            // Time moves on by up to 2 s; some agents report.
+            now += Duration::from_millis(next(2000));
+            for _ in 0..next(3000) {
+                let i = next(AGENTS as u64) as usize;
+                tracker.seen(&ids[i], timing, t0 + now, wall);
+                last_seen[i] = Some(now);
+            }
+            tracker.tick(t0 + now, wall);
+            for _ in 0..50 {
+                let i = next(AGENTS as u64) as usize;
+                let expected = match last_seen[i] {
+                    None => None,
+                    Some(seen) if now - seen >= timing.down_after() => Some(AgentStatus::Down),
+                    Some(seen) if now - seen >= timing.late_after() => Some(AgentStatus::Late),
+                    Some(_) => Some(AgentStatus::Up),
+                };
+                assert_eq!(
+                    tracker.status(&ids[i]).map(|(s, _)| s),
+                    expected,
+                    "agent {i} at {now:?}"
+                );
+            }
+        }
+        let counts = tracker.counts();
+        assert!(counts.get(&AgentStatus::Down).copied().unwrap_or(0) > 0, "{counts:?}");
+        assert!(counts.get(&AgentStatus::Up).copied().unwrap_or(0) > 0, "{counts:?}");
+    }
+}
