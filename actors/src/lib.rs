@@ -1,28 +1,32 @@
 //! The actors of heartbeatd, and the data they pass between them.
 //!
-//! Each actor owns its state; nothing else touches it. The flow of one heartbeat:
+//! Each actor owns its state; nothing else touches it. The flow of heartbeats:
 //!
 //! ```text
 //!  HTTP handler ──try_acquire──▶ IngressQueue (bounded in-flight count)
-//!       │ try_send(ProcessHeartbeat + QueuePermit)
+//!       │ per-thread batch: try_send(ProcessHeartbeats + merged QueuePermit)
 //!       ▼
 //!  HeartbeatWorker × workers (SyncArbiter threads)
-//!       │ send(UpdateHeartbeat), blocks until the update is on disk
+//!       │ send(UpdateHeartbeats), blocks until applied (write-through: journaled)
 //!       ▼
-//!  Manager ──▶ Registry (who may report)      ──▶ Stats (counters)
-//!       └────▶ FileMetadataStore (agents/<id>.json, atomic writes)
+//!  Manager ──▶ Registry (who may report; registry.json)      ──▶ Stats (counters)
+//!       ├────▶ Liveness (new/up/late/down/paused deadlines)
+//!       └────▶ FileMetadataStore (journal, checkpoints: agents/, history/)
 //! ```
 //!
 //! | actor | module | owns |
 //! |---|---|---|
 //! | [`worker::HeartbeatWorker`] | `worker` | nothing: one thread of the pool; times the manager update |
-//! | [`manager::Manager`] | `manager` | every agent's metadata and history in memory; the addresses of Registry and Store |
-//! | [`registry::Registry`] | `registry` | the set of agents allowed to report; publishes a read-only [`registry::RegistrySnapshot`] |
-//! | [`store::FileMetadataStore`] | `store` | the files under `data_dir/agents/` |
-//! | [`stats::Stats`] | `stats` | the counters behind `GET /heartbeat/stats` |
+//! | [`manager::Manager`] | `manager` | every agent's state in memory, samples and journal records not yet written; the addresses of Registry, Liveness and Store |
+//! | [`registry::Registry`] | `registry` | the set of agents allowed to report and `registry.json`; publishes a read-only [`registry::RegistrySnapshot`] |
+//! | [`liveness::Liveness`] | `liveness` | each agent's liveness state and deadline |
+//! | [`store::FileMetadataStore`] | `store` | everything under `data_dir` but `registry.json`: journal ([`journal`]), state files, history logs ([`history_log`]) |
+//! | [`stats::Stats`] | `stats` | the processing counters behind `GET /heartbeat/stats` |
 //!
-//! [`queue::IngressQueue`] is not an actor: it is the lock-free in-flight count that makes the
-//! SyncArbiter's unbounded mailbox a bounded queue (actix's `try_send` never reports Full for it).
+//! Not actors: [`queue::IngressQueue`], the lock-free in-flight count that makes the
+//! SyncArbiter's unbounded mailbox a bounded queue (actix's `try_send` never reports Full for
+//! it); [`stats::IngressCounters`], [`stats::ManagerCounters`] and [`liveness::StatusCounts`],
+//! atomics each written by one owner and read by Stats; [`atomic_file`], crash-safe writes.
 
 pub mod agent;
 pub mod atomic_file;
