@@ -42,7 +42,7 @@ pub fn write_atomically(dir: &Path, file_name: &str, contents: &[u8]) -> io::Res
 }
 
 /// A file written to its temp name and not yet renamed: the batched form of
-/// [`write_atomically`]. Stage many, make them durable together ([`sync_files`]), then
+/// [`write_atomically`]. Stage many, make them durable together (`fdatasync` each, or [`sync_filesystem`]), then
 /// [`StagedFile::commit`] each and [`sync_dir`] once. Dropped uncommitted, it removes its temp.
 #[derive(Debug)]
 pub struct StagedFile {
