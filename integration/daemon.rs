@@ -68,6 +68,11 @@ impl Daemon {
 
     /// Starts a daemon on `dir` (config, data and log live there), e.g. again after a stop.
     pub fn start_in(dir: &Path, extra: &str) -> Self {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// Like [`Daemon::start_in`], with extra environment variables.
+    pub fn start_with_env(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Self {
         for _attempt in 0..5 {
             let port = free_port();
             let config = dir.join("heartbeatd.toml");
@@ -85,6 +90,7 @@ impl Daemon {
                 .open(dir.join("heartbeatd.log"))
                 .unwrap();
             let mut child = Command::new(BIN)
+                .envs(env.iter().copied())
                 .arg("--config")
                 .arg(&config)
                 .stdin(Stdio::null())

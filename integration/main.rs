@@ -11,3 +11,4 @@ mod http_contract;
 mod liveness;
 mod load_tool;
 mod shutdown;
+mod systemd;

@@ -9,6 +9,7 @@
 //! | [`startup`] | `Application::build`: actors, listener, HTTP server |
 //! | [`routes`] | the HTTP endpoints and their error bodies |
 //! | [`shutdown`] | signals and the graceful drain |
+//! | [`systemd`] | `READY=1`, `STOPPING=1`, `WATCHDOG=1` when run as a `Type=notify` unit |
 //!
 //! The actors live in the `heartbeatd-actors` crate (`actors/`).
 
@@ -19,4 +20,5 @@ pub mod routes;
 pub mod settings;
 pub mod shutdown;
 pub mod startup;
+pub mod systemd;
 pub mod telemetry;

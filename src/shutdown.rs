@@ -18,9 +18,10 @@ use actix_rt::signal::unix::{signal, Signal, SignalKind};
 use futures::future::{self, Either};
 use heartbeatd_actors::manager;
 use heartbeatd_actors::stats::{GetStats, Stats};
-use slog::{error, info, Logger};
+use slog::{error, info, warn, Logger};
 
 use crate::startup::Application;
+use crate::systemd::Notifier;
 
 /// How often the drain looks at the queue depth.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
@@ -86,6 +87,23 @@ pub async fn run(app: Application) -> DrainOutcome {
     let server_handle = server.as_ref().map(|s| s.handle());
     let mut server_task = server.map(actix_rt::spawn);
 
+    let systemd = Notifier::from_env();
+    if let Err(e) = systemd.notify("READY=1") {
+        warn!(log, "could not tell systemd we are ready"; "error" => %e);
+    }
+    let watchdog = systemd.watchdog_interval().map(|every| {
+        let (systemd, log) = (systemd.clone(), log.clone());
+        actix_rt::spawn(async move {
+            let mut ticks = actix_rt::time::interval(every);
+            loop {
+                ticks.tick().await;
+                if let Err(e) = systemd.notify("WATCHDOG=1") {
+                    warn!(log, "could not send the watchdog keep-alive to systemd"; "error" => %e);
+                }
+            }
+        })
+    });
+
     let mut server_failed = false;
     let signal_name = match server_task.as_mut() {
         None => signals.recv().await,
@@ -103,6 +121,8 @@ pub async fn run(app: Application) -> DrainOutcome {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(settings.shutdown_timeout_s);
     stopping.store(true, std::sync::atomic::Ordering::Release);
+    // The watchdog keeps running through the drain: a long drain is not a hang.
+    let _ = systemd.notify("STOPPING=1");
     info!(log, "stopping gracefully: new heartbeats get 503, queued ones are finished";
         "signal" => signal_name, "queued" => queue.depth(), "shutdown_timeout_s" => settings.shutdown_timeout_s,
         "to_exit_at_once" => "send the signal again");
@@ -131,6 +151,9 @@ pub async fn run(app: Application) -> DrainOutcome {
     let flush = flush_until_clean(&manager, deadline).await;
     let drained = finished(&stats).await.saturating_sub(finished_before);
     force.abort();
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     manager_arbiter.stop();
 
     report(
