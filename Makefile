@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CONFIG ?= configs/heartbeatd.toml
 
-.PHONY: help run build test lint fmt clean bench wrk
+.PHONY: help run build test lint fmt clean bench wrk test-tools
 
 help:
 	@echo "make run    build (release) and run heartbeatd on $(CONFIG) (127.0.0.1:8080)"
@@ -23,8 +23,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: lint
+test: lint test-tools
 	$(CARGO) test --workspace
+
+# The /metrics tests validate with promtool and scrape with a real Prometheus server; both
+# come with Debian's prometheus package.
+test-tools:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
+	  echo "installing promtool and prometheus (Debian package prometheus) for the tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
 
 # wrk checks heartbeatd-load against an independent load generator (Debian package).
 wrk:

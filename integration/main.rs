@@ -10,5 +10,6 @@ mod faults;
 mod http_contract;
 mod liveness;
 mod load_tool;
+mod metrics;
 mod shutdown;
 mod systemd;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "HEARTBEATD_";
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 17] = [
+pub const ENV_KEYS: [&str; 18] = [
     "http_port",
     "http_bind",
     "workers",
@@ -31,6 +31,7 @@ pub const ENV_KEYS: [&str; 17] = [
     "heartbeat_interval_s",
     "grace_s",
     "max_clock_skew_s",
+    "metrics_agent_limit",
 ];
 
 /// The daemon's whole configuration.
@@ -86,6 +87,10 @@ pub struct Settings {
     /// An agent whose clock is off by more than this is warned about once.
     #[serde(default = "default_max_clock_skew_s")]
     pub max_clock_skew_s: u64,
+    /// Per-agent series in `GET /metrics` stop at this many agents (by id); past it a warning
+    /// is logged once.
+    #[serde(default = "default_metrics_agent_limit")]
+    pub metrics_agent_limit: usize,
     /// A valid heartbeat from an unknown, well-formed agent id registers that agent.
     #[serde(default)]
     pub auto_register: bool,
@@ -196,6 +201,9 @@ fn default_history_len() -> usize {
 }
 fn default_flush_interval_ms() -> u64 {
     1000
+}
+fn default_metrics_agent_limit() -> usize {
+    10_000
 }
 fn default_heartbeat_interval_s() -> u64 {
     10

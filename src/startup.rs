@@ -13,6 +13,7 @@ use actix_web::{web, App, HttpServer};
 use heartbeatd_actors::agent::AgentInfo;
 use heartbeatd_actors::liveness::{Liveness, LivenessPolicy};
 use heartbeatd_actors::manager::{Manager, ManagerPolicy};
+use heartbeatd_actors::pipeline_metrics::PipelineMetrics;
 use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::registry::{Registry, RegistryError};
 use heartbeatd_actors::stats::{IngressCounters, Stats};
@@ -23,6 +24,7 @@ use slog::{error, info, o, warn, Logger};
 use crate::routes::agents::{self, AdminApi, AdminAuth};
 use crate::routes::health::{self, Readiness};
 use crate::routes::heartbeat::{post_heartbeat, HeartbeatIngress};
+use crate::routes::metrics::{self, MetricsEndpoint};
 use crate::routes::{fallback, stats};
 use crate::settings::Settings;
 use crate::shutdown::{self, DrainOutcome, Signals};
@@ -53,6 +55,8 @@ pub enum StartupError {
     Signals(#[source] std::io::Error),
     #[error("invalid agent list: {0}")]
     Registry(#[from] RegistryError),
+    #[error("could not set up metrics: {0}")]
+    Metrics(String),
 }
 
 /// A built daemon, ready to serve.
@@ -144,10 +148,12 @@ impl Application {
         .with_manager_counters(Arc::clone(&manager_counters))
         .with_status_counts(status_counts)
         .start();
+        let pipeline_metrics = PipelineMetrics::new();
         let pool = WorkerPool::start(
             settings.workers,
             manager.clone(),
             stats.clone(),
+            Arc::clone(&pipeline_metrics),
             log.new(o!("actor" => "worker")),
         );
         let stopping = Arc::new(AtomicBool::new(false));
@@ -177,6 +183,17 @@ impl Application {
                     "bind" => %addr,
                     "what_to_do" => "set admin_token (or HEARTBEATD_ADMIN_TOKEN) to register, change and delete agents over HTTP");
             }
+            let metrics_endpoint = web::Data::new(
+                MetricsEndpoint::new(
+                    &pipeline_metrics,
+                    manager.clone(),
+                    stats.clone(),
+                    Arc::clone(&counters),
+                    settings.metrics_agent_limit,
+                    log.new(o!("actor" => "metrics")),
+                )
+                .map_err(|e| StartupError::Metrics(e.to_string()))?,
+            );
             let readiness = web::Data::new(Readiness {
                 stopping: Arc::clone(&stopping),
                 counters: Arc::clone(&manager_counters),
@@ -194,6 +211,8 @@ impl Application {
                         .app_data(stats_data.clone())
                         .app_data(admin.clone())
                         .app_data(readiness.clone())
+                        .app_data(metrics_endpoint.clone())
+                        .route("/metrics", web::get().to(metrics::metrics))
                         .route("/healthz", web::get().to(health::healthz))
                         .route("/readyz", web::get().to(health::readyz))
                         .service(

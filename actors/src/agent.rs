@@ -89,6 +89,11 @@ pub struct AgentState {
     /// Server receive time minus the agent's timestamp, at its last heartbeat.
     #[serde(default)]
     pub clock_skew_ms: Option<i64>,
+    /// CPU percent and memory bytes of its last heartbeat.
+    #[serde(default)]
+    pub last_cpu: Option<f64>,
+    #[serde(default)]
+    pub last_memory: Option<u64>,
 }
 
 impl AgentState {
@@ -106,6 +111,8 @@ impl AgentState {
             heartbeat_count: 0,
             history_records: 0,
             clock_skew_ms: None,
+            last_cpu: None,
+            last_memory: None,
         }
     }
 
@@ -119,6 +126,8 @@ impl AgentState {
         }
         self.heartbeat_count += 1;
         self.clock_skew_ms = Some((hb.received_at - hb.timestamp).num_milliseconds());
+        self.last_cpu = Some(hb.cpu);
+        self.last_memory = Some(hb.memory);
         ResourceSample {
             seq: self.heartbeat_count,
             time: hb.timestamp,
@@ -149,6 +158,9 @@ pub struct AgentView {
     pub clock_skew_ms: Option<i64>,
     pub heartbeat_interval_s: Option<u64>,
     pub grace_s: Option<u64>,
+    /// CPU percent and memory bytes of its last heartbeat.
+    pub last_cpu: Option<f64>,
+    pub last_memory: Option<u64>,
 }
 
 impl AgentView {
@@ -167,6 +179,8 @@ impl AgentView {
             clock_skew_ms: state.and_then(|s| s.clock_skew_ms),
             heartbeat_interval_s: info.heartbeat_interval_s,
             grace_s: info.grace_s,
+            last_cpu: state.and_then(|s| s.last_cpu),
+            last_memory: state.and_then(|s| s.last_memory),
         }
     }
 }

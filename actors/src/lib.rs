@@ -35,6 +35,7 @@ pub mod history_log;
 pub mod journal;
 pub mod liveness;
 pub mod manager;
+pub mod pipeline_metrics;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;

@@ -18,13 +18,37 @@ use crate::liveness::{AgentStatus, StatusCounts};
 use crate::queue::IngressQueue;
 use crate::registry::RegistrySnapshot;
 
+/// Why a `POST /heartbeat` was not accepted (the `reason` label of the rejected counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Unreadable or invalid body.
+    Invalid,
+    UnknownAgent,
+    QueueFull,
+    Stopping,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 4] = [Self::Invalid, Self::UnknownAgent, Self::QueueFull, Self::Stopping];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::UnknownAgent => "unknown_agent",
+            Self::QueueFull => "queue_full",
+            Self::Stopping => "stopping",
+        }
+    }
+}
+
 /// The counts the HTTP layer keeps: one relaxed atomic add per request instead of a message
 /// (a message per request would wake the Stats actor's thread 100k times a second). The HTTP
 /// layer writes them; Stats only reads them.
 #[derive(Debug, Default)]
 pub struct IngressCounters {
     received: AtomicU64,
-    rejected: AtomicU64,
+    /// By [`RejectReason`].
+    rejected: [AtomicU64; 4],
     /// Nanoseconds since the Unix epoch of the latest accepted heartbeat; 0 for none.
     last_received_ns: AtomicI64,
 }
@@ -43,8 +67,17 @@ impl IngressCounters {
     }
 
     /// A request to `POST /heartbeat` was answered with an error status.
-    pub fn rejected(&self) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests rejected for `reason`.
+    pub fn rejected_for(&self, reason: RejectReason) -> u64 {
+        self.rejected[reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn rejected_total(&self) -> u64 {
+        RejectReason::ALL.iter().map(|r| self.rejected_for(*r)).sum()
     }
 
     fn last_received(&self) -> Option<DateTime<Utc>> {
@@ -237,7 +270,7 @@ impl Handler<GetStats> for Stats {
             total_errors: self.total_errors,
             last_received_time: self.ingress.last_received(),
             average_latency,
-            total_rejected: self.ingress.rejected.load(Ordering::Relaxed),
+            total_rejected: self.ingress.rejected_total(),
             queue_depth: self.queue.depth(),
             queue_capacity: self.queue.capacity(),
             workers: self.workers,
@@ -273,7 +306,7 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-11-24T06:00:00Z").unwrap().to_utc();
         ingress.accepted(at);
         ingress.accepted(at - chrono::Duration::seconds(5));
-        ingress.rejected();
+        ingress.rejected(RejectReason::QueueFull);
         stats.do_send(HeartbeatsProcessed {
             succeeded: 1,
             failed: 0,

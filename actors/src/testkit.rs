@@ -10,6 +10,7 @@ use slog::Logger;
 
 use crate::agent::AgentInfo;
 use crate::manager::{Manager, ManagerPolicy};
+use crate::pipeline_metrics::PipelineMetrics;
 use crate::queue::IngressQueue;
 use crate::registry::{Registry, RegistrySnapshot};
 use crate::stats::{IngressCounters, Stats};
@@ -63,7 +64,13 @@ pub fn start(workers: usize, queue_capacity: usize) -> TestActors {
         log.clone(),
     )
     .start();
-    let pool = WorkerPool::start(workers, manager.clone(), stats.clone(), log.clone());
+    let pool = WorkerPool::start(
+        workers,
+        manager.clone(),
+        stats.clone(),
+        PipelineMetrics::new(),
+        log.clone(),
+    );
     TestActors {
         store,
         registry: view,

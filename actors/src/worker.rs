@@ -20,6 +20,7 @@ use slog::{debug, Logger};
 
 use crate::heartbeat::Heartbeat;
 use crate::manager::{Manager, UpdateHeartbeats};
+use crate::pipeline_metrics::PipelineMetrics;
 use crate::queue::QueuePermit;
 use crate::stats::{HeartbeatsProcessed, Stats};
 
@@ -36,6 +37,7 @@ pub struct ProcessHeartbeats {
 pub struct HeartbeatWorker {
     manager: Addr<Manager>,
     stats: Addr<Stats>,
+    metrics: Arc<PipelineMetrics>,
     stopped_workers: Arc<AtomicUsize>,
     log: Logger,
 }
@@ -54,6 +56,11 @@ impl Handler<ProcessHeartbeats> for HeartbeatWorker {
     fn handle(&mut self, msg: ProcessHeartbeats, _: &mut SyncContext<Self>) {
         let ProcessHeartbeats { heartbeats, permit } = msg;
         let count = heartbeats.len() as u64;
+        let picked_up = chrono::Utc::now();
+        for hb in &heartbeats {
+            let waited = (picked_up - hb.received_at).to_std().unwrap_or_default();
+            self.metrics.queue_wait.observe(waited.as_secs_f64());
+        }
         let started = Instant::now();
         // Blocking is what this thread is for: the Manager and Store run elsewhere.
         let outcome = futures::executor::block_on(self.manager.send(UpdateHeartbeats(heartbeats)));
@@ -87,6 +94,9 @@ impl Handler<ProcessHeartbeats> for HeartbeatWorker {
                 }
             }
         };
+        for _ in 0..processed.succeeded {
+            self.metrics.processing.observe(latency.as_secs_f64());
+        }
         self.stats.do_send(processed);
         // Processed here means: applied, or failed and counted in total_errors; either way
         // the worker is done with them.
@@ -103,12 +113,19 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Starts `size` worker threads.
-    pub fn start(size: usize, manager: Addr<Manager>, stats: Addr<Stats>, log: Logger) -> Self {
+    pub fn start(
+        size: usize,
+        manager: Addr<Manager>,
+        stats: Addr<Stats>,
+        metrics: Arc<PipelineMetrics>,
+        log: Logger,
+    ) -> Self {
         let stopped_workers = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&stopped_workers);
         let addr = SyncArbiter::start(size, move || HeartbeatWorker {
             manager: manager.clone(),
             stats: stats.clone(),
+            metrics: Arc::clone(&metrics),
             stopped_workers: Arc::clone(&counter),
             log: log.clone(),
         });

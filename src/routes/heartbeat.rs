@@ -18,7 +18,7 @@ use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::ratelimit::LogGate;
 use heartbeatd_actors::registry::RegistryError;
 use heartbeatd_actors::registry::RegistrySnapshot;
-use heartbeatd_actors::stats::IngressCounters;
+use heartbeatd_actors::stats::{IngressCounters, RejectReason};
 use heartbeatd_actors::worker::HeartbeatWorker;
 use slog::{debug, info, warn, Logger};
 
@@ -48,6 +48,18 @@ pub enum HeartbeatError {
     /// `auto_register` could not register the agent (the registry could not be saved).
     #[error("could not register the agent: {0}")]
     Registration(String),
+}
+
+impl HeartbeatError {
+    /// The `reason` label of `heartbeatd_heartbeats_rejected_total`.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            Self::Invalid(RequestError::UnknownAgent(_)) => RejectReason::UnknownAgent,
+            Self::PayloadTooLarge | Self::Body(_) | Self::Invalid(_) | Self::Registration(_) => RejectReason::Invalid,
+            Self::QueueFull => RejectReason::QueueFull,
+            Self::Stopped => RejectReason::Stopping,
+        }
+    }
 }
 
 impl ResponseError for HeartbeatError {
@@ -119,8 +131,8 @@ pub async fn post_heartbeat(
     ingress: web::Data<HeartbeatIngress>,
 ) -> Result<HttpResponse, HeartbeatError> {
     let result = accept(&req, payload, &ingress).await;
-    if result.is_err() {
-        ingress.counters.rejected();
+    if let Err(e) = &result {
+        ingress.counters.rejected(e.reason());
     }
     result
 }

@@ -8,6 +8,7 @@
 //! | `GET /heartbeat/stats` | [`stats`] |
 //! | `/agents`, `/agents/{id}`, `/agents/{id}/history`, `/agents/{id}/pause`, `/resume` (admin API) | [`agents`] |
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
+//! | `GET /metrics` (Prometheus) | [`metrics`] |
 //! | anything else (404), wrong method (405), body over 64 KiB (413) | [`fallback`] |
 
 pub mod agents;
@@ -15,6 +16,7 @@ pub mod fallback;
 pub mod handoff;
 pub mod health;
 pub mod heartbeat;
+pub mod metrics;
 pub mod stats;
 
 use actix_web::http::StatusCode;

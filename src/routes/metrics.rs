@@ -1,0 +1,232 @@
+//! `GET /metrics`: Prometheus text exposition format 0.0.4.
+//!
+//! The pipeline histograms are observed as heartbeats flow; everything else is read at scrape
+//! time from its owner (Stats, the Manager's agent views with their liveness), mirrored into
+//! this endpoint's registry, and encoded. Per-agent series stop at `metrics_agent_limit`
+//! agents (by id), with one warning when the limit is first reached.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::Addr;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpResponse};
+use heartbeatd_actors::liveness::AgentStatus;
+use heartbeatd_actors::manager::{ListAgents, Manager};
+use heartbeatd_actors::pipeline_metrics::PipelineMetrics;
+use heartbeatd_actors::stats::{GetStats, IngressCounters, RejectReason, Stats};
+use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use slog::{warn, Logger};
+
+use super::ApiResponse;
+
+/// The series this endpoint mirrors at scrape time.
+struct Series {
+    received: IntCounter,
+    processed: IntCounter,
+    rejected: IntCounterVec,
+    errors: IntCounter,
+    store_errors: IntCounter,
+    queue_depth: IntGauge,
+    queue_capacity: IntGauge,
+    agents: IntGaugeVec,
+    agent_up: IntGaugeVec,
+    agent_last_seen: GaugeVec,
+    agent_cpu: GaugeVec,
+    agent_memory: GaugeVec,
+}
+
+/// The `/metrics` endpoint's state.
+pub struct MetricsEndpoint {
+    registry: Registry,
+    series: Series,
+    manager: Addr<Manager>,
+    stats: Addr<Stats>,
+    counters: Arc<IngressCounters>,
+    agent_limit: usize,
+    limit_warned: AtomicBool,
+    /// One scrape at a time: series are reset and refilled while mirroring.
+    scrape: Mutex<()>,
+    log: Logger,
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric")
+}
+
+impl MetricsEndpoint {
+    pub fn new(
+        pipeline: &PipelineMetrics,
+        manager: Addr<Manager>,
+        stats: Addr<Stats>,
+        counters: Arc<IngressCounters>,
+        agent_limit: usize,
+        log: Logger,
+    ) -> prometheus::Result<Self> {
+        let agent_label = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["agent_id"]);
+        let series = Series {
+            received: counter(
+                "heartbeatd_heartbeats_received_total",
+                "Heartbeats accepted (answered 200).",
+            ),
+            processed: counter(
+                "heartbeatd_heartbeats_processed_total",
+                "Heartbeats applied by the manager.",
+            ),
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "heartbeatd_heartbeats_rejected_total",
+                    "POST /heartbeat requests not accepted, by reason.",
+                ),
+                &["reason"],
+            )?,
+            errors: counter(
+                "heartbeatd_heartbeats_errors_total",
+                "Heartbeats whose processing failed.",
+            ),
+            store_errors: counter(
+                "heartbeatd_store_errors_total",
+                "Failed writes to data_dir (retried from memory).",
+            ),
+            queue_depth: gauge("heartbeatd_queue_depth", "Heartbeats accepted and not yet processed."),
+            queue_capacity: gauge(
+                "heartbeatd_queue_capacity",
+                "The most heartbeats that may wait for the workers.",
+            ),
+            agents: IntGaugeVec::new(
+                Opts::new("heartbeatd_agents", "Registered agents by liveness state."),
+                &["status"],
+            )?,
+            agent_up: IntGaugeVec::new(
+                Opts::new("heartbeatd_agent_up", "1 when the agent is up, 0 otherwise."),
+                &["agent_id"],
+            )?,
+            agent_last_seen: agent_label(
+                "heartbeatd_agent_last_seen_timestamp_seconds",
+                "Server receive time of the agent's last heartbeat, Unix seconds.",
+            )?,
+            agent_cpu: agent_label(
+                "heartbeatd_agent_cpu_percent",
+                "CPU percent in the agent's last heartbeat.",
+            )?,
+            agent_memory: agent_label(
+                "heartbeatd_agent_memory_bytes",
+                "Memory bytes in the agent's last heartbeat.",
+            )?,
+        };
+        let registry = Registry::new();
+        registry.register(Box::new(series.received.clone()))?;
+        registry.register(Box::new(series.processed.clone()))?;
+        registry.register(Box::new(series.rejected.clone()))?;
+        registry.register(Box::new(series.errors.clone()))?;
+        registry.register(Box::new(series.store_errors.clone()))?;
+        registry.register(Box::new(series.queue_depth.clone()))?;
+        registry.register(Box::new(series.queue_capacity.clone()))?;
+        registry.register(Box::new(series.agents.clone()))?;
+        registry.register(Box::new(series.agent_up.clone()))?;
+        registry.register(Box::new(series.agent_last_seen.clone()))?;
+        registry.register(Box::new(series.agent_cpu.clone()))?;
+        registry.register(Box::new(series.agent_memory.clone()))?;
+        pipeline.register(&registry)?;
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(Self {
+            registry,
+            series,
+            manager,
+            stats,
+            counters,
+            agent_limit,
+            limit_warned: AtomicBool::new(false),
+            scrape: Mutex::new(()),
+            log,
+        })
+    }
+}
+
+/// Sets a counter to `value` (it mirrors a count owned elsewhere).
+fn mirror(counter: &IntCounter, value: u64) {
+    counter.reset();
+    counter.inc_by(value);
+}
+
+pub async fn metrics(endpoint: web::Data<MetricsEndpoint>) -> HttpResponse {
+    let unavailable = || {
+        ApiResponse::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics unavailable: heartbeatd is stopping",
+        )
+    };
+    let Ok(report) = endpoint.stats.send(GetStats).await else {
+        return unavailable();
+    };
+    let list = ListAgents {
+        agent_type: None,
+        status: None,
+        after: None,
+        limit: endpoint.agent_limit,
+    };
+    let Ok(page) = endpoint.manager.send(list).await else {
+        return unavailable();
+    };
+    if page.next_after.is_some() && !endpoint.limit_warned.swap(true, Ordering::Relaxed) {
+        warn!(endpoint.log, "metrics_agent_limit reached: agents past it have no per-agent series (logged once)";
+            "metrics_agent_limit" => endpoint.agent_limit, "agents_registered" => report.agents_registered,
+            "what_to_do" => "raise metrics_agent_limit if Prometheus can take the series");
+    }
+
+    let body = {
+        let _one_at_a_time = endpoint.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let s = &endpoint.series;
+        mirror(&s.received, report.total_received);
+        mirror(&s.processed, report.total_processed);
+        mirror(&s.errors, report.total_errors);
+        mirror(&s.store_errors, report.store_errors);
+        for reason in RejectReason::ALL {
+            mirror(
+                &s.rejected.with_label_values(&[reason.label()]),
+                endpoint.counters.rejected_for(reason),
+            );
+        }
+        s.queue_depth.set(report.queue_depth as i64);
+        s.queue_capacity.set(report.queue_capacity as i64);
+        for (status, count) in &report.agents_by_status {
+            s.agents.with_label_values(&[status]).set(*count as i64);
+        }
+        for vec in [&s.agent_last_seen, &s.agent_cpu, &s.agent_memory] {
+            vec.reset();
+        }
+        s.agent_up.reset();
+        for agent in &page.agents {
+            let id = [agent.id.as_str()];
+            s.agent_up
+                .with_label_values(&id)
+                .set(i64::from(agent.status == AgentStatus::Up));
+            if let Some(seen) = agent.last_seen {
+                s.agent_last_seen
+                    .with_label_values(&id)
+                    .set(seen.timestamp_millis() as f64 / 1000.0);
+            }
+            if let Some(cpu) = agent.last_cpu {
+                s.agent_cpu.with_label_values(&id).set(cpu);
+            }
+            if let Some(memory) = agent.last_memory {
+                s.agent_memory.with_label_values(&id).set(memory as f64);
+            }
+        }
+        let mut body = Vec::with_capacity(64 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&endpoint.registry.gather(), &mut body) {
+            return ApiResponse::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("could not encode metrics: {e}"),
+            );
+        }
+        body
+    };
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"))
+        .body(body)
+}
