@@ -8,7 +8,7 @@
 //!
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run); the README's figures come from a
 //! full run. Arguments name scenarios to run (`saturation fleet idle drain history
-//! big-start`); none runs them all.
+//! steady big-start`); none runs them all.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -822,6 +822,81 @@ fn big_start(phases: &Phases, rows: &mut Vec<Row>) {
     ));
 }
 
+/// 100k agents reporting every 10 s (10k/s) at steady state, scraped by /metrics every half
+/// second with the per-agent limit (10k) reached: CPU and scrape time. (Compare the CPU with
+/// the fleet scenario: the same load without scrapes.)
+fn steady_fleet(phases: &Phases, rows: &mut Vec<Row>) {
+    const AGENTS: usize = 100_000;
+    eprintln!("steady fleet: {AGENTS} agents, every 10 s, /metrics scrapes …");
+    let daemon = Daemon::start(&format!(
+        "queue_capacity = 1000\nheartbeat_interval_s = 10\n{}",
+        agents_config(AGENTS)
+    ));
+    let url = daemon.url();
+    let duration = phases.fleet_s.min(30.0);
+    let loader = thread::spawn(move || load(&url, AGENTS, 64, duration, 0.0, Some(10_000.0)));
+    thread::sleep(Duration::from_secs_f64(duration / 3.0));
+    let pid = daemon.pid();
+    let process_before = cpu_seconds(pid);
+    let t0 = Instant::now();
+    let mut scrape_ms = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let text = get_metrics(daemon.port);
+        scrape_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert!(text.contains("heartbeatd_agent_up{"), "a scrape with per-agent series");
+        thread::sleep(Duration::from_millis(500));
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let process = 100.0 * (cpu_seconds(pid) - process_before) / elapsed;
+    let report = loader.join().unwrap();
+    let stats = daemon.stats();
+    drop(daemon);
+    scrape_ms.sort_by(f64::total_cmp);
+    let median = scrape_ms[scrape_ms.len() / 2];
+    rows.push(row(
+        "steady",
+        "CPU % of one core, scraped every 0.5 s",
+        format!("{process:.1}"),
+    ));
+    rows.push(
+        row(
+            "steady",
+            "/metrics scrape ms (median of 5, 10k agents)",
+            format!("{median:.1}"),
+        )
+        .target("≤ 50 ms", median <= 50.0),
+    );
+    rows.push(row(
+        "steady",
+        "  agents up / down",
+        format!(
+            "{} / {}",
+            stats["agents_by_status"]["up"], stats["agents_by_status"]["down"]
+        ),
+    ));
+    rows.push(row(
+        "steady",
+        "  non-200 share",
+        format!("{:.3} %", 100.0 * non_200_share(&report)),
+    ));
+}
+
+/// The text of GET /metrics (a minimal HTTP client, like [`get_json`]).
+fn get_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
 /// The sum of every agent's `heartbeat_count` on disk.
 fn heartbeats_on_disk(data: &Path) -> u64 {
     fs::read_dir(data.join("agents"))
@@ -907,6 +982,9 @@ fn main() {
     }
     if run("history") {
         history_cost(&phases, &mut rows);
+    }
+    if run("steady") {
+        steady_fleet(&phases, &mut rows);
     }
     if run("big-start") {
         big_start(&phases, &mut rows);

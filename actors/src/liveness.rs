@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 
+use crate::agent::AgentInfo;
 use crate::registry::RegistrySnapshot;
 
 /// How often the actor looks for passed deadlines: the resolution of `late` and `down`.
@@ -96,6 +97,9 @@ struct Tracked {
 #[derive(Debug, Default)]
 pub struct DeadlineTracker {
     agents: HashMap<String, Tracked>,
+    /// Tracked agents per state, kept up to date on every change (counting them on demand
+    /// would cost a pass over every agent).
+    by_status: [u64; 5],
     /// (when, generation, id): the agent's next deadline, if its generation still matches.
     deadlines: BinaryHeap<Reverse<(Instant, u64, String)>>,
     next_generation: u64,
@@ -138,20 +142,26 @@ impl DeadlineTracker {
 
     /// Pauses an agent: no transitions until it is resumed.
     pub fn pause(&mut self, id: &str, wall: DateTime<Utc>) -> Option<Transition> {
-        let entry = self.agents.entry(id.to_owned()).or_insert_with(|| Tracked {
-            status: AgentStatus::New,
-            since: wall,
-            reference: Instant::now(),
-            generation: 0,
-            timing: Timing {
-                interval: Duration::ZERO,
-                grace: Duration::ZERO,
-            },
+        let by_status = &mut self.by_status;
+        let entry = self.agents.entry(id.to_owned()).or_insert_with(|| {
+            by_status[AgentStatus::New as usize] += 1;
+            Tracked {
+                status: AgentStatus::New,
+                since: wall,
+                reference: Instant::now(),
+                generation: 0,
+                timing: Timing {
+                    interval: Duration::ZERO,
+                    grace: Duration::ZERO,
+                },
+            }
         });
         if entry.status == AgentStatus::Paused {
             return None;
         }
         let from = entry.status;
+        by_status[from as usize] -= 1;
+        by_status[AgentStatus::Paused as usize] += 1;
         entry.status = AgentStatus::Paused;
         entry.since = wall;
         entry.generation = u64::MAX; // no scheduled deadline matches
@@ -180,7 +190,7 @@ impl DeadlineTracker {
         if ever_seen {
             self.set(id, to, timing, now, wall);
         } else {
-            self.agents.remove(id);
+            self.forget(id);
         }
         Some(Transition {
             agent_id: id.to_owned(),
@@ -191,7 +201,9 @@ impl DeadlineTracker {
     }
 
     pub fn forget(&mut self, id: &str) {
-        self.agents.remove(id);
+        if let Some(t) = self.agents.remove(id) {
+            self.by_status[t.status as usize] -= 1;
+        }
     }
 
     /// Applies every deadline that has passed by `now`; returns the transitions, oldest first.
@@ -217,6 +229,8 @@ impl DeadlineTracker {
             let from = tracked.status;
             tracked.status = to;
             tracked.since = wall;
+            self.by_status[from as usize] -= 1;
+            self.by_status[to as usize] += 1;
             if let Some(next) = next {
                 self.deadlines.push(Reverse((next, generation, id.clone())));
             }
@@ -231,15 +245,24 @@ impl DeadlineTracker {
     }
 
     fn set(&mut self, id: &str, status: AgentStatus, timing: Timing, now: Instant, wall: DateTime<Utc>) {
-        let entry = self.agents.entry(id.to_owned()).or_insert_with(|| Tracked {
-            status,
-            since: wall,
-            reference: now,
-            generation: 0,
-            timing,
-        });
-        entry.status = status;
-        entry.since = wall;
+        match self.agents.get_mut(id) {
+            Some(entry) => {
+                self.by_status[entry.status as usize] -= 1;
+                entry.status = status;
+                entry.since = wall;
+            }
+            None => {
+                let entry = Tracked {
+                    status,
+                    since: wall,
+                    reference: now,
+                    generation: 0,
+                    timing,
+                };
+                self.agents.insert(id.to_owned(), entry);
+            }
+        }
+        self.by_status[status as usize] += 1;
         self.schedule(id, timing, now);
     }
 
@@ -255,13 +278,13 @@ impl DeadlineTracker {
             .push(Reverse((now + timing.late_after(), generation, id.to_owned())));
     }
 
-    /// How many agents are in each state (untracked registered agents are not counted).
+    /// How many tracked agents are in each state (registered agents never seen are not
+    /// tracked). Constant time.
     pub fn counts(&self) -> HashMap<AgentStatus, u64> {
-        let mut counts = HashMap::new();
-        for t in self.agents.values() {
-            *counts.entry(t.status).or_default() += 1;
-        }
-        counts
+        AgentStatus::ALL
+            .iter()
+            .map(|s| (*s, self.by_status[*s as usize]))
+            .collect()
     }
 }
 
@@ -335,13 +358,15 @@ impl Liveness {
 
     /// The agent's timing: its own settings, else the defaults.
     fn timing(&self, id: &str) -> Timing {
-        let info = self.registry.get(id);
+        self.timing_of(self.registry.load().get(id))
+    }
+
+    /// Like [`Liveness::timing`], from an already loaded registry entry.
+    fn timing_of(&self, info: Option<&AgentInfo>) -> Timing {
         let interval = info
-            .as_ref()
             .and_then(|i| i.heartbeat_interval_s)
             .map_or(self.policy.interval, Duration::from_secs);
         let grace = info
-            .as_ref()
             .and_then(|i| i.grace_s)
             .map(Duration::from_secs)
             .or(self.policy.grace)
@@ -365,9 +390,12 @@ impl Liveness {
     }
 
     fn log_transition(&self, t: &Transition) {
-        match t.to {
-            AgentStatus::Late | AgentStatus::Down => warn!(self.log, "agent went silent";
+        match (t.from, t.to) {
+            (_, AgentStatus::Late | AgentStatus::Down) => warn!(self.log, "agent went silent";
                 "agent_id" => &t.agent_id, "from" => t.from.name(), "to" => t.to.name()),
+            // An agent's first heartbeat: not news, and 100k of them after a fleet is registered.
+            (AgentStatus::New, AgentStatus::Up) => debug!(self.log, "agent reported for the first time";
+                "agent_id" => &t.agent_id),
             _ => info!(self.log, "agent status changed";
                 "agent_id" => &t.agent_id, "from" => t.from.name(), "to" => t.to.name()),
         }
@@ -401,11 +429,12 @@ impl Handler<Seen> for Liveness {
     fn handle(&mut self, Seen(batch): Seen, _: &mut Context<Self>) {
         let (now, wall) = (Instant::now(), Utc::now());
         let mut changed = false;
+        let registered = self.registry.load();
         for (id, received_at) in batch {
             // Deadlines count from the receive time, not from when this message arrives.
             let lag = (wall - received_at).to_std().unwrap_or_default();
             let at = now.checked_sub(lag).unwrap_or(now);
-            let timing = self.timing(&id);
+            let timing = self.timing_of(registered.get(&id));
             if let Some(t) = self.tracker.seen(&id, timing, at, received_at) {
                 self.log_transition(&t);
                 changed = true;
@@ -616,6 +645,24 @@ mod tests {
             }
         }
         let counts = tracker.counts();
+        let mut model_counts: HashMap<AgentStatus, u64> = HashMap::new();
+        for seen in last_seen.iter().flatten() {
+            let status = if now - *seen >= timing.down_after() {
+                AgentStatus::Down
+            } else if now - *seen >= timing.late_after() {
+                AgentStatus::Late
+            } else {
+                AgentStatus::Up
+            };
+            *model_counts.entry(status).or_default() += 1;
+        }
+        for status in [AgentStatus::Up, AgentStatus::Late, AgentStatus::Down] {
+            assert_eq!(
+                counts[&status],
+                model_counts.get(&status).copied().unwrap_or(0),
+                "{status:?}"
+            );
+        }
         assert!(counts.get(&AgentStatus::Down).copied().unwrap_or(0) > 0, "{counts:?}");
         assert!(counts.get(&AgentStatus::Up).copied().unwrap_or(0) > 0, "{counts:?}");
     }

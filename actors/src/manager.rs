@@ -688,16 +688,19 @@ impl Handler<ListAgents> for Manager {
 
     fn handle(&mut self, msg: ListAgents, _: &mut Context<Self>) -> Self::Result {
         let registered = self.registry_view.load();
-        let mut ids: Vec<String> = registered
-            .iter()
-            .filter(|(id, info)| {
-                msg.after.as_ref().is_none_or(|after| *id > after)
-                    && msg.agent_type.as_ref().is_none_or(|t| &info.agent_type == t)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.sort_unstable();
         let limit = msg.limit;
+        let of_type = |id: &&String| {
+            msg.agent_type
+                .as_ref()
+                .is_none_or(|t| registered.get(id).is_some_and(|info| &info.agent_type == t))
+        };
+        let candidates = registered.ids_after(msg.after.as_deref()).iter().filter(of_type);
+        // Without a status filter, one more than a page tells whether another page follows;
+        // with one, every candidate goes to Liveness first.
+        let mut ids: Vec<String> = match msg.status {
+            None => candidates.take(limit + 1).cloned().collect(),
+            Some(_) => candidates.cloned().collect(),
+        };
         // The status filter comes before paging, so a page is full whatever it filters out.
         let keep = match (msg.status, &self.liveness) {
             (Some(status), Some(liveness)) => Some(liveness.send(liveness::InStatus {

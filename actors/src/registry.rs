@@ -24,13 +24,56 @@ use crate::atomic_file::write_atomically;
 
 type AgentMap = HashMap<String, AgentInfo>;
 
+/// The published registry: agents by id, and their ids in order (for paging without sorting
+/// 100k ids per request; rebuilt only when the registry changes).
+#[derive(Debug, Default)]
+pub struct AgentSet {
+    by_id: AgentMap,
+    sorted_ids: Vec<String>,
+}
+
+impl AgentSet {
+    fn new(by_id: AgentMap) -> Self {
+        let mut sorted_ids: Vec<String> = by_id.keys().cloned().collect();
+        sorted_ids.sort_unstable();
+        Self { by_id, sorted_ids }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&AgentInfo> {
+        self.by_id.get(id)
+    }
+
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Every agent, by id.
+    pub fn values(&self) -> impl Iterator<Item = &AgentInfo> {
+        self.by_id.values()
+    }
+
+    /// Ids sorted, starting after `after` (all when `None`).
+    pub fn ids_after(&self, after: Option<&str>) -> &[String] {
+        let start = after.map_or(0, |after| self.sorted_ids.partition_point(|id| id.as_str() <= after));
+        &self.sorted_ids[start..]
+    }
+}
+
 /// The registry's file name under `data_dir`.
 pub const REGISTRY_FILE: &str = "registry.json";
 
 /// A read-only view of the registry, cheap to clone and to query from any thread.
 #[derive(Debug, Clone)]
 pub struct RegistrySnapshot {
-    current: Arc<ArcSwap<AgentMap>>,
+    current: Arc<ArcSwap<AgentSet>>,
 }
 
 impl RegistrySnapshot {
@@ -50,8 +93,8 @@ impl RegistrySnapshot {
         self.len() == 0
     }
 
-    /// The whole map as it is now (it never changes; a change publishes a new one).
-    pub fn load(&self) -> Arc<AgentMap> {
+    /// The whole set as it is now (it never changes; a change publishes a new one).
+    pub fn load(&self) -> Arc<AgentSet> {
         self.current.load_full()
     }
 }
@@ -97,7 +140,7 @@ pub struct RegistryLoad {
 /// The published map is the only copy: a change builds the next map from it and publishes
 /// that (changes are rare admin operations; 100k agents are not worth keeping twice).
 pub struct Registry {
-    published: Arc<ArcSwap<AgentMap>>,
+    published: Arc<ArcSwap<AgentSet>>,
     imported_from_config: BTreeSet<String>,
     /// `None`: in memory only (tests).
     dir: Option<PathBuf>,
@@ -107,7 +150,7 @@ impl Registry {
     /// An in-memory registry holding `agents`. Fails on an invalid or duplicate id.
     pub fn new(agents: impl IntoIterator<Item = AgentInfo>) -> Result<Self, RegistryError> {
         Ok(Self {
-            published: Arc::new(ArcSwap::from_pointee(build_map(agents)?)),
+            published: Arc::new(ArcSwap::from_pointee(AgentSet::new(build_map(agents)?))),
             imported_from_config: BTreeSet::new(),
             dir: None,
         })
@@ -147,12 +190,12 @@ impl Registry {
             }
         }
         let registry = Self {
-            published: Arc::new(ArcSwap::from_pointee(AgentMap::new())),
+            published: Arc::new(ArcSwap::from_pointee(AgentSet::default())),
             imported_from_config: imported,
             dir: Some(dir.to_owned()),
         };
         registry.save(&map)?;
-        registry.published.store(Arc::new(map));
+        registry.published.store(Arc::new(AgentSet::new(map)));
         Ok((registry, report))
     }
 
@@ -163,7 +206,7 @@ impl Registry {
         }
     }
 
-    fn agents(&self) -> Arc<AgentMap> {
+    fn agents(&self) -> Arc<AgentSet> {
         self.published.load_full()
     }
 
@@ -190,10 +233,10 @@ impl Registry {
 
     /// Saves and publishes the current map changed by `change`; nothing changes on error.
     fn change<T>(&self, change: impl FnOnce(&mut AgentMap) -> T) -> Result<T, RegistryError> {
-        let mut next = AgentMap::clone(&self.agents());
+        let mut next = self.agents().by_id.clone();
         let result = change(&mut next);
         self.save(&next)?;
-        self.published.store(Arc::new(next));
+        self.published.store(Arc::new(AgentSet::new(next)));
         Ok(result)
     }
 }

@@ -5,16 +5,18 @@
 //! this endpoint's registry, and encoded. Per-agent series stop at `metrics_agent_limit`
 //! agents (by id), with one warning when the limit is first reached.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse};
+use heartbeatd_actors::agent::AgentView;
 use heartbeatd_actors::liveness::AgentStatus;
 use heartbeatd_actors::manager::{ListAgents, Manager};
 use heartbeatd_actors::pipeline_metrics::PipelineMetrics;
-use heartbeatd_actors::stats::{GetStats, IngressCounters, RejectReason, Stats};
+use heartbeatd_actors::stats::{GetStats, IngressCounters, RejectReason, Stats, StatsReport};
 use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use slog::{warn, Logger};
 
@@ -45,8 +47,9 @@ pub struct MetricsEndpoint {
     counters: Arc<IngressCounters>,
     agent_limit: usize,
     limit_warned: AtomicBool,
-    /// One scrape at a time: series are reset and refilled while mirroring.
-    scrape: Mutex<()>,
+    /// One scrape at a time; holds the agent ids of the last scrape, whose series are removed
+    /// when an agent is no longer listed (the others are updated in place: no allocation).
+    scrape: Mutex<Vec<String>>,
     log: Logger,
 }
 
@@ -141,10 +144,59 @@ impl MetricsEndpoint {
             counters,
             agent_limit,
             limit_warned: AtomicBool::new(false),
-            scrape: Mutex::new(()),
+            scrape: Mutex::new(Vec::new()),
             log,
         })
     }
+}
+
+fn render(endpoint: &MetricsEndpoint, report: &StatsReport, agents: &[AgentView]) -> prometheus::Result<Vec<u8>> {
+    let mut previous = endpoint.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let s = &endpoint.series;
+    mirror(&s.received, report.total_received);
+    mirror(&s.processed, report.total_processed);
+    mirror(&s.errors, report.total_errors);
+    mirror(&s.store_errors, report.store_errors);
+    for reason in RejectReason::ALL {
+        mirror(
+            &s.rejected.with_label_values(&[reason.label()]),
+            endpoint.counters.rejected_for(reason),
+        );
+    }
+    s.queue_depth.set(report.queue_depth as i64);
+    s.queue_capacity.set(report.queue_capacity as i64);
+    for (status, count) in &report.agents_by_status {
+        s.agents.with_label_values(&[status]).set(*count as i64);
+    }
+    let current: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+    for gone in previous.iter().filter(|id| !current.contains(id.as_str())) {
+        let id = [gone.as_str()];
+        let _ = s.agent_up.remove_label_values(&id);
+        for vec in [&s.agent_last_seen, &s.agent_cpu, &s.agent_memory] {
+            let _ = vec.remove_label_values(&id);
+        }
+    }
+    for agent in agents {
+        let id = [agent.id.as_str()];
+        s.agent_up
+            .with_label_values(&id)
+            .set(i64::from(agent.status == AgentStatus::Up));
+        if let Some(seen) = agent.last_seen {
+            s.agent_last_seen
+                .with_label_values(&id)
+                .set(seen.timestamp_millis() as f64 / 1000.0);
+        }
+        if let Some(cpu) = agent.last_cpu {
+            s.agent_cpu.with_label_values(&id).set(cpu);
+        }
+        if let Some(memory) = agent.last_memory {
+            s.agent_memory.with_label_values(&id).set(memory as f64);
+        }
+    }
+    *previous = agents.iter().map(|a| a.id.clone()).collect();
+    let mut body = Vec::with_capacity(128 * 1024);
+    TextEncoder::new().encode(&endpoint.registry.gather(), &mut body)?;
+    Ok(body)
 }
 
 /// Sets a counter to `value` (it mirrors a count owned elsewhere).
@@ -154,6 +206,7 @@ fn mirror(counter: &IntCounter, value: u64) {
 }
 
 pub async fn metrics(endpoint: web::Data<MetricsEndpoint>) -> HttpResponse {
+    let endpoint = endpoint.into_inner();
     let unavailable = || {
         ApiResponse::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -178,53 +231,18 @@ pub async fn metrics(endpoint: web::Data<MetricsEndpoint>) -> HttpResponse {
             "what_to_do" => "raise metrics_agent_limit if Prometheus can take the series");
     }
 
-    let body = {
-        let _one_at_a_time = endpoint.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let s = &endpoint.series;
-        mirror(&s.received, report.total_received);
-        mirror(&s.processed, report.total_processed);
-        mirror(&s.errors, report.total_errors);
-        mirror(&s.store_errors, report.store_errors);
-        for reason in RejectReason::ALL {
-            mirror(
-                &s.rejected.with_label_values(&[reason.label()]),
-                endpoint.counters.rejected_for(reason),
-            );
-        }
-        s.queue_depth.set(report.queue_depth as i64);
-        s.queue_capacity.set(report.queue_capacity as i64);
-        for (status, count) in &report.agents_by_status {
-            s.agents.with_label_values(&[status]).set(*count as i64);
-        }
-        for vec in [&s.agent_last_seen, &s.agent_cpu, &s.agent_memory] {
-            vec.reset();
-        }
-        s.agent_up.reset();
-        for agent in &page.agents {
-            let id = [agent.id.as_str()];
-            s.agent_up
-                .with_label_values(&id)
-                .set(i64::from(agent.status == AgentStatus::Up));
-            if let Some(seen) = agent.last_seen {
-                s.agent_last_seen
-                    .with_label_values(&id)
-                    .set(seen.timestamp_millis() as f64 / 1000.0);
-            }
-            if let Some(cpu) = agent.last_cpu {
-                s.agent_cpu.with_label_values(&id).set(cpu);
-            }
-            if let Some(memory) = agent.last_memory {
-                s.agent_memory.with_label_values(&id).set(memory as f64);
-            }
-        }
-        let mut body = Vec::with_capacity(64 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&endpoint.registry.gather(), &mut body) {
+    // Mirroring 4 series per agent and encoding them is CPU work: the blocking pool does it,
+    // so heartbeats on this HTTP thread are not held up by a scrape.
+    let scrape = web::block(move || render(&endpoint, &report, &page.agents)).await;
+    let body = match scrape {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
             return ApiResponse::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("could not encode metrics: {e}"),
-            );
+            )
         }
-        body
+        Err(_) => return unavailable(),
     };
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"))
