@@ -66,6 +66,34 @@ fn an_agent_goes_new_up_late_down_and_up_again() {
 
     let agent = daemon.request("GET", "/agents/pulse", None).body;
     assert!(agent["status_since"].is_string(), "{agent}");
+    let events = daemon.request("GET", "/agents/pulse/events", None).body;
+    let steps: Vec<(String, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().to_owned(),
+                e["to"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [("down", "up"), ("late", "down"), ("up", "late"), ("new", "up")];
+    assert_eq!(
+        steps,
+        expected.map(|(a, b)| (a.to_owned(), b.to_owned())),
+        "newest first, each once: {events}"
+    );
+    assert_eq!(events["events"][0]["reported_status"], "running", "{events}");
+    assert!(events["events"][1]["last_seen"].is_string(), "{events}");
+    assert_eq!(
+        daemon.request("GET", "/agents/pulse/events?limit=1", None).body["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(daemon.request("GET", "/agents/nobody/events", None).status, 404);
     let log = daemon.log();
     for transition in ["to: late", "to: down", "from: down"] {
         assert!(log.contains(transition), "no {transition:?} in the log:\n{log}");
@@ -94,6 +122,18 @@ fn a_paused_agent_makes_no_transitions_until_resumed() {
     let resumed = daemon.request("POST", "/agents/pulse/resume", None);
     assert_eq!(resumed.body["status"], "up", "{resumed:?}");
     assert_eq!(daemon.request("POST", "/agents/nobody/pause", None).status, 404);
+    let events = daemon.request("GET", "/agents/pulse/events", None).body;
+    let targets: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        targets,
+        ["up", "paused", "up"],
+        "no late or down while paused: {events}"
+    );
     assert!(!daemon.log().contains("agent went silent"), "{}", daemon.log());
 }
 

@@ -122,7 +122,7 @@ impl Application {
                 .map(|a| a.id.clone())
                 .collect();
             let (view, log) = (registry_view.clone(), log.new(o!("actor" => "liveness")));
-            Liveness::new(policy, view, seen_before, log)
+            Liveness::new(policy, view, seen_before, log).with_events(store.clone())
         };
         let status_counts = liveness.counts();
         let liveness = Liveness::start_in_arbiter(&manager_arbiter.handle(), move |_| liveness);
@@ -247,6 +247,11 @@ impl Application {
                             web::resource("/agents/{id}/resume")
                                 .route(web::post().to(agents::resume))
                                 .default_service(web::to(fallback::expected_post)),
+                        )
+                        .service(
+                            web::resource("/agents/{id}/events")
+                                .route(web::get().to(agents::events))
+                                .default_service(web::to(fallback::expected_get)),
                         )
                         .service(
                             web::resource("/agents/{id}/history")

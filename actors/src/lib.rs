@@ -30,6 +30,7 @@
 
 pub mod agent;
 pub mod atomic_file;
+pub mod events_log;
 pub mod heartbeat;
 pub mod history_log;
 pub mod journal;

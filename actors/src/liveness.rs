@@ -23,13 +23,15 @@ use serde::Serialize;
 use slog::{debug, info, warn, Logger};
 
 use crate::agent::AgentInfo;
+use crate::heartbeat::ReportedStatus;
 use crate::registry::RegistrySnapshot;
+use crate::store::{AppendEvents, FileMetadataStore};
 
 /// How often the actor looks for passed deadlines: the resolution of `late` and `down`.
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// An agent's liveness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
     New,
@@ -64,6 +66,10 @@ pub struct Transition {
     pub from: AgentStatus,
     pub to: AgentStatus,
     pub at: DateTime<Utc>,
+    /// The server's receive time of the agent's last heartbeat.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// What the agent last reported about itself.
+    pub reported_status: Option<ReportedStatus>,
 }
 
 /// An agent's timing: when it counts as late and as down after its last heartbeat.
@@ -91,6 +97,8 @@ struct Tracked {
     reference: Instant,
     generation: u64,
     timing: Timing,
+    last_seen: Option<DateTime<Utc>>,
+    reported_status: Option<ReportedStatus>,
 }
 
 /// The deadline structure, with an explicit clock so it can be tested against a model.
@@ -117,27 +125,49 @@ impl DeadlineTracker {
         self.set(id, AgentStatus::Up, timing, now, wall);
     }
 
-    /// A heartbeat received at `now`. Returns the transition, if any.
-    pub fn seen(&mut self, id: &str, timing: Timing, now: Instant, wall: DateTime<Utc>) -> Option<Transition> {
+    /// A heartbeat received at `now` (`wall` on the server's clock). Returns the transition,
+    /// if any.
+    pub fn seen(
+        &mut self,
+        id: &str,
+        timing: Timing,
+        now: Instant,
+        wall: DateTime<Utc>,
+        reported: Option<ReportedStatus>,
+    ) -> Option<Transition> {
         let previous = self.agents.get(id).map(|t| t.status).unwrap_or(AgentStatus::New);
-        if previous == AgentStatus::Paused {
-            if let Some(t) = self.agents.get_mut(id) {
-                t.reference = now;
+        let before = self.agents.get(id).and_then(|t| t.last_seen);
+        let transition = match previous {
+            AgentStatus::Paused => {
+                if let Some(t) = self.agents.get_mut(id) {
+                    t.reference = now;
+                }
+                None
             }
-            return None;
-        }
-        if previous == AgentStatus::Up {
             // Stays up: only its deadline moves.
-            self.schedule(id, timing, now);
-            return None;
+            AgentStatus::Up => {
+                self.schedule(id, timing, now);
+                None
+            }
+            _ => {
+                self.set(id, AgentStatus::Up, timing, now, wall);
+                Some(Transition {
+                    agent_id: id.to_owned(),
+                    from: previous,
+                    to: AgentStatus::Up,
+                    at: wall,
+                    last_seen: before,
+                    reported_status: reported,
+                })
+            }
+        };
+        if let Some(t) = self.agents.get_mut(id) {
+            t.last_seen = Some(wall);
+            if reported.is_some() {
+                t.reported_status = reported;
+            }
         }
-        self.set(id, AgentStatus::Up, timing, now, wall);
-        Some(Transition {
-            agent_id: id.to_owned(),
-            from: previous,
-            to: AgentStatus::Up,
-            at: wall,
-        })
+        transition
     }
 
     /// Pauses an agent: no transitions until it is resumed.
@@ -154,6 +184,8 @@ impl DeadlineTracker {
                     interval: Duration::ZERO,
                     grace: Duration::ZERO,
                 },
+                last_seen: None,
+                reported_status: None,
             }
         });
         if entry.status == AgentStatus::Paused {
@@ -170,6 +202,8 @@ impl DeadlineTracker {
             from,
             to: AgentStatus::Paused,
             at: wall,
+            last_seen: entry.last_seen,
+            reported_status: entry.reported_status,
         })
     }
 
@@ -187,6 +221,10 @@ impl DeadlineTracker {
             return None;
         }
         let to = if ever_seen { AgentStatus::Up } else { AgentStatus::New };
+        let (last_seen, reported_status) = self
+            .agents
+            .get(id)
+            .map_or((None, None), |t| (t.last_seen, t.reported_status));
         if ever_seen {
             self.set(id, to, timing, now, wall);
         } else {
@@ -197,6 +235,8 @@ impl DeadlineTracker {
             from: AgentStatus::Paused,
             to,
             at: wall,
+            last_seen,
+            reported_status,
         })
     }
 
@@ -235,6 +275,8 @@ impl DeadlineTracker {
                 self.deadlines.push(Reverse((next, generation, id.clone())));
             }
             transitions.push(Transition {
+                last_seen: tracked.last_seen,
+                reported_status: tracked.reported_status,
                 agent_id: id,
                 from,
                 to,
@@ -258,6 +300,8 @@ impl DeadlineTracker {
                     reference: now,
                     generation: 0,
                     timing,
+                    last_seen: None,
+                    reported_status: None,
                 };
                 self.agents.insert(id.to_owned(), entry);
             }
@@ -323,6 +367,8 @@ pub struct Liveness {
     tracker: DeadlineTracker,
     registry: RegistrySnapshot,
     counts: Arc<StatusCounts>,
+    /// Where transitions are recorded (`events/<id>.log`).
+    events: Option<Addr<FileMetadataStore>>,
     log: Logger,
 }
 
@@ -340,6 +386,7 @@ impl Liveness {
             tracker: DeadlineTracker::default(),
             registry,
             counts: StatusCounts::new(),
+            events: None,
             log,
         };
         let (now, wall) = (Instant::now(), Utc::now());
@@ -349,6 +396,22 @@ impl Liveness {
         }
         liveness.publish_counts();
         liveness
+    }
+
+    /// Records transitions through `store` (its `events/` log).
+    pub fn with_events(mut self, store: Addr<FileMetadataStore>) -> Self {
+        self.events = Some(store);
+        self
+    }
+
+    /// Logs the transitions and records them on disk.
+    fn report(&self, transitions: Vec<Transition>) {
+        for t in &transitions {
+            self.log_transition(t);
+        }
+        if let (Some(store), false) = (&self.events, transitions.is_empty()) {
+            store.do_send(AppendEvents(transitions));
+        }
     }
 
     /// The shared per-state counts (for Stats).
@@ -408,40 +471,37 @@ impl Actor for Liveness {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(TICK, |act, _| {
             let transitions = act.tracker.tick(Instant::now(), Utc::now());
-            for t in &transitions {
-                act.log_transition(t);
-            }
             if !transitions.is_empty() {
                 act.publish_counts();
+                act.report(transitions);
             }
         });
     }
 }
 
-/// Heartbeats received (id, server receive time), from the Manager, one message per batch.
+/// Heartbeats received (id, server receive time, reported status), from the Manager, one
+/// message per batch.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Seen(pub Vec<(String, DateTime<Utc>)>);
+pub struct Seen(pub Vec<(String, DateTime<Utc>, Option<ReportedStatus>)>);
 
 impl Handler<Seen> for Liveness {
     type Result = ();
 
     fn handle(&mut self, Seen(batch): Seen, _: &mut Context<Self>) {
         let (now, wall) = (Instant::now(), Utc::now());
-        let mut changed = false;
+        let mut transitions = Vec::new();
         let registered = self.registry.load();
-        for (id, received_at) in batch {
+        for (id, received_at, reported) in batch {
             // Deadlines count from the receive time, not from when this message arrives.
             let lag = (wall - received_at).to_std().unwrap_or_default();
             let at = now.checked_sub(lag).unwrap_or(now);
             let timing = self.timing_of(registered.get(&id));
-            if let Some(t) = self.tracker.seen(&id, timing, at, received_at) {
-                self.log_transition(&t);
-                changed = true;
-            }
+            transitions.extend(self.tracker.seen(&id, timing, at, received_at, reported));
         }
-        if changed {
+        if !transitions.is_empty() {
             self.publish_counts();
+            self.report(transitions);
         }
     }
 }
@@ -467,9 +527,9 @@ impl Handler<SetPaused> for Liveness {
             let timing = self.timing(&msg.id);
             self.tracker.resume(&msg.id, timing, now, wall, msg.ever_seen)
         };
-        if let Some(t) = &transition {
-            self.log_transition(t);
+        if let Some(t) = transition {
             self.publish_counts();
+            self.report(vec![t]);
         }
         MessageResult(self.tracker.status(&msg.id).unwrap_or((AgentStatus::New, wall)))
     }
@@ -550,7 +610,7 @@ mod tests {
         let wall = Utc::now();
         assert_eq!(tracker.status("a"), None, "new: never seen");
 
-        let up = tracker.seen("a", timing(), t0, wall).unwrap();
+        let up = tracker.seen("a", timing(), t0, wall, None).unwrap();
         assert_eq!((up.from, up.to), (AgentStatus::New, AgentStatus::Up));
         assert!(
             tracker.tick(t0 + 19 * SECOND, wall).is_empty(),
@@ -561,7 +621,7 @@ mod tests {
         assert_eq!(late[0].to, AgentStatus::Late);
         assert!(tracker.tick(t0 + 29 * SECOND, wall).is_empty());
         assert_eq!(tracker.tick(t0 + 30 * SECOND, wall)[0].to, AgentStatus::Down);
-        let back = tracker.seen("a", timing(), t0 + 31 * SECOND, wall).unwrap();
+        let back = tracker.seen("a", timing(), t0 + 31 * SECOND, wall, None).unwrap();
         assert_eq!((back.from, back.to), (AgentStatus::Down, AgentStatus::Up));
         assert!(
             tracker.tick(t0 + 50 * SECOND, wall).is_empty(),
@@ -574,10 +634,10 @@ mod tests {
         let mut tracker = DeadlineTracker::default();
         let t0 = Instant::now();
         let wall = Utc::now();
-        tracker.seen("a", timing(), t0, wall);
+        tracker.seen("a", timing(), t0, wall, None);
         assert_eq!(tracker.pause("a", wall).unwrap().to, AgentStatus::Paused);
         assert!(tracker.tick(t0 + 100 * SECOND, wall).is_empty());
-        assert!(tracker.seen("a", timing(), t0 + 101 * SECOND, wall).is_none());
+        assert!(tracker.seen("a", timing(), t0 + 101 * SECOND, wall, None).is_none());
         let resumed = tracker.resume("a", timing(), t0 + 102 * SECOND, wall, true).unwrap();
         assert_eq!(resumed.to, AgentStatus::Up);
         assert!(
@@ -625,7 +685,7 @@ mod tests {
             now += Duration::from_millis(next(2000));
             for _ in 0..next(3000) {
                 let i = next(AGENTS as u64) as usize;
-                tracker.seen(&ids[i], timing, t0 + now, wall);
+                tracker.seen(&ids[i], timing, t0 + now, wall, None);
                 last_seen[i] = Some(now);
             }
             tracker.tick(t0 + now, wall);

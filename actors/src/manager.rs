@@ -25,6 +25,7 @@ use serde::Serialize;
 use slog::{error, info, warn, Logger};
 
 use crate::agent::{AgentInfo, AgentState, AgentView, ResourceSample};
+use crate::events_log::EventRecord;
 use crate::heartbeat::Heartbeat;
 use crate::journal::JournalRecord;
 use crate::liveness::{self, AgentStatus, Liveness};
@@ -463,7 +464,7 @@ impl Handler<UpdateHeartbeats> for Manager {
             let skew_ms = entry.state.clock_skew_ms.unwrap_or(0);
             let warn_skew = skew_ms.abs() > max_skew_ms && !entry.skew_warned;
             entry.skew_warned |= warn_skew;
-            seen.push((hb.agent_id.clone(), hb.received_at));
+            seen.push((hb.agent_id.clone(), hb.received_at, hb.status));
             entry.since_checkpoint.push(sample);
             let newly_dirty = !entry.dirty;
             entry.dirty = true;
@@ -793,6 +794,27 @@ impl Handler<SetAgentPaused> for Manager {
                 fut::wrap_future(act.views(vec![id])).map(|mut v: Vec<AgentView>, _, _| v.pop())
             }),
         )
+    }
+}
+
+/// One agent's newest `limit` liveness transitions, newest first; `None` if it is not
+/// registered.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Vec<EventRecord>>, String>")]
+pub struct GetEvents {
+    pub id: String,
+    pub limit: usize,
+}
+
+impl Handler<GetEvents> for Manager {
+    type Result = ResponseFuture<Result<Option<Vec<EventRecord>>, String>>;
+
+    fn handle(&mut self, GetEvents { id, limit }: GetEvents, _: &mut Context<Self>) -> Self::Result {
+        if !self.registry_view.contains(&id) {
+            return Box::pin(async { Ok(None) });
+        }
+        let read = self.store.send(store::ReadEvents { id, limit });
+        Box::pin(async move { Ok(Some(read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?)) })
     }
 }
 

@@ -32,8 +32,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentState, ResourceSample};
 use crate::atomic_file::{is_temp_file, sync_dir, sync_filesystem, write_atomically, StagedFile, SYNC_ONE_BY_ONE_MAX};
+use crate::events_log::{EventRecord, EventsLog};
 use crate::history_log::HistoryLog;
 use crate::journal::{Journal, JournalRecord, Replay};
+use crate::liveness::Transition;
 
 /// `data_dir/checkpoint.json`: where replay starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +72,7 @@ pub struct FileMetadataStore {
     data_dir: PathBuf,
     agents_dir: PathBuf,
     history: HistoryLog,
+    events: EventsLog,
     journal: Journal,
     /// What the journal held at start-up; handed over once by [`FileMetadataStore::load_all`].
     replay: Option<Replay>,
@@ -104,10 +107,13 @@ impl FileMetadataStore {
         };
         let (journal, replay) =
             Journal::open(journal_dir.clone(), journal_from).map_err(|e| StoreError::new("read", &journal_dir, e))?;
+        let events_dir = data_dir.join("events");
+        let events = EventsLog::open(events_dir.clone()).map_err(|e| StoreError::new("create", &events_dir, e))?;
         Ok(Self {
             data_dir: data_dir.to_owned(),
             agents_dir,
             history,
+            events,
             journal,
             replay: Some(replay),
             log,
@@ -253,6 +259,9 @@ impl FileMetadataStore {
             .history
             .remove(id)
             .map_err(|e| StoreError::new("remove", self.history.path(id), e))?;
+        self.events
+            .remove(id)
+            .map_err(|e| StoreError::new("remove", self.events.path(id), e))?;
         self.sync_dirs()?;
         Ok(state || history)
     }
@@ -456,6 +465,50 @@ impl Handler<Checkpoint> for FileMetadataStore {
 
     fn handle(&mut self, Checkpoint(deltas): Checkpoint, _: &mut SyncContext<Self>) -> Self::Result {
         self.checkpoint(&deltas).map_err(|e| (e, deltas))
+    }
+}
+
+/// Records liveness transitions in each agent's `events/<id>.log`. Sent by Liveness; a failure
+/// is logged (the transition was logged already) and does not stop anything.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AppendEvents(pub Vec<Transition>);
+
+impl Handler<AppendEvents> for FileMetadataStore {
+    type Result = ();
+
+    fn handle(&mut self, AppendEvents(transitions): AppendEvents, _: &mut SyncContext<Self>) {
+        for t in transitions {
+            let record = EventRecord {
+                from: t.from,
+                to: t.to,
+                at: t.at,
+                last_seen: t.last_seen,
+                reported_status: t.reported_status,
+            };
+            if let Err(e) = self.events.append(&t.agent_id, &[record]) {
+                error!(self.log, "could not record a liveness transition"; "agent_id" => &t.agent_id,
+                    "path" => %self.events.path(&t.agent_id).display(), "error" => %e);
+            }
+        }
+    }
+}
+
+/// The newest `limit` transitions of one agent, newest first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<EventRecord>, StoreError>")]
+pub struct ReadEvents {
+    pub id: String,
+    pub limit: usize,
+}
+
+impl Handler<ReadEvents> for FileMetadataStore {
+    type Result = Result<Vec<EventRecord>, StoreError>;
+
+    fn handle(&mut self, msg: ReadEvents, _: &mut SyncContext<Self>) -> Self::Result {
+        self.events
+            .read(&msg.id, msg.limit)
+            .map_err(|e| StoreError::new("read", self.events.path(&msg.id), e))
     }
 }
 

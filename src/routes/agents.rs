@@ -11,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use heartbeatd_actors::agent::AgentInfo;
 use heartbeatd_actors::liveness::AgentStatus;
 use heartbeatd_actors::manager::{
-    DeleteAgent, GetAgentView, GetHistory, ListAgents, Manager, RegisterAgents, SetAgentPaused, UpdateAgent,
+    DeleteAgent, GetAgentView, GetEvents, GetHistory, ListAgents, Manager, RegisterAgents, SetAgentPaused, UpdateAgent,
 };
 use heartbeatd_actors::registry::RegistryError;
 use serde::{Deserialize, Serialize};
@@ -226,6 +226,28 @@ pub async fn history(
         })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "agent_id": id, "history": points })))
+}
+
+/// `GET /agents/{id}/events[?limit=N]`: its liveness transitions, newest first (default 100,
+/// at most the 1000 kept).
+pub async fn events(
+    api: web::Data<AdminApi>,
+    id: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, AgentsError> {
+    let id = id.into_inner();
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 {
+        return Err(AgentsError::BadRequest("limit: must be at least 1".into()));
+    }
+    let events = api
+        .manager
+        .send(GetEvents { id: id.clone(), limit })
+        .await
+        .map_err(unavailable)?
+        .map_err(AgentsError::Unavailable)?
+        .ok_or(AgentsError::NotFound(id.clone()))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "agent_id": id, "events": events })))
 }
 
 /// A `POST /agents` entry.
