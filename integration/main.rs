@@ -13,3 +13,4 @@ mod load_tool;
 mod metrics;
 mod shutdown;
 mod systemd;
+mod webhook;

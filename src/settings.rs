@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "HEARTBEATD_";
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 18] = [
+pub const ENV_KEYS: [&str; 21] = [
     "http_port",
     "http_bind",
     "workers",
@@ -32,6 +32,9 @@ pub const ENV_KEYS: [&str; 18] = [
     "grace_s",
     "max_clock_skew_s",
     "metrics_agent_limit",
+    "webhook_url",
+    "webhook_timeout_ms",
+    "webhook_retries",
 ];
 
 /// The daemon's whole configuration.
@@ -91,6 +94,15 @@ pub struct Settings {
     /// is logged once.
     #[serde(default = "default_metrics_agent_limit")]
     pub metrics_agent_limit: usize,
+    /// Each liveness transition is POSTed here (plain `http://`), when set.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Timeout of one webhook try.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub webhook_timeout_ms: u64,
+    /// Tries after the first, with exponential backoff.
+    #[serde(default = "default_webhook_retries")]
+    pub webhook_retries: u32,
     /// A valid heartbeat from an unknown, well-formed agent id registers that agent.
     #[serde(default)]
     pub auto_register: bool,
@@ -202,6 +214,12 @@ fn default_history_len() -> usize {
 fn default_flush_interval_ms() -> u64 {
     1000
 }
+fn default_webhook_timeout_ms() -> u64 {
+    2000
+}
+fn default_webhook_retries() -> u32 {
+    3
+}
 fn default_metrics_agent_limit() -> usize {
     10_000
 }
@@ -257,6 +275,11 @@ impl Settings {
             }
         }
         self.bind_ip()?;
+        if let Some(url) = &self.webhook_url {
+            if !url.starts_with("http://") {
+                return Err(format!("webhook_url: {url:?} must be a plain http:// URL"));
+            }
+        }
         for (key, value) in [
             ("shutdown_timeout_s", self.shutdown_timeout_s),
             ("checkpoint_interval_s", self.checkpoint_interval_s),

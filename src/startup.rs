@@ -18,6 +18,7 @@ use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::registry::{Registry, RegistryError};
 use heartbeatd_actors::stats::{IngressCounters, Stats};
 use heartbeatd_actors::store::{FileMetadataStore, StoreError};
+use heartbeatd_actors::webhook::{Webhook, WebhookPolicy};
 use heartbeatd_actors::worker::WorkerPool;
 use slog::{error, info, o, warn, Logger};
 
@@ -124,6 +125,21 @@ impl Application {
             let (view, log) = (registry_view.clone(), log.new(o!("actor" => "liveness")));
             Liveness::new(policy, view, seen_before, log).with_events(store.clone())
         };
+        let webhook_failures: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let liveness = match &settings.webhook_url {
+            Some(url) => {
+                let policy = WebhookPolicy {
+                    url: url.clone(),
+                    timeout: Duration::from_millis(settings.webhook_timeout_ms),
+                    retries: settings.webhook_retries,
+                };
+                let (failures, log) = (Arc::clone(&webhook_failures), log.new(o!("actor" => "webhook")));
+                let webhook =
+                    Webhook::start_in_arbiter(&manager_arbiter.handle(), move |_| Webhook::new(policy, failures, log));
+                liveness.with_webhook(webhook)
+            }
+            None => liveness,
+        };
         let status_counts = liveness.counts();
         let liveness = Liveness::start_in_arbiter(&manager_arbiter.handle(), move |_| liveness);
         let manager = {
@@ -147,6 +163,7 @@ impl Application {
         )
         .with_manager_counters(Arc::clone(&manager_counters))
         .with_status_counts(status_counts)
+        .with_webhook_failures(webhook_failures)
         .start();
         let pipeline_metrics = PipelineMetrics::new();
         let pool = WorkerPool::start(

@@ -44,4 +44,5 @@ pub mod stats;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod webhook;
 pub mod worker;

@@ -26,6 +26,7 @@ use crate::agent::AgentInfo;
 use crate::heartbeat::ReportedStatus;
 use crate::registry::RegistrySnapshot;
 use crate::store::{AppendEvents, FileMetadataStore};
+use crate::webhook::{Deliver, Webhook};
 
 /// How often the actor looks for passed deadlines: the resolution of `late` and `down`.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -369,6 +370,8 @@ pub struct Liveness {
     counts: Arc<StatusCounts>,
     /// Where transitions are recorded (`events/<id>.log`).
     events: Option<Addr<FileMetadataStore>>,
+    /// Where transitions are posted (`webhook_url`).
+    webhook: Option<Addr<Webhook>>,
     log: Logger,
 }
 
@@ -387,6 +390,7 @@ impl Liveness {
             registry,
             counts: StatusCounts::new(),
             events: None,
+            webhook: None,
             log,
         };
         let (now, wall) = (Instant::now(), Utc::now());
@@ -404,10 +408,19 @@ impl Liveness {
         self
     }
 
-    /// Logs the transitions and records them on disk.
+    /// Posts transitions to `webhook`.
+    pub fn with_webhook(mut self, webhook: Addr<Webhook>) -> Self {
+        self.webhook = Some(webhook);
+        self
+    }
+
+    /// Logs the transitions, posts them to the webhook and records them on disk.
     fn report(&self, transitions: Vec<Transition>) {
         for t in &transitions {
             self.log_transition(t);
+            if let Some(webhook) = &self.webhook {
+                webhook.do_send(Deliver(t.clone()));
+            }
         }
         if let (Some(store), false) = (&self.events, transitions.is_empty()) {
             store.do_send(AppendEvents(transitions));

@@ -167,6 +167,8 @@ pub struct StatsReport {
     pub clock_skewed_agents: u64,
     /// Registered agents by liveness state.
     pub agents_by_status: BTreeMap<&'static str, u64>,
+    /// Webhook deliveries that failed every try, or were dropped.
+    pub webhook_failures: u64,
 }
 
 fn go_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
@@ -186,6 +188,7 @@ pub struct Stats {
     registry: RegistrySnapshot,
     store: Arc<ManagerCounters>,
     statuses: Arc<StatusCounts>,
+    webhook_failures: Arc<AtomicU64>,
     total_processed: u64,
     total_errors: u64,
     total_latency: Duration,
@@ -206,6 +209,7 @@ impl Stats {
             registry,
             store: ManagerCounters::new(),
             statuses: StatusCounts::new(),
+            webhook_failures: Arc::default(),
             total_processed: 0,
             total_errors: 0,
             total_latency: Duration::ZERO,
@@ -217,6 +221,12 @@ impl Stats {
     /// Reports the Manager's counters.
     pub fn with_manager_counters(mut self, store: Arc<ManagerCounters>) -> Self {
         self.store = store;
+        self
+    }
+
+    /// Reports the Webhook actor's failures.
+    pub fn with_webhook_failures(mut self, failures: Arc<AtomicU64>) -> Self {
+        self.webhook_failures = failures;
         self
     }
 
@@ -283,6 +293,7 @@ impl Handler<GetStats> for Stats {
                 .iter()
                 .map(|s| (s.name(), self.statuses.get(*s)))
                 .collect(),
+            webhook_failures: self.webhook_failures.load(Ordering::Relaxed),
         })
     }
 }

@@ -29,6 +29,7 @@ struct Series {
     rejected: IntCounterVec,
     errors: IntCounter,
     store_errors: IntCounter,
+    webhook_failures: IntCounter,
     queue_depth: IntGauge,
     queue_capacity: IntGauge,
     agents: IntGaugeVec,
@@ -95,6 +96,10 @@ impl MetricsEndpoint {
                 "heartbeatd_store_errors_total",
                 "Failed writes to data_dir (retried from memory).",
             ),
+            webhook_failures: counter(
+                "heartbeatd_webhook_failures_total",
+                "Webhook deliveries that failed every try, or were dropped.",
+            ),
             queue_depth: gauge("heartbeatd_queue_depth", "Heartbeats accepted and not yet processed."),
             queue_capacity: gauge(
                 "heartbeatd_queue_capacity",
@@ -127,6 +132,7 @@ impl MetricsEndpoint {
         registry.register(Box::new(series.rejected.clone()))?;
         registry.register(Box::new(series.errors.clone()))?;
         registry.register(Box::new(series.store_errors.clone()))?;
+        registry.register(Box::new(series.webhook_failures.clone()))?;
         registry.register(Box::new(series.queue_depth.clone()))?;
         registry.register(Box::new(series.queue_capacity.clone()))?;
         registry.register(Box::new(series.agents.clone()))?;
@@ -157,6 +163,7 @@ fn render(endpoint: &MetricsEndpoint, report: &StatsReport, agents: &[AgentView]
     mirror(&s.processed, report.total_processed);
     mirror(&s.errors, report.total_errors);
     mirror(&s.store_errors, report.store_errors);
+    mirror(&s.webhook_failures, report.webhook_failures);
     for reason in RejectReason::ALL {
         mirror(
             &s.rejected.with_label_values(&[reason.label()]),

@@ -1,0 +1,154 @@
+//! The Webhook actor: POSTs each liveness transition to `webhook_url` as
+//! `{agent_id, from, to, at, last_seen, reported_status}`.
+//!
+//! Delivery is asynchronous: Liveness hands a transition over and goes on; each delivery runs
+//! as a task of this actor's own, retried with exponential backoff (0.2 s doubling) up to
+//! `webhook_retries` times. A delivery that fails every try is counted and logged at most once
+//! per 10 s. At most [`MAX_PENDING`] deliveries wait at a time; past that (a receiver down for
+//! long) new ones are dropped and counted as failures, so memory stays bounded.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use slog::{warn, Logger};
+
+use crate::heartbeat::ReportedStatus;
+use crate::liveness::{AgentStatus, Transition};
+use crate::ratelimit::LogGate;
+
+/// Deliveries waiting or in flight, at most.
+pub const MAX_PENDING: usize = 10_000;
+/// First wait before a retry; doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Where and how to deliver.
+#[derive(Debug, Clone)]
+pub struct WebhookPolicy {
+    pub url: String,
+    /// Per try.
+    pub timeout: Duration,
+    /// Tries after the first.
+    pub retries: u32,
+}
+
+/// The body of a delivery.
+#[derive(Debug, Serialize)]
+struct Payload<'a> {
+    agent_id: &'a str,
+    from: AgentStatus,
+    to: AgentStatus,
+    at: DateTime<Utc>,
+    last_seen: Option<DateTime<Utc>>,
+    reported_status: Option<ReportedStatus>,
+}
+
+/// Delivers transitions.
+pub struct Webhook {
+    policy: WebhookPolicy,
+    client: Option<awc::Client>,
+    pending: Arc<AtomicUsize>,
+    failures: Arc<AtomicU64>,
+    failure_log: Arc<Mutex<LogGate>>,
+    log: Logger,
+}
+
+impl Webhook {
+    /// Build it on the arbiter it runs on (its HTTP client is not `Send`); `failures` is
+    /// shared with Stats.
+    pub fn new(policy: WebhookPolicy, failures: Arc<AtomicU64>, log: Logger) -> Self {
+        Self {
+            policy,
+            client: None,
+            pending: Arc::new(AtomicUsize::new(0)),
+            failures,
+            failure_log: Arc::new(Mutex::new(LogGate::new(Duration::from_secs(10)))),
+            log,
+        }
+    }
+}
+
+impl Actor for Webhook {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        // awc's client belongs to the thread that uses it: made here, on the actor's arbiter.
+        self.client = Some(awc::Client::builder().timeout(self.policy.timeout).finish());
+    }
+}
+
+/// One transition to deliver.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Transition);
+
+impl Handler<Deliver> for Webhook {
+    type Result = ();
+
+    fn handle(&mut self, Deliver(t): Deliver, ctx: &mut Context<Self>) {
+        let failed = |failures: &AtomicU64, gate: &Mutex<LogGate>, log: &Logger, reason: &str, t: &Transition| {
+            failures.fetch_add(1, Ordering::Relaxed);
+            if let Ok(Some(not_logged)) = gate.lock().map(|mut g| g.check(Instant::now())) {
+                warn!(log, "webhook delivery failed"; "agent_id" => &t.agent_id, "to" => t.to.name(),
+                    "reason" => reason, "failures_not_logged" => not_logged,
+                    "what_to_do" => "check that webhook_url is reachable and answers 2xx");
+            }
+        };
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            failed(
+                &self.failures,
+                &self.failure_log,
+                &self.log,
+                "too many deliveries waiting; dropped",
+                &t,
+            );
+            return;
+        }
+        let Some(client) = self.client.clone() else { return };
+        let body = serde_json::to_vec(&Payload {
+            agent_id: &t.agent_id,
+            from: t.from,
+            to: t.to,
+            at: t.at,
+            last_seen: t.last_seen,
+            reported_status: t.reported_status,
+        })
+        .unwrap_or_default();
+        let (url, tries) = (self.policy.url.clone(), self.policy.retries + 1);
+        let (pending, failures, gate, log) = (
+            Arc::clone(&self.pending),
+            Arc::clone(&self.failures),
+            Arc::clone(&self.failure_log),
+            self.log.clone(),
+        );
+        ctx.spawn(fut::wrap_future(async move {
+            let mut last_error = String::new();
+            let mut backoff = FIRST_BACKOFF;
+            for attempt in 0..tries {
+                if attempt > 0 {
+                    actix::clock::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                match client
+                    .post(&url)
+                    .insert_header(("Content-Type", "application/json"))
+                    .send_body(body.clone())
+                    .await
+                {
+                    Ok(response) if response.status().is_success() => {
+                        pending.fetch_sub(1, Ordering::AcqRel);
+                        return;
+                    }
+                    Ok(response) => last_error = format!("answered {}", response.status()),
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            pending.fetch_sub(1, Ordering::AcqRel);
+            failed(&failures, &gate, &log, &last_error, &t);
+        }));
+    }
+}
