@@ -52,7 +52,11 @@ fn bad_configurations_exit_2_and_name_the_key_and_file() {
 fn check_config_prints_the_effective_configuration_or_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    fs::write(&good, format!("workers = 3\n{AGENTS}")).unwrap();
+    fs::write(
+        &good,
+        format!("workers = 3\nadmin_token = \"hunter2-secret\"\n{AGENTS}"),
+    )
+    .unwrap();
     let out = Command::new(BIN)
         .arg("check-config")
         .arg(&good)
@@ -65,6 +69,10 @@ fn check_config_prints_the_effective_configuration_or_the_error() {
     assert!(printed.contains("queue_capacity = 30"), "default filled in: {printed}");
     assert!(printed.contains("http_port = 9123"), "environment applied: {printed}");
     assert!(printed.contains("id = \"agent-1\""), "{printed}");
+    assert!(
+        printed.contains("admin_token = \"<redacted>\"") && !printed.contains("hunter2"),
+        "{printed}"
+    );
 
     let bad = dir.path().join("bad.toml");
     fs::write(&bad, "workers = -1\n").unwrap();

@@ -6,7 +6,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::daemon::{heartbeat, Daemon};
 
@@ -188,5 +188,7 @@ fn health_endpoints_answer() {
     assert_eq!((healthz.status, healthz.body["success"].as_bool()), (200, Some(true)));
     let readyz = daemon.request("GET", "/readyz", None);
     assert_eq!((readyz.status, readyz.body["message"].as_str()), (200, Some("ready")));
-    let _: Value = daemon.stats()["agents_by_status"].clone();
+    let by_status = daemon.stats()["agents_by_status"].clone();
+    let keys: Vec<&String> = by_status.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["down", "late", "new", "paused", "up"], "{by_status}");
 }

@@ -54,7 +54,7 @@ pub enum StartupError {
     Http(#[source] std::io::Error),
     #[error("could not install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
-    #[error("invalid agent list: {0}")]
+    #[error("could not load the registry: {0}")]
     Registry(#[from] RegistryError),
     #[error("could not set up metrics: {0}")]
     Metrics(String),

@@ -96,7 +96,6 @@ pub struct Manager {
     /// After a failed write: no timed write before this instant.
     retry_at: Option<Instant>,
     retry_backoff: Duration,
-    store_errors: u64,
     /// Shared with Stats: errors and damage, for `/heartbeat/stats`.
     health: Arc<ManagerCounters>,
     registry_view: RegistrySnapshot,
@@ -145,7 +144,6 @@ impl Manager {
             checkpoint_in_flight: false,
             retry_at: None,
             retry_backoff: FIRST_RETRY_BACKOFF,
-            store_errors: 0,
             health: ManagerCounters::new(),
             registry_view,
             registry,
@@ -231,10 +229,6 @@ impl Manager {
                 "records" => total, "applied" => applied, "already_in_state" => total - applied - unknown,
                 "of_unregistered_agents" => unknown);
         }
-    }
-
-    pub fn registry(&self) -> &Addr<Registry> {
-        &self.registry
     }
 
     fn write_through(&self) -> bool {
@@ -367,7 +361,7 @@ impl Manager {
     fn note_store_ok(&mut self) {
         self.health.store_ok();
         if self.retry_at.take().is_some() {
-            info!(self.log, "writing to data_dir works again"; "store_errors_so_far" => self.store_errors);
+            info!(self.log, "writing to data_dir works again"; "store_errors_so_far" => self.health.store_errors());
         }
         self.retry_backoff = FIRST_RETRY_BACKOFF;
     }
@@ -377,13 +371,12 @@ impl Manager {
     }
 
     fn note_store_error_text(&mut self, message: String) -> String {
-        self.store_errors += 1;
         self.health.store_error();
         self.retry_at = Some(Instant::now() + self.retry_backoff);
         if let Some(not_logged) = self.store_error_gate.check(Instant::now()) {
             error!(self.log, "could not persist agent state; it is kept in memory and written when the disk works again";
                 "error" => &message, "retry_in_ms" => self.retry_backoff.as_millis() as u64,
-                "similar_errors_not_logged" => not_logged, "store_errors" => self.store_errors,
+                "similar_errors_not_logged" => not_logged, "store_errors" => self.health.store_errors(),
                 "what_to_do" => "check free space and permissions of data_dir");
         }
         self.retry_backoff = (self.retry_backoff * 2).min(MAX_RETRY_BACKOFF);
@@ -530,18 +523,21 @@ impl Handler<GetAgent> for Manager {
 }
 
 /// One agent's newest `limit` history samples, newest first: the history file's plus those
-/// waiting for the next checkpoint.
+/// waiting for the next checkpoint. `None` if it is not registered.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<ResourceSample>, String>")]
+#[rtype(result = "Result<Option<Vec<ResourceSample>>, String>")]
 pub struct GetHistory {
     pub id: String,
     pub limit: usize,
 }
 
 impl Handler<GetHistory> for Manager {
-    type Result = ResponseFuture<Result<Vec<ResourceSample>, String>>;
+    type Result = ResponseFuture<Result<Option<Vec<ResourceSample>>, String>>;
 
     fn handle(&mut self, GetHistory { id, limit }: GetHistory, _: &mut Context<Self>) -> Self::Result {
+        if !self.registry_view.contains(&id) {
+            return Box::pin(async { Ok(None) });
+        }
         let limit = limit.min(self.policy.history_len);
         let pending = self
             .agents
@@ -557,7 +553,7 @@ impl Handler<GetHistory> for Manager {
             all.extend(pending.into_iter().filter(|s| s.seq > last));
             all.reverse();
             all.truncate(limit);
-            Ok(all)
+            Ok(Some(all))
         })
     }
 }
@@ -927,6 +923,7 @@ mod tests {
                 limit: 100,
             })
             .await
+            .unwrap()
             .unwrap()
             .unwrap();
         assert_eq!(memories(&history), [5, 4, 3], "newest first, at most history_len = 3");

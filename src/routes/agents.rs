@@ -198,15 +198,6 @@ pub async fn history(
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, AgentsError> {
     let id = id.into_inner();
-    if api
-        .manager
-        .send(GetAgentView(id.clone()))
-        .await
-        .map_err(unavailable)?
-        .is_none()
-    {
-        return Err(AgentsError::NotFound(id));
-    }
     let limit = query.limit.unwrap_or(usize::MAX);
     if limit == 0 {
         return Err(AgentsError::BadRequest("limit: must be at least 1".into()));
@@ -216,7 +207,8 @@ pub async fn history(
         .send(GetHistory { id: id.clone(), limit })
         .await
         .map_err(unavailable)?
-        .map_err(AgentsError::Unavailable)?;
+        .map_err(AgentsError::Unavailable)?
+        .ok_or(AgentsError::NotFound(id.clone()))?;
     let points: Vec<_> = samples
         .into_iter()
         .map(|s| HistoryPoint {
