@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -60,84 +60,165 @@ fn assert_nothing_torn(data: &Path) {
     }
 }
 
+/// The flush interval of the kill tests, and the slack a flush itself may take on a busy
+/// 2-core machine running the rest of the suite in parallel.
+const FLUSH_MS: i64 = 100;
+const FLUSH_SLACK_MS: i64 = 300;
+
+/// What the kill rounds measured.
+#[derive(Default)]
+struct KillReport {
+    accepted: u64,
+    lost: u64,
+    worst_gap_ms: i64,
+}
+
+/// One round: a daemon under load from one sequential client per agent, `kill -9` when `kill_at`
+/// returns, a restart that replays the journal and stops cleanly. Then every 200 is counted
+/// against what is on disk: the heartbeats missing are at most those answered within the flush
+/// interval before the kill, and nothing is torn.
+fn kill_round(
+    dir: &Path,
+    config: &str,
+    env: &[(&str, &str)],
+    round: u64,
+    kill_at: impl FnOnce(&Daemon),
+    report: &mut KillReport,
+) {
+    let data = dir.join("data");
+    let count_on_disk = |id: &str| -> u64 {
+        match fs::read(data.join("agents").join(format!("{id}.json"))) {
+            Ok(_) => agent_file(&data, id)["heartbeat_count"].as_u64().unwrap(),
+            Err(_) => 0,
+        }
+    };
+    let before: HashMap<&str, u64> = AGENTS.iter().map(|&id| (id, count_on_disk(id))).collect();
+    let daemon = Daemon::start_with_env(dir, config, env);
+    // One client per agent, each remembering when it got each 200.
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = daemon.port;
+    let clients: Vec<_> = AGENTS
+        .iter()
+        .map(|&id| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut ok_times: Vec<DateTime<Utc>> = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let body = heartbeat(id, ok_times.len() as u64).to_string();
+                    match http(port, "POST", "/heartbeat", Some(&body)) {
+                        Some(reply) if reply.status == 200 => ok_times.push(Utc::now()),
+                        _ => break, // killed
+                    }
+                }
+                (id, ok_times)
+            })
+        })
+        .collect();
+
+    kill_at(&daemon);
+    send_signal(daemon.pid(), "KILL");
+    stop.store(true, Ordering::Relaxed);
+    let mut daemon = daemon;
+    daemon.wait_exit(Duration::from_secs(10));
+    let answered: Vec<(&str, Vec<DateTime<Utc>>)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+
+    // Restart (replays the journal) and stop cleanly, so the files are complete.
+    let mut restarted = Daemon::start_with_env(dir, config, env);
+    assert_eq!(restarted.stop_with("TERM").code(), Some(0), "{}", restarted.log());
+
+    assert_nothing_torn(&data);
+    for (id, ok_times) in answered {
+        report.accepted += ok_times.len() as u64;
+        let Some(&last_200) = ok_times.last() else { continue };
+        let state = agent_file(&data, id);
+        let last_seen: DateTime<Utc> = state["last_seen"].as_str().unwrap().parse().unwrap();
+        let gap = (last_200 - last_seen).num_milliseconds();
+        report.worst_gap_ms = report.worst_gap_ms.max(gap);
+        assert!(
+            gap <= FLUSH_MS + FLUSH_SLACK_MS,
+            "round {round}, {id}: last_seen {last_seen} is {gap} ms before the last 200 ({last_200})"
+        );
+        // Counted: each 200 is on disk unless it was answered after the last heartbeat on disk
+        // was received (then it is one of the newest, inside the flush interval).
+        let count = state["heartbeat_count"].as_u64().unwrap();
+        let kept = count - before[id];
+        let accepted = ok_times.len() as u64;
+        assert!(
+            kept <= accepted,
+            "round {round}, {id}: {kept} on disk of {accepted} accepted"
+        );
+        let lost = accepted - kept;
+        let newest = ok_times.iter().filter(|t| **t > last_seen).count() as u64;
+        assert!(
+            lost <= newest,
+            "round {round}, {id}: {lost} accepted heartbeats lost, but only {newest} were answered after the last one on disk"
+        );
+        report.lost += lost;
+        // The history ends with the state's last heartbeat, and holds no more than it counts.
+        let history = history_on_disk(&data, id);
+        assert_eq!(
+            history.last().and_then(|r| r["n"].as_u64()),
+            Some(count),
+            "round {round}, {id}"
+        );
+        assert!(
+            history.len() as u64 >= count.min(1440) && history.len() as u64 <= count,
+            "{id}"
+        );
+    }
+}
+
 #[test]
 fn kill_9_twenty_times_under_load_tears_nothing_and_loses_at_most_the_flush_interval() {
     // Arrange: short intervals, so kills land in flushes and checkpoints alike.
-    const FLUSH_MS: i64 = 100;
     let config = agents_config(&format!("flush_interval_ms = {FLUSH_MS}\ncheckpoint_interval_s = 1\n"));
     let dir = tempfile::tempdir().unwrap();
-    let mut worst_gap_ms = 0i64;
-    let mut total_accepted = 0u64;
+    let mut report = KillReport::default();
 
     for round in 0..20u64 {
-        let daemon = Daemon::start_in(dir.path(), &config);
-        // One client per agent, each remembering when it last got a 200.
-        let last_ok: Arc<Mutex<HashMap<&str, DateTime<Utc>>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let port = daemon.port;
-        let clients: Vec<_> = AGENTS
-            .iter()
-            .map(|&id| {
-                let (last_ok, stop) = (Arc::clone(&last_ok), Arc::clone(&stop));
-                thread::spawn(move || {
-                    let mut accepted = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let body = heartbeat(id, accepted).to_string();
-                        match http(port, "POST", "/heartbeat", Some(&body)) {
-                            Some(reply) if reply.status == 200 => {
-                                accepted += 1;
-                                last_ok.lock().unwrap().insert(id, Utc::now());
-                            }
-                            _ => break, // killed
-                        }
-                    }
-                    accepted
-                })
-            })
-            .collect();
-
         // Act: kill -9 at a point that differs from round to round.
-        thread::sleep(Duration::from_millis(300 + (round * 37) % 400));
-        send_signal(daemon.pid(), "KILL");
-        stop.store(true, Ordering::Relaxed);
-        let mut daemon = daemon;
-        daemon.wait_exit(Duration::from_secs(10));
-        total_accepted += clients.into_iter().map(|c| c.join().unwrap()).sum::<u64>();
-
-        // Restart (replays the journal) and stop cleanly, so the files are complete.
-        let mut restarted = Daemon::start_in(dir.path(), &config);
-        assert_eq!(restarted.stop_with("TERM").code(), Some(0), "{}", restarted.log());
-
-        // Assert
-        let data = dir.path().join("data");
-        assert_nothing_torn(&data);
-        for (id, last_200) in last_ok.lock().unwrap().iter() {
-            let state = agent_file(&data, id);
-            let last_seen: DateTime<Utc> = state["last_seen"].as_str().unwrap().parse().unwrap();
-            let gap = (*last_200 - last_seen).num_milliseconds();
-            worst_gap_ms = worst_gap_ms.max(gap);
-            // The flush interval, plus the time a flush itself may take on a busy 2-core machine
-            // running the rest of the suite in parallel. Without the journal, the loss would
-            // reach back to the last checkpoint (up to 1 s).
-            assert!(
-                gap <= FLUSH_MS + 300,
-                "round {round}, {id}: last_seen {last_seen} is {gap} ms before the last 200 ({last_200})"
-            );
-            // The history ends with the state's last heartbeat, and holds no more than it counts.
-            let history = history_on_disk(&data, id);
-            let count = state["heartbeat_count"].as_u64().unwrap();
-            assert_eq!(
-                history.last().and_then(|r| r["n"].as_u64()),
-                Some(count),
-                "round {round}, {id}"
-            );
-            assert!(
-                history.len() as u64 >= count.min(1440) && history.len() as u64 <= count,
-                "{id}"
-            );
-        }
+        let wait = Duration::from_millis(300 + (round * 37) % 400);
+        kill_round(dir.path(), &config, &[], round, |_| thread::sleep(wait), &mut report);
     }
-    println!("20 kills: {total_accepted} heartbeats accepted; worst gap between the last 200 and last_seen: {worst_gap_ms} ms");
+    println!(
+        "20 random kills: {} heartbeats accepted, {} lost; worst gap between the last 200 and last_seen: {} ms",
+        report.accepted, report.lost, report.worst_gap_ms
+    );
+}
+
+#[test]
+fn kill_9_inside_twenty_checkpoints_loses_at_most_the_flush_interval() {
+    // Arrange: every checkpoint pauses for 1.5 s halfway (histories appended, states not yet
+    // renamed), and announces it. Heartbeats keep coming in the meantime; before the journal
+    // had a thread of its own, they waited in memory for the checkpoint and a kill lost them.
+    let config = agents_config(&format!("flush_interval_ms = {FLUSH_MS}\ncheckpoint_interval_s = 1\n"));
+    let env = [("HEARTBEATD_TEST_CHECKPOINT_PAUSE_MS", "1500")];
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = KillReport::default();
+    const HOOK: &str = "test hook: checkpoint paused";
+
+    for round in 0..20u64 {
+        // Act: kill -9 at a point inside the paused checkpoint that differs from round to round.
+        let paused_before = fs::read_to_string(dir.path().join("heartbeatd.log"))
+            .unwrap_or_default()
+            .matches(HOOK)
+            .count();
+        let inside = Duration::from_millis(200 + (round * 53) % 1100);
+        let kill_at = |daemon: &Daemon| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while daemon.log().matches(HOOK).count() <= paused_before {
+                assert!(Instant::now() < deadline, "no checkpoint started:\n{}", daemon.log());
+                thread::sleep(Duration::from_millis(10));
+            }
+            thread::sleep(inside);
+        };
+        kill_round(dir.path(), &config, &env, round, kill_at, &mut report);
+    }
+    assert!(report.accepted > 0);
+    println!(
+        "20 kills inside checkpoints: {} heartbeats accepted, {} lost; worst gap between the last 200 and last_seen: {} ms",
+        report.accepted, report.lost, report.worst_gap_ms
+    );
 }
 
 /// A small tmpfs, unmounted when dropped.

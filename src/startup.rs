@@ -87,6 +87,7 @@ impl Application {
             warn!(log, "agent state loaded with repairs";
                 "corrupt_files_moved_aside" => loaded.corrupt_files, "temp_files_removed" => loaded.temp_files_removed);
         }
+        let journal = store.start_journal_writer();
         let store = store.start();
 
         // The Registry keeps the only copy of the agent list from here on.
@@ -151,7 +152,7 @@ impl Application {
             };
             let (view, log) = (registry_view.clone(), log.new(o!("actor" => "manager")));
             agents_with_state = loaded.agents.len();
-            let manager = Manager::new(policy, loaded, registry, view, store, log).with_liveness(liveness);
+            let manager = Manager::new(policy, loaded, registry, view, store, journal, log).with_liveness(liveness);
             manager_counters = manager.health();
             Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| manager)
         };

@@ -175,19 +175,23 @@ impl Journal {
         self.current += 1;
         self.current
     }
+}
 
-    /// Removes the segments numbered below `seq` (a checkpoint covers them).
-    pub fn remove_before(&self, seq: u64) -> io::Result<usize> {
-        let mut removed = 0;
-        for old in Self::segments(&self.dir)?.into_iter().filter(|&s| s < seq) {
-            fs::remove_file(self.dir.join(segment_name(old)))?;
-            removed += 1;
+/// Removes the segments of the journal in `dir` numbered below `seq` (a checkpoint covers
+/// them). Safe beside a running [`Journal`]: it appends only to segments at or above `seq`.
+pub fn remove_segments_before(dir: &Path, seq: u64) -> io::Result<usize> {
+    let mut removed = 0;
+    for old in Journal::segments(dir)?.into_iter().filter(|&s| s < seq) {
+        match fs::remove_file(dir.join(segment_name(old))) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        if removed > 0 {
-            sync_dir(&self.dir)?;
-        }
-        Ok(removed)
     }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -250,7 +254,7 @@ mod tests {
         journal.append(&[record("a", 1)]).unwrap();
         let checkpoint = journal.rotate();
         journal.append(&[record("a", 2)]).unwrap();
-        assert_eq!(journal.remove_before(checkpoint).unwrap(), 1);
+        assert_eq!(remove_segments_before(dir.path(), checkpoint).unwrap(), 1);
 
         let (_, replay) = Journal::open(dir.path().to_owned(), checkpoint).unwrap();
         assert_eq!(replay.records, [record("a", 2)]);

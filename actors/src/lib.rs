@@ -11,7 +11,8 @@
 //!       ▼
 //!  Manager ──▶ Registry (who may report; registry.json)      ──▶ Stats (counters)
 //!       ├────▶ Liveness (new/up/late/down/paused deadlines)
-//!       └────▶ FileMetadataStore (journal, checkpoints: agents/, history/)
+//!       ├────▶ JournalWriter (journal/: one append + fdatasync per flush, own thread)
+//!       └────▶ FileMetadataStore (checkpoints: agents/, history/, events/)
 //! ```
 //!
 //! | actor | module | owns |
@@ -20,7 +21,8 @@
 //! | [`manager::Manager`] | `manager` | every agent's state in memory, samples and journal records not yet written; the addresses of Registry, Liveness and Store |
 //! | [`registry::Registry`] | `registry` | the set of agents allowed to report and `registry.json`; publishes a read-only [`registry::RegistrySnapshot`] |
 //! | [`liveness::Liveness`] | `liveness` | each agent's liveness state and deadline |
-//! | [`store::FileMetadataStore`] | `store` | everything under `data_dir` but `registry.json`: journal ([`journal`]), state files, history logs ([`history_log`]) |
+//! | [`journal_writer::JournalWriter`] | `journal_writer` | the journal segment being appended to ([`journal`]); a thread of its own so flushes never wait behind a checkpoint |
+//! | [`store::FileMetadataStore`] | `store` | everything under `data_dir` but `registry.json` and the open journal segment: checkpoints, state files, history logs ([`history_log`]), events |
 //! | [`stats::Stats`] | `stats` | the processing counters behind `GET /heartbeat/stats` |
 //!
 //! Not actors: [`queue::IngressQueue`], the lock-free in-flight count that makes the
@@ -34,6 +36,7 @@ pub mod events_log;
 pub mod heartbeat;
 pub mod history_log;
 pub mod journal;
+pub mod journal_writer;
 pub mod liveness;
 pub mod manager;
 pub mod pipeline_metrics;

@@ -28,6 +28,7 @@ use crate::agent::{AgentInfo, AgentState, AgentView, ResourceSample};
 use crate::events_log::EventRecord;
 use crate::heartbeat::Heartbeat;
 use crate::journal::JournalRecord;
+use crate::journal_writer::{AppendJournal, JournalWriter, RotateJournal};
 use crate::liveness::{self, AgentStatus, Liveness};
 use crate::ratelimit::LogGate;
 use crate::registry::{self, Registry, RegistryError, RegistrySnapshot};
@@ -102,6 +103,8 @@ pub struct Manager {
     /// Held so the Registry lives as long as the Manager; admin messages go through it.
     registry: Addr<Registry>,
     store: Addr<FileMetadataStore>,
+    /// Flushes go here, on a thread of their own: they never wait behind a checkpoint.
+    journal: Addr<JournalWriter>,
     /// Told of every heartbeat; asked for statuses. `None` in tests that do not need it.
     liveness: Option<Addr<Liveness>>,
     store_error_gate: LogGate,
@@ -117,6 +120,7 @@ impl Manager {
         registry: Addr<Registry>,
         registry_view: RegistrySnapshot,
         store: Addr<FileMetadataStore>,
+        journal: Addr<JournalWriter>,
         log: Logger,
     ) -> Self {
         let agents = loaded
@@ -148,6 +152,7 @@ impl Manager {
             registry_view,
             registry,
             store,
+            journal,
             liveness: None,
             store_error_gate: LogGate::new(STORE_ERROR_LOG_INTERVAL),
             log,
@@ -248,8 +253,8 @@ impl Manager {
         let records = std::mem::take(&mut self.journal_pending);
         let waiters = std::mem::take(&mut self.flush_waiters);
         self.flush_in_flight = true;
-        self.store
-            .send(store::AppendJournal(records))
+        self.journal
+            .send(AppendJournal(records))
             .into_actor(self)
             .map(move |result, act, ctx| {
                 act.flush_in_flight = false;
@@ -303,20 +308,31 @@ impl Manager {
         self.samples_since_checkpoint = 0;
         let waiters = std::mem::take(&mut self.checkpoint_waiters);
         self.checkpoint_in_flight = true;
-        self.store
-            .send(store::Checkpoint(deltas))
-            .into_actor(self)
-            .map(move |result, act, ctx| {
-                act.checkpoint_in_flight = false;
-                let outcome = act.checkpoint_done(result);
-                for waiter in waiters {
-                    let _ = waiter.send(outcome.clone());
+        // The rotation is sent in the same step as the snapshot: every record appended before
+        // it was processed before the snapshot, so the checkpoint covers the segments below.
+        let rotated = self.journal.send(RotateJournal);
+        let store = self.store.clone();
+        async move {
+            match rotated.await {
+                Ok(journal_from) => store.send(store::Checkpoint { deltas, journal_from }).await,
+                Err(_) => {
+                    let gone = std::io::Error::other("the journal writer is not running");
+                    Ok(Err((StoreError::new("rotate", "journal", gone), deltas)))
                 }
-                if !act.checkpoint_waiters.is_empty() {
-                    act.start_checkpoint(ctx);
-                }
-            })
-            .spawn(ctx);
+            }
+        }
+        .into_actor(self)
+        .map(move |result, act, ctx| {
+            act.checkpoint_in_flight = false;
+            let outcome = act.checkpoint_done(result);
+            for waiter in waiters {
+                let _ = waiter.send(outcome.clone());
+            }
+            if !act.checkpoint_waiters.is_empty() {
+                act.start_checkpoint(ctx);
+            }
+        })
+        .spawn(ctx);
     }
 
     fn checkpoint_done(
@@ -878,6 +894,7 @@ mod tests {
     fn start(dir: &std::path::Path, flush_interval: Duration) -> (Addr<Manager>, Addr<FileMetadataStore>) {
         let mut opened = FileMetadataStore::open(dir, quiet()).unwrap();
         let loaded = opened.load_all().unwrap();
+        let journal = opened.start_journal_writer();
         let store = opened.start();
         let registry = Registry::new([AgentInfo {
             id: "a".into(),
@@ -893,7 +910,7 @@ mod tests {
             checkpoint_interval: HOUR,
             max_clock_skew: HOUR,
         };
-        let manager = Manager::new(policy, loaded, registry.start(), view, store.clone(), quiet()).start();
+        let manager = Manager::new(policy, loaded, registry.start(), view, store.clone(), journal, quiet()).start();
         (manager, store)
     }
 

@@ -11,13 +11,20 @@
 //! It runs on its own thread (a one-thread SyncArbiter) because it blocks on fsync, and one
 //! thread keeps writes in the order the Manager sent them.
 //!
-//! A [`Checkpoint`] rotates the journal, then makes a batch of changed agents durable with a
-//! fixed number of sync calls however many agents it holds (append the histories and stage the
-//! state files, sync them all, rename the states into place, fsync the directories), then
-//! records the new start of the journal and removes the segments before it.
+//! The journal is opened here (its replay is part of loading) and then handed to the
+//! [`JournalWriter`](crate::journal_writer::JournalWriter), which appends on a thread of its
+//! own so that flushes never wait behind a checkpoint.
 //!
-//! Messages: [`LoadAll`] at start-up; [`AppendJournal`], [`Checkpoint`], [`ReadHistory`],
-//! [`Get`], [`Save`], [`Update`], [`Delete`], [`Flush`].
+//! A [`Checkpoint`] makes a batch of changed agents durable with a fixed number of sync calls
+//! however many agents it holds (append the histories and stage the state files, sync them all,
+//! rename the states into place, fsync the directories), then records the journal segment the
+//! batch covers up to (the Manager rotated the journal when it took the snapshot) and removes
+//! the segments before it. A kill at any step leaves either the old marker (the journal is
+//! replayed on top of whatever states were renamed: replay skips what a state already holds)
+//! or the new one (everything it covers is durable).
+//!
+//! Messages: [`LoadAll`] at start-up; [`Checkpoint`], [`ReadHistory`], [`Get`], [`Save`],
+//! [`Update`], [`Delete`], [`Flush`].
 
 use std::ffi::OsStr;
 use std::fs;
@@ -34,7 +41,8 @@ use crate::agent::{AgentState, ResourceSample};
 use crate::atomic_file::{is_temp_file, sync_dir, sync_filesystem, write_atomically, StagedFile, SYNC_ONE_BY_ONE_MAX};
 use crate::events_log::{EventRecord, EventsLog};
 use crate::history_log::HistoryLog;
-use crate::journal::{Journal, JournalRecord, Replay};
+use crate::journal::{self, Journal, Replay};
+use crate::journal_writer::JournalWriter;
 use crate::liveness::Transition;
 
 /// `data_dir/checkpoint.json`: where replay starts.
@@ -47,6 +55,11 @@ struct CheckpointMarker {
 
 const CHECKPOINT_FILE: &str = "checkpoint.json";
 
+/// Test hook, read once at start-up: a pause in the middle of every checkpoint (after the
+/// histories are appended, before the states are renamed), announced by a log line, so a test
+/// can kill the daemon inside a checkpoint. Never set in production.
+pub const CHECKPOINT_PAUSE_ENV: &str = "HEARTBEATD_TEST_CHECKPOINT_PAUSE_MS";
+
 /// A store operation failed; says which file and why.
 #[derive(Debug, thiserror::Error)]
 #[error("could not {action} {path}: {source}")]
@@ -58,7 +71,7 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    fn new(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn new(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Self {
             action,
             path: path.into(),
@@ -73,9 +86,13 @@ pub struct FileMetadataStore {
     agents_dir: PathBuf,
     history: HistoryLog,
     events: EventsLog,
-    journal: Journal,
+    journal_dir: PathBuf,
+    /// Held from `open` until the [`JournalWriter`] takes it.
+    journal: Option<Journal>,
     /// What the journal held at start-up; handed over once by [`FileMetadataStore::load_all`].
     replay: Option<Replay>,
+    /// See [`CHECKPOINT_PAUSE_ENV`].
+    checkpoint_pause: Option<std::time::Duration>,
     log: Logger,
 }
 
@@ -114,10 +131,28 @@ impl FileMetadataStore {
             agents_dir,
             history,
             events,
-            journal,
+            journal_dir,
+            journal: Some(journal),
             replay: Some(replay),
+            checkpoint_pause: std::env::var(CHECKPOINT_PAUSE_ENV)
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(std::time::Duration::from_millis),
             log,
         })
+    }
+
+    /// Hands the journal over to its writer (once; later calls get `None`).
+    pub fn take_journal(&mut self) -> Option<Journal> {
+        self.journal.take()
+    }
+
+    /// Starts the [`JournalWriter`] on its own thread with the journal opened here.
+    ///
+    /// # Panics
+    /// When called twice: there is one writer per journal.
+    pub fn start_journal_writer(&mut self) -> Addr<JournalWriter> {
+        JournalWriter::new(self.take_journal().expect("one journal writer per store")).start()
     }
 
     /// Starts the store on its own thread (a one-thread SyncArbiter).
@@ -154,7 +189,7 @@ impl FileMetadataStore {
         };
         if loaded.replay.damaged_lines > 0 {
             error!(self.log, "the journal has damaged lines (a write cut short by a crash); they are skipped";
-                "lines" => loaded.replay.damaged_lines, "dir" => %self.journal.dir().display());
+                "lines" => loaded.replay.damaged_lines, "dir" => %self.journal_dir.display());
         }
         loaded.temp_files_removed += self.remove_temp_files(self.history.dir())?;
         let dir = &self.agents_dir;
@@ -273,17 +308,9 @@ impl FileMetadataStore {
         Ok(())
     }
 
-    /// Appends processed heartbeats to the journal and syncs it.
-    pub fn append_journal(&mut self, records: &[JournalRecord]) -> Result<(), StoreError> {
-        let dir = self.journal.dir().to_owned();
-        self.journal
-            .append(records)
-            .map_err(|e| StoreError::new("append to the journal in", dir, e))
-    }
-
-    /// Rotates the journal, persists `deltas`, records the checkpoint, drops covered segments.
-    pub fn checkpoint(&mut self, deltas: &[AgentDelta]) -> Result<PersistReport, StoreError> {
-        let journal_from = self.journal.rotate();
+    /// Persists `deltas`, records that the journal before segment `journal_from` is covered,
+    /// and drops those segments.
+    pub fn checkpoint(&mut self, deltas: &[AgentDelta], journal_from: u64) -> Result<PersistReport, StoreError> {
         let report = self.persist(deltas)?;
         let marker = CheckpointMarker {
             format_version: 1,
@@ -292,10 +319,8 @@ impl FileMetadataStore {
         let bytes = serde_json::to_vec(&marker).map_err(|e| StoreError::new("encode", CHECKPOINT_FILE, e.into()))?;
         write_atomically(&self.data_dir, CHECKPOINT_FILE, &bytes)
             .map_err(|e| StoreError::new("write", self.data_dir.join(CHECKPOINT_FILE), e))?;
-        let dir = self.journal.dir().to_owned();
-        self.journal
-            .remove_before(journal_from)
-            .map_err(|e| StoreError::new("remove old segments from", dir, e))?;
+        journal::remove_segments_before(&self.journal_dir, journal_from)
+            .map_err(|e| StoreError::new("remove old segments from", &self.journal_dir, e))?;
         Ok(report)
     }
 
@@ -320,6 +345,10 @@ impl FileMetadataStore {
             if one_by_one {
                 appended.push(file);
             }
+        }
+        if let Some(pause) = self.checkpoint_pause {
+            info!(self.log, "test hook: checkpoint paused"; "agents" => deltas.len(), "pause_ms" => pause.as_millis() as u64);
+            std::thread::sleep(pause);
         }
         let mut staged = Vec::with_capacity(deltas.len());
         for delta in deltas {
@@ -439,32 +468,23 @@ pub struct PersistReport {
     pub damaged_records_set_aside: usize,
 }
 
-/// Appends processed heartbeats to the journal. Answered once they are synced; on failure
-/// the records come back so the Manager can keep them and try again (into a new segment).
-#[derive(Message)]
-#[rtype(result = "Result<(), (StoreError, Vec<JournalRecord>)>")]
-pub struct AppendJournal(pub Vec<JournalRecord>);
-
-impl Handler<AppendJournal> for FileMetadataStore {
-    type Result = Result<(), (StoreError, Vec<JournalRecord>)>;
-
-    fn handle(&mut self, AppendJournal(records): AppendJournal, _: &mut SyncContext<Self>) -> Self::Result {
-        self.append_journal(&records).map_err(|e| (e, records))
-    }
-}
-
 /// Writes every changed agent's state and new history, then lets the journal before it go.
 /// On failure the batch comes back so the Manager can keep it and try again (from memory,
 /// never by re-syncing a file descriptor whose fsync failed); the journal still holds it.
 #[derive(Message)]
 #[rtype(result = "Result<PersistReport, (StoreError, Vec<AgentDelta>)>")]
-pub struct Checkpoint(pub Vec<AgentDelta>);
+pub struct Checkpoint {
+    pub deltas: Vec<AgentDelta>,
+    /// The first journal segment appended after the snapshot of `deltas` was taken (the
+    /// answer of [`RotateJournal`](crate::journal_writer::RotateJournal)).
+    pub journal_from: u64,
+}
 
 impl Handler<Checkpoint> for FileMetadataStore {
     type Result = Result<PersistReport, (StoreError, Vec<AgentDelta>)>;
 
-    fn handle(&mut self, Checkpoint(deltas): Checkpoint, _: &mut SyncContext<Self>) -> Self::Result {
-        self.checkpoint(&deltas).map_err(|e| (e, deltas))
+    fn handle(&mut self, Checkpoint { deltas, journal_from }: Checkpoint, _: &mut SyncContext<Self>) -> Self::Result {
+        self.checkpoint(&deltas, journal_from).map_err(|e| (e, deltas))
     }
 }
 
@@ -616,6 +636,7 @@ mod tests {
     use super::*;
     use crate::agent::AgentInfo;
     use crate::heartbeat::Heartbeat;
+    use crate::journal::JournalRecord;
 
     fn quiet() -> Logger {
         Logger::root(slog::Discard, slog::o!())
@@ -686,7 +707,7 @@ mod tests {
         // tests here hold a handful of files at most.)
         lower_open_files_limit(512);
         let deltas: Vec<_> = (0..1500).map(|i| delta(&format!("a{i:04}"), 3)).collect();
-        let report = store.checkpoint(&deltas).unwrap();
+        let report = store.checkpoint(&deltas, 0).unwrap();
         assert_eq!((report.agents, report.records), (1500, 4500));
 
         let mut reopened = FileMetadataStore::open(dir.path(), quiet()).unwrap();
@@ -700,7 +721,7 @@ mod tests {
             deltas[0].samples[1..]
         );
         // And the small path: a batch synced file by file.
-        store.checkpoint(&[delta("small", 2)]).unwrap();
+        store.checkpoint(&[delta("small", 2)], 0).unwrap();
         assert_eq!(reopened.read_history("small", 10).unwrap().samples.len(), 2);
         assert_eq!(reopened.get("zzz").unwrap(), None);
     }
@@ -709,6 +730,7 @@ mod tests {
     fn the_journal_is_replayed_until_a_checkpoint_covers_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
+        let mut journal = store.take_journal().unwrap();
         let record = |n: u64| JournalRecord {
             agent_id: "a".into(),
             seq: n,
@@ -719,8 +741,8 @@ mod tests {
             pid: 9,
             status: None,
         };
-        store.append_journal(&[record(1), record(2)]).unwrap();
-        drop(store); // as after a crash: no checkpoint
+        journal.append(&[record(1), record(2)]).unwrap();
+        drop((store, journal)); // as after a crash: no checkpoint
 
         let mut reopened = FileMetadataStore::open(dir.path(), quiet()).unwrap();
         let loaded = reopened.load_all().unwrap();
@@ -728,9 +750,11 @@ mod tests {
         assert_eq!(loaded.replay.records, [record(1), record(2)]);
 
         // A checkpoint covers them: the next start replays nothing.
-        reopened.checkpoint(&[delta("a", 2)]).unwrap();
-        reopened.append_journal(&[record(3)]).unwrap();
-        drop(reopened);
+        let mut journal = reopened.take_journal().unwrap();
+        let journal_from = journal.rotate();
+        reopened.checkpoint(&[delta("a", 2)], journal_from).unwrap();
+        journal.append(&[record(3)]).unwrap();
+        drop((reopened, journal));
         let mut third = FileMetadataStore::open(dir.path(), quiet()).unwrap();
         let loaded = third.load_all().unwrap();
         assert_eq!(loaded.agents.len(), 1);
@@ -745,7 +769,7 @@ mod tests {
         let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
         let mut d = delta("a", 25);
         d.compact_to = Some(10);
-        store.checkpoint(&[d]).unwrap();
+        store.checkpoint(&[d], 0).unwrap();
         let seqs: Vec<_> = store
             .read_history("a", 100)
             .unwrap()
@@ -760,7 +784,7 @@ mod tests {
     fn corrupt_state_files_are_moved_aside_and_temp_files_removed() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
-        store.checkpoint(&[delta("good", 2)]).unwrap();
+        store.checkpoint(&[delta("good", 2)], 0).unwrap();
         let agents = store.agents_dir().to_owned();
         fs::write(agents.join("torn.json"), b"{\"format_version\":2,\"id\":\"to").unwrap();
         fs::write(
@@ -800,10 +824,10 @@ mod tests {
     fn a_failed_persist_leaves_no_temp_file_and_the_old_state() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = FileMetadataStore::open(dir.path(), quiet()).unwrap();
-        store.checkpoint(&[delta("a", 1)]).unwrap();
+        store.checkpoint(&[delta("a", 1)], 0).unwrap();
         // A directory where b's history log should go makes the append fail.
         fs::create_dir(dir.path().join("history").join("b.log")).unwrap();
-        assert!(store.checkpoint(&[delta("a", 2), delta("b", 1)]).is_err());
+        assert!(store.checkpoint(&[delta("a", 2), delta("b", 1)], 0).is_err());
         assert_eq!(store.get("a").unwrap().unwrap().heartbeat_count, 1, "old state kept");
         assert_eq!(names(store.agents_dir()), ["a.json"]);
     }
@@ -813,7 +837,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let addr = FileMetadataStore::open(dir.path(), quiet()).unwrap().start();
 
-        addr.send(Checkpoint(vec![delta("a", 2)])).await.unwrap().unwrap();
+        let checkpoint = Checkpoint {
+            deltas: vec![delta("a", 2)],
+            journal_from: 0,
+        };
+        addr.send(checkpoint).await.unwrap().unwrap();
         addr.send(Save(agent("b", 0).0)).await.unwrap().unwrap();
         let updated = addr
             .send(Update {

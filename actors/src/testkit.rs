@@ -37,6 +37,7 @@ pub fn start(workers: usize, queue_capacity: usize) -> TestActors {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut opened = FileMetadataStore::open(dir.path(), log.clone()).expect("store opens");
     let loaded = opened.load_all().expect("store loads");
+    let journal = opened.start_journal_writer();
     let store = opened.start();
     let agent = AgentInfo {
         id: "a".into(),
@@ -61,6 +62,7 @@ pub fn start(workers: usize, queue_capacity: usize) -> TestActors {
         registry.start(),
         view.clone(),
         store.clone(),
+        journal,
         log.clone(),
     )
     .start();
