@@ -7,6 +7,7 @@ mod admin_api;
 mod config_errors;
 mod durability;
 mod faults;
+mod hardening;
 mod http_contract;
 mod liveness;
 mod load_tool;

@@ -47,6 +47,11 @@ pub enum TimestampSource {
     Missing,
     /// This text did not parse as RFC 3339; the server's receive time is used.
     Unparseable(String),
+    /// This text is valid RFC 3339 but outside what heartbeatd stores (nanoseconds since
+    /// 1970 in 64 bits: 1677-09-21 to 2262-04-11), e.g. Go's zero time
+    /// `0001-01-01T00:00:00Z` from an agent whose clock is unset; the server's receive time is
+    /// used, as for an unparseable one.
+    OutOfRange(String),
 }
 
 /// A body that passed every rule.
@@ -100,7 +105,8 @@ pub fn parse(
     let (timestamp, timestamp_source) = match req.timestamp.as_deref() {
         None | Some("") => (now, TimestampSource::Missing),
         Some(text) => match DateTime::parse_from_rfc3339(text) {
-            Ok(t) => (t.to_utc(), TimestampSource::Agent),
+            Ok(t) if t.timestamp_nanos_opt().is_some() => (t.to_utc(), TimestampSource::Agent),
+            Ok(_) => (now, TimestampSource::OutOfRange(text.to_owned())),
             Err(_) => (now, TimestampSource::Unparseable(text.to_owned())),
         },
     };
@@ -276,6 +282,20 @@ mod tests {
         let missing = check(&with("-timestamp", json!(null))).unwrap();
         assert_eq!(missing.heartbeat.timestamp, now());
         assert_eq!(missing.timestamp_source, TimestampSource::Missing);
+
+        // Valid RFC 3339, but outside what the journal stores: server time, never an error.
+        for text in [
+            "0001-01-01T00:00:00Z",
+            "1677-09-21T00:12:43Z",
+            "2262-04-12T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+        ] {
+            let out = check(&with("timestamp", json!(text))).unwrap();
+            assert_eq!(out.heartbeat.timestamp, now(), "{text}");
+            assert_eq!(out.timestamp_source, TimestampSource::OutOfRange(text.into()));
+        }
+        let edge = check(&with("timestamp", json!("1677-09-21T00:12:44Z"))).unwrap();
+        assert_eq!(edge.timestamp_source, TimestampSource::Agent);
 
         let offset = check(&with("timestamp", json!("2026-11-24T08:00:00.5+02:00"))).unwrap();
         assert_eq!(offset.heartbeat.timestamp.to_rfc3339(), "2026-11-24T06:00:00.500+00:00");

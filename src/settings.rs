@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use heartbeatd_actors::agent::{is_valid_agent_id, AgentInfo};
+use heartbeatd_actors::agent::{check_timing, AgentInfo};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of the environment variables that override keys.
@@ -283,29 +283,20 @@ impl Settings {
         for (key, value) in [
             ("shutdown_timeout_s", self.shutdown_timeout_s),
             ("checkpoint_interval_s", self.checkpoint_interval_s),
-            ("heartbeat_interval_s", self.heartbeat_interval_s),
-            ("grace_s", self.grace_s.unwrap_or(1)),
         ] {
             if value == 0 {
                 return Err(format!("{key}: must be at least 1, got 0"));
             }
         }
+        check_timing("heartbeat_interval_s", self.heartbeat_interval_s)?;
+        if let Some(grace) = self.grace_s {
+            check_timing("grace_s", grace)?;
+        }
         let mut seen = HashSet::new();
         for (i, agent) in self.agents.iter().enumerate() {
-            if !is_valid_agent_id(&agent.id) {
-                return Err(format!(
-                    "agents[{i}].id: {:?} is not a valid agent id (1 to 128 characters from A-Z a-z 0-9 . _ -)",
-                    agent.id
-                ));
-            }
-            for (key, value) in [
-                ("heartbeat_interval_s", agent.heartbeat_interval_s),
-                ("grace_s", agent.grace_s),
-            ] {
-                if value == Some(0) {
-                    return Err(format!("agents[{i}].{key}: must be at least 1, got 0"));
-                }
-            }
+            AgentInfo::from(agent)
+                .validate()
+                .map_err(|reason| format!("agents[{i}].{reason}"))?;
             if !seen.insert(agent.id.as_str()) {
                 return Err(format!("agents[{i}].id: duplicate agent id {:?}", agent.id));
             }

@@ -94,6 +94,11 @@ impl Application {
         let config_agents = std::mem::take(&mut settings.agents);
         let (registry, registry_load) = Registry::load(&settings.data_dir, config_agents.iter().map(AgentInfo::from))?;
         drop(config_agents);
+        for (id, changes) in &registry_load.clamped {
+            warn!(log, "registry.json holds agent timing out of bounds (saved by an older version); loaded with the nearest bound";
+                "agent_id" => id, "clamped" => changes.join(", "),
+                "what_to_do" => "check the agent's heartbeat_interval_s and grace_s (PATCH /agents/{id}); bounds are 1 s to 7 days");
+        }
         if let Some(aside) = &registry_load.moved_aside {
             error!(log, "registry.json was damaged and was moved aside; the registry starts from the config's agents";
                 "moved_to" => %aside.display(),
@@ -108,8 +113,19 @@ impl Application {
         // The Manager gets a thread of its own so its work never competes with the timers and
         // the SyncArbiter forwarding on the main arbiter.
         let manager_arbiter = Arbiter::new();
-        let agents_with_state;
-        let manager_counters;
+        let agents_with_state = loaded.agents.len();
+        // The Manager applies the journal on top of the loaded states, so it knows every
+        // agent seen before this start, including those only the journal holds (after kill -9).
+        let manager = {
+            let policy = ManagerPolicy {
+                history_len: settings.history_len,
+                flush_interval: Duration::from_millis(settings.flush_interval_ms),
+                checkpoint_interval: Duration::from_secs(settings.checkpoint_interval_s),
+                max_clock_skew: Duration::from_secs(settings.max_clock_skew_s),
+            };
+            let (view, log) = (registry_view.clone(), log.new(o!("actor" => "manager")));
+            Manager::new(policy, loaded, registry, view, store.clone(), journal, log)
+        };
         // Liveness, owned by the Manager: agents seen before this start begin `up`, with a
         // full interval + grace from now.
         let liveness = {
@@ -117,14 +133,8 @@ impl Application {
                 interval: Duration::from_secs(settings.heartbeat_interval_s),
                 grace: settings.grace_s.map(Duration::from_secs),
             };
-            let seen_before: Vec<String> = loaded
-                .agents
-                .iter()
-                .filter(|a| a.last_seen.is_some() && registry_view.contains(&a.id))
-                .map(|a| a.id.clone())
-                .collect();
             let (view, log) = (registry_view.clone(), log.new(o!("actor" => "liveness")));
-            Liveness::new(policy, view, seen_before, log).with_events(store.clone())
+            Liveness::new(policy, view, manager.seen_agents(), log).with_events(store.clone())
         };
         let webhook_failures: Arc<std::sync::atomic::AtomicU64> = Arc::default();
         let liveness = match &settings.webhook_url {
@@ -143,19 +153,9 @@ impl Application {
         };
         let status_counts = liveness.counts();
         let liveness = Liveness::start_in_arbiter(&manager_arbiter.handle(), move |_| liveness);
-        let manager = {
-            let policy = ManagerPolicy {
-                history_len: settings.history_len,
-                flush_interval: Duration::from_millis(settings.flush_interval_ms),
-                checkpoint_interval: Duration::from_secs(settings.checkpoint_interval_s),
-                max_clock_skew: Duration::from_secs(settings.max_clock_skew_s),
-            };
-            let (view, log) = (registry_view.clone(), log.new(o!("actor" => "manager")));
-            agents_with_state = loaded.agents.len();
-            let manager = Manager::new(policy, loaded, registry, view, store, journal, log).with_liveness(liveness);
-            manager_counters = manager.health();
-            Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| manager)
-        };
+        let manager = manager.with_liveness(liveness);
+        let manager_counters = manager.health();
+        let manager = Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| manager);
         let stats = Stats::new(
             settings.workers,
             Arc::clone(&counters),

@@ -24,6 +24,26 @@ pub fn is_valid_agent_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The shortest `heartbeat_interval_s` and `grace_s` accepted, in seconds.
+pub const MIN_TIMING_S: u64 = 1;
+/// The longest `heartbeat_interval_s` and `grace_s` accepted: 7 days. Deadlines are computed
+/// as instants and durations; unbounded values overflowed them (a panic in Liveness).
+pub const MAX_TIMING_S: u64 = 7 * 24 * 3600;
+/// The longest agent `name` and `type` accepted, in bytes: they are stored in every state file
+/// and registry save, and shown in every listing.
+pub const MAX_LABEL_LEN: usize = 256;
+
+/// Checks one timing value (`heartbeat_interval_s` or `grace_s`) against the bounds.
+pub fn check_timing(key: &str, value: u64) -> Result<(), String> {
+    if (MIN_TIMING_S..=MAX_TIMING_S).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: must be between {MIN_TIMING_S} and {MAX_TIMING_S} (7 days), got {value}"
+        ))
+    }
+}
+
 /// What the registry knows about an agent: who it is, not how it is doing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {
@@ -39,6 +59,58 @@ pub struct AgentInfo {
     /// Its own grace; `None`: `grace_s` of the config (default twice the interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_s: Option<u64>,
+}
+
+impl AgentInfo {
+    /// The rules every registered agent follows, whichever way it came in (config file, API,
+    /// `auto_register`): a valid id, timing within bounds, labels of bounded length. The
+    /// message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !is_valid_agent_id(&self.id) {
+            return Err(format!(
+                "id: {:?} is not a valid agent id (1 to {MAX_AGENT_ID_LEN} characters from A-Z a-z 0-9 . _ -)",
+                crate::log_text::clip(&self.id)
+            ));
+        }
+        self.validate_details()
+    }
+
+    /// [`AgentInfo::validate`] without the id (for a change to an existing agent).
+    pub fn validate_details(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("heartbeat_interval_s", self.heartbeat_interval_s),
+            ("grace_s", self.grace_s),
+        ] {
+            if let Some(value) = value {
+                check_timing(key, value)?;
+            }
+        }
+        for (key, value) in [("name", &self.name), ("type", &self.agent_type)] {
+            if value.len() > MAX_LABEL_LEN {
+                return Err(format!("{key}: at most {MAX_LABEL_LEN} bytes, got {}", value.len()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings out-of-bounds timing (saved by an older version) back within bounds; returns
+    /// what was changed, for a warning.
+    pub fn clamp_timing(&mut self) -> Vec<String> {
+        let mut clamped = Vec::new();
+        for (key, value) in [
+            ("heartbeat_interval_s", &mut self.heartbeat_interval_s),
+            ("grace_s", &mut self.grace_s),
+        ] {
+            if let Some(v) = value {
+                let bounded = (*v).clamp(MIN_TIMING_S, MAX_TIMING_S);
+                if bounded != *v {
+                    clamped.push(format!("{key}: {v} -> {bounded}"));
+                    *v = bounded;
+                }
+            }
+        }
+        clamped
+    }
 }
 
 /// One point of resource-usage history: one line of `history/<id>.log`.
@@ -221,6 +293,44 @@ mod tests {
         );
         assert_eq!(state.last_seen, Some(hb.received_at));
         assert_eq!(state.last_heartbeat, Some(at));
+    }
+
+    #[test]
+    fn timing_and_labels_are_bounded() {
+        let info = |interval: Option<u64>, grace: Option<u64>, name: &str| AgentInfo {
+            id: "a".into(),
+            name: name.into(),
+            heartbeat_interval_s: interval,
+            grace_s: grace,
+            ..Default::default()
+        };
+        let cases: Vec<(AgentInfo, Result<(), &str>)> = vec![
+            (info(None, None, ""), Ok(())),
+            (info(Some(1), Some(MAX_TIMING_S), ""), Ok(())),
+            (
+                info(Some(0), None, ""),
+                Err("heartbeat_interval_s: must be between 1 and 604800 (7 days), got 0"),
+            ),
+            (
+                info(Some(i64::MAX as u64), None, ""),
+                Err("heartbeat_interval_s: must be between 1 and 604800 (7 days), got 9223372036854775807"),
+            ),
+            (
+                info(None, Some(MAX_TIMING_S + 1), ""),
+                Err("grace_s: must be between 1 and 604800 (7 days), got 604801"),
+            ),
+            (
+                info(None, None, &"n".repeat(257)),
+                Err("name: at most 256 bytes, got 257"),
+            ),
+        ];
+        for (agent, expected) in cases {
+            assert_eq!(agent.validate(), expected.map_err(str::to_owned), "{agent:?}");
+        }
+        let mut old = info(Some(u64::MAX), Some(0), "");
+        assert_eq!(old.clamp_timing().len(), 2);
+        assert_eq!((old.heartbeat_interval_s, old.grace_s), (Some(MAX_TIMING_S), Some(1)));
+        assert!(old.validate().is_ok());
     }
 
     #[test]

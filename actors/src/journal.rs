@@ -77,6 +77,8 @@ pub struct Journal {
     /// The segment appends go to.
     current: u64,
     file: Option<File>,
+    /// Records left out because they could not be encoded (see [`Journal::append`]).
+    pub unencodable: u64,
 }
 
 fn segment_name(seq: u64) -> String {
@@ -110,6 +112,7 @@ impl Journal {
                 dir,
                 current,
                 file: None,
+                unencodable: 0,
             },
             replay,
         ))
@@ -141,7 +144,15 @@ impl Journal {
         }
         let mut buf = Vec::with_capacity(records.len() * 160);
         for record in records {
-            serde_json::to_writer(&mut buf, record).map_err(io::Error::other)?;
+            // A record that cannot be encoded (a timestamp outside what 64-bit nanoseconds
+            // hold; the HTTP layer never lets one through) is left out and counted rather than
+            // failing the batch: one agent's value must never stop the journal for all.
+            let start = buf.len();
+            if serde_json::to_writer(&mut buf, record).is_err() {
+                buf.truncate(start);
+                self.unencodable += 1;
+                continue;
+            }
             buf.push(b'\n');
         }
         let result = self.write_and_sync(&buf);
@@ -227,6 +238,21 @@ mod tests {
             reopened.current_segment() > journal.current_segment(),
             "never appends to an old segment"
         );
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_encoded_does_not_stop_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path().to_owned(), 0).unwrap();
+        let year_one = JournalRecord {
+            timestamp: "0001-01-01T00:00:00Z".parse().unwrap(),
+            ..record("zero-time", 1)
+        };
+        journal.append(&[record("a", 1), year_one, record("a", 2)]).unwrap();
+        journal.append(&[record("a", 3)]).unwrap();
+        assert_eq!(journal.unencodable, 1);
+        let (_, replay) = Journal::open(dir.path().to_owned(), 0).unwrap();
+        assert_eq!(replay.records, [record("a", 1), record("a", 2), record("a", 3)]);
     }
 
     #[test]

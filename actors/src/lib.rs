@@ -38,6 +38,7 @@ pub mod history_log;
 pub mod journal;
 pub mod journal_writer;
 pub mod liveness;
+pub mod log_text;
 pub mod manager;
 pub mod pipeline_metrics;
 pub mod queue;

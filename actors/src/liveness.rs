@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slog::{debug, info, warn, Logger};
 
-use crate::agent::AgentInfo;
+use crate::agent::{AgentInfo, MAX_TIMING_S, MIN_TIMING_S};
 use crate::heartbeat::ReportedStatus;
 use crate::registry::RegistrySnapshot;
 use crate::store::{AppendEvents, FileMetadataStore};
@@ -372,6 +372,9 @@ pub struct Liveness {
     events: Option<Addr<FileMetadataStore>>,
     /// Where transitions are posted (`webhook_url`).
     webhook: Option<Addr<Webhook>>,
+    /// The registry size the published counts were computed with: agents registered since
+    /// are `new` and must show in the counts without waiting for a transition.
+    counted_registry_len: usize,
     log: Logger,
 }
 
@@ -391,6 +394,7 @@ impl Liveness {
             counts: StatusCounts::new(),
             events: None,
             webhook: None,
+            counted_registry_len: 0,
             log,
         };
         let (now, wall) = (Instant::now(), Utc::now());
@@ -439,18 +443,24 @@ impl Liveness {
 
     /// Like [`Liveness::timing`], from an already loaded registry entry.
     fn timing_of(&self, info: Option<&AgentInfo>) -> Timing {
+        // Bounded again here (the Registry and the settings refuse values out of bounds): an
+        // unbounded value would overflow `Instant + Duration` and panic this actor.
+        let bounded = |s: u64| Duration::from_secs(s.clamp(MIN_TIMING_S, MAX_TIMING_S));
         let interval = info
             .and_then(|i| i.heartbeat_interval_s)
-            .map_or(self.policy.interval, Duration::from_secs);
+            .map_or(self.policy.interval, bounded)
+            .min(bounded(MAX_TIMING_S));
         let grace = info
             .and_then(|i| i.grace_s)
-            .map(Duration::from_secs)
+            .map(bounded)
             .or(self.policy.grace)
-            .unwrap_or(interval * 2);
+            .unwrap_or(interval * 2)
+            .min(bounded(MAX_TIMING_S) * 2);
         Timing { interval, grace }
     }
 
-    fn publish_counts(&self) {
+    fn publish_counts(&mut self) {
+        self.counted_registry_len = self.registry.len();
         let counts = self.tracker.counts();
         let tracked: u64 = counts.values().sum();
         for status in AgentStatus::ALL {
@@ -483,9 +493,21 @@ impl Actor for Liveness {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(TICK, |act, _| {
-            let transitions = act.tracker.tick(Instant::now(), Utc::now());
-            if !transitions.is_empty() {
+            let mut transitions = act.tracker.tick(Instant::now(), Utc::now());
+            // An agent unregistered while its deadline was pending is no longer watched (the
+            // Manager also says Forget; this covers a message still on its way).
+            let registered = act.registry.load();
+            transitions.retain(|t| {
+                let keep = registered.contains_key(&t.agent_id);
+                if !keep {
+                    act.tracker.forget(&t.agent_id);
+                }
+                keep
+            });
+            if !transitions.is_empty() || act.counted_registry_len != registered.len() {
                 act.publish_counts();
+            }
+            if !transitions.is_empty() {
                 act.report(transitions);
             }
         });

@@ -164,6 +164,16 @@ impl Manager {
         manager
     }
 
+    /// Registered agents that had reported before this start (from their state files or the
+    /// journal): Liveness starts them `up`.
+    pub fn seen_agents(&self) -> Vec<String> {
+        self.agents
+            .values()
+            .filter(|e| e.state.last_seen.is_some() && self.registry_view.contains(&e.state.id))
+            .map(|e| e.state.id.clone())
+            .collect()
+    }
+
     /// The counters Stats reports.
     pub fn health(&self) -> Arc<ManagerCounters> {
         Arc::clone(&self.health)
@@ -658,6 +668,10 @@ impl Handler<DeleteAgent> for Manager {
                 .and_then(|r| r);
             // Forget the agent now; its journal records are skipped at replay (not registered).
             let delete = removed.map(|info| {
+                // No longer watched: no late/down, no webhook, no events file, not counted.
+                if let Some(liveness) = &act.liveness {
+                    liveness.do_send(liveness::Forget(info.id.clone()));
+                }
                 if let Some(entry) = act.agents.remove(&info.id) {
                     act.samples_since_checkpoint = act
                         .samples_since_checkpoint

@@ -111,6 +111,9 @@ pub enum RegistryError {
     /// Entry `index` of a batch is bad; nothing of the batch was registered.
     #[error("entry {index}: {reason}")]
     InvalidEntry { index: usize, reason: String },
+    /// A change that breaks the agent rules ([`AgentInfo::validate`]); names the field.
+    #[error("{0}")]
+    Invalid(String),
     #[error("could not save the registry: {0}")]
     Save(String),
 }
@@ -133,6 +136,9 @@ pub struct RegistryLoad {
     pub imported: usize,
     /// Set when `registry.json` did not parse and was moved aside to this path.
     pub moved_aside: Option<PathBuf>,
+    /// Agents whose saved timing was out of bounds (written by an older version), with what
+    /// was clamped: loaded with the nearest bound, to be logged as a warning.
+    pub clamped: Vec<(String, Vec<String>)>,
 }
 
 /// Owns the agent set; the only writer of the snapshot and of `registry.json`.
@@ -181,7 +187,14 @@ impl Registry {
             Err(e) => return Err(RegistryError::Save(format!("cannot read {}: {e}", path.display()))),
         };
         report.from_file = file.agents.len();
-        let mut map = build_map(file.agents)?;
+        let mut agents = file.agents;
+        for info in &mut agents {
+            let changes = info.clamp_timing();
+            if !changes.is_empty() {
+                report.clamped.push((info.id.clone(), changes));
+            }
+        }
+        let mut map = build_map(agents)?;
         let mut imported = file.imported_from_config;
         for info in config_agents {
             if imported.insert(info.id.clone()) && !map.contains_key(&info.id) {
@@ -275,6 +288,9 @@ impl Handler<Register> for Registry {
                 let reason = RegistryError::InvalidId(info.id.clone()).to_string();
                 return Err(RegistryError::InvalidEntry { index, reason });
             }
+            if let Err(reason) = info.validate_details() {
+                return Err(RegistryError::InvalidEntry { index, reason });
+            }
             if current.contains_key(&info.id) || !seen.insert(info.id.as_str()) {
                 return Err(RegistryError::Duplicate(info.id.clone()));
             }
@@ -317,6 +333,7 @@ impl Handler<UpdateInfo> for Registry {
         if msg.grace_s.is_some() {
             info.grace_s = msg.grace_s;
         }
+        info.validate_details().map_err(RegistryError::Invalid)?;
         let updated = info.clone();
         self.change(|agents| agents.insert(info.id.clone(), info))?;
         Ok(updated)
@@ -477,7 +494,8 @@ mod tests {
             RegistryLoad {
                 from_file: 2,
                 imported: 1,
-                moved_aside: None
+                moved_aside: None,
+                clamped: Vec::new(),
             }
         );
         assert!(
@@ -490,6 +508,42 @@ mod tests {
             "renamed",
             "the API's change wins"
         );
+    }
+
+    #[actix_rt::test]
+    async fn timing_out_of_bounds_is_refused_and_an_old_file_is_clamped() {
+        let registry = Registry::new([info("a")]).unwrap();
+        let addr = registry.start();
+        let huge = UpdateInfo {
+            id: "a".into(),
+            heartbeat_interval_s: Some(i64::MAX as u64),
+            ..UpdateInfo::default()
+        };
+        assert!(
+            matches!(addr.send(huge).await.unwrap(), Err(RegistryError::Invalid(m)) if m.starts_with("heartbeat_interval_s"))
+        );
+        let zero_grace = AgentInfo {
+            grace_s: Some(0),
+            ..info("b")
+        };
+        let refused = addr.send(Register(vec![info("c"), zero_grace])).await.unwrap();
+        assert!(
+            matches!(&refused, Err(RegistryError::InvalidEntry { index: 1, reason }) if reason.starts_with("grace_s")),
+            "{refused:?}"
+        );
+
+        // A file written before the bounds existed loads, clamped, and says so.
+        let dir = tempfile::tempdir().unwrap();
+        let old = serde_json::json!({"format_version": 1, "imported_from_config": [],
+            "agents": [{"id": "old", "heartbeat_interval_s": 9223372036854775807u64, "grace_s": 0}]});
+        fs::write(dir.path().join(REGISTRY_FILE), old.to_string()).unwrap();
+        let (loaded, report) = Registry::load(dir.path(), []).unwrap();
+        let old = loaded.snapshot().get("old").unwrap();
+        assert_eq!(
+            (old.heartbeat_interval_s, old.grace_s),
+            (Some(crate::agent::MAX_TIMING_S), Some(1))
+        );
+        assert_eq!(report.clamped.len(), 1, "{report:?}");
     }
 
     #[test]

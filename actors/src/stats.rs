@@ -274,6 +274,23 @@ impl Handler<GetStats> for Stats {
             0 => 0,
             n => (self.total_latency.as_nanos() / u128::from(n)) as u64,
         };
+        // Every registered agent is in exactly one state: those Liveness has not heard of
+        // (registered, never seen) are `new`, so the states always add up to the registered.
+        let registered = self.registry.len() as u64;
+        let mut by_status: Vec<(&'static str, u64)> = AgentStatus::ALL
+            .iter()
+            .map(|s| (s.name(), self.statuses.get(*s)))
+            .collect();
+        let seen: u64 = by_status
+            .iter()
+            .filter(|(name, _)| *name != "new")
+            .map(|(_, n)| n)
+            .sum();
+        for (name, n) in &mut by_status {
+            if *name == "new" {
+                *n = registered.saturating_sub(seen);
+            }
+        }
         MessageResult(StatsReport {
             total_received: self.ingress.received.load(Ordering::Relaxed),
             total_processed: self.total_processed,
@@ -289,10 +306,7 @@ impl Handler<GetStats> for Stats {
             store_errors: self.store.store_errors(),
             damaged_records: self.store.damaged_records(),
             clock_skewed_agents: self.store.skewed_agents(),
-            agents_by_status: AgentStatus::ALL
-                .iter()
-                .map(|s| (s.name(), self.statuses.get(*s)))
-                .collect(),
+            agents_by_status: by_status.into_iter().collect(),
             webhook_failures: self.webhook_failures.load(Ordering::Relaxed),
         })
     }

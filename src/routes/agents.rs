@@ -71,7 +71,9 @@ impl From<RegistryError> for AgentsError {
         match e {
             RegistryError::Duplicate(id) => Self::Conflict(id),
             RegistryError::NotFound(id) => Self::NotFound(id),
-            RegistryError::InvalidId(_) | RegistryError::InvalidEntry { .. } => Self::BadRequest(e.to_string()),
+            RegistryError::InvalidId(_) | RegistryError::InvalidEntry { .. } | RegistryError::Invalid(_) => {
+                Self::BadRequest(e.to_string())
+            }
             RegistryError::Save(_) => Self::Unavailable(e.to_string()),
         }
     }
@@ -286,16 +288,6 @@ pub async fn register(
             };
             AgentsError::BadRequest(format!("{at}{e}"))
         })?;
-        if agent.heartbeat_interval_s == Some(0) || agent.grace_s == Some(0) {
-            let at = if single {
-                String::new()
-            } else {
-                format!("entry {index}: ")
-            };
-            return Err(AgentsError::BadRequest(format!(
-                "{at}heartbeat_interval_s and grace_s must be at least 1"
-            )));
-        }
         batch.push(AgentInfo {
             id: agent.id,
             name: agent.name,
@@ -335,11 +327,6 @@ pub async fn update(
     api.auth.check(&req)?;
     let change: AgentChange =
         serde_json::from_slice(&body).map_err(|e| AgentsError::BadRequest(format!("invalid JSON format: {e}")))?;
-    if change.heartbeat_interval_s == Some(0) || change.grace_s == Some(0) {
-        return Err(AgentsError::BadRequest(
-            "heartbeat_interval_s and grace_s must be at least 1".into(),
-        ));
-    }
     let view = api
         .manager
         .send(UpdateAgent {

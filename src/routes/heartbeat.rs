@@ -13,6 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
 use futures::StreamExt;
 use heartbeatd_actors::agent::{is_valid_agent_id, AgentInfo};
+use heartbeatd_actors::log_text::clip;
 use heartbeatd_actors::manager::{Manager, RegisterAgents};
 use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::ratelimit::LogGate;
@@ -168,12 +169,18 @@ async fn accept(
     {
         auto_register(manager, &heartbeat.agent_id, log).await?;
     }
-    if let TimestampSource::Unparseable(text) = &valid.timestamp_source {
+    if let TimestampSource::Unparseable(text) | TimestampSource::OutOfRange(text) = &valid.timestamp_source {
         let gate = ingress.timestamp_warnings.lock().map(|mut g| g.check(Instant::now()));
         if let Ok(Some(suppressed)) = gate {
-            warn!(log, "heartbeat timestamp is not RFC 3339; using the server's time";
-                "agent_id" => &heartbeat.agent_id, "timestamp" => text, "similar_warnings_not_logged" => suppressed,
-                "what_to_do" => "make the agent send e.g. 2026-11-24T06:00:00Z");
+            let problem = match valid.timestamp_source {
+                TimestampSource::OutOfRange(_) => {
+                    "heartbeat timestamp is outside 1677-09-21 .. 2262-04-11 (an unset clock?); using the server's time"
+                }
+                _ => "heartbeat timestamp is not RFC 3339; using the server's time",
+            };
+            warn!(log, "{}", problem;
+                "agent_id" => %clip(&heartbeat.agent_id), "timestamp" => %clip(text), "similar_warnings_not_logged" => suppressed,
+                "what_to_do" => "make the agent send its current time, e.g. 2026-11-24T06:00:00Z (check its clock and NTP)");
         }
     }
 

@@ -1,0 +1,249 @@
+//! Regression tests for the breaks an outside attack found (issue 8): each failed on the code
+//! before its fix. Hostile values, bookkeeping after faults, and resource exhaustion.
+
+use std::fs;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::daemon::{agent_file, heartbeat, send_signal, Daemon, BIN};
+
+/// Waits until `check` holds, or fails with `what`.
+fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn status_of(daemon: &Daemon, id: &str) -> String {
+    daemon.request("GET", &format!("/agents/{id}"), None).body["status"]
+        .as_str()
+        .unwrap_or("none")
+        .to_owned()
+}
+
+/// The per-state counts of `/heartbeat/stats` add up to `agents_registered`.
+fn assert_counts_add_up(daemon: &Daemon) -> Value {
+    let stats = daemon.stats();
+    let sum: u64 = stats["agents_by_status"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, stats["agents_registered"].as_u64().unwrap(), "{stats}");
+    stats
+}
+
+#[test]
+fn a_timestamp_outside_1677_2262_is_accepted_with_server_time_and_journaling_goes_on() {
+    // Arrange
+    let config = "flush_interval_ms = 50\n[[agents]]\nid = \"go-zero\"\n[[agents]]\nid = \"other\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_in(dir.path(), config);
+
+    // Act: Go's zero time (an agent with an unset clock), then ordinary heartbeats.
+    for text in ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"] {
+        let mut body = heartbeat("go-zero", 1);
+        body["timestamp"] = json!(text);
+        assert_eq!(daemon.post_heartbeat(&body).status, 200, "{text}");
+    }
+    for n in 0..5 {
+        assert_eq!(daemon.post_heartbeat(&heartbeat("other", n)).status, 200);
+    }
+    daemon.wait_processed(7);
+
+    // Assert: the journal keeps working (ready, nothing lost after kill -9), and the log says
+    // what was wrong with the timestamp.
+    assert_eq!(daemon.request("GET", "/readyz", None).status, 200);
+    thread::sleep(Duration::from_millis(400)); // several flush intervals
+    send_signal(daemon.pid(), "KILL");
+    let mut daemon = daemon;
+    daemon.wait_exit(Duration::from_secs(10));
+    let mut restarted = Daemon::start_in(dir.path(), config);
+    assert_eq!(restarted.stop_with("TERM").code(), Some(0), "{}", restarted.log());
+    let data = dir.path().join("data");
+    assert_eq!(agent_file(&data, "go-zero")["heartbeat_count"], 2);
+    assert_eq!(agent_file(&data, "other")["heartbeat_count"], 5);
+    let log = restarted.log();
+    assert!(log.contains("outside 1677-09-21"), "{log}");
+    assert!(!log.contains("could not persist"), "{log}");
+}
+
+#[test]
+fn huge_interval_and_grace_are_refused_over_http_and_in_the_config() {
+    // Arrange
+    let mut daemon = Daemon::start("[[agents]]\nid = \"a\"\n");
+    let huge = 9_223_372_036_854_775_807u64;
+
+    // Act / Assert: PATCH and POST answer 400 naming the key; nothing is stored.
+    let cases = [
+        (
+            "PATCH",
+            "/agents/a",
+            json!({"heartbeat_interval_s": huge}),
+            "heartbeat_interval_s",
+        ),
+        ("PATCH", "/agents/a", json!({"grace_s": 0}), "grace_s"),
+        ("PATCH", "/agents/a", json!({"grace_s": 604_801}), "grace_s"),
+        ("POST", "/agents", json!({"id": "b", "grace_s": huge}), "grace_s"),
+        (
+            "POST",
+            "/agents",
+            json!([{"id": "c"}, {"id": "d", "heartbeat_interval_s": huge}]),
+            "entry 1",
+        ),
+    ];
+    for (method, path, body, key) in cases {
+        let reply = daemon.request(method, path, Some(&body.to_string()));
+        assert_eq!(reply.status, 400, "{method} {path} {body}: {reply:?}");
+        let message = reply.body["message"].as_str().unwrap();
+        assert!(message.contains(key), "{method} {body}: {message}");
+    }
+    assert_eq!(daemon.request("GET", "/agents/b", None).status, 404);
+    assert_eq!(daemon.request("GET", "/agents/c", None).status, 404, "all or none");
+    let ok = daemon.request(
+        "PATCH",
+        "/agents/a",
+        Some(&json!({"heartbeat_interval_s": 604_800}).to_string()),
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+    // Liveness still works: a heartbeat is taken and the daemon stops cleanly.
+    assert_eq!(daemon.post_heartbeat(&heartbeat("a", 1)).status, 200);
+    eventually(Duration::from_secs(3), "a is up", || status_of(&daemon, "a") == "up");
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0), "{}", daemon.log());
+
+    // The config file: exit 2 naming the key.
+    for text in [
+        format!("heartbeat_interval_s = {huge}\n"),
+        "grace_s = 604801\n".to_owned(),
+        format!("[[agents]]\nid = \"x\"\ngrace_s = {huge}\n"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        fs::write(&path, &text).unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("HEARTBEATD_DATA_DIR", dir.path().join("data"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        let key = if text.contains("interval") {
+            "heartbeat_interval_s"
+        } else {
+            "grace_s"
+        };
+        assert!(stderr.contains(key), "{text}: {stderr}");
+    }
+}
+
+#[test]
+fn a_registry_saved_with_a_huge_interval_loads_clamped_with_a_warning() {
+    // Arrange: a registry.json as an older version could write it.
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("data")).unwrap();
+    let old = json!({"format_version": 1, "imported_from_config": [],
+        "agents": [{"id": "old", "heartbeat_interval_s": 9_223_372_036_854_775_807u64, "grace_s": 1}]});
+    fs::write(dir.path().join("data/registry.json"), old.to_string()).unwrap();
+
+    // Act
+    let mut daemon = Daemon::start_in(dir.path(), "");
+    assert_eq!(daemon.post_heartbeat(&heartbeat("old", 1)).status, 200);
+    eventually(Duration::from_secs(3), "old is up", || {
+        status_of(&daemon, "old") == "up"
+    });
+    let agent = daemon.request("GET", "/agents/old", None).body;
+
+    // Assert: no panic, the bound, a warning that says what to do.
+    assert_eq!(agent["heartbeat_interval_s"], 604_800, "{agent}");
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("timing out of bounds") && log.contains("what_to_do"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn after_kill_9_agents_known_only_from_the_journal_start_up_and_can_go_down() {
+    // Arrange: a heartbeat that only the journal holds (no checkpoint before the kill).
+    let config = "flush_interval_ms = 50\ncheckpoint_interval_s = 3600\n[[agents]]\nid = \"pulse\"\nheartbeat_interval_s = 1\ngrace_s = 1\n";
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_in(dir.path(), config);
+    assert_eq!(daemon.post_heartbeat(&heartbeat("pulse", 1)).status, 200);
+    daemon.wait_processed(1);
+    thread::sleep(Duration::from_millis(300));
+    send_signal(daemon.pid(), "KILL");
+    let mut daemon = daemon;
+    daemon.wait_exit(Duration::from_secs(10));
+    assert!(
+        !dir.path().join("data/agents/pulse.json").exists(),
+        "only in the journal"
+    );
+
+    // Act
+    let restarted = Daemon::start_in(dir.path(), config);
+
+    // Assert: up at start (seen before), then down once interval + grace pass with no heartbeat.
+    assert_eq!(status_of(&restarted, "pulse"), "up");
+    eventually(Duration::from_secs(5), "pulse goes down", || {
+        status_of(&restarted, "pulse") == "down"
+    });
+    assert_counts_add_up(&restarted);
+}
+
+#[test]
+fn a_deleted_agent_is_no_longer_watched_or_counted() {
+    // Arrange
+    let config = "[[agents]]\nid = \"gone\"\nheartbeat_interval_s = 1\ngrace_s = 1\n[[agents]]\nid = \"stays\"\n";
+    let daemon = Daemon::start(config);
+    assert_eq!(daemon.post_heartbeat(&heartbeat("gone", 1)).status, 200);
+    eventually(Duration::from_secs(3), "gone is up", || {
+        status_of(&daemon, "gone") == "up"
+    });
+
+    // Act
+    assert_eq!(daemon.request("DELETE", "/agents/gone", None).status, 204);
+    thread::sleep(Duration::from_secs(3)); // past late and down
+
+    // Assert: no transition after the delete, no events file, counts add up.
+    let events = daemon.data_dir().join("events/gone.log");
+    assert!(!events.exists(), "events file recreated for a deleted agent");
+    let stats = assert_counts_add_up(&daemon);
+    assert_eq!(stats["agents_registered"], 1);
+    assert_eq!(stats["agents_by_status"]["down"], 0, "{stats}");
+    assert!(!daemon.log().contains("agent went silent"), "{}", daemon.log());
+    let metrics = daemon.request("GET", "/metrics", None).body;
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains("agent_id=\"stays\""), "{text}");
+    assert!(!text.contains("agent_id=\"gone\""), "{text}");
+}
+
+#[test]
+fn agents_registered_through_the_api_are_counted_as_new_at_once() {
+    // Arrange
+    let daemon = Daemon::start("[[agents]]\nid = \"seed\"\n");
+    let batch: Vec<Value> = (0..1000).map(|i| json!({"id": format!("api-{i:04}")})).collect();
+
+    // Act
+    let reply = daemon.request("POST", "/agents", Some(&Value::Array(batch).to_string()));
+    assert_eq!(reply.status, 201, "{reply:?}");
+
+    // Assert: at once, and after a heartbeat and a delete, the states add up.
+    let stats = assert_counts_add_up(&daemon);
+    assert_eq!(stats["agents_by_status"]["new"], 1001, "{stats}");
+    assert_eq!(daemon.post_heartbeat(&heartbeat("api-0001", 1)).status, 200);
+    eventually(Duration::from_secs(3), "api-0001 is up", || {
+        status_of(&daemon, "api-0001") == "up"
+    });
+    assert_eq!(daemon.request("DELETE", "/agents/api-0002", None).status, 204);
+    let stats = assert_counts_add_up(&daemon);
+    assert_eq!(stats["agents_by_status"]["up"], 1, "{stats}");
+}
