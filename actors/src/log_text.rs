@@ -15,8 +15,7 @@ pub fn clip(text: &str) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(MAX_LOGGED_CHARS + 16);
-    let mut chars = 0;
-    for c in text.chars() {
+    for (chars, c) in text.chars().enumerate() {
         if chars == MAX_LOGGED_CHARS {
             out.push_str(&format!("…({} bytes)", text.len()));
             break;
@@ -26,7 +25,6 @@ pub fn clip(text: &str) -> Cow<'_, str> {
         } else {
             out.push(c);
         }
-        chars += 1;
     }
     Cow::Owned(out)
 }
