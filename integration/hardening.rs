@@ -247,3 +247,175 @@ fn agents_registered_through_the_api_are_counted_as_new_at_once() {
     let stats = assert_counts_add_up(&daemon);
     assert_eq!(stats["agents_by_status"]["up"], 1, "{stats}");
 }
+
+/// Peak resident memory of a process, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Sends `head` and then up to `body_len` bytes of body in 64 KiB chunks, stopping when the
+/// server stops reading; returns the status line it answered, if any.
+fn send_raw(port: u16, head: &str, body_len: usize, pace: Option<Duration>) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'x'; if pace.is_some() { 1 } else { 64 * 1024 }];
+    let mut sent = 0;
+    while sent < body_len {
+        if stream.write_all(&chunk).is_err() {
+            break; // the server answered and closed: it is not reading any more
+        }
+        sent += chunk.len();
+        if let Some(pace) = pace {
+            thread::sleep(pace);
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.lines().next().map(str::to_owned)
+}
+
+#[test]
+fn unauthenticated_admin_bodies_are_never_read() {
+    // Arrange
+    let daemon = Daemon::start("admin_token = \"s3cret\"\n[[agents]]\nid = \"a\"\n");
+    let before = peak_rss(daemon.pid());
+    const BODY: usize = 60 * 1024 * 1024;
+
+    // Act: 16 concurrent 60 MiB PATCHes without a token.
+    let port = daemon.port;
+    let attackers: Vec<_> = (0..16)
+        .map(|_| {
+            thread::spawn(move || {
+                let head = format!("PATCH /agents/a HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n");
+                send_raw(port, &head, BODY, None)
+            })
+        })
+        .collect();
+    let answers: Vec<_> = attackers.into_iter().map(|a| a.join().unwrap()).collect();
+
+    // Assert: each got 401 and heartbeatd did not buffer the bodies (16 × 60 MiB).
+    for answer in &answers {
+        assert!(answer.as_deref().is_some_and(|l| l.contains(" 401")), "{answers:?}");
+    }
+    let growth = peak_rss(daemon.pid()).saturating_sub(before);
+    println!(
+        "peak RSS growth under 16 unauthenticated 60 MiB PATCHes: {} KiB",
+        growth / 1024
+    );
+    assert!(growth < 64 * 1024 * 1024, "peak RSS grew by {growth} bytes");
+
+    // An authenticated body over the 4 MiB cap: 413, in the common body shape.
+    let big = format!("{{\"name\":\"{}\"}}", "n".repeat(5 * 1024 * 1024));
+    let reply = crate::daemon::http_with_headers(
+        daemon.port,
+        "PATCH",
+        "/agents/a",
+        Some(&big),
+        &[("Authorization", "bearer s3cret")],
+    )
+    .unwrap();
+    assert_eq!(reply.status, 413, "{:?}", reply.status);
+    assert_eq!(reply.body["success"], false);
+    // The scheme is case-insensitive (RFC 7235).
+    let renamed = crate::daemon::http_with_headers(
+        daemon.port,
+        "PATCH",
+        "/agents/a",
+        Some("{\"name\":\"x\"}"),
+        &[("Authorization", "bearer s3cret")],
+    )
+    .unwrap();
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+}
+
+#[test]
+fn invalid_heartbeats_cannot_flood_or_forge_the_log() {
+    // Arrange
+    let daemon = Daemon::start("[[agents]]\nid = \"a\"\n");
+    let log_before = daemon.log().len();
+
+    // Act: 300 invalid heartbeats with 60 KB ids, and one with a newline in its id.
+    let long_id = "x".repeat(60_000);
+    for _ in 0..300 {
+        let reply = daemon.post_heartbeat(&json!({"agent_id": long_id, "pid": 1}));
+        assert_eq!(reply.status, 400);
+    }
+    thread::sleep(Duration::from_millis(100));
+    let forged = "a\nFORGED CRIT everything is on fire";
+    assert_eq!(
+        daemon.post_heartbeat(&json!({"agent_id": forged, "pid": 0})).status,
+        400
+    );
+
+    // Assert: a few lines at most, ids cut, no forged line.
+    let log = daemon.log()[log_before..].to_owned();
+    assert!(log.len() < 4096, "{} bytes of log for 301 bad requests", log.len());
+    assert!(log.contains("invalid heartbeat request"), "{log}");
+    assert!(log.contains(&format!("{}…(60000 bytes)", "x".repeat(128))), "the id, cut: {log}");
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
+}
+
+#[test]
+fn a_body_that_trickles_in_is_cut_off_at_request_timeout_s() {
+    // Arrange
+    let daemon = Daemon::start("request_timeout_s = 2\n[[agents]]\nid = \"a\"\n");
+    let port = daemon.port;
+
+    // Act: 20 connections each declaring 100 bytes and sending one per second.
+    let started = Instant::now();
+    let slow: Vec<_> = (0..20)
+        .map(|_| {
+            thread::spawn(move || {
+                let head = "POST /heartbeat HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n";
+                send_raw(port, head, 100, Some(Duration::from_secs(1)))
+            })
+        })
+        .collect();
+    let answers: Vec<_> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+
+    // Assert: each is answered 408 and closed long before its body could finish (100 s).
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "slow bodies held for {took:?}");
+    for answer in &answers {
+        assert!(answer.as_deref().is_some_and(|l| l.contains(" 408")), "{answers:?}");
+    }
+    assert_eq!(
+        daemon.post_heartbeat(&heartbeat("a", 1)).status,
+        200,
+        "others still served"
+    );
+}
+
+#[test]
+fn a_low_open_files_limit_is_warned_about_at_start() {
+    // Arrange: a hard limit of 512 descriptors, below what the default max_connections needs.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("h.toml");
+    fs::write(
+        &config,
+        format!("http_port = 0\ndata_dir = {:?}\n", dir.path().join("data")),
+    )
+    .unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n 512 && exec {BIN} --config {}", config.display()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(1));
+    send_signal(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("open-files limit is below"), "{stderr}");
+    assert!(stderr.contains("max_connections"), "{stderr}");
+}

@@ -44,7 +44,7 @@ fn a_heartbeat_is_accepted_counted_and_saved() {
     assert_eq!(stats["total_rejected"], 0);
     assert_eq!(stats["agents_registered"], 2);
     assert_eq!(stats["workers"], 10);
-    assert_eq!(stats["queue_capacity"], 100);
+    assert_eq!(stats["queue_capacity"], 1000, "workers × 100 by default");
     assert!(stats["average_latency"].as_u64().unwrap() > 0, "{stats}");
     assert_ne!(stats["last_received_time"], "0001-01-01T00:00:00Z");
     for key in ["queue_depth", "uptime_seconds"] {
@@ -244,8 +244,7 @@ fn every_error_status_has_the_common_body() {
     assert_eq!(stats["total_rejected"], rejected_heartbeats as u64, "{stats}");
     assert_eq!(stats["total_received"], 0, "{stats}");
     let log = daemon.log();
-    assert!(
-        log.contains("invalid heartbeat request") && log.contains("ghost"),
-        "WARN with agent_id:\n{log}"
-    );
+    // Logged, but rate-limited: one line for the whole burst of bad requests (which agent's
+    // request it names depends on which came first; hardening.rs checks the id is logged).
+    assert_eq!(log.matches("invalid heartbeat request").count(), 1, "{log}");
 }

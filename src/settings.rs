@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "HEARTBEATD_";
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 21] = [
+pub const ENV_KEYS: [&str; 24] = [
     "http_port",
     "http_bind",
     "workers",
@@ -35,6 +35,9 @@ pub const ENV_KEYS: [&str; 21] = [
     "webhook_url",
     "webhook_timeout_ms",
     "webhook_retries",
+    "request_timeout_s",
+    "max_connections",
+    "auto_register_limit",
 ];
 
 /// The daemon's whole configuration.
@@ -54,7 +57,8 @@ pub struct Settings {
     #[serde(default = "default_workers")]
     pub workers: usize,
     /// Heartbeats accepted but not yet processed, at most; beyond it `POST /heartbeat`
-    /// answers 503. Default `workers × 10`.
+    /// answers 503. Default `workers × 100`: room for several of the HTTP layer's batches
+    /// (up to 256 heartbeats each) per worker, so an untuned daemon runs at full speed.
     #[serde(default)]
     pub queue_capacity: Option<usize>,
     /// Where agent state lives (`<data_dir>/agents/<id>.json`).
@@ -110,6 +114,18 @@ pub struct Settings {
     /// redacted.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// A whole request (headers and body) must arrive within this long; slower clients get
+    /// 408 and their connection is closed.
+    #[serde(default = "default_request_timeout_s")]
+    pub request_timeout_s: u64,
+    /// Open HTTP connections, at most (shared by the HTTP worker threads); further
+    /// connections wait in the listen backlog. Needs about as many file descriptors.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// With `auto_register`, unknown agents are registered only while fewer than this many
+    /// agents are registered; past it their heartbeats get 429.
+    #[serde(default = "default_auto_register_limit")]
+    pub auto_register_limit: usize,
     /// The agents allowed to report (imported into the registry once; see README).
     #[serde(default)]
     pub agents: Vec<AgentSettings>,
@@ -235,11 +251,20 @@ fn default_checkpoint_interval_s() -> u64 {
 fn default_shutdown_timeout_s() -> u64 {
     30
 }
+fn default_request_timeout_s() -> u64 {
+    10
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_auto_register_limit() -> usize {
+    10_000
+}
 
 impl Settings {
     /// The effective queue capacity.
     pub fn queue_capacity(&self) -> usize {
-        self.queue_capacity.unwrap_or(self.workers.saturating_mul(10))
+        self.queue_capacity.unwrap_or(self.workers.saturating_mul(100))
     }
 
     /// The settings with every default filled in and the admin token redacted, as
@@ -264,6 +289,8 @@ impl Settings {
 
     fn validate(&self) -> Result<(), String> {
         let at_least_one = [
+            ("max_connections", self.max_connections),
+            ("request_timeout_s", self.request_timeout_s as usize),
             ("workers", self.workers),
             ("http_workers", self.http_workers),
             ("history_len", self.history_len),
@@ -440,7 +467,7 @@ mod tests {
         assert_eq!(s.http_port, 0);
         assert_eq!(s.http_bind, "127.0.0.1");
         assert_eq!(s.workers, 10);
-        assert_eq!(s.queue_capacity(), 100);
+        assert_eq!(s.queue_capacity(), 1000);
         assert_eq!(s.data_dir, PathBuf::from("./data"));
         assert_eq!(s.history_len, 1440);
         assert_eq!(s.flush_interval_ms, 1000);
@@ -468,7 +495,7 @@ mod tests {
         let loaded = load(Some(file.path()), env, &overrides).unwrap();
         assert_eq!(loaded.settings.http_port, 3000, "flag wins over env and file");
         assert_eq!(loaded.settings.workers, 6, "env wins over file");
-        assert_eq!(loaded.settings.queue_capacity(), 60, "capacity follows workers");
+        assert_eq!(loaded.settings.queue_capacity(), 600, "capacity follows workers");
         assert_eq!(loaded.settings.data_dir, PathBuf::from("/from/file"));
         assert_eq!(loaded.ignored_env, ["HEARTBEATD_NO_SUCH_KEY"]);
     }

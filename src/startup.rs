@@ -34,9 +34,6 @@ use crate::shutdown::{self, DrainOutcome, Signals};
 /// `shutdown_timeout_s` is for the queue.
 const MAX_HTTP_GRACE: Duration = Duration::from_secs(5);
 
-/// The largest admin request body (`POST /agents` with many agents at once).
-const ADMIN_BODY_LIMIT: usize = 64 * 1024 * 1024;
-
 /// Why the daemon could not start (exit code 1).
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -175,6 +172,7 @@ impl Application {
             log.new(o!("actor" => "worker")),
         );
         let stopping = Arc::new(AtomicBool::new(false));
+        check_descriptor_limit(settings.max_connections, &log);
 
         let (server, local_addr) = if settings.http_port == 0 {
             warn!(log, "http_port is 0: no HTTP server is started and no heartbeat can be received";
@@ -182,18 +180,22 @@ impl Application {
             (None, None)
         } else {
             let bind_ip = settings.bind_ip().expect("validated when the settings were loaded");
+            let request_timeout = Duration::from_secs(settings.request_timeout_s);
             let addr = SocketAddr::new(bind_ip, settings.http_port);
             let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
             let local_addr = listener.local_addr().map_err(StartupError::Http)?;
-            let ingress = web::Data::new(HeartbeatIngress::new(
-                Arc::clone(&queue),
-                pool.weak_addr(),
-                registry_view.clone(),
-                Arc::clone(&counters),
-                Arc::clone(&stopping),
-                settings.auto_register.then(|| manager.clone()),
-                log.new(o!("actor" => "http")),
-            ));
+            let ingress = web::Data::new(
+                HeartbeatIngress::new(
+                    Arc::clone(&queue),
+                    pool.weak_addr(),
+                    registry_view.clone(),
+                    Arc::clone(&counters),
+                    Arc::clone(&stopping),
+                    settings.auto_register.then(|| manager.clone()),
+                    log.new(o!("actor" => "http")),
+                )
+                .with_request_timeout(request_timeout),
+            );
             let stats_data = web::Data::new(stats.clone());
             let loopback = bind_ip.is_loopback();
             if settings.admin_token.is_none() && !loopback {
@@ -220,6 +222,7 @@ impl Application {
                 manager: manager.clone(),
                 auth: AdminAuth::new(settings.admin_token.clone(), loopback),
                 log: log.new(o!("actor" => "admin")),
+                request_timeout,
             });
             let grace = Duration::from_secs(settings.shutdown_timeout_s).min(MAX_HTTP_GRACE);
             let server =
@@ -279,10 +282,14 @@ impl Application {
                         .app_data(web::QueryConfig::default().error_handler(|e, _| {
                             agents::AgentsError::BadRequest(format!("invalid query: {e}")).into()
                         }))
-                        .app_data(web::PayloadConfig::new(ADMIN_BODY_LIMIT))
+                        .app_data(web::PayloadConfig::new(agents::ADMIN_BODY_LIMIT))
                         .default_service(web::to(fallback::not_found))
                 })
                 .workers(settings.http_workers)
+                // The limit is per HTTP worker thread; the setting is for all of them.
+                .max_connections(settings.max_connections.div_ceil(settings.http_workers))
+                // Headers must arrive within the same deadline as a body (408 otherwise).
+                .client_request_timeout(request_timeout)
                 .disable_signals()
                 .shutdown_timeout(grace.as_secs())
                 .listen(listener)
@@ -324,6 +331,49 @@ impl Application {
     /// Serves until a stop signal, then drains. See [`shutdown::run`].
     pub async fn run_until_stopped(self) -> DrainOutcome {
         shutdown::run(self).await
+    }
+}
+
+/// Descriptors heartbeatd needs besides its HTTP connections: the journal, state and history
+/// files of a checkpoint (closed as it goes), the log, the listener, eventfds of the runtime.
+const DESCRIPTORS_BESIDES_CONNECTIONS: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit, and warns when even that is below
+/// what `max_connections` needs: past it, accepting a connection or opening a journal segment
+/// fails with EMFILE.
+fn check_descriptor_limit(max_connections: usize, log: &Logger) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                limit = wanted;
+                true
+            } else {
+                false
+            }
+        } else {
+            false
+        }
+    };
+    let needed = max_connections as u64 + DESCRIPTORS_BESIDES_CONNECTIONS;
+    let soft = limit.rlim_cur as u64;
+    if soft < needed {
+        warn!(log, "the open-files limit is below what max_connections needs: past it, new connections and files fail";
+            "limit" => soft, "needed" => needed, "max_connections" => max_connections,
+            "what_to_do" => "raise the limit (LimitNOFILE= in the systemd unit, ulimit -n) or lower max_connections");
+    } else if raised {
+        info!(log, "raised the open-files limit to its hard limit"; "limit" => soft);
     }
 }
 

@@ -17,7 +17,12 @@ use heartbeatd_actors::registry::RegistryError;
 use serde::{Deserialize, Serialize};
 use slog::{info, Logger};
 
+use super::body::{read_limited, BodyError};
 use super::ApiResponse;
+
+/// The largest admin request body: a bulk `POST /agents` of 10,000 agents is about 2 MB.
+/// Bodies are read only after the token is checked.
+pub const ADMIN_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// `GET /agents` returns at most this many agents per page.
 pub const MAX_PAGE: usize = 10_000;
@@ -41,6 +46,8 @@ pub enum AgentsError {
     NoTokenConfigured,
     #[error("{0}")]
     Unavailable(String),
+    #[error(transparent)]
+    Body(#[from] BodyError),
 }
 
 impl ResponseError for AgentsError {
@@ -52,6 +59,9 @@ impl ResponseError for AgentsError {
             Self::MissingToken => StatusCode::UNAUTHORIZED,
             Self::WrongToken | Self::NoTokenConfigured => StatusCode::FORBIDDEN,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(BodyError::TooSlow(_)) => StatusCode::REQUEST_TIMEOUT,
+            Self::Body(BodyError::Read(_)) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -108,13 +118,8 @@ impl AdminAuth {
                 Err(AgentsError::NoTokenConfigured)
             };
         };
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AgentsError::MissingToken)?;
-        if constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+        let given = bearer_token(req).ok_or(AgentsError::MissingToken)?;
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             Ok(())
         } else {
             Err(AgentsError::WrongToken)
@@ -122,9 +127,17 @@ impl AdminAuth {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 7235), so `bearer` and `BEARER` work too.
+pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
 /// Compares without stopping at the first difference, so the time taken does not tell an
 /// attacker how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -133,6 +146,17 @@ pub struct AdminApi {
     pub manager: Addr<Manager>,
     pub auth: AdminAuth,
     pub log: Logger,
+    /// A whole request body must arrive within this long (`request_timeout_s`).
+    pub request_timeout: std::time::Duration,
+}
+
+impl AdminApi {
+    /// Checks the token, and only then reads the body (at most [`ADMIN_BODY_LIMIT`]): an
+    /// unauthenticated client must not be able to make heartbeatd buffer anything.
+    async fn authorized_body(&self, req: &HttpRequest, payload: web::Payload) -> Result<web::BytesMut, AgentsError> {
+        self.auth.check(req)?;
+        Ok(read_limited(req, payload, ADMIN_BODY_LIMIT, self.request_timeout).await?)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,9 +285,9 @@ struct NewAgent {
 pub async fn register(
     req: HttpRequest,
     api: web::Data<AdminApi>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, AgentsError> {
-    api.auth.check(&req)?;
+    let body = api.authorized_body(&req, payload).await?;
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| AgentsError::BadRequest(format!("invalid JSON format: {e}")))?;
     let (entries, single) = match value {
@@ -322,9 +346,9 @@ pub async fn update(
     req: HttpRequest,
     api: web::Data<AdminApi>,
     id: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, AgentsError> {
-    api.auth.check(&req)?;
+    let body = api.authorized_body(&req, payload).await?;
     let change: AgentChange =
         serde_json::from_slice(&body).map_err(|e| AgentsError::BadRequest(format!("invalid JSON format: {e}")))?;
     let view = api

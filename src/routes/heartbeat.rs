@@ -11,7 +11,6 @@ use actix::{Addr, WeakAddr};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
-use futures::StreamExt;
 use heartbeatd_actors::agent::{is_valid_agent_id, AgentInfo};
 use heartbeatd_actors::log_text::clip;
 use heartbeatd_actors::manager::{Manager, RegisterAgents};
@@ -23,6 +22,7 @@ use heartbeatd_actors::stats::{IngressCounters, RejectReason};
 use heartbeatd_actors::worker::HeartbeatWorker;
 use slog::{debug, info, warn, Logger};
 
+use super::body::{read_limited, BodyError};
 use super::{handoff, ApiResponse};
 use crate::heartbeat_request::{self, RequestError, TimestampSource};
 
@@ -36,10 +36,8 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// Why a heartbeat was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum HeartbeatError {
-    #[error("request body is larger than the limit of {MAX_BODY_BYTES} bytes")]
-    PayloadTooLarge,
-    #[error("could not read the request body: {0}")]
-    Body(String),
+    #[error(transparent)]
+    Body(#[from] BodyError),
     #[error(transparent)]
     Invalid(#[from] RequestError),
     #[error("worker pool is full, please retry later")]
@@ -56,7 +54,7 @@ impl HeartbeatError {
     pub fn reason(&self) -> RejectReason {
         match self {
             Self::Invalid(RequestError::UnknownAgent(_)) => RejectReason::UnknownAgent,
-            Self::PayloadTooLarge | Self::Body(_) | Self::Invalid(_) | Self::Registration(_) => RejectReason::Invalid,
+            Self::Body(_) | Self::Invalid(_) | Self::Registration(_) => RejectReason::Invalid,
             Self::QueueFull => RejectReason::QueueFull,
             Self::Stopped => RejectReason::Stopping,
         }
@@ -66,8 +64,9 @@ impl HeartbeatError {
 impl ResponseError for HeartbeatError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Body(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(BodyError::TooSlow(_)) => StatusCode::REQUEST_TIMEOUT,
+            Self::Body(BodyError::Read(_)) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::QueueFull | Self::Stopped | Self::Registration(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -98,8 +97,13 @@ pub struct HeartbeatIngress {
     /// `auto_register`: where unknown, well-formed agents get registered.
     pub auto_register: Option<Addr<Manager>>,
     pub log: Logger,
+    /// The whole body must arrive within this long (`request_timeout_s`); else 408.
+    pub request_timeout: Duration,
     timestamp_warnings: Mutex<LogGate>,
     queue_full_warnings: Mutex<LogGate>,
+    /// Invalid requests are logged at most once per [`WARNING_INTERVAL`]: one client sending
+    /// garbage must not be able to fill the disk with log lines.
+    invalid_warnings: Mutex<LogGate>,
 }
 
 impl HeartbeatIngress {
@@ -120,11 +124,33 @@ impl HeartbeatIngress {
             stopping,
             auto_register,
             log,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             timestamp_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
             queue_full_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
+            invalid_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
+        }
+    }
+
+    /// Sets the deadline for receiving a whole body.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Logs a refused request, at most once per [`WARNING_INTERVAL`], with the agent's id
+    /// (if any) and the reason cut to a loggable length.
+    fn warn_invalid(&self, agent_id: &str, reason: &dyn std::fmt::Display) {
+        // try_lock: under a flood, rejections must not queue up behind each other here.
+        if let Ok(Some(not_logged)) = self.invalid_warnings.try_lock().map(|mut g| g.check(Instant::now())) {
+            warn!(self.log, "invalid heartbeat request (logged at most once per 10 s)";
+                "agent_id" => %clip(agent_id), "reason" => %clip(&reason.to_string()),
+                "similar_warnings_not_logged" => not_logged);
         }
     }
 }
+
+/// The built-in `request_timeout_s`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn post_heartbeat(
     req: HttpRequest,
@@ -148,9 +174,9 @@ async fn accept(
         debug!(log, "heartbeat refused: shutting down");
         return Err(HeartbeatError::Stopped);
     }
-    let body = read_body(req, payload).await.inspect_err(|e| {
-        warn!(log, "invalid heartbeat request"; "agent_id" => "", "reason" => %e);
-    })?;
+    let body = read_limited(req, payload, MAX_BODY_BYTES, ingress.request_timeout)
+        .await
+        .inspect_err(|e| ingress.warn_invalid("", e))?;
 
     let now = Utc::now();
     // With auto_register, a well-formed unknown id passes here and is registered below.
@@ -158,7 +184,7 @@ async fn accept(
         |id: &str| ingress.registry.contains(id) || (ingress.auto_register.is_some() && is_valid_agent_id(id));
     let valid = heartbeat_request::parse(&body, may_report, now).map_err(|e| {
         let agent_id = heartbeat_request::agent_id_hint(&body).unwrap_or_default();
-        warn!(log, "invalid heartbeat request"; "agent_id" => agent_id, "reason" => %e);
+        ingress.warn_invalid(&agent_id, &e);
         HeartbeatError::Invalid(e)
     })?;
     let heartbeat = valid.heartbeat;
@@ -222,28 +248,6 @@ async fn auto_register(manager: &Addr<Manager>, id: &str, log: &Logger) -> Resul
         Ok(Err(e)) => Err(HeartbeatError::Registration(e.to_string())),
         Err(_) => Err(HeartbeatError::Stopped),
     }
-}
-
-/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`] (by `Content-Length` up front,
-/// and while streaming for chunked bodies).
-async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, HeartbeatError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(HeartbeatError::PayloadTooLarge);
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(512));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| HeartbeatError::Body(e.to_string()))?;
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(HeartbeatError::PayloadTooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 #[cfg(test)]

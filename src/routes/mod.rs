@@ -12,6 +12,7 @@
 //! | anything else (404), wrong method (405), body over 64 KiB (413) | [`fallback`] |
 
 pub mod agents;
+pub mod body;
 pub mod fallback;
 pub mod handoff;
 pub mod health;
