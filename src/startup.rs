@@ -367,7 +367,7 @@ fn check_descriptor_limit(max_connections: usize, log: &Logger) {
         }
     };
     let needed = max_connections as u64 + DESCRIPTORS_BESIDES_CONNECTIONS;
-    let soft = limit.rlim_cur as u64;
+    let soft: u64 = limit.rlim_cur;
     if soft < needed {
         warn!(log, "the open-files limit is below what max_connections needs: past it, new connections and files fail";
             "limit" => soft, "needed" => needed, "max_connections" => max_connections,
