@@ -361,7 +361,10 @@ fn invalid_heartbeats_cannot_flood_or_forge_the_log() {
     let log = daemon.log()[log_before..].to_owned();
     assert!(log.len() < 4096, "{} bytes of log for 301 bad requests", log.len());
     assert!(log.contains("invalid heartbeat request"), "{log}");
-    assert!(log.contains(&format!("{}…(60000 bytes)", "x".repeat(128))), "the id, cut: {log}");
+    assert!(
+        log.contains(&format!("{}…(60000 bytes)", "x".repeat(128))),
+        "the id, cut: {log}"
+    );
     assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
 }
 
@@ -406,7 +409,7 @@ fn a_low_open_files_limit_is_warned_about_at_start() {
         format!("http_port = 0\ndata_dir = {:?}\n", dir.path().join("data")),
     )
     .unwrap();
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .arg("-c")
         .arg(format!("ulimit -n 512 && exec {BIN} --config {}", config.display()))
         .stderr(std::process::Stdio::piped())
