@@ -230,7 +230,7 @@ fn auto_register_registers_well_formed_unknown_agents() {
     assert_eq!(agent.status, 200);
     assert_eq!(agent.body["heartbeat_count"], 1);
     assert!(
-        daemon.log().contains("registered by its first heartbeat"),
+        daemon.log().contains("registered by their first heartbeat"),
         "{}",
         daemon.log()
     );

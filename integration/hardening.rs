@@ -422,3 +422,104 @@ fn a_low_open_files_limit_is_warned_about_at_start() {
     assert!(stderr.contains("open-files limit is below"), "{stderr}");
     assert!(stderr.contains("max_connections"), "{stderr}");
 }
+
+#[test]
+fn removing_data_dir_while_running_keeps_api_registrations() {
+    // Arrange
+    let config = "[[agents]]\nid = \"from-config\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start_in(dir.path(), config);
+    let reply = daemon.request("POST", "/agents", Some(&json!({"id": "from-api"}).to_string()));
+    assert_eq!(reply.status, 201);
+
+    // Act: an operator removes the whole data directory.
+    fs::remove_dir_all(daemon.data_dir()).unwrap();
+    let registry = daemon.data_dir().join("registry.json");
+    eventually(Duration::from_secs(5), "registry.json written again", || {
+        registry.exists()
+    });
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0), "{}", daemon.log());
+
+    // Assert: after a restart the API's agent is still registered.
+    let mut restarted = Daemon::start_in(dir.path(), config);
+    assert_eq!(restarted.request("GET", "/agents/from-api", None).status, 200);
+    assert!(
+        restarted.log().contains("registry.json was missing"),
+        "{}",
+        restarted.log()
+    );
+    assert_eq!(restarted.stop_with("TERM").code(), Some(0));
+}
+
+#[test]
+fn an_auto_register_flood_is_capped_and_cheap_and_registered_agents_keep_their_service() {
+    // Arrange
+    const LIMIT: usize = 2000;
+    let daemon = Daemon::start(&format!(
+        "auto_register = true\nauto_register_limit = {LIMIT}\n[[agents]]\nid = \"real\"\n"
+    ));
+    let port = daemon.port;
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+
+    // Act: 4 clients send heartbeats for 6,000 made-up ids while a registered agent reports
+    // 100 times a second.
+    let floods: Vec<_> = (0..4)
+        .map(|t| {
+            thread::spawn(move || {
+                let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+                for i in 0..1500 {
+                    let body = heartbeat(&format!("fake-{t}-{i}"), 1).to_string();
+                    let status = crate::daemon::http(port, "POST", "/heartbeat", Some(&body)).map_or(0, |r| r.status);
+                    *statuses.entry(status).or_default() += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let real = {
+        let flooding = std::sync::Arc::clone(&flooding);
+        thread::spawn(move || {
+            let (mut sent, mut ok) = (0u64, 0u64);
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let body = heartbeat("real", sent).to_string();
+                sent += 1;
+                if crate::daemon::http(port, "POST", "/heartbeat", Some(&body)).is_some_and(|r| r.status == 200) {
+                    ok += 1;
+                }
+                thread::sleep(Duration::from_millis(10).saturating_sub(started.elapsed()));
+            }
+            (sent, ok)
+        })
+    };
+    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    for flood in floods {
+        for (status, n) in flood.join().unwrap() {
+            *statuses.entry(status).or_default() += n;
+        }
+    }
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (sent, ok) = real.join().unwrap();
+
+    // Assert
+    println!("flood answers {statuses:?}; the registered agent: {ok} of {sent} accepted");
+    assert!(
+        ok as f64 >= 0.99 * sent as f64,
+        "registered agent starved: {ok} of {sent}"
+    );
+    assert_eq!(statuses.get(&200).copied(), Some(LIMIT as u64 - 1), "{statuses:?}");
+    assert_eq!(
+        statuses.get(&429).copied(),
+        Some(6000 - LIMIT as u64 + 1),
+        "{statuses:?}"
+    );
+    assert_eq!(daemon.stats()["agents_registered"], LIMIT);
+    let data = daemon.data_dir();
+    let on_disk: u64 = ["registry.json", "registry.log"]
+        .iter()
+        .map(|f| fs::metadata(data.join(f)).map_or(0, |m| m.len()))
+        .sum();
+    assert!(on_disk < 200 * LIMIT as u64, "registry files hold {on_disk} bytes");
+    let log = daemon.log();
+    assert_eq!(log.matches("auto_register_limit reached").count(), 1, "{log}");
+}

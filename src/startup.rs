@@ -102,7 +102,10 @@ impl Application {
                 "what_to_do" => "re-register agents added through the API, or restore the file while heartbeatd is stopped");
         }
         let registry_view = registry.snapshot();
-        let registry = registry.start();
+        let registry = registry
+            .with_logger(log.new(o!("actor" => "registry")))
+            .with_auto_register_limit(settings.auto_register_limit)
+            .start();
 
         let queue = IngressQueue::new(settings.queue_capacity());
         let counters = IngressCounters::new();

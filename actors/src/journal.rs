@@ -192,7 +192,14 @@ impl Journal {
 /// them). Safe beside a running [`Journal`]: it appends only to segments at or above `seq`.
 pub fn remove_segments_before(dir: &Path, seq: u64) -> io::Result<usize> {
     let mut removed = 0;
-    for old in Journal::segments(dir)?.into_iter().filter(|&s| s < seq) {
+    let segments = match Journal::segments(dir) {
+        Ok(segments) => segments,
+        // The directory vanished (data_dir removed): nothing to remove; the next append
+        // creates it again.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for old in segments.into_iter().filter(|&s| s < seq) {
         match fs::remove_file(dir.join(segment_name(old))) {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

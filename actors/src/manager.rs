@@ -605,6 +605,25 @@ impl Handler<RegisterAgents> for Manager {
     }
 }
 
+/// Registers one agent by its first heartbeat (`auto_register`), batched with others by the
+/// Registry; [`RegistryError::Full`] past `auto_register_limit`.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct AutoRegisterAgent(pub String);
+
+impl Handler<AutoRegisterAgent> for Manager {
+    type Result = ResponseFuture<Result<(), RegistryError>>;
+
+    fn handle(&mut self, AutoRegisterAgent(id): AutoRegisterAgent, _: &mut Context<Self>) -> Self::Result {
+        let request = self.registry.send(registry::AutoRegister(id));
+        Box::pin(async move {
+            request
+                .await
+                .map_err(|_| RegistryError::Save("the registry is not running".into()))?
+        })
+    }
+}
+
 /// Changes an agent's name and/or type (the admin API's `PATCH /agents/{id}`); the state file
 /// follows at the next checkpoint.
 #[derive(Message)]

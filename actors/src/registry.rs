@@ -1,26 +1,44 @@
 //! The Registry actor: owns the set of agents allowed to report, and `data_dir/registry.json`.
 //!
-//! Every change is saved (atomically) and then published as a new immutable
-//! [`RegistrySnapshot`] map, so the heartbeat hot path checks `agent_id` with one atomic load
-//! and no message round-trip, and a change is visible to readers by the time its message has
-//! been answered. A change that cannot be saved is not published.
+//! Every change is saved and then published as a new immutable [`RegistrySnapshot`] map, so
+//! the heartbeat hot path checks `agent_id` with one atomic load and no message round-trip,
+//! and a change is visible to readers by the time its message has been answered. A change
+//! that cannot be saved is not published.
+//!
+//! Saving costs the same whatever the registry holds: a change appends one line per agent to
+//! `registry.log` and syncs it; `registry.json` (the whole set) is rewritten only when the log
+//! has grown as long as the registry (and at start-up), after which the log is removed. Load
+//! applies the log on top of the file; its entries set absolute values, so a log left by a
+//! crash during compaction applies harmlessly twice. (Rewriting the whole file per change cost
+//! 4.36 GB of writes for 7.4k `auto_register` ids.)
+//!
+//! `auto_register` registrations arrive one id at a time and are applied in batches
+//! ([`AutoRegister`]): one log write and one publish for all that arrive within
+//! [`AUTO_REGISTER_WINDOW`], and none past `auto_register_limit` agents.
+//!
+//! If `registry.json` disappears (an operator removed `data_dir`), it is written again within
+//! a second.
 //!
 //! Agents from the config's `[[agents]]` are imported once: at start-up an id the registry has
 //! never imported is added; after that the API's changes win (an agent deleted through the API
 //! stays deleted, a renamed one keeps its new name).
 
-use std::collections::{BTreeSet, HashMap};
-use std::fs;
-use std::io;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use slog::{info, warn, Logger};
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{is_valid_agent_id, AgentInfo};
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::{sync_dir, write_atomically};
 
 type AgentMap = HashMap<String, AgentInfo>;
 
@@ -69,6 +87,22 @@ impl AgentSet {
 
 /// The registry's file name under `data_dir`.
 pub const REGISTRY_FILE: &str = "registry.json";
+/// Changes since `registry.json` was written, one JSON line each.
+pub const REGISTRY_LOG: &str = "registry.log";
+/// `auto_register` ids arriving within this window share one log write and one publish.
+pub const AUTO_REGISTER_WINDOW: Duration = Duration::from_millis(2);
+/// How often the registry checks that `registry.json` still exists.
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One line of `registry.log`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogEntry {
+    /// The agent, as it is now (added or changed).
+    Put(AgentInfo),
+    /// The agent was removed.
+    Del(String),
+}
 
 /// A read-only view of the registry, cheap to clone and to query from any thread.
 #[derive(Debug, Clone)]
@@ -116,6 +150,9 @@ pub enum RegistryError {
     Invalid(String),
     #[error("could not save the registry: {0}")]
     Save(String),
+    /// `auto_register` refused a new agent: the registry holds `auto_register_limit` agents.
+    #[error("auto_register_limit reached: {0} agents are registered; register more through the admin API")]
+    Full(usize),
 }
 
 /// The content of `registry.json`.
@@ -136,6 +173,9 @@ pub struct RegistryLoad {
     pub imported: usize,
     /// Set when `registry.json` did not parse and was moved aside to this path.
     pub moved_aside: Option<PathBuf>,
+    /// Changes read from `registry.log` (left by the previous run), and its damaged lines.
+    pub log_entries: usize,
+    pub log_damaged: usize,
     /// Agents whose saved timing was out of bounds (written by an older version), with what
     /// was clamped: loaded with the nearest bound, to be logged as a warning.
     pub clamped: Vec<(String, Vec<String>)>,
@@ -150,16 +190,53 @@ pub struct Registry {
     imported_from_config: BTreeSet<String>,
     /// `None`: in memory only (tests).
     dir: Option<PathBuf>,
+    /// `registry.log`, open for appending; `None` until the first change after a compaction.
+    change_log: Option<File>,
+    /// Lines in `registry.log`; a compaction is due once it reaches the registry's size.
+    change_log_lines: usize,
+    /// After a failed append the log may end in a torn line: the next save is a compaction.
+    compaction_due: bool,
+    /// `auto_register` stops adding agents once this many are registered.
+    auto_register_limit: usize,
+    /// `auto_register` ids waiting for the next batch, with whoever waits for each.
+    pending_auto: Vec<(String, oneshot::Sender<Result<(), RegistryError>>)>,
+    log: Logger,
 }
 
 impl Registry {
     /// An in-memory registry holding `agents`. Fails on an invalid or duplicate id.
     pub fn new(agents: impl IntoIterator<Item = AgentInfo>) -> Result<Self, RegistryError> {
-        Ok(Self {
-            published: Arc::new(ArcSwap::from_pointee(AgentSet::new(build_map(agents)?))),
-            imported_from_config: BTreeSet::new(),
-            dir: None,
-        })
+        Ok(Self::with_parts(
+            AgentSet::new(build_map(agents)?),
+            BTreeSet::new(),
+            None,
+        ))
+    }
+
+    fn with_parts(set: AgentSet, imported_from_config: BTreeSet<String>, dir: Option<PathBuf>) -> Self {
+        Self {
+            published: Arc::new(ArcSwap::from_pointee(set)),
+            imported_from_config,
+            dir,
+            change_log: None,
+            change_log_lines: 0,
+            compaction_due: false,
+            auto_register_limit: usize::MAX,
+            pending_auto: Vec::new(),
+            log: Logger::root(slog::Discard, slog::o!()),
+        }
+    }
+
+    /// Where the registry logs what it repairs.
+    pub fn with_logger(mut self, log: Logger) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// `auto_register` registers new agents only while fewer than `limit` are registered.
+    pub fn with_auto_register_limit(mut self, limit: usize) -> Self {
+        self.auto_register_limit = limit;
+        self
     }
 
     /// Loads `dir/registry.json` (if any), imports the config agents it has never imported,
@@ -195,6 +272,7 @@ impl Registry {
             }
         }
         let mut map = build_map(agents)?;
+        apply_change_log(dir, &mut map, &mut report)?;
         let mut imported = file.imported_from_config;
         for info in config_agents {
             if imported.insert(info.id.clone()) && !map.contains_key(&info.id) {
@@ -202,12 +280,8 @@ impl Registry {
                 report.imported += 1;
             }
         }
-        let registry = Self {
-            published: Arc::new(ArcSwap::from_pointee(AgentSet::default())),
-            imported_from_config: imported,
-            dir: Some(dir.to_owned()),
-        };
-        registry.save(&map)?;
+        let mut registry = Self::with_parts(AgentSet::default(), imported, Some(dir.to_owned()));
+        registry.compact(&map)?;
         registry.published.store(Arc::new(AgentSet::new(map)));
         Ok((registry, report))
     }
@@ -223,7 +297,8 @@ impl Registry {
         self.published.load_full()
     }
 
-    fn save(&self, map: &AgentMap) -> Result<(), RegistryError> {
+    /// Writes the whole set to `registry.json` and removes `registry.log`.
+    fn compact(&mut self, map: &AgentMap) -> Result<(), RegistryError> {
         let Some(dir) = &self.dir else { return Ok(()) };
         let mut agents: Vec<&AgentInfo> = map.values().collect();
         agents.sort_by(|a, b| a.id.cmp(&b.id));
@@ -239,19 +314,155 @@ impl Registry {
             imported_from_config: &self.imported_from_config,
         })
         .map_err(|e| RegistryError::Save(e.to_string()))?;
-        fs::create_dir_all(dir).map_err(|e| RegistryError::Save(format!("{}: {e}", dir.display())))?;
-        write_atomically(dir, REGISTRY_FILE, &bytes)
-            .map_err(|e| RegistryError::Save(format!("{}: {e}", dir.join(REGISTRY_FILE).display())))
+        let save_error = |path: &Path, e: io::Error| RegistryError::Save(format!("{}: {e}", path.display()));
+        fs::create_dir_all(dir).map_err(|e| save_error(dir, e))?;
+        write_atomically(dir, REGISTRY_FILE, &bytes).map_err(|e| save_error(&dir.join(REGISTRY_FILE), e))?;
+        self.change_log = None;
+        let log_path = dir.join(REGISTRY_LOG);
+        match fs::remove_file(&log_path) {
+            Ok(()) => sync_dir(dir).map_err(|e| save_error(dir, e))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(save_error(&log_path, e)),
+        }
+        self.change_log_lines = 0;
+        self.compaction_due = false;
+        Ok(())
     }
 
-    /// Saves and publishes the current map changed by `change`; nothing changes on error.
-    fn change<T>(&self, change: impl FnOnce(&mut AgentMap) -> T) -> Result<T, RegistryError> {
+    /// Saves `entries` (the change that turned the published set into `next`): one appended
+    /// and synced line each, or a compaction when the log is due for one.
+    fn save(&mut self, entries: &[LogEntry], next: &AgentMap) -> Result<(), RegistryError> {
+        let Some(dir) = self.dir.clone() else { return Ok(()) };
+        if self.compaction_due || self.change_log_lines + entries.len() > next.len().max(1024) {
+            return self.compact(next);
+        }
+        let mut buf = Vec::with_capacity(entries.len() * 96);
+        for entry in entries {
+            serde_json::to_writer(&mut buf, entry).map_err(|e| RegistryError::Save(e.to_string()))?;
+            buf.push(b'\n');
+        }
+        let path = dir.join(REGISTRY_LOG);
+        let result = (|| {
+            if self.change_log.is_none() {
+                let file = OpenOptions::new().create(true).append(true).open(&path)?;
+                sync_dir(&dir)?;
+                self.change_log = Some(file);
+            }
+            let file = self.change_log.as_mut().expect("opened above");
+            file.write_all(&buf)?;
+            file.sync_data()
+        })();
+        match result {
+            Ok(()) => {
+                self.change_log_lines += entries.len();
+                Ok(())
+            }
+            Err(e) => {
+                // Never append after a failed write or sync: the next save rewrites the file.
+                self.change_log = None;
+                self.compaction_due = true;
+                Err(RegistryError::Save(format!("{}: {e}", path.display())))
+            }
+        }
+    }
+
+    /// Saves and publishes the current map changed by `change`, which lists what it changed;
+    /// nothing changes on error.
+    fn change<T>(&mut self, change: impl FnOnce(&mut AgentMap) -> (T, Vec<LogEntry>)) -> Result<T, RegistryError> {
         let mut next = self.agents().by_id.clone();
-        let result = change(&mut next);
-        self.save(&next)?;
+        let (result, entries) = change(&mut next);
+        self.save(&entries, &next)?;
         self.published.store(Arc::new(AgentSet::new(next)));
         Ok(result)
     }
+
+    /// Registers the `auto_register` ids that arrived in the last window: one save, one
+    /// publish; ids past the limit are refused.
+    fn apply_pending_auto(&mut self) {
+        let pending = std::mem::take(&mut self.pending_auto);
+        if pending.is_empty() {
+            return;
+        }
+        let current = self.agents();
+        let mut room = self.auto_register_limit.saturating_sub(current.len());
+        let mut added = HashSet::new();
+        let mut batch = Vec::new();
+        let mut answers = Vec::with_capacity(pending.len());
+        for (id, waiter) in pending {
+            let fits = current.contains_key(&id) || added.contains(&id) || room > 0;
+            if fits && !current.contains_key(&id) && added.insert(id.clone()) {
+                room -= 1;
+                batch.push(AgentInfo {
+                    id: id.clone(),
+                    ..AgentInfo::default()
+                });
+            }
+            answers.push((waiter, fits));
+        }
+        let count = batch.len();
+        let saved = self.change(|agents| {
+            let entries = batch
+                .into_iter()
+                .map(|info| {
+                    agents.insert(info.id.clone(), info.clone());
+                    LogEntry::Put(info)
+                })
+                .collect();
+            ((), entries)
+        });
+        if count > 0 && saved.is_ok() {
+            info!(self.log, "agents registered by their first heartbeat (auto_register)"; "count" => count);
+        }
+        let limit = self.auto_register_limit;
+        for (waiter, fits) in answers {
+            let answer = match (&saved, fits) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(()), true) => Ok(()),
+                (Ok(()), false) => Err(RegistryError::Full(limit)),
+            };
+            let _ = waiter.send(answer);
+        }
+    }
+
+    /// Writes `registry.json` again if it vanished.
+    fn check_file(&mut self) {
+        let Some(dir) = self.dir.clone() else { return };
+        if dir.join(REGISTRY_FILE).exists() {
+            return;
+        }
+        let current = self.agents();
+        match self.compact(&current.by_id) {
+            Ok(()) => warn!(self.log, "registry.json was missing (was data_dir removed?); written again from memory";
+                "path" => %dir.join(REGISTRY_FILE).display(), "agents" => current.len()),
+            Err(e) => warn!(self.log, "registry.json is missing and could not be written again; retrying every second";
+                "error" => %e, "what_to_do" => "check that data_dir exists and is writable"),
+        }
+    }
+}
+
+/// Applies `dir/registry.log`, if any, to `map`; a damaged line (a write cut short) is skipped.
+fn apply_change_log(dir: &Path, map: &mut AgentMap, report: &mut RegistryLoad) -> Result<(), RegistryError> {
+    let path = dir.join(REGISTRY_LOG);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(RegistryError::Save(format!("cannot read {}: {e}", path.display()))),
+    };
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<LogEntry>(line) {
+            Ok(LogEntry::Put(mut info)) if is_valid_agent_id(&info.id) => {
+                info.clamp_timing();
+                map.insert(info.id.clone(), info);
+                report.log_entries += 1;
+            }
+            Ok(LogEntry::Del(id)) => {
+                map.remove(&id);
+                report.log_entries += 1;
+            }
+            Ok(LogEntry::Put(_)) | Err(_) => report.log_damaged += 1,
+        }
+    }
+    Ok(())
 }
 
 fn build_map(agents: impl IntoIterator<Item = AgentInfo>) -> Result<AgentMap, RegistryError> {
@@ -270,6 +481,12 @@ fn build_map(agents: impl IntoIterator<Item = AgentInfo>) -> Result<AgentMap, Re
 
 impl Actor for Registry {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.dir.is_some() {
+            ctx.run_interval(FILE_CHECK_INTERVAL, |act, _| act.check_file());
+        }
+    }
 }
 
 /// Adds agents, all or none. Answered after the snapshot shows them.
@@ -296,9 +513,43 @@ impl Handler<Register> for Registry {
             }
         }
         self.change(|agents| {
-            for info in batch {
-                agents.insert(info.id.clone(), info);
-            }
+            let entries = batch
+                .into_iter()
+                .map(|info| {
+                    agents.insert(info.id.clone(), info.clone());
+                    LogEntry::Put(info)
+                })
+                .collect();
+            ((), entries)
+        })
+    }
+}
+
+/// Registers one agent by its first heartbeat (`auto_register`): answered once it is saved
+/// and published, together with the others of its [`AUTO_REGISTER_WINDOW`]. `Ok` if it is
+/// registered already; [`RegistryError::Full`] past `auto_register_limit`.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct AutoRegister(pub String);
+
+impl Handler<AutoRegister> for Registry {
+    type Result = ResponseFuture<Result<(), RegistryError>>;
+
+    fn handle(&mut self, AutoRegister(id): AutoRegister, ctx: &mut Context<Self>) -> Self::Result {
+        if self.agents().contains_key(&id) {
+            return Box::pin(async { Ok(()) });
+        }
+        if !is_valid_agent_id(&id) {
+            return Box::pin(async move { Err(RegistryError::InvalidId(id)) });
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.pending_auto.is_empty() {
+            ctx.run_later(AUTO_REGISTER_WINDOW, |act, _| act.apply_pending_auto());
+        }
+        self.pending_auto.push((id, tx));
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(RegistryError::Save("the registry stopped".into())))
         })
     }
 }
@@ -335,7 +586,10 @@ impl Handler<UpdateInfo> for Registry {
         }
         info.validate_details().map_err(RegistryError::Invalid)?;
         let updated = info.clone();
-        self.change(|agents| agents.insert(info.id.clone(), info))?;
+        self.change(|agents| {
+            agents.insert(info.id.clone(), info.clone());
+            ((), vec![LogEntry::Put(info)])
+        })?;
         Ok(updated)
     }
 }
@@ -353,7 +607,7 @@ impl Handler<Unregister> for Registry {
             return Err(RegistryError::NotFound(id));
         }
         Ok(self
-            .change(|agents| agents.remove(&id))?
+            .change(|agents| (agents.remove(&id), vec![LogEntry::Del(id.clone())]))?
             .expect("present: checked above"))
     }
 }
@@ -495,8 +749,11 @@ mod tests {
                 from_file: 2,
                 imported: 1,
                 moved_aside: None,
+                log_entries: 3,
+                log_damaged: 0,
                 clamped: Vec::new(),
-            }
+            },
+            "the three API changes come from registry.log"
         );
         assert!(
             !snapshot.contains("from-config"),
@@ -544,6 +801,97 @@ mod tests {
             (Some(crate::agent::MAX_TIMING_S), Some(1))
         );
         assert_eq!(report.clamped.len(), 1, "{report:?}");
+    }
+
+    #[actix_rt::test]
+    async fn a_change_appends_one_line_and_the_log_is_compacted_when_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, _) = Registry::load(dir.path(), [info("a")]).unwrap();
+        let addr = registry.start();
+        let json_len = fs::metadata(dir.path().join(REGISTRY_FILE)).unwrap().len();
+        for i in 0..100 {
+            addr.send(Register(vec![info(&format!("n{i:03}"))]))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let log = fs::read_to_string(dir.path().join(REGISTRY_LOG)).unwrap();
+        assert_eq!(log.lines().count(), 100, "one line per registration");
+        assert_eq!(
+            fs::metadata(dir.path().join(REGISTRY_FILE)).unwrap().len(),
+            json_len,
+            "registry.json is not rewritten per change"
+        );
+        // A torn last line (a crash mid-append) is skipped at load.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(REGISTRY_LOG))
+            .unwrap();
+        file.write_all(b"{\"put\":{\"id\":\"tor").unwrap();
+        drop(file);
+        let (again, report) = Registry::load(dir.path(), [info("a")]).unwrap();
+        assert_eq!(again.snapshot().len(), 101);
+        assert_eq!((report.log_entries, report.log_damaged), (100, 1));
+        assert!(!dir.path().join(REGISTRY_LOG).exists(), "compacted at load");
+
+        // Past 1024 lines (and the registry's size) the next change compacts.
+        let addr = again.start();
+        for i in 0..1100 {
+            addr.send(UpdateInfo {
+                id: "a".into(),
+                name: Some(format!("name {i}")),
+                ..UpdateInfo::default()
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        }
+        let lines = fs::read_to_string(dir.path().join(REGISTRY_LOG))
+            .unwrap_or_default()
+            .lines()
+            .count();
+        assert!(lines < 1024, "{lines} lines: not compacted");
+        let (third, _) = Registry::load(dir.path(), []).unwrap();
+        assert_eq!(third.snapshot().get("a").unwrap().name, "name 1099");
+    }
+
+    #[actix_rt::test]
+    async fn auto_registrations_are_batched_and_stop_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, _) = Registry::load(dir.path(), [info("a")]).unwrap();
+        let snapshot = registry.snapshot();
+        let addr = registry.with_auto_register_limit(50).start();
+        let requests: Vec<_> = (0..80)
+            .map(|i| addr.send(AutoRegister(format!("auto-{}", i % 70))))
+            .collect();
+        let answers = futures::future::join_all(requests).await;
+        let ok = answers.iter().filter(|a| matches!(a, Ok(Ok(())))).count();
+        let full = answers
+            .iter()
+            .filter(|a| matches!(a, Ok(Err(RegistryError::Full(50)))))
+            .count();
+        assert_eq!(snapshot.len(), 50, "the limit counts every registered agent");
+        assert_eq!(ok + full, 80);
+        assert!(full >= 20, "{full}");
+        let log = fs::read_to_string(dir.path().join(REGISTRY_LOG)).unwrap();
+        assert_eq!(log.lines().count(), 49, "one line per new agent, none twice");
+        assert_eq!(
+            addr.send(AutoRegister("a".into())).await.unwrap(),
+            Ok(()),
+            "known: fine"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_removed_registry_file_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, _) = Registry::load(dir.path(), [info("a")]).unwrap();
+        let addr = registry.start();
+        addr.send(Register(vec![info("from-api")])).await.unwrap().unwrap();
+        fs::remove_dir_all(dir.path()).unwrap();
+        actix_rt::time::sleep(FILE_CHECK_INTERVAL * 2).await;
+        let (again, _) = Registry::load(dir.path(), []).unwrap();
+        assert!(again.snapshot().contains("from-api"), "written again from memory");
     }
 
     #[test]

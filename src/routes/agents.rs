@@ -84,7 +84,7 @@ impl From<RegistryError> for AgentsError {
             RegistryError::InvalidId(_) | RegistryError::InvalidEntry { .. } | RegistryError::Invalid(_) => {
                 Self::BadRequest(e.to_string())
             }
-            RegistryError::Save(_) => Self::Unavailable(e.to_string()),
+            RegistryError::Save(_) | RegistryError::Full(_) => Self::Unavailable(e.to_string()),
         }
     }
 }

@@ -11,16 +11,16 @@ use actix::{Addr, WeakAddr};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
-use heartbeatd_actors::agent::{is_valid_agent_id, AgentInfo};
+use heartbeatd_actors::agent::is_valid_agent_id;
 use heartbeatd_actors::log_text::clip;
-use heartbeatd_actors::manager::{Manager, RegisterAgents};
+use heartbeatd_actors::manager::{AutoRegisterAgent, Manager};
 use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::ratelimit::LogGate;
 use heartbeatd_actors::registry::RegistryError;
 use heartbeatd_actors::registry::RegistrySnapshot;
 use heartbeatd_actors::stats::{IngressCounters, RejectReason};
 use heartbeatd_actors::worker::HeartbeatWorker;
-use slog::{debug, info, warn, Logger};
+use slog::{debug, warn, Logger};
 
 use super::body::{read_limited, BodyError};
 use super::{handoff, ApiResponse};
@@ -47,6 +47,11 @@ pub enum HeartbeatError {
     /// `auto_register` could not register the agent (the registry could not be saved).
     #[error("could not register the agent: {0}")]
     Registration(String),
+    /// `auto_register` is at `auto_register_limit`.
+    #[error(
+        "agent is not registered and auto_register_limit ({0} agents) is reached; register it through the admin API"
+    )]
+    RegistryFull(usize),
 }
 
 impl HeartbeatError {
@@ -55,6 +60,7 @@ impl HeartbeatError {
         match self {
             Self::Invalid(RequestError::UnknownAgent(_)) => RejectReason::UnknownAgent,
             Self::Body(_) | Self::Invalid(_) | Self::Registration(_) => RejectReason::Invalid,
+            Self::RegistryFull(_) => RejectReason::UnknownAgent,
             Self::QueueFull => RejectReason::QueueFull,
             Self::Stopped => RejectReason::Stopping,
         }
@@ -68,6 +74,7 @@ impl ResponseError for HeartbeatError {
             Self::Body(BodyError::TooSlow(_)) => StatusCode::REQUEST_TIMEOUT,
             Self::Body(BodyError::Read(_)) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::QueueFull | Self::Stopped | Self::Registration(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RegistryFull(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -78,6 +85,12 @@ impl ResponseError for HeartbeatError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::RegistryFull(_)) {
+            // Only an operator can make room: no point in coming back soon.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("300"));
         }
         response
     }
@@ -96,6 +109,10 @@ pub struct HeartbeatIngress {
     pub stopping: Arc<AtomicBool>,
     /// `auto_register`: where unknown, well-formed agents get registered.
     pub auto_register: Option<Addr<Manager>>,
+    /// `auto_register_limit`: past it, unknown agents get 429 without a message to anyone.
+    pub auto_register_limit: usize,
+    /// The "limit reached" warning is logged once per run.
+    limit_warned: AtomicBool,
     pub log: Logger,
     /// The whole body must arrive within this long (`request_timeout_s`); else 408.
     pub request_timeout: Duration,
@@ -124,11 +141,19 @@ impl HeartbeatIngress {
             stopping,
             auto_register,
             log,
+            auto_register_limit: usize::MAX,
+            limit_warned: AtomicBool::new(false),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             timestamp_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
             queue_full_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
             invalid_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
         }
+    }
+
+    /// Sets `auto_register_limit`.
+    pub fn with_auto_register_limit(mut self, limit: usize) -> Self {
+        self.auto_register_limit = limit;
+        self
     }
 
     /// Sets the deadline for receiving a whole body.
@@ -193,7 +218,7 @@ async fn accept(
         .as_ref()
         .filter(|_| !ingress.registry.contains(&heartbeat.agent_id))
     {
-        auto_register(manager, &heartbeat.agent_id, log).await?;
+        auto_register(ingress, manager, &heartbeat.agent_id).await?;
     }
     if let TimestampSource::Unparseable(text) | TimestampSource::OutOfRange(text) = &valid.timestamp_source {
         let gate = ingress.timestamp_warnings.lock().map(|mut g| g.check(Instant::now()));
@@ -231,22 +256,29 @@ async fn accept(
 }
 
 /// Registers an unknown agent on its first heartbeat (`auto_register = true`). Another
-/// request may have registered it meanwhile; that is fine.
-async fn auto_register(manager: &Addr<Manager>, id: &str, log: &Logger) -> Result<(), HeartbeatError> {
-    let info = AgentInfo {
-        id: id.to_owned(),
-        name: String::new(),
-        agent_type: String::new(),
-        ..Default::default()
+/// request may have registered it meanwhile; that is fine. Past `auto_register_limit` the
+/// answer is 429, decided here without a message while the registry is visibly full.
+async fn auto_register(ingress: &HeartbeatIngress, manager: &Addr<Manager>, id: &str) -> Result<(), HeartbeatError> {
+    let limit = ingress.auto_register_limit;
+    let result = if ingress.registry.len() >= limit {
+        Err(RegistryError::Full(limit))
+    } else {
+        manager
+            .send(AutoRegisterAgent(id.to_owned()))
+            .await
+            .map_err(|_| HeartbeatError::Stopped)?
     };
-    match manager.send(RegisterAgents(vec![info])).await {
-        Ok(Ok(_)) => {
-            info!(log, "agent registered by its first heartbeat (auto_register)"; "agent_id" => id);
-            Ok(())
+    match result {
+        Ok(()) | Err(RegistryError::Duplicate(_)) => Ok(()),
+        Err(RegistryError::Full(limit)) => {
+            if !ingress.limit_warned.swap(true, Ordering::Relaxed) {
+                warn!(ingress.log, "auto_register_limit reached: heartbeats of unknown agents get 429 (logged once)";
+                    "auto_register_limit" => limit, "agent_id" => %clip(id),
+                    "what_to_do" => "check for a flood of made-up agent ids; raise auto_register_limit or register agents through the admin API");
+            }
+            Err(HeartbeatError::RegistryFull(limit))
         }
-        Ok(Err(RegistryError::Duplicate(_))) => Ok(()),
-        Ok(Err(e)) => Err(HeartbeatError::Registration(e.to_string())),
-        Err(_) => Err(HeartbeatError::Stopped),
+        Err(e) => Err(HeartbeatError::Registration(e.to_string())),
     }
 }
 
