@@ -28,11 +28,13 @@ test: lint test-tools
 
 # The /metrics tests validate with promtool and scrape with a real Prometheus server; both
 # come with Debian's prometheus package.
+# The TLS tests make certificates with openssl and talk HTTPS with curl.
 test-tools:
-	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
-	  echo "installing promtool and prometheus (Debian package prometheus) for the tests"; \
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+	  && command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
+	  echo "installing prometheus, openssl and curl (Debian packages) for the tests"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus openssl curl >/dev/null; }
 
 # wrk checks heartbeatd-load against an independent load generator (Debian package).
 wrk:

@@ -12,6 +12,8 @@ mod http_contract;
 mod liveness;
 mod load_tool;
 mod metrics;
+mod reload;
+mod security;
 mod shutdown;
 mod systemd;
 mod webhook;

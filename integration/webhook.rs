@@ -12,14 +12,14 @@ use serde_json::Value;
 use crate::daemon::{heartbeat, Daemon};
 
 /// A minimal HTTP server that answers 200 to every request and keeps the JSON bodies.
-struct Receiver {
-    port: u16,
-    bodies: Arc<Mutex<Vec<Value>>>,
+pub(crate) struct Receiver {
+    pub(crate) port: u16,
+    pub(crate) bodies: Arc<Mutex<Vec<Value>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Receiver {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -68,7 +68,7 @@ impl Receiver {
         Self { port, bodies, stop }
     }
 
-    fn bodies(&self) -> Vec<Value> {
+    pub(crate) fn bodies(&self) -> Vec<Value> {
         self.bodies.lock().unwrap().clone()
     }
 }

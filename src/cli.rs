@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use slog::{crit, warn};
 
+use crate::reload::ReloadSource;
 use crate::settings::{self, Loaded, Overrides, SettingsError};
 use crate::startup::Application;
 use crate::telemetry;
@@ -59,7 +60,7 @@ impl Cli {
 pub async fn run(cli: Cli) -> ExitCode {
     match &cli.command {
         Some(Command::CheckConfig { file }) => check_config(load(Some(file.clone()), &cli)),
-        None => run_daemon(load(cli.config.clone(), &cli)).await,
+        None => run_daemon(load(cli.config.clone(), &cli), &cli).await,
     }
 }
 
@@ -91,7 +92,7 @@ fn check_config(loaded: Result<Loaded, SettingsError>) -> ExitCode {
     }
 }
 
-async fn run_daemon(loaded: Result<Loaded, SettingsError>) -> ExitCode {
+async fn run_daemon(loaded: Result<Loaded, SettingsError>, cli: &Cli) -> ExitCode {
     let loaded = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -103,11 +104,16 @@ async fn run_daemon(loaded: Result<Loaded, SettingsError>) -> ExitCode {
         }
     };
     let settings = loaded.settings;
-    let (log, guard) = telemetry::build_logger(settings.log_level, settings.log_format);
+    let (log, guard, level) = telemetry::build_logger(settings.log_level, settings.log_format);
+    let source = ReloadSource {
+        config: cli.config.clone(),
+        overrides: cli.overrides(),
+        level,
+    };
     for name in &loaded.ignored_env {
         warn!(log, "environment variable names no configuration key and is ignored"; "variable" => name);
     }
-    let code = match Application::build(settings, log.clone()).await {
+    let code = match Application::build(settings, log.clone(), source).await {
         Ok(app) => app.run_until_stopped().await.exit_code(),
         Err(e) => {
             crit!(log, "heartbeatd could not start"; "error" => %e);

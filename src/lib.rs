@@ -9,6 +9,8 @@
 //! | [`startup`] | `Application::build`: actors, listener, HTTP server |
 //! | [`routes`] | the HTTP endpoints and their error bodies |
 //! | [`shutdown`] | signals and the graceful drain |
+//! | [`reload`] | SIGHUP: what a configuration reload applies |
+//! | [`tls`] | HTTPS through rustls, certificate reloaded on SIGHUP |
 //! | [`systemd`] | `READY=1`, `STOPPING=1`, `WATCHDOG=1` when run as a `Type=notify` unit |
 //!
 //! The actors live in the `heartbeatd-actors` crate (`actors/`).
@@ -16,9 +18,11 @@
 pub mod cli;
 pub mod heartbeat_request;
 pub mod load;
+pub mod reload;
 pub mod routes;
 pub mod settings;
 pub mod shutdown;
 pub mod startup;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "HEARTBEATD_";
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 24] = [
+pub const ENV_KEYS: [&str; 27] = [
     "http_port",
     "http_bind",
     "workers",
@@ -38,6 +38,9 @@ pub const ENV_KEYS: [&str; 24] = [
     "request_timeout_s",
     "max_connections",
     "auto_register_limit",
+    "ingest_token",
+    "tls_cert",
+    "tls_key",
 ];
 
 /// The daemon's whole configuration.
@@ -126,6 +129,16 @@ pub struct Settings {
     /// agents are registered; past it their heartbeats get 429.
     #[serde(default = "default_auto_register_limit")]
     pub auto_register_limit: usize,
+    /// When set, `POST /heartbeat` needs `Authorization: Bearer <ingest_token>` (401 without).
+    /// Never logged; `check-config` prints it redacted.
+    #[serde(default)]
+    pub ingest_token: Option<String>,
+    /// PEM certificate chain and private key: with both set, heartbeatd serves HTTPS only
+    /// (rustls). Both are read again on SIGHUP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// The agents allowed to report (imported into the registry once; see README).
     #[serde(default)]
     pub agents: Vec<AgentSettings>,
@@ -273,6 +286,7 @@ impl Settings {
         Self {
             queue_capacity: Some(self.queue_capacity()),
             admin_token: self.admin_token.as_ref().map(|_| "<redacted>".to_owned()),
+            ingest_token: self.ingest_token.as_ref().map(|_| "<redacted>".to_owned()),
             ..self.clone()
         }
     }
@@ -302,6 +316,10 @@ impl Settings {
             }
         }
         self.bind_ip()?;
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key: set both (HTTPS) or neither (plain HTTP)".into());
+        }
+
         if let Some(url) = &self.webhook_url {
             if !url.starts_with("http://") {
                 return Err(format!("webhook_url: {url:?} must be a plain http:// URL"));

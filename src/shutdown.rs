@@ -1,4 +1,6 @@
-//! Stop signals and the graceful drain.
+//! Signals and the graceful drain.
+//!
+//! SIGHUP reloads the configuration (see [`crate::reload`]) and never stops heartbeatd.
 //!
 //! SIGTERM and SIGINT both stop gracefully, in this order:
 //! 1. new heartbeats get 503 "heartbeat receiver is stopped";
@@ -26,27 +28,48 @@ use crate::systemd::Notifier;
 /// How often the drain looks at the queue depth.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
-/// The stop signals heartbeatd listens for.
+/// The signals heartbeatd handles: stop (SIGTERM, SIGINT) and reload (SIGHUP).
 pub struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
+}
+
+/// A signal that arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    Stop(&'static str),
+    Reload,
 }
 
 impl Signals {
+    /// Installs the handlers; from here on SIGHUP no longer kills the process.
     pub fn install() -> io::Result<Self> {
         Ok(Self {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// Waits for the next SIGTERM or SIGINT and names it.
-    pub async fn recv(&mut self) -> &'static str {
+    /// Waits for the next signal.
+    pub async fn next(&mut self) -> Received {
         let term = Box::pin(self.term.recv());
         let int = Box::pin(self.int.recv());
-        match future::select(term, int).await {
-            Either::Left(_) => "SIGTERM",
-            Either::Right(_) => "SIGINT",
+        let hup = Box::pin(self.hup.recv());
+        match future::select(future::select(term, int), hup).await {
+            Either::Left((Either::Left(_), _)) => Received::Stop("SIGTERM"),
+            Either::Left((Either::Right(_), _)) => Received::Stop("SIGINT"),
+            Either::Right(_) => Received::Reload,
+        }
+    }
+
+    /// Waits for the next SIGTERM or SIGINT and names it (a SIGHUP meanwhile is ignored).
+    pub async fn recv(&mut self) -> &'static str {
+        loop {
+            if let Received::Stop(name) = self.next().await {
+                return name;
+            }
         }
     }
 }
@@ -82,6 +105,7 @@ pub async fn run(app: Application) -> DrainOutcome {
         stats,
         queue,
         stopping,
+        mut reloader,
         ..
     } = app;
     let server_handle = server.as_ref().map(|s| s.handle());
@@ -105,17 +129,26 @@ pub async fn run(app: Application) -> DrainOutcome {
     });
 
     let mut server_failed = false;
-    let signal_name = match server_task.as_mut() {
-        None => signals.recv().await,
-        Some(task) => match future::select(Box::pin(signals.recv()), task).await {
-            Either::Left((name, _)) => name,
-            Either::Right((result, _)) => {
-                error!(log, "the HTTP server stopped on its own; shutting down"; "result" => ?result.map(|r| r.err()));
-                server_failed = true;
-                server_task = None;
-                "none (HTTP server failure)"
+    let signal_name = loop {
+        let received = match server_task.as_mut() {
+            None => signals.next().await,
+            Some(task) => match future::select(Box::pin(signals.next()), task).await {
+                Either::Left((received, _)) => received,
+                Either::Right((result, _)) => {
+                    error!(log, "the HTTP server stopped on its own; shutting down"; "result" => ?result.map(|r| r.err()));
+                    server_failed = true;
+                    server_task = None;
+                    break "none (HTTP server failure)";
+                }
+            },
+        };
+        match received {
+            Received::Stop(name) => break name,
+            Received::Reload => {
+                info!(log, "SIGHUP: reloading the configuration");
+                reloader.reload().await;
             }
-        },
+        }
     };
 
     let started = Instant::now();

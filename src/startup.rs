@@ -18,17 +18,19 @@ use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::registry::{Registry, RegistryError};
 use heartbeatd_actors::stats::{IngressCounters, Stats};
 use heartbeatd_actors::store::{FileMetadataStore, StoreError};
-use heartbeatd_actors::webhook::{Webhook, WebhookPolicy};
+use heartbeatd_actors::webhook::Webhook;
 use heartbeatd_actors::worker::WorkerPool;
 use slog::{error, info, o, warn, Logger};
 
+use crate::reload::{webhook_policy, ReloadSource, Reloader};
 use crate::routes::agents::{self, AdminApi, AdminAuth};
 use crate::routes::health::{self, Readiness};
-use crate::routes::heartbeat::{post_heartbeat, HeartbeatIngress};
+use crate::routes::heartbeat::{post_heartbeat, HeartbeatIngress, IngestAuth};
 use crate::routes::metrics::{self, MetricsEndpoint};
 use crate::routes::{fallback, stats};
 use crate::settings::Settings;
 use crate::shutdown::{self, DrainOutcome, Signals};
+use crate::tls;
 
 /// At most this long is given to open HTTP connections after a stop signal; the rest of
 /// `shutdown_timeout_s` is for the queue.
@@ -55,6 +57,8 @@ pub enum StartupError {
     Registry(#[from] RegistryError),
     #[error("could not set up metrics: {0}")]
     Metrics(String),
+    #[error("{0}. Fix tls_cert / tls_key (PEM files) or remove both to serve plain HTTP")]
+    Tls(#[source] tls::TlsError),
 }
 
 /// A built daemon, ready to serve.
@@ -70,10 +74,12 @@ pub struct Application {
     pub(crate) stats: Addr<Stats>,
     pub(crate) queue: Arc<IngressQueue>,
     pub(crate) stopping: Arc<AtomicBool>,
+    /// Applies SIGHUP.
+    pub(crate) reloader: Reloader,
 }
 
 impl Application {
-    pub async fn build(mut settings: Settings, log: Logger) -> Result<Self, StartupError> {
+    pub async fn build(mut settings: Settings, log: Logger, source: ReloadSource) -> Result<Self, StartupError> {
         // Signal handlers first: a SIGTERM during start-up then stops us gracefully too.
         let signals = Signals::install().map_err(StartupError::Signals)?;
 
@@ -137,20 +143,13 @@ impl Application {
             Liveness::new(policy, view, manager.seen_agents(), log).with_events(store.clone())
         };
         let webhook_failures: Arc<std::sync::atomic::AtomicU64> = Arc::default();
-        let liveness = match &settings.webhook_url {
-            Some(url) => {
-                let policy = WebhookPolicy {
-                    url: url.clone(),
-                    timeout: Duration::from_millis(settings.webhook_timeout_ms),
-                    retries: settings.webhook_retries,
-                };
-                let (failures, log) = (Arc::clone(&webhook_failures), log.new(o!("actor" => "webhook")));
-                let webhook =
-                    Webhook::start_in_arbiter(&manager_arbiter.handle(), move |_| Webhook::new(policy, failures, log));
-                liveness.with_webhook(webhook)
-            }
-            None => liveness,
+        // Started even without webhook_url, so a SIGHUP can set one.
+        let webhook = {
+            let (policy, failures) = (webhook_policy(&settings), Arc::clone(&webhook_failures));
+            let log = log.new(o!("actor" => "webhook"));
+            Webhook::start_in_arbiter(&manager_arbiter.handle(), move |_| Webhook::new(policy, failures, log))
         };
+        let liveness = liveness.with_webhook(webhook.clone());
         let status_counts = liveness.counts();
         let liveness = Liveness::start_in_arbiter(&manager_arbiter.handle(), move |_| liveness);
         let manager = manager.with_liveness(liveness);
@@ -177,12 +176,26 @@ impl Application {
         let stopping = Arc::new(AtomicBool::new(false));
         check_descriptor_limit(settings.max_connections, &log);
 
+        let bind_ip = settings.bind_ip().expect("validated when the settings were loaded");
+        let loopback = bind_ip.is_loopback();
+        let admin_auth = AdminAuth::new(settings.admin_token.clone(), loopback);
+        let ingest_auth = IngestAuth::new(settings.ingest_token.clone());
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key).map_err(StartupError::Tls)?),
+            _ => None,
+        };
+        let tls_reloader = tls.as_ref().map(|(_, reloader)| reloader.clone());
+        if !loopback && settings.ingest_token.is_none() && tls.is_none() && settings.http_port != 0 {
+            warn!(log, "heartbeatd listens beyond loopback with neither ingest_token nor TLS: anyone on the network can post heartbeats for any registered agent (and register agents with auto_register), and read every heartbeat in transit";
+                "bind" => %bind_ip,
+                "what_to_do" => "set ingest_token (agents send Authorization: Bearer <token>) and tls_cert / tls_key, or bind to 127.0.0.1");
+        }
+
         let (server, local_addr) = if settings.http_port == 0 {
             warn!(log, "http_port is 0: no HTTP server is started and no heartbeat can be received";
                 "what_to_do" => "set http_port in the config file, HEARTBEATD_HTTP_PORT, or --http-port");
             (None, None)
         } else {
-            let bind_ip = settings.bind_ip().expect("validated when the settings were loaded");
             let request_timeout = Duration::from_secs(settings.request_timeout_s);
             let addr = SocketAddr::new(bind_ip, settings.http_port);
             let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
@@ -197,10 +210,10 @@ impl Application {
                     settings.auto_register.then(|| manager.clone()),
                     log.new(o!("actor" => "http")),
                 )
-                .with_request_timeout(request_timeout),
+                .with_request_timeout(request_timeout)
+                .with_auth(ingest_auth.clone()),
             );
             let stats_data = web::Data::new(stats.clone());
-            let loopback = bind_ip.is_loopback();
             if settings.admin_token.is_none() && !loopback {
                 warn!(log, "no admin_token is set and heartbeatd listens beyond loopback: the admin API refuses every change (403)";
                     "bind" => %addr,
@@ -223,7 +236,7 @@ impl Application {
             });
             let admin = web::Data::new(AdminApi {
                 manager: manager.clone(),
-                auth: AdminAuth::new(settings.admin_token.clone(), loopback),
+                auth: admin_auth.clone(),
                 log: log.new(o!("actor" => "admin")),
                 request_timeout,
             });
@@ -294,16 +307,20 @@ impl Application {
                 // Headers must arrive within the same deadline as a body (408 otherwise).
                 .client_request_timeout(request_timeout)
                 .disable_signals()
-                .shutdown_timeout(grace.as_secs())
-                .listen(listener)
-                .map_err(StartupError::Http)?
-                .run();
+                .shutdown_timeout(grace.as_secs());
+            let server = match tls {
+                Some((config, _)) => server.listen_rustls_0_23(listener, config),
+                None => server.listen(listener),
+            }
+            .map_err(StartupError::Http)?
+            .run();
             (Some(server), Some(local_addr))
         };
 
         info!(log, "heartbeatd started";
             "version" => env!("CARGO_PKG_VERSION"),
             "bind" => local_addr.map_or_else(|| "none (http_port = 0)".to_owned(), |a| a.to_string()),
+            "scheme" => if tls_reloader.is_some() { "https" } else { "http" },
             "workers" => settings.workers, "queue_capacity" => settings.queue_capacity(),
             "http_workers" => settings.http_workers, "data_dir" => %settings.data_dir.display(),
             "agents" => registry_view.len(), "agents_with_state" => agents_with_state,
@@ -311,9 +328,23 @@ impl Application {
             "history_len" => settings.history_len, "flush_interval_ms" => settings.flush_interval_ms);
 
         release_startup_memory();
+        let reloader = Reloader {
+            current: Settings {
+                agents: Vec::new(),
+                ..settings.clone()
+            },
+            source,
+            admin: admin_auth,
+            ingest: ingest_auth,
+            webhook,
+            manager: manager.clone(),
+            tls: tls_reloader,
+            log: log.clone(),
+        };
         Ok(Self {
             settings,
             log,
+            reloader,
             server,
             local_addr,
             signals,

@@ -3,8 +3,13 @@
 //!
 //! Keep the returned [`LogGuard`] alive until the end of `main`: dropping it flushes what is
 //! still queued, so the last lines (the drain report) are not lost.
+//!
+//! The level can change while running (SIGHUP reloads `log_level`) through [`LevelHandle`].
 
-use slog::{o, Drain, Level, Logger};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use slog::{o, Drain, Level, Logger, OwnedKVList, Record};
 
 use crate::settings::{LogFormat, LogLevel};
 
@@ -13,6 +18,36 @@ const LOG_QUEUE_LEN: usize = 8192;
 
 /// Flushes the logging thread when dropped.
 pub struct LogGuard(#[allow(dead_code)] slog_async::AsyncGuard);
+
+/// Changes the level of a running logger.
+#[derive(Debug, Clone)]
+pub struct LevelHandle(Arc<AtomicUsize>);
+
+impl LevelHandle {
+    pub fn set(&self, level: LogLevel) {
+        self.0.store(slog_level(level).as_usize(), Ordering::Relaxed);
+    }
+}
+
+/// Passes records at or above the handle's level.
+struct DynamicLevel<D> {
+    drain: D,
+    level: Arc<AtomicUsize>,
+}
+
+impl<D: Drain> Drain for DynamicLevel<D> {
+    type Ok = Option<D::Ok>;
+    type Err = D::Err;
+
+    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<Self::Ok, Self::Err> {
+        // Level numbers grow with verbosity: Critical is 1, Trace 6.
+        if record.level().as_usize() <= self.level.load(Ordering::Relaxed) {
+            self.drain.log(record, values).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
 
 fn slog_level(level: LogLevel) -> Level {
     match level {
@@ -25,8 +60,8 @@ fn slog_level(level: LogLevel) -> Level {
     }
 }
 
-/// Builds the root logger; every record carries the crate version.
-pub fn build_logger(level: LogLevel, format: LogFormat) -> (Logger, LogGuard) {
+/// Builds the root logger, and the handle that changes its level.
+pub fn build_logger(level: LogLevel, format: LogFormat) -> (Logger, LogGuard, LevelHandle) {
     let drain: Box<dyn Drain<Ok = (), Err = slog::Never> + Send> = match format {
         LogFormat::Term => {
             let decorator = slog_term::TermDecorator::new().stderr().build();
@@ -45,7 +80,13 @@ pub fn build_logger(level: LogLevel, format: LogFormat) -> (Logger, LogGuard) {
         .thread_name("heartbeatd-log".into())
         .build_with_guard();
     // The level filter sits in front of the async queue, so a disabled debug line on the
-    // heartbeat path costs one comparison instead of a copy to the logging thread.
-    let logger = Logger::root(drain.filter_level(slog_level(level)).fuse(), o!());
-    (logger, LogGuard(guard))
+    // heartbeat path costs one atomic load and a comparison instead of a copy to the logging
+    // thread.
+    let handle = LevelHandle(Arc::new(AtomicUsize::new(slog_level(level).as_usize())));
+    let filtered = DynamicLevel {
+        drain,
+        level: Arc::clone(&handle.0),
+    };
+    let logger = Logger::root(filtered.fuse(), o!());
+    (logger, LogGuard(guard), handle)
 }

@@ -605,6 +605,25 @@ impl Handler<RegisterAgents> for Manager {
     }
 }
 
+/// Imports the `[[agents]]` of a reloaded configuration through the Registry (SIGHUP);
+/// answers the ids added.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, RegistryError>")]
+pub struct ImportConfigAgents(pub Vec<AgentInfo>);
+
+impl Handler<ImportConfigAgents> for Manager {
+    type Result = ResponseFuture<Result<Vec<String>, RegistryError>>;
+
+    fn handle(&mut self, ImportConfigAgents(agents): ImportConfigAgents, _: &mut Context<Self>) -> Self::Result {
+        let request = self.registry.send(registry::ImportConfigAgents(agents));
+        Box::pin(async move {
+            request
+                .await
+                .map_err(|_| RegistryError::Save("the registry is not running".into()))?
+        })
+    }
+}
+
 /// Registers one agent by its first heartbeat (`auto_register`), batched with others by the
 /// Registry; [`RegistryError::Full`] past `auto_register_limit`.
 #[derive(Message)]

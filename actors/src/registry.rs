@@ -594,6 +594,45 @@ impl Handler<UpdateInfo> for Registry {
     }
 }
 
+/// Imports `[[agents]]` of a reloaded configuration (SIGHUP): as at start-up, an id the
+/// registry has never imported is added; answers the ids added. Entries are validated like
+/// every registration (the settings did that already).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, RegistryError>")]
+pub struct ImportConfigAgents(pub Vec<AgentInfo>);
+
+impl Handler<ImportConfigAgents> for Registry {
+    type Result = Result<Vec<String>, RegistryError>;
+
+    fn handle(&mut self, ImportConfigAgents(agents): ImportConfigAgents, _: &mut Context<Self>) -> Self::Result {
+        let current = self.agents();
+        let new: Vec<AgentInfo> = agents
+            .into_iter()
+            .filter(|info| !self.imported_from_config.contains(&info.id) && !current.contains_key(&info.id))
+            .collect();
+        for info in &new {
+            info.validate().map_err(RegistryError::Invalid)?;
+        }
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = new.iter().map(|i| i.id.clone()).collect();
+        let mut next = current.by_id.clone();
+        for info in new {
+            next.insert(info.id.clone(), info);
+        }
+        let before = self.imported_from_config.clone();
+        self.imported_from_config.extend(ids.iter().cloned());
+        // The imported set lives in registry.json only: write it whole.
+        if let Err(e) = self.compact(&next) {
+            self.imported_from_config = before;
+            return Err(e);
+        }
+        self.published.store(Arc::new(AgentSet::new(next)));
+        Ok(ids)
+    }
+}
+
 /// Removes one agent. Answered after the snapshot no longer shows it.
 #[derive(Message)]
 #[rtype(result = "Result<AgentInfo, RegistryError>")]

@@ -48,7 +48,9 @@ struct Payload<'a> {
 
 /// Delivers transitions.
 pub struct Webhook {
-    policy: WebhookPolicy,
+    /// `None`: no `webhook_url` is set; transitions are not delivered. Changed by
+    /// [`Reconfigure`] (a SIGHUP reload).
+    policy: Option<WebhookPolicy>,
     client: Option<awc::Client>,
     pending: Arc<AtomicUsize>,
     failures: Arc<AtomicU64>,
@@ -59,7 +61,7 @@ pub struct Webhook {
 impl Webhook {
     /// Build it on the arbiter it runs on (its HTTP client is not `Send`); `failures` is
     /// shared with Stats.
-    pub fn new(policy: WebhookPolicy, failures: Arc<AtomicU64>, log: Logger) -> Self {
+    pub fn new(policy: Option<WebhookPolicy>, failures: Arc<AtomicU64>, log: Logger) -> Self {
         Self {
             policy,
             client: None,
@@ -75,8 +77,32 @@ impl Actor for Webhook {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
-        // awc's client belongs to the thread that uses it: made here, on the actor's arbiter.
-        self.client = Some(awc::Client::builder().timeout(self.policy.timeout).finish());
+        self.build_client();
+    }
+}
+
+impl Webhook {
+    /// awc's client belongs to the thread that uses it: made on the actor's arbiter.
+    fn build_client(&mut self) {
+        self.client = self
+            .policy
+            .as_ref()
+            .map(|p| awc::Client::builder().timeout(p.timeout).finish());
+    }
+}
+
+/// Replaces the delivery settings (a SIGHUP reload); deliveries already running finish with
+/// the old ones.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub Option<WebhookPolicy>);
+
+impl Handler<Reconfigure> for Webhook {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(policy): Reconfigure, _: &mut Context<Self>) {
+        self.policy = policy;
+        self.build_client();
     }
 }
 
@@ -97,6 +123,8 @@ impl Handler<Deliver> for Webhook {
                     "what_to_do" => "check that webhook_url is reachable and answers 2xx");
             }
         };
+        let Some(policy) = &self.policy else { return };
+        let (url, tries) = (policy.url.clone(), policy.retries + 1);
         if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             failed(
@@ -108,7 +136,10 @@ impl Handler<Deliver> for Webhook {
             );
             return;
         }
-        let Some(client) = self.client.clone() else { return };
+        let Some(client) = self.client.clone() else {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return;
+        };
         let body = serde_json::to_vec(&Payload {
             agent_id: &t.agent_id,
             from: t.from,
@@ -118,7 +149,6 @@ impl Handler<Deliver> for Webhook {
             reported_status: t.reported_status,
         })
         .unwrap_or_default();
-        let (url, tries) = (self.policy.url.clone(), self.policy.retries + 1);
         let (pending, failures, gate, log) = (
             Arc::clone(&self.pending),
             Arc::clone(&self.failures),

@@ -96,8 +96,8 @@ fn unavailable(_: actix::MailboxError) -> AgentsError {
 /// Who may change the registry.
 #[derive(Clone)]
 pub struct AdminAuth {
-    /// Never logged or printed.
-    token: Option<String>,
+    /// Never logged or printed. Replaced by a SIGHUP reload; shared by the HTTP threads.
+    token: std::sync::Arc<arc_swap::ArcSwapOption<String>>,
     /// Without a token, allow mutations only on a loopback listener.
     loopback_only: bool,
 }
@@ -105,13 +105,20 @@ pub struct AdminAuth {
 impl AdminAuth {
     pub fn new(token: Option<String>, listens_on_loopback: bool) -> Self {
         Self {
-            token: token.filter(|t| !t.is_empty()),
+            token: std::sync::Arc::new(arc_swap::ArcSwapOption::from_pointee(token.filter(|t| !t.is_empty()))),
             loopback_only: listens_on_loopback,
         }
     }
 
+    /// Replaces the token (SIGHUP); every HTTP thread sees the new one at its next request.
+    pub fn set_token(&self, token: Option<String>) {
+        self.token
+            .store(token.filter(|t| !t.is_empty()).map(std::sync::Arc::new));
+    }
+
     fn check(&self, req: &HttpRequest) -> Result<(), AgentsError> {
-        let Some(expected) = &self.token else {
+        let current = self.token.load();
+        let Some(expected) = current.as_deref() else {
             return if self.loopback_only {
                 Ok(())
             } else {

@@ -1,0 +1,185 @@
+//! SIGHUP: reload what can change safely while heartbeatd runs, and say what cannot.
+//!
+//! The configuration is read again exactly as at start-up (the same file, the current
+//! `HEARTBEATD_*` environment, the same command-line flags). An invalid configuration changes
+//! nothing: the error is logged and the running configuration stays. Otherwise:
+//!
+//! | key | on reload |
+//! |---|---|
+//! | `log_level` | applied at once |
+//! | `[[agents]]` | ids never imported before are registered (as at start-up; changes to agents already registered are the admin API's) |
+//! | `webhook_url`, `webhook_timeout_ms`, `webhook_retries` | applied to the next delivery |
+//! | `admin_token`, `ingest_token` | applied to the next request |
+//! | `tls_cert`, `tls_key` | the files are read again and used for new connections |
+//! | anything else | logged as needing a restart, not applied |
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::Addr;
+use heartbeatd_actors::agent::AgentInfo;
+use heartbeatd_actors::manager::{ImportConfigAgents, Manager};
+use heartbeatd_actors::webhook::{Reconfigure, Webhook, WebhookPolicy};
+use slog::{error, info, warn, Logger};
+
+use crate::routes::agents::AdminAuth;
+use crate::routes::heartbeat::IngestAuth;
+use crate::settings::{self, Overrides, Settings};
+use crate::telemetry::LevelHandle;
+use crate::tls::TlsReloader;
+
+/// Where the configuration came from, to read it again the same way.
+#[derive(Debug, Clone)]
+pub struct ReloadSource {
+    pub config: Option<PathBuf>,
+    pub overrides: Overrides,
+    pub level: LevelHandle,
+}
+
+/// The keys a reload applies; every other key needs a restart.
+pub const RELOADABLE_KEYS: [&str; 9] = [
+    "log_level",
+    "agents",
+    "webhook_url",
+    "webhook_timeout_ms",
+    "webhook_retries",
+    "admin_token",
+    "ingest_token",
+    "tls_cert",
+    "tls_key",
+];
+
+/// What a reload changes, and the settings it last applied.
+pub struct Reloader {
+    pub source: ReloadSource,
+    /// As last applied (with the `[[agents]]` list of the file).
+    pub current: Settings,
+    pub admin: AdminAuth,
+    pub ingest: IngestAuth,
+    pub webhook: Addr<Webhook>,
+    pub manager: Addr<Manager>,
+    pub tls: Option<TlsReloader>,
+    pub log: Logger,
+}
+
+/// The webhook settings of `s`, if a URL is set.
+pub fn webhook_policy(s: &Settings) -> Option<WebhookPolicy> {
+    s.webhook_url.as_ref().map(|url| WebhookPolicy {
+        url: url.clone(),
+        timeout: Duration::from_millis(s.webhook_timeout_ms),
+        retries: s.webhook_retries,
+    })
+}
+
+impl Reloader {
+    /// Reads the configuration again and applies what can be applied (see the module doc).
+    pub async fn reload(&mut self) {
+        let loaded = settings::load(self.source.config.as_deref(), std::env::vars(), &self.source.overrides);
+        let new = match loaded {
+            Ok(loaded) => loaded.settings,
+            Err(e) => {
+                error!(self.log, "SIGHUP: the configuration is invalid; nothing was changed";
+                    "error" => %e, "what_to_do" => "fix the file (check it with `heartbeatd check-config FILE`) and send SIGHUP again");
+                return;
+            }
+        };
+        let old = &self.current;
+        let mut applied: Vec<&str> = Vec::new();
+        if new.log_level != old.log_level {
+            self.source.level.set(new.log_level);
+            info!(self.log, "SIGHUP: log_level changed"; "from" => ?old.log_level, "to" => ?new.log_level);
+            applied.push("log_level");
+        }
+        if webhook_policy(&new).map(|p| (p.url, p.timeout, p.retries))
+            != webhook_policy(old).map(|p| (p.url, p.timeout, p.retries))
+        {
+            self.webhook.do_send(Reconfigure(webhook_policy(&new)));
+            info!(self.log, "SIGHUP: webhook settings changed";
+                "webhook_url" => new.webhook_url.as_deref().unwrap_or("(none)"),
+                "webhook_timeout_ms" => new.webhook_timeout_ms, "webhook_retries" => new.webhook_retries);
+            applied.push("webhook");
+        }
+        if new.admin_token != old.admin_token {
+            self.admin.set_token(new.admin_token.clone());
+            info!(self.log, "SIGHUP: admin_token changed"; "set" => new.admin_token.is_some());
+            applied.push("admin_token");
+        }
+        if new.ingest_token != old.ingest_token {
+            self.ingest.set_token(new.ingest_token.clone());
+            info!(self.log, "SIGHUP: ingest_token changed"; "set" => new.ingest_token.is_some());
+            applied.push("ingest_token");
+        }
+        if let Some(tls) = &self.tls {
+            match tls.reload(&new) {
+                Ok(()) => {
+                    info!(self.log, "SIGHUP: TLS certificate and key read again"; "tls_cert" => ?new.tls_cert);
+                    applied.push("tls");
+                }
+                Err(e) => {
+                    error!(self.log, "SIGHUP: could not read the TLS certificate or key; the old ones stay in use";
+                    "error" => %e, "what_to_do" => "fix tls_cert / tls_key and send SIGHUP again")
+                }
+            }
+        }
+        let agents: Vec<AgentInfo> = new.agents.iter().map(AgentInfo::from).collect();
+        match self.manager.send(ImportConfigAgents(agents)).await {
+            Ok(Ok(added)) if !added.is_empty() => {
+                info!(self.log, "SIGHUP: agents added from the configuration"; "count" => added.len(),
+                    "first" => added.first().cloned().unwrap_or_default());
+                applied.push("agents");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => error!(self.log, "SIGHUP: could not register the configuration's new agents"; "error" => %e),
+            Err(_) => error!(self.log, "SIGHUP: the manager is not running"),
+        }
+        let restart = keys_needing_restart(old, &new);
+        if !restart.is_empty() {
+            warn!(self.log, "SIGHUP: these keys changed but take effect only after a restart; the running values stay";
+                "keys" => restart.join(", "));
+        }
+        info!(self.log, "SIGHUP: configuration reloaded";
+            "applied" => if applied.is_empty() { "nothing changed".to_owned() } else { applied.join(", ") });
+        // The agent list is not needed again (imports go by the registry's record of what
+        // was imported); 100k entries are not worth keeping.
+        self.current = Settings {
+            agents: Vec::new(),
+            ..new
+        };
+    }
+}
+
+/// The keys whose values differ between `old` and `new`, among those a reload does not apply.
+pub fn keys_needing_restart(old: &Settings, new: &Settings) -> Vec<String> {
+    let table = |s: &Settings| -> toml::Table { toml::Table::try_from(s).unwrap_or_default() };
+    let (old, new) = (table(old), table(new));
+    let mut keys: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|k| !RELOADABLE_KEYS.contains(&k.as_str()))
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_keys_a_reload_cannot_apply_are_listed() {
+        let old = settings::load(None, Vec::<(String, String)>::new(), &Overrides::default())
+            .unwrap()
+            .settings;
+        let mut new = old.clone();
+        new.log_level = settings::LogLevel::Debug;
+        new.admin_token = Some("t".into());
+        new.webhook_url = Some("http://127.0.0.1:1/".into());
+        assert!(keys_needing_restart(&old, &new).is_empty());
+        new.workers = 3;
+        new.http_port = 9999;
+        assert_eq!(keys_needing_restart(&old, &new), ["http_port", "workers"]);
+    }
+}

@@ -1,0 +1,94 @@
+//! HTTPS through rustls (`tls_cert` and `tls_key`, PEM). The certificate is served through a
+//! resolver that holds the current one, so a SIGHUP can read the files again and new
+//! connections get the new certificate without a restart (renewals, e.g. from ACME).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::settings::Settings;
+
+/// Why the certificate or key could not be used; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls_cert {path}: {reason}")]
+    Cert { path: PathBuf, reason: String },
+    #[error("tls_key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("TLS set-up: {0}")]
+    Config(String),
+}
+
+/// Serves the current certificate to every handshake.
+#[derive(Debug)]
+struct CurrentCert(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// Swaps the certificate of a running server (SIGHUP).
+#[derive(Debug, Clone)]
+pub struct TlsReloader {
+    current: Arc<CurrentCert>,
+}
+
+impl TlsReloader {
+    /// Reads `tls_cert` and `tls_key` of `settings` again; on error the old pair stays.
+    pub fn reload(&self, settings: &Settings) -> Result<(), TlsError> {
+        let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) else {
+            return Err(TlsError::Config(
+                "tls_cert and tls_key were removed; HTTPS stays on until a restart".into(),
+            ));
+        };
+        self.current.0.store(Arc::new(load_certified_key(cert, key)?));
+        Ok(())
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a PEM certificate chain and private key.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_error = |reason: String| TlsError::Cert {
+        path: cert.to_owned(),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_error(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(cert_error("no PEM certificate in the file".into()));
+    }
+    let key_error = |reason: String| TlsError::Key {
+        path: key.to_owned(),
+        reason,
+    };
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| key_error(e.to_string()))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| key_error(e.to_string()))?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+/// The server configuration for `settings`, and the handle that reloads its certificate.
+pub fn server_config(cert: &Path, key: &Path) -> Result<(rustls::ServerConfig, TlsReloader), TlsError> {
+    let current = Arc::new(CurrentCert(ArcSwap::from_pointee(load_certified_key(cert, key)?)));
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(current.clone());
+    Ok((config, TlsReloader { current }))
+}
