@@ -36,11 +36,18 @@ fn bad_configurations_exit_2_and_name_the_key_and_file() {
             "agents[1].id",
         ),
         ("bad agent id", "[[agents]]\nid = \"no spaces\"\n", "agents[0].id"),
+        ("a string for a boolean", "auto_register = \"yes\"\n", "auto_register"),
+        ("a fraction for an integer", "workers = 1.5\n", "workers"),
+        ("a syntax error", "admin_token = \"hunter2\n", "admin_token"),
     ];
     for (case, text, key) in cases {
         let (code, _, stderr) = run_with_config(text, &[]);
         assert_eq!(code, Some(2), "{case}: {stderr}");
         assert!(stderr.contains(key), "{case}: stderr does not name {key}: {stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "{case}: a token's line is never printed: {stderr}"
+        );
         assert!(
             stderr.contains("bad.toml"),
             "{case}: stderr does not name the file: {stderr}"

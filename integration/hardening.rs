@@ -523,3 +523,14 @@ fn an_auto_register_flood_is_capped_and_cheap_and_registered_agents_keep_their_s
     let log = daemon.log();
     assert_eq!(log.matches("auto_register_limit reached").count(), 1, "{log}");
 }
+
+#[test]
+fn duplicate_and_differently_cased_keys_are_read_as_go_reads_them() {
+    let daemon = Daemon::start("[[agents]]\nid = \"a\"\n");
+    let body = r#"{"agent_id":"ghost","pid":1,"agent_id":"a","Memory":5,"memory":7}"#;
+    let reply = daemon.request("POST", "/heartbeat", Some(body));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    daemon.wait_processed(1);
+    let agent = daemon.request("GET", "/agents/a", None).body;
+    assert_eq!(agent["last_memory"], 7, "the last value wins: {agent}");
+}

@@ -10,20 +10,91 @@ use heartbeatd_actors::heartbeat::{Heartbeat, ReportedStatus};
 use serde::Deserialize;
 
 /// The body as sent. Every field is optional here; the rules below decide.
-#[derive(Debug, Deserialize)]
+///
+/// Keys are matched as Go's `encoding/json` matches them: case-insensitively, and a key given
+/// twice takes its last value. (serde's derive refuses duplicates, and agents of the original
+/// send bodies a Go decoder accepts.)
+#[derive(Debug, Default)]
 struct HeartbeatRequest {
-    #[serde(default)]
     agent_id: Option<String>,
-    #[serde(default)]
     pid: Option<i64>,
-    #[serde(default)]
     status: Option<String>,
-    #[serde(default)]
     cpu: Option<f64>,
-    #[serde(default)]
     memory: Option<u64>,
-    #[serde(default)]
     timestamp: Option<String>,
+}
+
+/// The known keys, and the rest (ignored, as Go ignores unknown fields).
+enum Field {
+    AgentId,
+    Pid,
+    Status,
+    Cpu,
+    Memory,
+    Timestamp,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl serde::de::Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Field, E> {
+                let is = |name: &str| key.eq_ignore_ascii_case(name);
+                Ok(if is("agent_id") {
+                    Field::AgentId
+                } else if is("pid") {
+                    Field::Pid
+                } else if is("status") {
+                    Field::Status
+                } else if is("cpu") {
+                    Field::Cpu
+                } else if is("memory") {
+                    Field::Memory
+                } else if is("timestamp") {
+                    Field::Timestamp
+                } else {
+                    Field::Other
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for HeartbeatRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RequestVisitor;
+        impl<'de> serde::de::Visitor<'de> for RequestVisitor {
+            type Value = HeartbeatRequest;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<HeartbeatRequest, A::Error> {
+                let mut req = HeartbeatRequest::default();
+                while let Some(field) = map.next_key::<Field>()? {
+                    // Each assignment replaces what an earlier duplicate set: the last wins.
+                    match field {
+                        Field::AgentId => req.agent_id = map.next_value()?,
+                        Field::Pid => req.pid = map.next_value()?,
+                        Field::Status => req.status = map.next_value()?,
+                        Field::Cpu => req.cpu = map.next_value()?,
+                        Field::Memory => req.memory = map.next_value()?,
+                        Field::Timestamp => req.timestamp = map.next_value()?,
+                        Field::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(req)
+            }
+        }
+        deserializer.deserialize_map(RequestVisitor)
+    }
 }
 
 /// Why a body was refused; both are 400.
@@ -69,10 +140,6 @@ pub fn parse(
     now: DateTime<Utc>,
 ) -> Result<ValidHeartbeat, RequestError> {
     let req: HeartbeatRequest = serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
-    // serde would also map a JSON array onto the struct by position; Go (and we) want an object.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(RequestError::InvalidJson("expected a JSON object".into()));
-    }
     let invalid = |field, reason: String| RequestError::Validation { field, reason };
 
     let agent_id = req.agent_id.unwrap_or_default();
@@ -239,6 +306,21 @@ mod tests {
                 Err("validation failed: status: must be one of running, stopped, error, got \"dancing\""),
             ),
             ("unknown fields are ignored", with("version", json!("1.2.3")), Ok(())),
+            (
+                "a duplicate key takes the last value, as Go does",
+                br#"{"agent_id":"ghost","pid":1,"agent_id":"agent-1"}"#.to_vec(),
+                Ok(()),
+            ),
+            (
+                "keys match case-insensitively, as Go does",
+                br#"{"Agent_ID":"agent-1","PID":7}"#.to_vec(),
+                Ok(()),
+            ),
+            (
+                "the last of two pids is checked",
+                br#"{"agent_id":"agent-1","pid":5,"pid":0}"#.to_vec(),
+                Err("validation failed: pid: must be greater than 0, got 0"),
+            ),
         ];
         for (case, body, expected) in cases {
             let got = check(&body).map(|_| ()).map_err(|e| e.to_string());

@@ -402,12 +402,16 @@ pub fn load(
         // costs over 2 KB per entry, 230 MB at start-up for a 100k-agent fleet.
         let mut table: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| fail(&origin, e.to_string()))?;
+            .map_err(|e: toml::de::Error| fail(&origin, syntax_error(&text, &e)))?;
         drop(text);
         if let Some(agents) = table.remove("agents") {
-            file_agents = agents
-                .try_into::<Vec<AgentSettings>>()
-                .map_err(|e| fail(&origin, format!("agents: {}", e.message())))?;
+            file_agents = serde_path_to_error::deserialize::<_, Vec<AgentSettings>>(agents)
+                .map_err(|e| fail(&origin, format!("agents{}: {}", e.path(), e.inner().message())))?;
+        }
+        // Types are checked strictly here, before the config crate (which would turn
+        // `auto_register = "yes"` into true and `workers = 1.5` into 2).
+        if let Err(e) = serde_path_to_error::deserialize::<_, Settings>(toml::Value::Table(table.clone())) {
+            return Err(fail(&origin, format!("{}: {}", e.path(), e.inner().message())));
         }
         let rest = toml::to_string(&table).map_err(|e| fail(&origin, e.to_string()))?;
         builder = builder.add_source(config::File::from_str(&rest, config::FileFormat::Toml));
@@ -420,6 +424,7 @@ pub fn load(
     for (name, value) in env {
         let key = name[ENV_PREFIX.len()..].to_ascii_lowercase();
         if ENV_KEYS.contains(&key.as_str()) {
+            check_env_type(&key, &value).map_err(|reason| fail(&origin, format!("{name}: {key}: {reason}")))?;
             builder = builder
                 .set_override(key.as_str(), value)
                 .map_err(|e| fail(&origin, e.to_string()))?;
@@ -453,6 +458,59 @@ pub fn load(
         ignored_env,
         applied_env,
     })
+}
+
+/// A TOML syntax error by line and column, naming the key of the line when it has one, but
+/// never quoting the line: it may hold a token.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return format!("TOML syntax error: {}", e.message().trim());
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or_default();
+    let key = line_text
+        .split_once('=')
+        .map(|(key, _)| key.trim())
+        .filter(|key| !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)))
+        .map(|key| format!(" (key {key})"))
+        .unwrap_or_default();
+    format!(
+        "TOML syntax error at line {line}, column {column}{key}: {}",
+        e.message().trim().replace('\n', "; ")
+    )
+}
+
+/// Checks an environment value against the type of its key: an integer key takes only an
+/// integer, a boolean key only `true` or `false` (no silent rounding or "yes").
+fn check_env_type(key: &str, value: &str) -> Result<(), String> {
+    const INTEGER_KEYS: [&str; 17] = [
+        "http_port",
+        "workers",
+        "queue_capacity",
+        "history_len",
+        "shutdown_timeout_s",
+        "http_workers",
+        "flush_interval_ms",
+        "checkpoint_interval_s",
+        "heartbeat_interval_s",
+        "grace_s",
+        "max_clock_skew_s",
+        "metrics_agent_limit",
+        "webhook_timeout_ms",
+        "webhook_retries",
+        "request_timeout_s",
+        "max_connections",
+        "auto_register_limit",
+    ];
+    if INTEGER_KEYS.contains(&key) && value.trim().parse::<u64>().is_err() {
+        return Err(format!("{value:?} is not a whole number"));
+    }
+    if key == "auto_register" && !matches!(value.trim(), "true" | "false") {
+        return Err(format!("{value:?} is not true or false"));
+    }
+    Ok(())
 }
 
 /// The config crate appends the file path to some messages; ours already leads with it.
@@ -548,6 +606,12 @@ mod tests {
             ("[[agents]]\nname = \"no id\"", "id"),
             ("[[agents]]\nid = \"a\"\ncolour = \"red\"", "colour"),
             ("http_port = ", "http_port"),
+            ("auto_register = \"yes\"", "auto_register"),
+            ("workers = 1.5", "workers"),
+            (
+                "[[agents]]\nid = \"a\"\nheartbeat_interval_s = 2.5",
+                "agents[0].heartbeat_interval_s",
+            ),
         ];
         for (text, key) in cases {
             let err = load_text(text)
@@ -560,6 +624,34 @@ mod tests {
                 "{text:?}: {message:?} does not name the file"
             );
         }
+    }
+
+    #[test]
+    fn a_syntax_error_never_quotes_the_line() {
+        let message = load_text("workers = 2\nadmin_token = \"hunter2-secret\nx = 1\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.contains("line 2") && message.contains("admin_token"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn environment_values_are_typed_strictly() {
+        for (name, value) in [
+            ("HEARTBEATD_WORKERS", "1.5"),
+            ("HEARTBEATD_AUTO_REGISTER", "yes"),
+            ("HEARTBEATD_HTTP_PORT", "80a"),
+        ] {
+            let env = vec![(name.to_owned(), value.to_owned())];
+            let message = load(None, env, &Overrides::default()).err().unwrap().to_string();
+            assert!(message.contains(name), "{message}");
+        }
+        let env = vec![("HEARTBEATD_AUTO_REGISTER".to_owned(), "true".to_owned())];
+        assert!(load(None, env, &Overrides::default()).unwrap().settings.auto_register);
     }
 
     #[test]
