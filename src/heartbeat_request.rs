@@ -383,6 +383,66 @@ mod tests {
         assert_eq!(offset.heartbeat.timestamp.to_rfc3339(), "2026-11-24T06:00:00.500+00:00");
     }
 
+    use proptest::prelude::*;
+
+    /// The validation table as a model: what a body with these fields must get.
+    fn expected(id: &str, pid: i64, cpu: f64, status: &str) -> Result<(), &'static str> {
+        if id.is_empty() {
+            Err("agent_id")
+        } else if !registered(id) {
+            Err("unknown")
+        } else if pid <= 0 {
+            Err("pid")
+        } else if !(0.0..=100.0).contains(&cpu) {
+            Err("cpu")
+        } else if !matches!(status, "" | "running" | "stopped" | "error") {
+            Err("status")
+        } else {
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = check(&body);
+            let _ = agent_id_hint(&body);
+        }
+
+        #[test]
+        fn arbitrary_json_text_never_panics(body in "[{}\\[\\]\":,0-9a-z_ .eE+-]{0,120}") {
+            let _ = check(body.as_bytes());
+        }
+
+        #[test]
+        fn accepts_exactly_what_the_validation_table_says(
+            id in prop_oneof![Just(String::new()), Just("agent-1".to_owned()), "[a-z0-9-]{1,12}"],
+            pid in prop_oneof![Just(0i64), Just(1), Just(-1), any::<i64>()],
+            cpu in prop_oneof![Just(0.0f64), Just(100.0), -1.0e3f64..1.0e3],
+            memory in any::<u64>(),
+            status in prop_oneof![Just(""), Just("running"), Just("stopped"), Just("error"), Just("Running"), Just("x")],
+            timestamp in prop_oneof![Just(String::new()), Just("2026-11-24T05:59:58Z".to_owned()), Just("0001-01-01T00:00:00Z".to_owned()), "[0-9TZ:.-]{0,30}"],
+        ) {
+            let body = json!({"agent_id": id, "pid": pid, "cpu": cpu, "memory": memory,
+                              "status": status, "timestamp": timestamp});
+            let got = check(&serde_json::to_vec(&body).unwrap());
+            match (expected(&id, pid, cpu, status), got) {
+                (Ok(()), Ok(valid)) => {
+                    prop_assert_eq!(valid.heartbeat.pid, pid);
+                    prop_assert_eq!(valid.heartbeat.memory, memory);
+                    prop_assert_eq!(valid.heartbeat.cpu, cpu);
+                    // Whatever the timestamp, it is one the journal can store.
+                    prop_assert!(valid.heartbeat.timestamp.timestamp_nanos_opt().is_some());
+                }
+                (Err("unknown"), Err(RequestError::UnknownAgent(_))) => {}
+                (Err(field), Err(RequestError::Validation { field: got, .. })) => prop_assert_eq!(field, got),
+                (want, got) => prop_assert!(false, "wanted {:?}, got {:?}", want, got.map(|_| ())),
+            }
+        }
+    }
+
     #[test]
     fn the_agent_id_of_a_refused_body_is_found_for_the_log() {
         assert_eq!(agent_id_hint(&with("pid", json!(-1))), Some("agent-1".into()));
