@@ -44,7 +44,7 @@ fn a_heartbeat_is_accepted_counted_and_saved() {
     assert_eq!(stats["total_rejected"], 0);
     assert_eq!(stats["agents_registered"], 2);
     assert_eq!(stats["workers"], 10);
-    assert_eq!(stats["queue_capacity"], 1000, "workers × 100 by default");
+    assert_eq!(stats["queue_capacity"], 10_000, "workers × 1000 by default");
     assert!(stats["average_latency"].as_u64().unwrap() > 0, "{stats}");
     assert_ne!(stats["last_received_time"], "0001-01-01T00:00:00Z");
     for key in ["queue_depth", "uptime_seconds"] {

@@ -77,6 +77,24 @@ struct AgentEntry {
     skew_warned: bool,
 }
 
+impl AgentEntry {
+    /// Queues a history sample for the next checkpoint. Only the newest `history_len` can ever
+    /// be read back (the log is compacted to that many), so older ones are dropped here, in
+    /// halves to keep this O(1) amortised: a fast agent between two checkpoints then costs
+    /// at most `2 × history_len` samples of memory and of checkpoint writing, not one per
+    /// heartbeat.
+    /// Returns how many older samples were dropped.
+    fn push_sample(&mut self, sample: ResourceSample, history_len: usize) -> usize {
+        let mut dropped = 0;
+        if self.since_checkpoint.len() >= 2 * history_len.max(1) {
+            dropped = self.since_checkpoint.len() - history_len;
+            self.since_checkpoint.drain(..dropped);
+        }
+        self.since_checkpoint.push(sample);
+        dropped
+    }
+}
+
 type Waiter = oneshot::Sender<Result<(), String>>;
 
 /// Owns the agents' state.
@@ -215,6 +233,7 @@ impl Manager {
     fn replay(&mut self, records: Vec<JournalRecord>) {
         let total = records.len();
         let (mut applied, mut unknown) = (0usize, 0usize);
+        let history_len = self.policy.history_len;
         for record in records {
             let Some(entry) = self.entry(&record.agent_id) else {
                 unknown += 1;
@@ -230,13 +249,13 @@ impl Manager {
             if record.status.is_some() {
                 entry.state.status = record.status;
             }
-            entry.since_checkpoint.push(record.sample());
+            let dropped = entry.push_sample(record.sample(), history_len);
             let newly_dirty = !entry.dirty;
             entry.dirty = true;
             if newly_dirty {
                 self.dirty.push(record.agent_id);
             }
-            self.samples_since_checkpoint += 1;
+            self.samples_since_checkpoint = self.samples_since_checkpoint + 1 - dropped;
             applied += 1;
         }
         if total > 0 {
@@ -473,6 +492,7 @@ impl Handler<UpdateHeartbeats> for Manager {
     fn handle(&mut self, UpdateHeartbeats(batch): UpdateHeartbeats, ctx: &mut Context<Self>) -> Self::Result {
         let mut outcome = BatchOutcome::default();
         let mut seen = Vec::with_capacity(batch.len());
+        let history_len = self.policy.history_len;
         let max_skew_ms = self.policy.max_clock_skew.as_millis() as i64;
         for hb in batch {
             let Some(entry) = self.entry(&hb.agent_id) else {
@@ -484,7 +504,7 @@ impl Handler<UpdateHeartbeats> for Manager {
             let warn_skew = skew_ms.abs() > max_skew_ms && !entry.skew_warned;
             entry.skew_warned |= warn_skew;
             seen.push((hb.agent_id.clone(), hb.received_at, hb.status));
-            entry.since_checkpoint.push(sample);
+            let dropped = entry.push_sample(sample, history_len);
             let newly_dirty = !entry.dirty;
             entry.dirty = true;
             self.journal_pending.push(JournalRecord {
@@ -506,7 +526,7 @@ impl Handler<UpdateHeartbeats> for Manager {
             if newly_dirty {
                 self.dirty.push(hb.agent_id);
             }
-            self.samples_since_checkpoint += 1;
+            self.samples_since_checkpoint = self.samples_since_checkpoint + 1 - dropped;
             outcome.applied += 1;
         }
         if let (Some(liveness), false) = (&self.liveness, seen.is_empty()) {
@@ -1031,6 +1051,42 @@ mod tests {
             reopened.load_all().unwrap().replay.records.is_empty(),
             "the checkpoint covers the journal"
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_fast_agent_keeps_at_most_twice_history_len_samples_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, store) = start(dir.path(), HOUR);
+        for memory in 0..100 {
+            update(&manager, &[heartbeat("a", memory)]).await;
+        }
+        let newest = manager
+            .send(GetHistory {
+                id: "a".into(),
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(memories(&newest), [99, 98, 97], "history_len = 3, newest first");
+        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
+        let on_disk = store
+            .send(store::ReadHistory {
+                id: "a".into(),
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            on_disk.samples.len() <= 6,
+            "{} written for 100 heartbeats",
+            on_disk.samples.len()
+        );
+        assert_eq!(memories(&on_disk.samples).last(), Some(&99));
+        let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
+        assert_eq!(state.heartbeat_count, 100, "every heartbeat counted");
     }
 
     #[actix_rt::test]
