@@ -60,7 +60,7 @@ fn metrics_are_valid_exposition_format_with_the_documented_series() {
         ("heartbeatd_heartbeats_processed_total", 1.0),
         ("heartbeatd_heartbeats_rejected_total{reason=\"unknown_agent\"}", 1.0),
         ("heartbeatd_heartbeats_rejected_total{reason=\"queue_full\"}", 0.0),
-        ("heartbeatd_queue_capacity", 100.0),
+        ("heartbeatd_queue_capacity", 10_000.0),
         ("heartbeatd_agents{status=\"up\"}", 1.0),
         ("heartbeatd_agents{status=\"new\"}", 1.0),
         ("heartbeatd_agent_up{agent_id=\"live\"}", 1.0),

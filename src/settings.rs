@@ -303,18 +303,41 @@ impl Settings {
         })
     }
 
+    /// (key, value, min, max) of every numeric key but the agent timing (bounded by
+    /// [`check_timing`]) and `http_port` (its type bounds it).
+    fn numeric_bounds(&self) -> [(&'static str, u64, u64, u64); 15] {
+        const DAY_S: u64 = 86_400;
+        let n = |v: usize| v as u64;
+        [
+            ("workers", n(self.workers), 1, 1024),
+            ("http_workers", n(self.http_workers), 1, 256),
+            ("queue_capacity", n(self.queue_capacity()), 1, 10_000_000),
+            ("history_len", n(self.history_len), 1, 1_000_000),
+            ("flush_interval_ms", self.flush_interval_ms, 0, 60_000),
+            ("checkpoint_interval_s", self.checkpoint_interval_s, 1, DAY_S),
+            ("shutdown_timeout_s", self.shutdown_timeout_s, 1, DAY_S),
+            ("request_timeout_s", self.request_timeout_s, 1, 3600),
+            ("max_connections", n(self.max_connections), 1, 1_000_000),
+            ("max_clock_skew_s", self.max_clock_skew_s, 1, 7 * DAY_S),
+            ("metrics_agent_limit", n(self.metrics_agent_limit), 0, 10_000_000),
+            ("webhook_timeout_ms", self.webhook_timeout_ms, 1, 600_000),
+            ("webhook_retries", u64::from(self.webhook_retries), 0, 20),
+            ("auto_register_limit", n(self.auto_register_limit), 0, 10_000_000),
+            (
+                "heartbeat_interval_s",
+                self.heartbeat_interval_s,
+                1,
+                heartbeatd_actors::agent::MAX_TIMING_S,
+            ),
+        ]
+    }
+
     fn validate(&self) -> Result<(), String> {
-        let at_least_one = [
-            ("max_connections", self.max_connections),
-            ("request_timeout_s", self.request_timeout_s as usize),
-            ("workers", self.workers),
-            ("http_workers", self.http_workers),
-            ("history_len", self.history_len),
-            ("queue_capacity", self.queue_capacity()),
-        ];
-        for (key, value) in at_least_one {
-            if value == 0 {
-                return Err(format!("{key}: must be at least 1, got 0"));
+        // Every number a config supplies reaches a thread count, an allocation, an interval
+        // or a deadline (`Instant + Duration` panics on overflow): each has bounds.
+        for (key, value, min, max) in self.numeric_bounds() {
+            if !(min..=max).contains(&value) {
+                return Err(format!("{key}: must be between {min} and {max}, got {value}"));
             }
         }
         self.bind_ip()?;
@@ -325,14 +348,6 @@ impl Settings {
         if let Some(url) = &self.webhook_url {
             if !url.starts_with("http://") {
                 return Err(format!("webhook_url: {url:?} must be a plain http:// URL"));
-            }
-        }
-        for (key, value) in [
-            ("shutdown_timeout_s", self.shutdown_timeout_s),
-            ("checkpoint_interval_s", self.checkpoint_interval_s),
-        ] {
-            if value == 0 {
-                return Err(format!("{key}: must be at least 1, got 0"));
             }
         }
         check_timing("heartbeat_interval_s", self.heartbeat_interval_s)?;
@@ -625,6 +640,30 @@ mod tests {
                 message.contains(".toml"),
                 "{text:?}: {message:?} does not name the file"
             );
+        }
+    }
+
+    #[test]
+    fn every_number_is_bounded_and_the_error_names_the_key() {
+        let defaults = load(None, Vec::new(), &Overrides::default()).unwrap().settings;
+        for (key, _, min, max) in defaults.numeric_bounds() {
+            let mut values = vec![max + 1, u64::MAX >> 1];
+            if min > 0 {
+                values.push(min - 1);
+            }
+            for value in values {
+                let text = format!("{key} = {value}");
+                let message = load_text(&text)
+                    .err()
+                    .unwrap_or_else(|| panic!("{text} must be refused"))
+                    .to_string();
+                assert!(message.contains(key), "{text}: {message}");
+            }
+            for value in [min, max] {
+                // queue_capacity's default follows workers; the rest stand alone.
+                let text = format!("{key} = {value}");
+                assert!(load_text(&text).is_ok(), "{text} must be accepted");
+            }
         }
     }
 

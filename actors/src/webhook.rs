@@ -22,8 +22,9 @@ use crate::ratelimit::LogGate;
 
 /// Deliveries waiting or in flight, at most.
 pub const MAX_PENDING: usize = 10_000;
-/// First wait before a retry; doubles each time.
+/// First wait before a retry; doubles each time, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Where and how to deliver.
 #[derive(Debug, Clone)]
@@ -161,7 +162,7 @@ impl Handler<Deliver> for Webhook {
             for attempt in 0..tries {
                 if attempt > 0 {
                     actix::clock::sleep(backoff).await;
-                    backoff *= 2;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 match client
                     .post(&url)
