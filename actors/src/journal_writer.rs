@@ -29,14 +29,7 @@ impl JournalWriter {
 
     /// Starts the writer on its own thread (a one-thread SyncArbiter).
     pub fn start(self) -> Addr<Self> {
-        // The factory runs once, on the new thread: the writer never stops itself.
-        let cell = std::sync::Mutex::new(Some(self));
-        SyncArbiter::start(1, move || {
-            cell.lock()
-                .ok()
-                .and_then(|mut c| c.take())
-                .expect("the journal writer is started once")
-        })
+        crate::single_thread::start_on_own_thread(self)
     }
 }
 

@@ -44,6 +44,7 @@ pub mod pipeline_metrics;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;
+pub mod single_thread;
 pub mod stats;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]

@@ -428,6 +428,22 @@ impl Manager {
         message
     }
 
+    /// Sends `msg` to the Registry and answers with its answer (a stopped Registry is a
+    /// [`RegistryError::Save`]).
+    fn forward_to_registry<M, T>(&self, msg: M) -> ResponseFuture<Result<T, RegistryError>>
+    where
+        M: Message<Result = Result<T, RegistryError>> + Send + 'static,
+        Registry: Handler<M>,
+        T: Send + 'static,
+    {
+        let request = self.registry.send(msg);
+        Box::pin(async move {
+            request
+                .await
+                .map_err(|_| RegistryError::Save("the registry is not running".into()))?
+        })
+    }
+
     /// The agent's entry, created from the registry on its first heartbeat; `None` for an
     /// agent that is not registered.
     fn entry(&mut self, id: &str) -> Option<&mut AgentEntry> {
@@ -635,12 +651,7 @@ impl Handler<ImportConfigAgents> for Manager {
     type Result = ResponseFuture<Result<Vec<String>, RegistryError>>;
 
     fn handle(&mut self, ImportConfigAgents(agents): ImportConfigAgents, _: &mut Context<Self>) -> Self::Result {
-        let request = self.registry.send(registry::ImportConfigAgents(agents));
-        Box::pin(async move {
-            request
-                .await
-                .map_err(|_| RegistryError::Save("the registry is not running".into()))?
-        })
+        self.forward_to_registry(registry::ImportConfigAgents(agents))
     }
 }
 
@@ -654,12 +665,7 @@ impl Handler<AutoRegisterAgent> for Manager {
     type Result = ResponseFuture<Result<(), RegistryError>>;
 
     fn handle(&mut self, AutoRegisterAgent(id): AutoRegisterAgent, _: &mut Context<Self>) -> Self::Result {
-        let request = self.registry.send(registry::AutoRegister(id));
-        Box::pin(async move {
-            request
-                .await
-                .map_err(|_| RegistryError::Save("the registry is not running".into()))?
-        })
+        self.forward_to_registry(registry::AutoRegister(id))
     }
 }
 
@@ -986,6 +992,23 @@ mod tests {
         (manager, store)
     }
 
+    /// The Manager's answer to `GetHistory` for agent `a`.
+    async fn history(manager: &Addr<Manager>, limit: usize) -> Vec<ResourceSample> {
+        let id = "a".to_owned();
+        manager.send(GetHistory { id, limit }).await.unwrap().unwrap().unwrap()
+    }
+
+    /// Agent `a`'s history as the Store reads it from disk.
+    async fn on_disk(store: &Addr<FileMetadataStore>) -> Vec<ResourceSample> {
+        let id = "a".to_owned();
+        store
+            .send(store::ReadHistory { id, limit: 100 })
+            .await
+            .unwrap()
+            .unwrap()
+            .samples
+    }
+
     fn memories(samples: &[ResourceSample]) -> Vec<u64> {
         samples.iter().map(|s| s.memory).collect()
     }
@@ -1006,15 +1029,7 @@ mod tests {
         let (restarted, _) = start(dir.path(), Duration::ZERO);
         let state = restarted.send(GetAgent("a".into())).await.unwrap().unwrap();
         assert_eq!(state.heartbeat_count, 6, "replayed from the journal");
-        let history = restarted
-            .send(GetHistory {
-                id: "a".into(),
-                limit: 100,
-            })
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let history = history(&restarted, 100).await;
         assert_eq!(memories(&history), [5, 4, 3], "newest first, at most history_len = 3");
     }
 
@@ -1035,16 +1050,9 @@ mod tests {
         let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
         assert_eq!(state.heartbeat_count, 8);
         assert_eq!(state.name, "A");
-        let on_disk = store
-            .send(store::ReadHistory {
-                id: "a".into(),
-                limit: 100,
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(on_disk.samples.len() <= 6, "compacted back once over 2 × history_len");
-        assert_eq!(memories(&on_disk.samples).last(), Some(&7));
+        let on_disk = on_disk(&store).await;
+        assert!(on_disk.len() <= 6, "compacted back once over 2 × history_len");
+        assert_eq!(memories(&on_disk).last(), Some(&7));
 
         let mut reopened = FileMetadataStore::open(dir.path(), quiet()).unwrap();
         assert!(
@@ -1060,31 +1068,12 @@ mod tests {
         for memory in 0..100 {
             update(&manager, &[heartbeat("a", memory)]).await;
         }
-        let newest = manager
-            .send(GetHistory {
-                id: "a".into(),
-                limit: 10,
-            })
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let newest = history(&manager, 10).await;
         assert_eq!(memories(&newest), [99, 98, 97], "history_len = 3, newest first");
         assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
-        let on_disk = store
-            .send(store::ReadHistory {
-                id: "a".into(),
-                limit: 100,
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            on_disk.samples.len() <= 6,
-            "{} written for 100 heartbeats",
-            on_disk.samples.len()
-        );
-        assert_eq!(memories(&on_disk.samples).last(), Some(&99));
+        let on_disk = on_disk(&store).await;
+        assert!(on_disk.len() <= 6, "{} written for 100 heartbeats", on_disk.len());
+        assert_eq!(memories(&on_disk).last(), Some(&99));
         let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
         assert_eq!(state.heartbeat_count, 100, "every heartbeat counted");
     }
@@ -1103,18 +1092,7 @@ mod tests {
         std::fs::remove_dir(&blocker).unwrap();
         update(&manager, &[heartbeat("a", 3)]).await;
         assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
-        let on_disk = store
-            .send(store::ReadHistory {
-                id: "a".into(),
-                limit: 10,
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            memories(&on_disk.samples),
-            [1, 2, 3],
-            "nothing lost, nothing twice, in order"
-        );
+        let on_disk = on_disk(&store).await;
+        assert_eq!(memories(&on_disk), [1, 2, 3], "nothing lost, nothing twice, in order");
     }
 }

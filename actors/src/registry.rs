@@ -400,16 +400,7 @@ impl Registry {
             answers.push((waiter, fits));
         }
         let count = batch.len();
-        let saved = self.change(|agents| {
-            let entries = batch
-                .into_iter()
-                .map(|info| {
-                    agents.insert(info.id.clone(), info.clone());
-                    LogEntry::Put(info)
-                })
-                .collect();
-            ((), entries)
-        });
+        let saved = self.change(|agents| ((), put_all(agents, batch)));
         if count > 0 && saved.is_ok() {
             info!(self.log, "agents registered by their first heartbeat (auto_register)"; "count" => count);
         }
@@ -438,6 +429,17 @@ impl Registry {
                 "error" => %e, "what_to_do" => "check that data_dir exists and is writable"),
         }
     }
+}
+
+/// Adds (or replaces) `batch` in `agents`; the log entries that record it.
+fn put_all(agents: &mut AgentMap, batch: Vec<AgentInfo>) -> Vec<LogEntry> {
+    batch
+        .into_iter()
+        .map(|info| {
+            agents.insert(info.id.clone(), info.clone());
+            LogEntry::Put(info)
+        })
+        .collect()
 }
 
 /// Applies `dir/registry.log`, if any, to `map`; a damaged line (a write cut short) is skipped.
@@ -512,16 +514,7 @@ impl Handler<Register> for Registry {
                 return Err(RegistryError::Duplicate(info.id.clone()));
             }
         }
-        self.change(|agents| {
-            let entries = batch
-                .into_iter()
-                .map(|info| {
-                    agents.insert(info.id.clone(), info.clone());
-                    LogEntry::Put(info)
-                })
-                .collect();
-            ((), entries)
-        })
+        self.change(|agents| ((), put_all(agents, batch)))
     }
 }
 

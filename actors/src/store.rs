@@ -157,15 +157,7 @@ impl FileMetadataStore {
 
     /// Starts the store on its own thread (a one-thread SyncArbiter).
     pub fn start(self) -> Addr<Self> {
-        // The factory runs once, on the new thread; it is never called again because the
-        // store never stops itself (a SyncContext would restart it).
-        let cell = std::sync::Mutex::new(Some(self));
-        SyncArbiter::start(1, move || {
-            cell.lock()
-                .ok()
-                .and_then(|mut c| c.take())
-                .expect("the store is started once")
-        })
+        crate::single_thread::start_on_own_thread(self)
     }
 
     pub fn agents_dir(&self) -> &Path {
