@@ -98,6 +98,11 @@ fn a_port_in_use_exits_1_with_a_clear_message() {
         stderr.contains("could not listen") && stderr.contains(&port),
         "{stderr}"
     );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !stderr.contains("journal replayed"),
+        "found before any state is loaded: {stderr}"
+    );
 }
 
 #[test]

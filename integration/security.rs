@@ -153,3 +153,23 @@ fn a_listener_beyond_loopback_without_token_or_tls_is_warned_about() {
     assert_eq!(protected.stop_with("TERM").code(), Some(0));
     assert!(!protected.log().contains("neither ingest_token nor TLS"));
 }
+
+#[test]
+fn an_unreadable_certificate_exits_1_naming_the_file_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("h.toml");
+    fs::write(
+        &config,
+        format!(
+            "http_port = 0\ndata_dir = {:?}\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("--config").arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("tls_cert /nonexistent/cert.pem"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("manager started"), "nothing was started: {stderr}");
+}

@@ -123,5 +123,9 @@ async fn run_daemon(loaded: Result<Loaded, SettingsError>, cli: &Cli) -> ExitCod
     drop(log);
     // Flushes the log thread so the last lines (start-up error, drain report) are written.
     drop(guard);
-    ExitCode::from(code)
+    // Exit here rather than by returning from main: returning drops the actix system with
+    // its actors still registered (after a failed start-up, e.g. the Registry's timer), and
+    // tokio panics when a dropped actor's timer is polled without a runtime. Everything that
+    // matters is done: the drain finished, the store is flushed, the log is written.
+    std::process::exit(i32::from(code))
 }

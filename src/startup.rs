@@ -82,6 +82,20 @@ impl Application {
     pub async fn build(mut settings: Settings, log: Logger, source: ReloadSource) -> Result<Self, StartupError> {
         // Signal handlers first: a SIGTERM during start-up then stops us gracefully too.
         let signals = Signals::install().map_err(StartupError::Signals)?;
+        // The port next: a port in use is the likeliest start-up failure, and it should be
+        // found before a long journal replay, with no actor started yet.
+        let bind_ip = settings.bind_ip().expect("validated when the settings were loaded");
+        let listener = match settings.http_port {
+            0 => None,
+            port => {
+                let addr = SocketAddr::new(bind_ip, port);
+                Some(TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })?)
+            }
+        };
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key).map_err(StartupError::Tls)?),
+            _ => None,
+        };
 
         let store_log = log.new(o!("actor" => "store"));
         let mut store = FileMetadataStore::open(&settings.data_dir, store_log).map_err(StartupError::DataDir)?;
@@ -176,14 +190,9 @@ impl Application {
         let stopping = Arc::new(AtomicBool::new(false));
         check_descriptor_limit(settings.max_connections, &log);
 
-        let bind_ip = settings.bind_ip().expect("validated when the settings were loaded");
         let loopback = bind_ip.is_loopback();
         let admin_auth = AdminAuth::new(settings.admin_token.clone(), loopback);
         let ingest_auth = IngestAuth::new(settings.ingest_token.clone());
-        let tls = match (&settings.tls_cert, &settings.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::server_config(cert, key).map_err(StartupError::Tls)?),
-            _ => None,
-        };
         let tls_reloader = tls.as_ref().map(|(_, reloader)| reloader.clone());
         if !loopback && settings.ingest_token.is_none() && tls.is_none() && settings.http_port != 0 {
             warn!(log, "heartbeatd listens beyond loopback with neither ingest_token nor TLS: anyone on the network can post heartbeats for any registered agent (and register agents with auto_register), and read every heartbeat in transit";
@@ -191,14 +200,8 @@ impl Application {
                 "what_to_do" => "set ingest_token (agents send Authorization: Bearer <token>) and tls_cert / tls_key, or bind to 127.0.0.1");
         }
 
-        let (server, local_addr) = if settings.http_port == 0 {
-            warn!(log, "http_port is 0: no HTTP server is started and no heartbeat can be received";
-                "what_to_do" => "set http_port in the config file, HEARTBEATD_HTTP_PORT, or --http-port");
-            (None, None)
-        } else {
+        let (server, local_addr) = if let Some(listener) = listener {
             let request_timeout = Duration::from_secs(settings.request_timeout_s);
-            let addr = SocketAddr::new(bind_ip, settings.http_port);
-            let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
             let local_addr = listener.local_addr().map_err(StartupError::Http)?;
             let ingress = web::Data::new(
                 HeartbeatIngress::new(
@@ -216,7 +219,7 @@ impl Application {
             let stats_data = web::Data::new(stats.clone());
             if settings.admin_token.is_none() && !loopback {
                 warn!(log, "no admin_token is set and heartbeatd listens beyond loopback: the admin API refuses every change (403)";
-                    "bind" => %addr,
+                    "bind" => %local_addr,
                     "what_to_do" => "set admin_token (or HEARTBEATD_ADMIN_TOKEN) to register, change and delete agents over HTTP");
             }
             let metrics_endpoint = web::Data::new(
@@ -315,6 +318,10 @@ impl Application {
             .map_err(StartupError::Http)?
             .run();
             (Some(server), Some(local_addr))
+        } else {
+            warn!(log, "http_port is 0: no HTTP server is started and no heartbeat can be received";
+                "what_to_do" => "set http_port in the config file, HEARTBEATD_HTTP_PORT, or --http-port");
+            (None, None)
         };
 
         info!(log, "heartbeatd started";
