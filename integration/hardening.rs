@@ -534,3 +534,37 @@ fn duplicate_and_differently_cased_keys_are_read_as_go_reads_them() {
     let agent = daemon.request("GET", "/agents/a", None).body;
     assert_eq!(agent["last_memory"], 7, "the last value wins: {agent}");
 }
+
+/// Sockets the process holds open.
+fn open_sockets(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[test]
+fn connections_past_max_connections_wait_in_the_backlog() {
+    // Arrange
+    let daemon = Daemon::start("max_connections = 10\nrequest_timeout_s = 30\n[[agents]]\nid = \"a\"\n");
+    let before = open_sockets(daemon.pid());
+
+    // Act: 60 clients connect and send nothing.
+    let idle: Vec<_> = (0..60)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap())
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+
+    // Assert: heartbeatd accepted at most max_connections of them; the rest wait in the
+    // kernel's backlog and cost heartbeatd no descriptor.
+    let held = open_sockets(daemon.pid()) - before;
+    assert!(
+        held <= 10,
+        "heartbeatd holds {held} connections with max_connections = 10"
+    );
+    drop(idle);
+    eventually(Duration::from_secs(10), "served again once they are gone", || {
+        crate::daemon::http(daemon.port, "GET", "/healthz", None).is_some_and(|r| r.status == 200)
+    });
+}
