@@ -6,7 +6,7 @@
 //! unparseable `timestamp` is not an error (server time is used).
 
 use chrono::{DateTime, Utc};
-use heartbeatd_actors::heartbeat::{Heartbeat, ReportedStatus};
+use heartbeatd_actors::model::heartbeat::{Heartbeat, ReportedStatus};
 use serde::Deserialize;
 
 /// The body as sent. Every field is optional here; the rules below decide.

@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::Addr;
-use heartbeatd_actors::agent::AgentInfo;
+use heartbeatd_actors::liveness::webhook::{Reconfigure, Webhook, WebhookPolicy};
 use heartbeatd_actors::manager::{ImportConfigAgents, Manager};
-use heartbeatd_actors::webhook::{Reconfigure, Webhook, WebhookPolicy};
+use heartbeatd_actors::model::agent::AgentInfo;
 use slog::{error, info, warn, Logger};
 
 use crate::routes::agents::AdminAuth;

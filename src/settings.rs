@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use heartbeatd_actors::agent::{check_timing, AgentInfo};
+use heartbeatd_actors::model::agent::{check_timing, AgentInfo};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of the environment variables that override keys.
@@ -327,7 +327,7 @@ impl Settings {
                 "heartbeat_interval_s",
                 self.heartbeat_interval_s,
                 1,
-                heartbeatd_actors::agent::MAX_TIMING_S,
+                heartbeatd_actors::model::agent::MAX_TIMING_S,
             ),
         ]
     }

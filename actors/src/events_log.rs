@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::write_atomically;
-use crate::heartbeat::ReportedStatus;
-use crate::liveness::AgentStatus;
+use crate::model::heartbeat::ReportedStatus;
+use crate::model::liveness::AgentStatus;
 
 /// Transitions kept per agent.
 pub const KEEP: usize = 1000;

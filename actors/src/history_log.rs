@@ -16,8 +16,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::agent::ResourceSample;
 use crate::atomic_file::write_atomically;
+use crate::model::agent::ResourceSample;
 
 /// What a read found in one agent's log.
 #[derive(Debug, Default, PartialEq)]

@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::ResourceSample;
 use crate::atomic_file::sync_dir;
-use crate::heartbeat::ReportedStatus;
+use crate::model::agent::ResourceSample;
+use crate::model::heartbeat::ReportedStatus;
 
 /// One processed heartbeat, as the journal keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -30,16 +30,16 @@
 //! it); [`stats::IngressCounters`], [`stats::ManagerCounters`] and [`liveness::StatusCounts`],
 //! atomics each written by one owner and read by Stats; [`atomic_file`], crash-safe writes.
 
-pub mod agent;
 pub mod atomic_file;
+pub mod counters;
 pub mod events_log;
-pub mod heartbeat;
 pub mod history_log;
 pub mod journal;
 pub mod journal_writer;
 pub mod liveness;
 pub mod log_text;
 pub mod manager;
+pub mod model;
 pub mod pipeline_metrics;
 pub mod queue;
 pub mod ratelimit;
@@ -49,5 +49,4 @@ pub mod stats;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
-pub mod webhook;
 pub mod worker;

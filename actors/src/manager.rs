@@ -24,15 +24,16 @@ use futures::channel::oneshot;
 use serde::Serialize;
 use slog::{error, info, warn, Logger};
 
-use crate::agent::{AgentInfo, AgentState, AgentView, ResourceSample};
+use crate::counters::ManagerCounters;
 use crate::events_log::EventRecord;
-use crate::heartbeat::Heartbeat;
 use crate::journal::JournalRecord;
 use crate::journal_writer::{AppendJournal, JournalWriter, RotateJournal};
-use crate::liveness::{self, AgentStatus, Liveness};
+use crate::liveness::{self, Liveness};
+use crate::model::agent::{AgentInfo, AgentState, AgentView, ResourceSample};
+use crate::model::heartbeat::Heartbeat;
+use crate::model::liveness::AgentStatus;
 use crate::ratelimit::LogGate;
 use crate::registry::{self, Registry, RegistryError, RegistrySnapshot};
-use crate::stats::ManagerCounters;
 use crate::store::{self, AgentDelta, FileMetadataStore, PersistReport, StoreError};
 
 /// At most one store-error log line per this long; the others are counted in it.

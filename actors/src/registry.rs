@@ -37,8 +37,8 @@ use actix::prelude::*;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{is_valid_agent_id, AgentInfo};
 use crate::atomic_file::{sync_dir, write_atomically};
+use crate::model::agent::{is_valid_agent_id, AgentInfo};
 
 type AgentMap = HashMap<String, AgentInfo>;
 
@@ -830,7 +830,7 @@ mod tests {
         let old = loaded.snapshot().get("old").unwrap();
         assert_eq!(
             (old.heartbeat_interval_s, old.grace_s),
-            (Some(crate::agent::MAX_TIMING_S), Some(1))
+            (Some(crate::model::agent::MAX_TIMING_S), Some(1))
         );
         assert_eq!(report.clamped.len(), 1, "{report:?}");
     }

@@ -37,13 +37,13 @@ use slog::{error, info, Logger};
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{AgentState, ResourceSample};
 use crate::atomic_file::{is_temp_file, sync_dir, sync_filesystem, write_atomically, StagedFile, SYNC_ONE_BY_ONE_MAX};
 use crate::events_log::{EventRecord, EventsLog};
 use crate::history_log::HistoryLog;
 use crate::journal::{self, Journal, Replay};
 use crate::journal_writer::JournalWriter;
-use crate::liveness::Transition;
+use crate::model::agent::{AgentState, ResourceSample};
+use crate::model::liveness::Transition;
 
 /// `data_dir/checkpoint.json`: where replay starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -626,9 +626,9 @@ impl Handler<Flush> for FileMetadataStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::AgentInfo;
-    use crate::heartbeat::Heartbeat;
     use crate::journal::JournalRecord;
+    use crate::model::agent::AgentInfo;
+    use crate::model::heartbeat::Heartbeat;
 
     fn quiet() -> Logger {
         Logger::root(slog::Discard, slog::o!())

@@ -8,12 +8,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use slog::Logger;
 
-use crate::agent::AgentInfo;
+use crate::counters::IngressCounters;
 use crate::manager::{Manager, ManagerPolicy};
+use crate::model::agent::AgentInfo;
 use crate::pipeline_metrics::PipelineMetrics;
 use crate::queue::IngressQueue;
 use crate::registry::{Registry, RegistrySnapshot};
-use crate::stats::{IngressCounters, Stats};
+use crate::stats::Stats;
 use crate::store::FileMetadataStore;
 use crate::worker::WorkerPool;
 

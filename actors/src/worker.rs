@@ -18,8 +18,8 @@ use actix::prelude::*;
 use actix::WeakAddr;
 use slog::{debug, Logger};
 
-use crate::heartbeat::Heartbeat;
 use crate::manager::{Manager, UpdateHeartbeats};
+use crate::model::heartbeat::Heartbeat;
 use crate::pipeline_metrics::PipelineMetrics;
 use crate::queue::QueuePermit;
 use crate::stats::{HeartbeatsProcessed, Stats};

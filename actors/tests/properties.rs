@@ -7,12 +7,13 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use heartbeatd_actors::agent::ResourceSample;
 use heartbeatd_actors::events_log::{EventRecord, EventsLog};
-use heartbeatd_actors::heartbeat::ReportedStatus;
 use heartbeatd_actors::history_log::HistoryLog;
 use heartbeatd_actors::journal::{Journal, JournalRecord};
-use heartbeatd_actors::liveness::{AgentStatus, DeadlineTracker, Timing};
+use heartbeatd_actors::liveness::DeadlineTracker;
+use heartbeatd_actors::model::agent::ResourceSample;
+use heartbeatd_actors::model::heartbeat::ReportedStatus;
+use heartbeatd_actors::model::liveness::{AgentStatus, Timing};
 use proptest::prelude::*;
 
 /// Any time the journal can hold (nanoseconds since 1970 in an i64).

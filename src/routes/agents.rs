@@ -8,11 +8,11 @@
 use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use heartbeatd_actors::agent::AgentInfo;
-use heartbeatd_actors::liveness::AgentStatus;
 use heartbeatd_actors::manager::{
     DeleteAgent, GetAgentView, GetEvents, GetHistory, ListAgents, Manager, RegisterAgents, SetAgentPaused, UpdateAgent,
 };
+use heartbeatd_actors::model::agent::AgentInfo;
+use heartbeatd_actors::model::liveness::AgentStatus;
 use heartbeatd_actors::registry::RegistryError;
 use serde::{Deserialize, Serialize};
 use slog::{info, Logger};

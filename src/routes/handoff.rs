@@ -13,7 +13,7 @@
 use std::cell::RefCell;
 
 use actix::WeakAddr;
-use heartbeatd_actors::heartbeat::Heartbeat;
+use heartbeatd_actors::model::heartbeat::Heartbeat;
 use heartbeatd_actors::queue::QueuePermit;
 use heartbeatd_actors::worker::{HeartbeatWorker, ProcessHeartbeats};
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use heartbeatd_actors::stats::ManagerCounters;
+use heartbeatd_actors::counters::ManagerCounters;
 
 use super::ApiResponse;
 

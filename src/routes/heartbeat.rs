@@ -11,14 +11,14 @@ use actix::{Addr, WeakAddr};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
-use heartbeatd_actors::agent::is_valid_agent_id;
+use heartbeatd_actors::counters::{IngressCounters, RejectReason};
 use heartbeatd_actors::log_text::clip;
 use heartbeatd_actors::manager::{AutoRegisterAgent, Manager};
+use heartbeatd_actors::model::agent::is_valid_agent_id;
 use heartbeatd_actors::queue::IngressQueue;
 use heartbeatd_actors::ratelimit::LogGate;
 use heartbeatd_actors::registry::RegistryError;
 use heartbeatd_actors::registry::RegistrySnapshot;
-use heartbeatd_actors::stats::{IngressCounters, RejectReason};
 use heartbeatd_actors::worker::HeartbeatWorker;
 use slog::{debug, warn, Logger};
 

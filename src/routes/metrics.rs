@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse};
-use heartbeatd_actors::agent::AgentView;
-use heartbeatd_actors::liveness::AgentStatus;
+use heartbeatd_actors::counters::{IngressCounters, RejectReason};
 use heartbeatd_actors::manager::{ListAgents, Manager};
+use heartbeatd_actors::model::agent::AgentView;
+use heartbeatd_actors::model::liveness::AgentStatus;
 use heartbeatd_actors::pipeline_metrics::PipelineMetrics;
-use heartbeatd_actors::stats::{GetStats, IngressCounters, RejectReason, Stats, StatsReport};
+use heartbeatd_actors::stats::{GetStats, Stats, StatsReport};
 use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use slog::{warn, Logger};
 

@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slog::{warn, Logger};
 
-use crate::heartbeat::ReportedStatus;
-use crate::liveness::{AgentStatus, Transition};
+use crate::model::heartbeat::ReportedStatus;
+use crate::model::liveness::{AgentStatus, Transition};
 use crate::ratelimit::LogGate;
 
 /// Deliveries waiting or in flight, at most.

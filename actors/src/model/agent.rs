@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::heartbeat::{Heartbeat, ReportedStatus};
-use crate::liveness::AgentStatus;
+use crate::model::heartbeat::{Heartbeat, ReportedStatus};
+use crate::model::liveness::AgentStatus;
 
 /// The longest agent id accepted, in bytes.
 pub const MAX_AGENT_ID_LEN: usize = 128;

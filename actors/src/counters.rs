@@ -1,0 +1,159 @@
+//! Counters shared between an owner that writes them and Stats (and `/metrics`, `/readyz`)
+//! that read them: relaxed atomics, so the hot paths never send a message to be counted.
+//!
+//! | counters | written by | read by |
+//! |---|---|---|
+//! | [`IngressCounters`] | the HTTP layer, per request | Stats, `/metrics` |
+//! | [`ManagerCounters`] | the Manager | Stats, `/readyz`, `/metrics` |
+//! | [`StatusCounts`] | Liveness, on each transition | Stats, `/metrics` |
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::model::liveness::AgentStatus;
+
+/// Why a `POST /heartbeat` was not accepted (the `reason` label of the rejected counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Unreadable or invalid body.
+    Invalid,
+    UnknownAgent,
+    QueueFull,
+    Stopping,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 4] = [Self::Invalid, Self::UnknownAgent, Self::QueueFull, Self::Stopping];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::UnknownAgent => "unknown_agent",
+            Self::QueueFull => "queue_full",
+            Self::Stopping => "stopping",
+        }
+    }
+}
+
+/// The counts the HTTP layer keeps: one relaxed atomic add per request instead of a message
+/// (a message per request would wake the Stats actor's thread 100k times a second). The HTTP
+/// layer writes them; Stats only reads them.
+#[derive(Debug, Default)]
+pub struct IngressCounters {
+    pub(crate) received: AtomicU64,
+    /// By [`RejectReason`].
+    rejected: [AtomicU64; 4],
+    /// Nanoseconds since the Unix epoch of the latest accepted heartbeat; 0 for none.
+    last_received_ns: AtomicI64,
+}
+
+impl IngressCounters {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// A valid heartbeat was accepted into the worker queue (answered 200) at `at`.
+    pub fn accepted(&self, at: DateTime<Utc>) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(ns) = at.timestamp_nanos_opt() {
+            self.last_received_ns.fetch_max(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// A request to `POST /heartbeat` was answered with an error status.
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests rejected for `reason`.
+    pub fn rejected_for(&self, reason: RejectReason) -> u64 {
+        self.rejected[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn rejected_total(&self) -> u64 {
+        RejectReason::ALL.iter().map(|r| self.rejected_for(*r)).sum()
+    }
+
+    pub(crate) fn last_received(&self) -> Option<DateTime<Utc>> {
+        match self.last_received_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(DateTime::from_timestamp_nanos(ns)),
+        }
+    }
+}
+
+/// What the Manager counts for Stats and `/readyz`: written by the Manager only.
+#[derive(Debug, Default)]
+pub struct ManagerCounters {
+    /// Failed journal appends and checkpoints (each retried from memory).
+    store_errors: AtomicU64,
+    /// Damaged records found: unparseable state files and journal or history lines.
+    damaged_records: AtomicU64,
+    /// Set while writes to `data_dir` fail (cleared by the next write that works).
+    store_failing: std::sync::atomic::AtomicBool,
+    /// Agents whose clock was found off by more than `max_clock_skew_s`.
+    skewed_agents: AtomicU64,
+}
+
+impl ManagerCounters {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        self.store_failing.store(true, Ordering::Relaxed);
+    }
+
+    pub fn store_ok(&self) {
+        self.store_failing.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the last write to `data_dir` failed.
+    pub fn store_failing(&self) -> bool {
+        self.store_failing.load(Ordering::Relaxed)
+    }
+
+    pub fn skewed_agent(&self) {
+        self.skewed_agents.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn skewed_agents(&self) -> u64 {
+        self.skewed_agents.load(Ordering::Relaxed)
+    }
+
+    pub fn damaged(&self, records: u64) {
+        self.damaged_records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.load(Ordering::Relaxed)
+    }
+
+    pub fn damaged_records(&self) -> u64 {
+        self.damaged_records.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-state agent counts, published for Stats (written by Liveness only).
+#[derive(Debug, Default)]
+pub struct StatusCounts {
+    counts: [AtomicU64; 5],
+}
+
+impl StatusCounts {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Count of `status`.
+    pub fn get(&self, status: AgentStatus) -> u64 {
+        self.counts[status as usize].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn store(&self, status: AgentStatus, value: u64) {
+        self.counts[status as usize].store(value, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,306 @@
+//! The Liveness actor: who is alive, judged on the daemon's own clock.
+//!
+//! States: `new` (registered, never seen), `up`, `late` (no heartbeat for interval + half the
+//! grace), `down` (interval + grace), `paused` (set through the API; no transitions). The next
+//! heartbeat brings `late` or `down` back to `up`. After heartbeatd itself restarts, every
+//! agent seen before starts `up` with a full interval + grace from start-up: our restart must
+//! not page anyone.
+//!
+//! | module | what |
+//! |---|---|
+//! | this one | the Liveness actor: applies heartbeats, pauses and deletions to the tracker, ticks it, reports transitions |
+//! | [`tracker`] | [`DeadlineTracker`]: states and deadlines in a heap, with an explicit clock |
+//! | [`webhook`] | the Webhook actor: POSTs transitions to `webhook_url` |
+
+pub mod tracker;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use slog::{debug, info, warn, Logger};
+
+use crate::counters::StatusCounts;
+use crate::model::agent::{AgentInfo, MAX_TIMING_S, MIN_TIMING_S};
+use crate::model::heartbeat::ReportedStatus;
+use crate::model::liveness::{AgentStatus, Timing, Transition};
+use crate::registry::RegistrySnapshot;
+use crate::store::{AppendEvents, FileMetadataStore};
+pub use tracker::DeadlineTracker;
+use webhook::{Deliver, Webhook};
+
+/// How often the actor looks for passed deadlines: the resolution of `late` and `down`.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// Defaults for agents that do not set their own timing.
+#[derive(Debug, Clone, Copy)]
+pub struct LivenessPolicy {
+    pub interval: Duration,
+    /// `None`: twice the interval.
+    pub grace: Option<Duration>,
+}
+
+/// The actor around the tracker.
+pub struct Liveness {
+    policy: LivenessPolicy,
+    tracker: DeadlineTracker,
+    registry: RegistrySnapshot,
+    counts: Arc<StatusCounts>,
+    /// Where transitions are recorded (`events/<id>.log`).
+    events: Option<Addr<FileMetadataStore>>,
+    /// Where transitions are posted (`webhook_url`).
+    webhook: Option<Addr<Webhook>>,
+    /// The registry size the published counts were computed with: agents registered since
+    /// are `new` and must show in the counts without waiting for a transition.
+    counted_registry_len: usize,
+    log: Logger,
+}
+
+impl Liveness {
+    /// `seen_before`: agents with a `last_seen` from the previous run; they start `up` with a
+    /// full interval + grace from now.
+    pub fn new(
+        policy: LivenessPolicy,
+        registry: RegistrySnapshot,
+        seen_before: impl IntoIterator<Item = String>,
+        log: Logger,
+    ) -> Self {
+        let mut liveness = Self {
+            policy,
+            tracker: DeadlineTracker::default(),
+            registry,
+            counts: StatusCounts::new(),
+            events: None,
+            webhook: None,
+            counted_registry_len: 0,
+            log,
+        };
+        let (now, wall) = (Instant::now(), Utc::now());
+        for id in seen_before {
+            let timing = liveness.timing(&id);
+            liveness.tracker.start_up(&id, timing, now, wall);
+        }
+        liveness.publish_counts();
+        liveness
+    }
+
+    /// Records transitions through `store` (its `events/` log).
+    pub fn with_events(mut self, store: Addr<FileMetadataStore>) -> Self {
+        self.events = Some(store);
+        self
+    }
+
+    /// Posts transitions to `webhook`.
+    pub fn with_webhook(mut self, webhook: Addr<Webhook>) -> Self {
+        self.webhook = Some(webhook);
+        self
+    }
+
+    /// Logs the transitions, posts them to the webhook and records them on disk.
+    fn report(&self, transitions: Vec<Transition>) {
+        for t in &transitions {
+            self.log_transition(t);
+            if let Some(webhook) = &self.webhook {
+                webhook.do_send(Deliver(t.clone()));
+            }
+        }
+        if let (Some(store), false) = (&self.events, transitions.is_empty()) {
+            store.do_send(AppendEvents(transitions));
+        }
+    }
+
+    /// The shared per-state counts (for Stats).
+    pub fn counts(&self) -> Arc<StatusCounts> {
+        Arc::clone(&self.counts)
+    }
+
+    /// The agent's timing: its own settings, else the defaults.
+    fn timing(&self, id: &str) -> Timing {
+        self.timing_of(self.registry.load().get(id))
+    }
+
+    /// Like [`Liveness::timing`], from an already loaded registry entry.
+    fn timing_of(&self, info: Option<&AgentInfo>) -> Timing {
+        // Bounded again here (the Registry and the settings refuse values out of bounds): an
+        // unbounded value would overflow `Instant + Duration` and panic this actor.
+        let bounded = |s: u64| Duration::from_secs(s.clamp(MIN_TIMING_S, MAX_TIMING_S));
+        let interval = info
+            .and_then(|i| i.heartbeat_interval_s)
+            .map_or(self.policy.interval, bounded)
+            .min(bounded(MAX_TIMING_S));
+        let grace = info
+            .and_then(|i| i.grace_s)
+            .map(bounded)
+            .or(self.policy.grace)
+            .unwrap_or(interval * 2)
+            .min(bounded(MAX_TIMING_S) * 2);
+        Timing { interval, grace }
+    }
+
+    fn publish_counts(&mut self) {
+        self.counted_registry_len = self.registry.len();
+        let counts = self.tracker.counts();
+        let tracked: u64 = counts.values().sum();
+        for status in AgentStatus::ALL {
+            let n = counts.get(&status).copied().unwrap_or(0);
+            // Registered agents the tracker has not heard of are new.
+            let n = if status == AgentStatus::New {
+                n + (self.registry.len() as u64).saturating_sub(tracked)
+            } else {
+                n
+            };
+            self.counts.store(status, n);
+        }
+    }
+
+    fn log_transition(&self, t: &Transition) {
+        match (t.from, t.to) {
+            (_, AgentStatus::Late | AgentStatus::Down) => warn!(self.log, "agent went silent";
+                "agent_id" => &t.agent_id, "from" => t.from.name(), "to" => t.to.name()),
+            // An agent's first heartbeat: not news, and 100k of them after a fleet is registered.
+            (AgentStatus::New, AgentStatus::Up) => debug!(self.log, "agent reported for the first time";
+                "agent_id" => &t.agent_id),
+            _ => info!(self.log, "agent status changed";
+                "agent_id" => &t.agent_id, "from" => t.from.name(), "to" => t.to.name()),
+        }
+    }
+}
+
+impl Actor for Liveness {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(TICK, |act, _| {
+            let mut transitions = act.tracker.tick(Instant::now(), Utc::now());
+            // An agent unregistered while its deadline was pending is no longer watched (the
+            // Manager also says Forget; this covers a message still on its way).
+            let registered = act.registry.load();
+            transitions.retain(|t| {
+                let keep = registered.contains_key(&t.agent_id);
+                if !keep {
+                    act.tracker.forget(&t.agent_id);
+                }
+                keep
+            });
+            if !transitions.is_empty() || act.counted_registry_len != registered.len() {
+                act.publish_counts();
+            }
+            if !transitions.is_empty() {
+                act.report(transitions);
+            }
+        });
+    }
+}
+
+/// Heartbeats received (id, server receive time, reported status), from the Manager, one
+/// message per batch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Seen(pub Vec<(String, DateTime<Utc>, Option<ReportedStatus>)>);
+
+impl Handler<Seen> for Liveness {
+    type Result = ();
+
+    fn handle(&mut self, Seen(batch): Seen, _: &mut Context<Self>) {
+        let (now, wall) = (Instant::now(), Utc::now());
+        let mut transitions = Vec::new();
+        let registered = self.registry.load();
+        for (id, received_at, reported) in batch {
+            // Deadlines count from the receive time, not from when this message arrives.
+            let lag = (wall - received_at).to_std().unwrap_or_default();
+            let at = now.checked_sub(lag).unwrap_or(now);
+            let timing = self.timing_of(registered.get(&id));
+            transitions.extend(self.tracker.seen(&id, timing, at, received_at, reported));
+        }
+        if !transitions.is_empty() {
+            self.publish_counts();
+            self.report(transitions);
+        }
+    }
+}
+
+/// Pauses (`true`) or resumes (`false`) an agent. Answers its status afterwards.
+#[derive(Message)]
+#[rtype(result = "(AgentStatus, DateTime<Utc>)")]
+pub struct SetPaused {
+    pub id: String,
+    pub paused: bool,
+    /// Whether the agent ever sent a heartbeat (a resumed agent that never did is `new`).
+    pub ever_seen: bool,
+}
+
+impl Handler<SetPaused> for Liveness {
+    type Result = MessageResult<SetPaused>;
+
+    fn handle(&mut self, msg: SetPaused, _: &mut Context<Self>) -> Self::Result {
+        let (now, wall) = (Instant::now(), Utc::now());
+        let transition = if msg.paused {
+            self.tracker.pause(&msg.id, wall)
+        } else {
+            let timing = self.timing(&msg.id);
+            self.tracker.resume(&msg.id, timing, now, wall, msg.ever_seen)
+        };
+        if let Some(t) = transition {
+            self.publish_counts();
+            self.report(vec![t]);
+        }
+        MessageResult(self.tracker.status(&msg.id).unwrap_or((AgentStatus::New, wall)))
+    }
+}
+
+/// The agent was unregistered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forget(pub String);
+
+impl Handler<Forget> for Liveness {
+    type Result = ();
+
+    fn handle(&mut self, Forget(id): Forget, _: &mut Context<Self>) {
+        self.tracker.forget(&id);
+        self.publish_counts();
+    }
+}
+
+/// The status of each of these agents (`new` for one never seen), in order.
+#[derive(Message)]
+#[rtype(result = "Vec<(AgentStatus, Option<DateTime<Utc>>)>")]
+pub struct Statuses(pub Vec<String>);
+
+impl Handler<Statuses> for Liveness {
+    type Result = MessageResult<Statuses>;
+
+    fn handle(&mut self, Statuses(ids): Statuses, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            ids.iter()
+                .map(|id| match self.tracker.status(id) {
+                    Some((status, since)) => (status, Some(since)),
+                    None => (AgentStatus::New, None),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Whether each agent is in `status`: the filter behind `GET /agents?status=`.
+#[derive(Message)]
+#[rtype(result = "Vec<bool>")]
+pub struct InStatus {
+    pub ids: Vec<String>,
+    pub status: AgentStatus,
+}
+
+impl Handler<InStatus> for Liveness {
+    type Result = MessageResult<InStatus>;
+
+    fn handle(&mut self, msg: InStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            msg.ids
+                .iter()
+                .map(|id| self.tracker.status(id).map_or(AgentStatus::New, |(s, _)| s) == msg.status)
+                .collect(),
+        )
+    }
+}

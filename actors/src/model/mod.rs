@@ -1,0 +1,12 @@
+//! Plain data shared by the actors. Nothing here imports an actor: every actor may import
+//! from here, and nothing here changes when an actor does.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`agent`] | an agent: who it is ([`agent::AgentInfo`], one record for config, registry and API), its rules (id, timing and label bounds), its state, history samples, the API's view |
+//! | [`heartbeat`] | a validated heartbeat, and the status an agent reports about itself |
+//! | [`liveness`] | liveness states, transitions and timing |
+
+pub mod agent;
+pub mod heartbeat;
+pub mod liveness;
