@@ -32,10 +32,6 @@
 
 pub mod atomic_file;
 pub mod counters;
-pub mod events_log;
-pub mod history_log;
-pub mod journal;
-pub mod journal_writer;
 pub mod liveness;
 pub mod log_text;
 pub mod manager;

@@ -25,15 +25,15 @@ use serde::Serialize;
 use slog::{error, info, warn, Logger};
 
 use crate::counters::ManagerCounters;
-use crate::events_log::EventRecord;
-use crate::journal::JournalRecord;
-use crate::journal_writer::{AppendJournal, JournalWriter, RotateJournal};
 use crate::liveness::{self, Liveness};
 use crate::model::agent::{AgentInfo, AgentState, AgentView, ResourceSample};
 use crate::model::heartbeat::Heartbeat;
 use crate::model::liveness::AgentStatus;
 use crate::ratelimit::LogGate;
 use crate::registry::{self, Registry, RegistryError, RegistrySnapshot};
+use crate::store::events_log::EventRecord;
+use crate::store::journal::JournalRecord;
+use crate::store::journal_writer::{AppendJournal, JournalWriter, RotateJournal};
 use crate::store::{self, AgentDelta, FileMetadataStore, PersistReport, StoreError};
 
 /// At most one store-error log line per this long; the others are counted in it.
@@ -573,10 +573,12 @@ impl Handler<UpdateHeartbeats> for Manager {
 }
 
 /// One agent's state as the Manager holds it (newer than the disk between writes).
+#[cfg(any(test, feature = "testkit"))]
 #[derive(Message)]
 #[rtype(result = "Option<AgentState>")]
 pub struct GetAgent(pub String);
 
+#[cfg(any(test, feature = "testkit"))]
 impl Handler<GetAgent> for Manager {
     type Result = MessageResult<GetAgent>;
 

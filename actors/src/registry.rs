@@ -645,10 +645,12 @@ impl Handler<Unregister> for Registry {
 }
 
 /// Every registered agent, sorted by id.
+#[cfg(any(test, feature = "testkit"))]
 #[derive(Message)]
 #[rtype(result = "Vec<AgentInfo>")]
 pub struct List;
 
+#[cfg(any(test, feature = "testkit"))]
 impl Handler<List> for Registry {
     type Result = MessageResult<List>;
 
@@ -660,10 +662,12 @@ impl Handler<List> for Registry {
 }
 
 /// How many agents are registered.
+#[cfg(any(test, feature = "testkit"))]
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct Count;
 
+#[cfg(any(test, feature = "testkit"))]
 impl Handler<Count> for Registry {
     type Result = usize;
 
@@ -673,10 +677,12 @@ impl Handler<Count> for Registry {
 }
 
 /// Whether one agent is registered. Hot paths use [`RegistrySnapshot::contains`] instead.
+#[cfg(any(test, feature = "testkit"))]
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct Exists(pub String);
 
+#[cfg(any(test, feature = "testkit"))]
 impl Handler<Exists> for Registry {
     type Result = bool;
 

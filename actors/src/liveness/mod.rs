@@ -12,6 +12,8 @@
 //! | [`tracker`] | [`DeadlineTracker`]: states and deadlines in a heap, with an explicit clock |
 //! | [`webhook`] | the Webhook actor: POSTs transitions to `webhook_url` |
 
+#[cfg(test)]
+mod properties;
 pub mod tracker;
 pub mod webhook;
 

@@ -67,3 +67,15 @@ impl Timing {
         self.interval + self.grace
     }
 }
+
+/// One transition as `events/<id>.log` keeps it and `GET /agents/{id}/events` serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub from: AgentStatus,
+    pub to: AgentStatus,
+    pub at: DateTime<Utc>,
+    /// The server's receive time of the agent's last heartbeat before the transition.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// The status the agent last reported about itself.
+    pub reported_status: Option<ReportedStatus>,
+}

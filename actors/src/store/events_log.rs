@@ -4,31 +4,15 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 use crate::atomic_file::write_atomically;
-use crate::model::heartbeat::ReportedStatus;
-use crate::model::liveness::AgentStatus;
+pub use crate::model::liveness::EventRecord;
 
 /// Transitions kept per agent.
 pub const KEEP: usize = 1000;
 /// A file over this size holds well over [`KEEP`] lines (about 120 bytes each): compact it.
 const COMPACT_OVER_BYTES: u64 = (2 * KEEP as u64) * 120;
-
-/// One transition as stored and served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventRecord {
-    pub from: AgentStatus,
-    pub to: AgentStatus,
-    pub at: DateTime<Utc>,
-    /// The server's receive time of the agent's last heartbeat before the transition.
-    pub last_seen: Option<DateTime<Utc>>,
-    /// The status the agent last reported about itself.
-    pub reported_status: Option<ReportedStatus>,
-}
 
 /// The `events/` directory.
 #[derive(Debug, Clone)]
@@ -40,10 +24,6 @@ impl EventsLog {
     pub fn open(dir: PathBuf) -> io::Result<Self> {
         fs::create_dir_all(&dir)?;
         Ok(Self { dir })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     pub fn path(&self, id: &str) -> PathBuf {
@@ -100,6 +80,9 @@ impl EventsLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::heartbeat::ReportedStatus;
+    use crate::model::liveness::AgentStatus;
+    use chrono::DateTime;
 
     fn record(n: i64) -> EventRecord {
         EventRecord {

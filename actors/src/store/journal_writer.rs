@@ -14,7 +14,7 @@
 
 use actix::prelude::*;
 
-use crate::journal::{Journal, JournalRecord};
+use crate::store::journal::{Journal, JournalRecord};
 use crate::store::StoreError;
 
 /// Appends processed heartbeats to the journal, one write and one `fdatasync` per message.

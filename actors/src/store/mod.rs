@@ -12,7 +12,7 @@
 //! thread keeps writes in the order the Manager sent them.
 //!
 //! The journal is opened here (its replay is part of loading) and then handed to the
-//! [`JournalWriter`](crate::journal_writer::JournalWriter), which appends on a thread of its
+//! [`JournalWriter`](crate::store::journal_writer::JournalWriter), which appends on a thread of its
 //! own so that flushes never wait behind a checkpoint.
 //!
 //! A [`Checkpoint`] makes a batch of changed agents durable with a fixed number of sync calls
@@ -37,13 +37,21 @@ use slog::{error, info, Logger};
 
 use serde::{Deserialize, Serialize};
 
+// The file formats are the Store's own: nothing outside it reads or writes them.
+pub(crate) mod events_log;
+pub(crate) mod history_log;
+pub(crate) mod journal;
+pub mod journal_writer;
+#[cfg(test)]
+mod properties;
+
 use crate::atomic_file::{is_temp_file, sync_dir, sync_filesystem, write_atomically, StagedFile, SYNC_ONE_BY_ONE_MAX};
-use crate::events_log::{EventRecord, EventsLog};
-use crate::history_log::HistoryLog;
-use crate::journal::{self, Journal, Replay};
-use crate::journal_writer::JournalWriter;
 use crate::model::agent::{AgentState, ResourceSample};
 use crate::model::liveness::Transition;
+use events_log::{EventRecord, EventsLog};
+use history_log::HistoryLog;
+use journal::{Journal, Replay};
+use journal_writer::JournalWriter;
 
 /// `data_dir/checkpoint.json`: where replay starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,7 +151,7 @@ impl FileMetadataStore {
     }
 
     /// Hands the journal over to its writer (once; later calls get `None`).
-    pub fn take_journal(&mut self) -> Option<Journal> {
+    pub(crate) fn take_journal(&mut self) -> Option<Journal> {
         self.journal.take()
     }
 
@@ -429,10 +437,12 @@ pub struct LoadedAgents {
 }
 
 /// Reads every agent's state at start-up.
+#[cfg(any(test, feature = "testkit"))]
 #[derive(Message)]
 #[rtype(result = "Result<LoadedAgents, StoreError>")]
 pub struct LoadAll;
 
+#[cfg(any(test, feature = "testkit"))]
 impl Handler<LoadAll> for FileMetadataStore {
     type Result = Result<LoadedAgents, StoreError>;
 
@@ -468,7 +478,7 @@ pub struct PersistReport {
 pub struct Checkpoint {
     pub deltas: Vec<AgentDelta>,
     /// The first journal segment appended after the snapshot of `deltas` was taken (the
-    /// answer of [`RotateJournal`](crate::journal_writer::RotateJournal)).
+    /// answer of [`RotateJournal`](crate::store::journal_writer::RotateJournal)).
     pub journal_from: u64,
 }
 
@@ -550,10 +560,12 @@ impl Handler<ReadHistory> for FileMetadataStore {
 }
 
 /// Reads one agent's state file; `None` if it has none.
+#[cfg(any(test, feature = "testkit"))]
 #[derive(Message)]
 #[rtype(result = "Result<Option<AgentState>, StoreError>")]
 pub struct Get(pub String);
 
+#[cfg(any(test, feature = "testkit"))]
 impl Handler<Get> for FileMetadataStore {
     type Result = Result<Option<AgentState>, StoreError>;
 
@@ -563,10 +575,12 @@ impl Handler<Get> for FileMetadataStore {
 }
 
 /// Replaces one agent's state file, atomically and durably.
+#[cfg(any(test, feature = "testkit"))]
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct Save(pub AgentState);
 
+#[cfg(any(test, feature = "testkit"))]
 impl Handler<Save> for FileMetadataStore {
     type Result = Result<(), StoreError>;
 
@@ -576,6 +590,7 @@ impl Handler<Save> for FileMetadataStore {
 }
 
 /// Read-modify-write of one agent's state file, in one step of the store's thread.
+#[cfg(any(test, feature = "testkit"))]
 #[derive(Message)]
 #[rtype(result = "Result<Option<AgentState>, StoreError>")]
 pub struct Update {
@@ -584,6 +599,7 @@ pub struct Update {
     pub change: Box<dyn FnOnce(&mut AgentState) + Send>,
 }
 
+#[cfg(any(test, feature = "testkit"))]
 impl Handler<Update> for FileMetadataStore {
     type Result = Result<Option<AgentState>, StoreError>;
 
@@ -611,10 +627,12 @@ impl Handler<Delete> for FileMetadataStore {
 }
 
 /// Makes every rename and removal so far durable, and proves the directories still work.
+#[cfg(any(test, feature = "testkit"))]
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct Flush;
 
+#[cfg(any(test, feature = "testkit"))]
 impl Handler<Flush> for FileMetadataStore {
     type Result = Result<(), StoreError>;
 
@@ -626,9 +644,9 @@ impl Handler<Flush> for FileMetadataStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::JournalRecord;
     use crate::model::agent::AgentInfo;
     use crate::model::heartbeat::Heartbeat;
+    use crate::store::journal::JournalRecord;
 
     fn quiet() -> Logger {
         Logger::root(slog::Discard, slog::o!())
