@@ -32,17 +32,15 @@
 
 pub mod atomic_file;
 pub mod counters;
+pub mod ingest;
 pub mod liveness;
+pub mod log_gate;
 pub mod log_text;
 pub mod manager;
 pub mod model;
-pub mod pipeline_metrics;
-pub mod queue;
-pub mod ratelimit;
 pub mod registry;
 pub mod single_thread;
 pub mod stats;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
-pub mod worker;

@@ -26,10 +26,10 @@ use slog::{error, info, warn, Logger};
 
 use crate::counters::ManagerCounters;
 use crate::liveness::{self, Liveness};
+use crate::log_gate::LogGate;
 use crate::model::agent::{AgentInfo, AgentState, AgentView, ResourceSample};
 use crate::model::heartbeat::Heartbeat;
 use crate::model::liveness::AgentStatus;
-use crate::ratelimit::LogGate;
 use crate::registry::{self, Registry, RegistryError, RegistrySnapshot};
 use crate::store::events_log::EventRecord;
 use crate::store::journal::JournalRecord;

@@ -15,8 +15,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 
 use crate::counters::{IngressCounters, ManagerCounters, StatusCounts};
+use crate::ingest::queue::IngressQueue;
 use crate::model::liveness::AgentStatus;
-use crate::queue::IngressQueue;
 use crate::registry::RegistrySnapshot;
 
 /// The answer to `GET /heartbeat/stats`.

@@ -9,14 +9,14 @@ use actix::prelude::*;
 use slog::Logger;
 
 use crate::counters::IngressCounters;
+use crate::ingest::pipeline_metrics::PipelineMetrics;
+use crate::ingest::queue::IngressQueue;
+use crate::ingest::worker::WorkerPool;
 use crate::manager::{Manager, ManagerPolicy};
 use crate::model::agent::AgentInfo;
-use crate::pipeline_metrics::PipelineMetrics;
-use crate::queue::IngressQueue;
 use crate::registry::{Registry, RegistrySnapshot};
 use crate::stats::Stats;
 use crate::store::FileMetadataStore;
-use crate::worker::WorkerPool;
 
 /// The actors of one test; the temp directory lives as long as this.
 pub struct TestActors {

@@ -12,20 +12,21 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
 use heartbeatd_actors::counters::{IngressCounters, RejectReason};
+use heartbeatd_actors::ingest::queue::IngressQueue;
+use heartbeatd_actors::ingest::worker::HeartbeatWorker;
+use heartbeatd_actors::log_gate::LogGate;
 use heartbeatd_actors::log_text::clip;
 use heartbeatd_actors::manager::{AutoRegisterAgent, Manager};
 use heartbeatd_actors::model::agent::is_valid_agent_id;
-use heartbeatd_actors::queue::IngressQueue;
-use heartbeatd_actors::ratelimit::LogGate;
 use heartbeatd_actors::registry::RegistryError;
 use heartbeatd_actors::registry::RegistrySnapshot;
-use heartbeatd_actors::worker::HeartbeatWorker;
 use slog::{debug, warn, Logger};
 
 use super::agents::{bearer_token, constant_time_eq};
 use super::body::{read_limited, BodyError};
-use super::{handoff, ApiResponse};
+use super::ApiResponse;
 use crate::heartbeat_request::{self, RequestError, TimestampSource};
+use heartbeatd_actors::ingest::handoff;
 
 /// The largest body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -4,7 +4,7 @@
 //!
 //! | route | module |
 //! |---|---|
-//! | `POST /heartbeat` | [`heartbeat`], handing batches to the pool through [`handoff`] |
+//! | `POST /heartbeat` | [`heartbeat`] (request parsing in [`crate::heartbeat_request`]); accepted heartbeats go to the pool through `heartbeatd_actors::ingest` |
 //! | `GET /heartbeat/stats` | [`stats`] |
 //! | `/agents`, `/agents/{id}`, `/agents/{id}/history`, `/agents/{id}/pause`, `/resume` (admin API) | [`agents`] |
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
@@ -14,7 +14,6 @@
 pub mod agents;
 pub mod body;
 pub mod fallback;
-pub mod handoff;
 pub mod health;
 pub mod heartbeat;
 pub mod metrics;

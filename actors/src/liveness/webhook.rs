@@ -16,9 +16,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slog::{warn, Logger};
 
+use crate::log_gate::LogGate;
 use crate::model::heartbeat::ReportedStatus;
 use crate::model::liveness::{AgentStatus, Transition};
-use crate::ratelimit::LogGate;
 
 /// Deliveries waiting or in flight, at most.
 pub const MAX_PENDING: usize = 10_000;

@@ -18,10 +18,10 @@ use actix::prelude::*;
 use actix::WeakAddr;
 use slog::{debug, Logger};
 
+use crate::ingest::pipeline_metrics::PipelineMetrics;
+use crate::ingest::queue::QueuePermit;
 use crate::manager::{Manager, UpdateHeartbeats};
 use crate::model::heartbeat::Heartbeat;
-use crate::pipeline_metrics::PipelineMetrics;
-use crate::queue::QueuePermit;
 use crate::stats::{HeartbeatsProcessed, Stats};
 
 /// A batch of heartbeats for the pool, with the queue slots it holds until processed.

@@ -12,10 +12,10 @@
 
 use std::cell::RefCell;
 
+use super::queue::QueuePermit;
+use super::worker::{HeartbeatWorker, ProcessHeartbeats};
+use crate::model::heartbeat::Heartbeat;
 use actix::WeakAddr;
-use heartbeatd_actors::model::heartbeat::Heartbeat;
-use heartbeatd_actors::queue::QueuePermit;
-use heartbeatd_actors::worker::{HeartbeatWorker, ProcessHeartbeats};
 
 /// The most heartbeats one batch carries.
 pub const MAX_BATCH: usize = 256;
