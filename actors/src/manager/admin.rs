@@ -1,0 +1,400 @@
+//! The Manager's admin facade: the messages behind the admin API (`/agents` and its
+//! sub-resources), SIGHUP's agent import and `auto_register`. Registry changes go through the
+//! Registry (which owns who may report); reads join its snapshot with the Manager's state and
+//! Liveness's view.
+
+use actix::prelude::*;
+use serde::Serialize;
+use slog::error;
+
+use super::Manager;
+use crate::liveness;
+#[cfg(any(test, feature = "testkit"))]
+use crate::model::agent::AgentState;
+use crate::model::agent::{AgentInfo, AgentView, ResourceSample};
+use crate::model::liveness::{AgentStatus, EventRecord};
+use crate::registry::{self, Registry, RegistryError};
+use crate::store;
+
+impl Manager {
+    /// Views of these registered agents, with their liveness.
+    pub(super) fn views(&self, ids: Vec<String>) -> impl std::future::Future<Output = Vec<AgentView>> + 'static {
+        let registered = self.registry_view.load();
+        let mut views: Vec<AgentView> = ids
+            .iter()
+            .filter_map(|id| registered.get(id))
+            .map(|info| AgentView::new(info, self.agents.get(&info.id).map(|e| &e.state)))
+            .collect();
+        let statuses = self
+            .liveness
+            .as_ref()
+            .map(|l| l.send(liveness::Statuses(views.iter().map(|v| v.id.clone()).collect())));
+        async move {
+            if let Some(Ok(statuses)) = match statuses {
+                Some(request) => Some(request.await),
+                None => None,
+            } {
+                for (view, (status, since)) in views.iter_mut().zip(statuses) {
+                    view.status = status;
+                    view.status_since = since;
+                }
+            }
+            views
+        }
+    }
+
+    /// Sends `msg` to the Registry and answers with its answer (a stopped Registry is a
+    /// [`RegistryError::Save`]).
+    fn forward_to_registry<M, T>(&self, msg: M) -> ResponseFuture<Result<T, RegistryError>>
+    where
+        M: Message<Result = Result<T, RegistryError>> + Send + 'static,
+        Registry: Handler<M>,
+        T: Send + 'static,
+    {
+        let request = self.registry.send(msg);
+        Box::pin(async move {
+            request
+                .await
+                .map_err(|_| RegistryError::Save("the registry is not running".into()))?
+        })
+    }
+}
+
+/// One agent's state as the Manager holds it (newer than the disk between writes).
+#[cfg(any(test, feature = "testkit"))]
+#[derive(Message)]
+#[rtype(result = "Option<AgentState>")]
+pub struct GetAgent(pub String);
+
+#[cfg(any(test, feature = "testkit"))]
+impl Handler<GetAgent> for Manager {
+    type Result = MessageResult<GetAgent>;
+
+    fn handle(&mut self, GetAgent(id): GetAgent, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.agents.get(&id).map(|e| e.state.clone()))
+    }
+}
+
+/// One agent's newest `limit` history samples, newest first: the history file's plus those
+/// waiting for the next checkpoint. `None` if it is not registered.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Vec<ResourceSample>>, String>")]
+pub struct GetHistory {
+    pub id: String,
+    pub limit: usize,
+}
+
+impl Handler<GetHistory> for Manager {
+    type Result = ResponseFuture<Result<Option<Vec<ResourceSample>>, String>>;
+
+    fn handle(&mut self, GetHistory { id, limit }: GetHistory, _: &mut Context<Self>) -> Self::Result {
+        if !self.registry_view.contains(&id) {
+            return Box::pin(async { Ok(None) });
+        }
+        let limit = limit.min(self.policy.history_len);
+        let pending = self
+            .agents
+            .get(&id)
+            .map(|e| e.since_checkpoint.clone())
+            .unwrap_or_default();
+        let read = self.store.send(store::ReadHistory { id, limit });
+        Box::pin(async move {
+            let on_disk = read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            let mut all = on_disk.samples;
+            // A checkpoint in flight may have written some pending samples already.
+            let last = all.last().map_or(0, |s| s.seq);
+            all.extend(pending.into_iter().filter(|s| s.seq > last));
+            all.reverse();
+            all.truncate(limit);
+            Ok(Some(all))
+        })
+    }
+}
+
+/// Registers agents through the Registry, all or none (the admin API's `POST /agents`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<AgentView>, RegistryError>")]
+pub struct RegisterAgents(pub Vec<AgentInfo>);
+
+impl Handler<RegisterAgents> for Manager {
+    type Result = ResponseFuture<Result<Vec<AgentView>, RegistryError>>;
+
+    fn handle(&mut self, RegisterAgents(batch): RegisterAgents, _: &mut Context<Self>) -> Self::Result {
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let views = batch.iter().map(|info| AgentView::new(info, None)).collect();
+            registry
+                .send(registry::Register(batch))
+                .await
+                .map_err(|_| RegistryError::Save("the registry is not running".into()))??;
+            Ok(views)
+        })
+    }
+}
+
+/// Imports the `[[agents]]` of a reloaded configuration through the Registry (SIGHUP);
+/// answers the ids added.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, RegistryError>")]
+pub struct ImportConfigAgents(pub Vec<AgentInfo>);
+
+impl Handler<ImportConfigAgents> for Manager {
+    type Result = ResponseFuture<Result<Vec<String>, RegistryError>>;
+
+    fn handle(&mut self, ImportConfigAgents(agents): ImportConfigAgents, _: &mut Context<Self>) -> Self::Result {
+        self.forward_to_registry(registry::ImportConfigAgents(agents))
+    }
+}
+
+/// Registers one agent by its first heartbeat (`auto_register`), batched with others by the
+/// Registry; [`RegistryError::Full`] past `auto_register_limit`.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct AutoRegisterAgent(pub String);
+
+impl Handler<AutoRegisterAgent> for Manager {
+    type Result = ResponseFuture<Result<(), RegistryError>>;
+
+    fn handle(&mut self, AutoRegisterAgent(id): AutoRegisterAgent, _: &mut Context<Self>) -> Self::Result {
+        self.forward_to_registry(registry::AutoRegister(id))
+    }
+}
+
+/// Changes an agent's name and/or type (the admin API's `PATCH /agents/{id}`); the state file
+/// follows at the next checkpoint.
+#[derive(Message)]
+#[rtype(result = "Result<AgentView, RegistryError>")]
+pub struct UpdateAgent {
+    pub id: String,
+    pub name: Option<String>,
+    pub agent_type: Option<String>,
+    pub heartbeat_interval_s: Option<u64>,
+    pub grace_s: Option<u64>,
+}
+
+impl Handler<UpdateAgent> for Manager {
+    type Result = ResponseActFuture<Self, Result<AgentView, RegistryError>>;
+
+    fn handle(&mut self, msg: UpdateAgent, _: &mut Context<Self>) -> Self::Result {
+        let update = registry::UpdateInfo {
+            id: msg.id,
+            name: msg.name,
+            agent_type: msg.agent_type,
+            heartbeat_interval_s: msg.heartbeat_interval_s,
+            grace_s: msg.grace_s,
+        };
+        Box::pin(self.registry.send(update).into_actor(self).then(|result, act, _| {
+            let updated = result
+                .map_err(|_| RegistryError::Save("the registry is not running".into()))
+                .and_then(|r| r);
+            let view = updated.map(|info| {
+                if let Some(entry) = act.agents.get_mut(&info.id) {
+                    entry.state.name = info.name.clone();
+                    entry.state.agent_type = info.agent_type.clone();
+                    if !entry.dirty {
+                        entry.dirty = true;
+                        act.dirty.push(info.id.clone());
+                    }
+                }
+                act.views(vec![info.id])
+            });
+            fut::wrap_future(async move {
+                let view = view?.await.pop();
+                view.ok_or_else(|| RegistryError::Save("the agent vanished meanwhile".into()))
+            })
+        }))
+    }
+}
+
+/// Unregisters an agent and removes its state and history (the admin API's
+/// `DELETE /agents/{id}`). Its later heartbeats get the unknown-agent 400.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct DeleteAgent(pub String);
+
+impl Handler<DeleteAgent> for Manager {
+    type Result = ResponseActFuture<Self, Result<(), RegistryError>>;
+
+    fn handle(&mut self, DeleteAgent(id): DeleteAgent, _: &mut Context<Self>) -> Self::Result {
+        let unregister = self.registry.send(registry::Unregister(id));
+        Box::pin(unregister.into_actor(self).then(|result, act, _| {
+            let removed = result
+                .map_err(|_| RegistryError::Save("the registry is not running".into()))
+                .and_then(|r| r);
+            // Forget the agent now; its journal records are skipped at replay (not registered).
+            let delete = removed.map(|info| {
+                // No longer watched: no late/down, no webhook, no events file, not counted.
+                if let Some(liveness) = &act.liveness {
+                    liveness.do_send(liveness::Forget(info.id.clone()));
+                }
+                if let Some(entry) = act.agents.remove(&info.id) {
+                    act.samples_since_checkpoint = act
+                        .samples_since_checkpoint
+                        .saturating_sub(entry.since_checkpoint.len());
+                }
+                act.store.send(store::Delete(info.id))
+            });
+            let log = act.log.clone();
+            fut::wrap_future(async move {
+                if let Ok(Err(e)) = delete?.await {
+                    error!(log, "agent unregistered, but its files could not be removed"; "error" => %e,
+                        "what_to_do" => "remove agents/<id>.json and history/<id>.log by hand");
+                }
+                Ok(())
+            })
+        }))
+    }
+}
+
+/// One page of `GET /agents`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentPage {
+    pub agents: Vec<AgentView>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    pub next_after: Option<String>,
+}
+
+/// Lists agents sorted by id, optionally of one type and/or one liveness status, `limit` at a
+/// time after the id `after`.
+#[derive(Message)]
+#[rtype(result = "AgentPage")]
+pub struct ListAgents {
+    pub agent_type: Option<String>,
+    pub status: Option<AgentStatus>,
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl Handler<ListAgents> for Manager {
+    type Result = ResponseActFuture<Self, AgentPage>;
+
+    fn handle(&mut self, msg: ListAgents, _: &mut Context<Self>) -> Self::Result {
+        let registered = self.registry_view.load();
+        let limit = msg.limit;
+        let of_type = |id: &&String| {
+            msg.agent_type
+                .as_ref()
+                .is_none_or(|t| registered.get(id).is_some_and(|info| &info.agent_type == t))
+        };
+        let candidates = registered.ids_after(msg.after.as_deref()).iter().filter(of_type);
+        // Without a status filter, one more than a page tells whether another page follows;
+        // with one, every candidate goes to Liveness first.
+        let mut ids: Vec<String> = match msg.status {
+            None => candidates.take(limit + 1).cloned().collect(),
+            Some(_) => candidates.cloned().collect(),
+        };
+        // The status filter comes before paging, so a page is full whatever it filters out.
+        let keep = match (msg.status, &self.liveness) {
+            (Some(status), Some(liveness)) => Some(liveness.send(liveness::InStatus {
+                ids: ids.clone(),
+                status,
+            })),
+            _ => None,
+        };
+        let no_liveness_filter = msg.status.filter(|_| self.liveness.is_none());
+        Box::pin(
+            fut::wrap_future(async move {
+                if let Some(request) = keep {
+                    let keep = request.await.unwrap_or_default();
+                    ids = ids
+                        .into_iter()
+                        .zip(keep)
+                        .filter(|(_, k)| *k)
+                        .map(|(id, _)| id)
+                        .collect();
+                } else if let Some(status) = no_liveness_filter {
+                    // Without liveness tracking every agent is new.
+                    if status != AgentStatus::New {
+                        ids.clear();
+                    }
+                }
+                let more = ids.len() > limit;
+                ids.truncate(limit);
+                (ids, more)
+            })
+            .then(move |(ids, more), act: &mut Manager, _| {
+                fut::wrap_future(act.views(ids)).map(move |agents: Vec<AgentView>, _, _| {
+                    let next_after = if more {
+                        agents.last().map(|a| a.id.clone())
+                    } else {
+                        None
+                    };
+                    AgentPage { agents, next_after }
+                })
+            }),
+        )
+    }
+}
+
+/// One registered agent as the admin API shows it; `None` if it is not registered.
+#[derive(Message)]
+#[rtype(result = "Option<AgentView>")]
+pub struct GetAgentView(pub String);
+
+impl Handler<GetAgentView> for Manager {
+    type Result = ResponseFuture<Option<AgentView>>;
+
+    fn handle(&mut self, GetAgentView(id): GetAgentView, _: &mut Context<Self>) -> Self::Result {
+        let views = self.views(vec![id]);
+        Box::pin(async move { views.await.pop() })
+    }
+}
+
+/// Pauses (no liveness transitions) or resumes an agent (`POST /agents/{id}/pause`,
+/// `/resume`). Answers its view afterwards; `None` if it is not registered.
+#[derive(Message)]
+#[rtype(result = "Option<AgentView>")]
+pub struct SetAgentPaused {
+    pub id: String,
+    pub paused: bool,
+}
+
+impl Handler<SetAgentPaused> for Manager {
+    type Result = ResponseActFuture<Self, Option<AgentView>>;
+
+    fn handle(&mut self, msg: SetAgentPaused, _: &mut Context<Self>) -> Self::Result {
+        if !self.registry_view.contains(&msg.id) {
+            return Box::pin(fut::ready(None));
+        }
+        let ever_seen = self.agents.get(&msg.id).is_some_and(|e| e.state.last_seen.is_some());
+        let request = self.liveness.as_ref().map(|l| {
+            l.send(liveness::SetPaused {
+                id: msg.id.clone(),
+                paused: msg.paused,
+                ever_seen,
+            })
+        });
+        let id = msg.id;
+        Box::pin(
+            fut::wrap_future(async move {
+                if let Some(request) = request {
+                    let _ = request.await;
+                }
+            })
+            .then(move |(), act: &mut Manager, _| {
+                fut::wrap_future(act.views(vec![id])).map(|mut v: Vec<AgentView>, _, _| v.pop())
+            }),
+        )
+    }
+}
+
+/// One agent's newest `limit` liveness transitions, newest first; `None` if it is not
+/// registered.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Vec<EventRecord>>, String>")]
+pub struct GetEvents {
+    pub id: String,
+    pub limit: usize,
+}
+
+impl Handler<GetEvents> for Manager {
+    type Result = ResponseFuture<Result<Option<Vec<EventRecord>>, String>>;
+
+    fn handle(&mut self, GetEvents { id, limit }: GetEvents, _: &mut Context<Self>) -> Self::Result {
+        if !self.registry_view.contains(&id) {
+            return Box::pin(async { Ok(None) });
+        }
+        let read = self.store.send(store::ReadEvents { id, limit });
+        Box::pin(async move { Ok(Some(read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?)) })
+    }
+}

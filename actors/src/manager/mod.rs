@@ -1,0 +1,516 @@
+//! The Manager actor (the seed's MultiAgentManager): owns every agent's state in memory
+//! (authoritative) and the addresses of the Registry, Liveness, the JournalWriter and the
+//! Store.
+//!
+//! [`UpdateHeartbeats`] applies heartbeats in memory: each agent's state changes, its history
+//! sample waits for the next checkpoint, and a journal record waits for the next flush. The
+//! writes happen off the request path.
+//!
+//! | module | what |
+//! |---|---|
+//! | this one | agent state, applying heartbeats, journal replay at start-up |
+//! | [`persistence`] | the flush and checkpoint pipelines, retries, the shutdown [`Flush`] |
+//! | [`admin`] | the messages behind the admin API, SIGHUP's agent import, `auto_register` |
+
+pub mod admin;
+pub mod persistence;
+
+pub use admin::*;
+pub use persistence::Flush;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::channel::oneshot;
+use slog::{info, warn, Logger};
+
+use crate::counters::ManagerCounters;
+use crate::liveness::{self, Liveness};
+use crate::log_gate::LogGate;
+use crate::model::agent::{AgentInfo, AgentState, ResourceSample};
+use crate::model::heartbeat::Heartbeat;
+use crate::registry::{Registry, RegistrySnapshot};
+use crate::store;
+use crate::store::journal::JournalRecord;
+use crate::store::journal_writer::JournalWriter;
+use crate::store::FileMetadataStore;
+use persistence::{FIRST_RETRY_BACKOFF, MAX_SAMPLES_BETWEEN_CHECKPOINTS, STORE_ERROR_LOG_INTERVAL};
+
+/// How the Manager persists.
+#[derive(Debug, Clone, Copy)]
+pub struct ManagerPolicy {
+    /// History records kept per agent: reads return at most this many, and a log is compacted
+    /// back to it once it holds twice as many.
+    pub history_len: usize,
+    /// Time between journal flushes; zero for write-through.
+    pub flush_interval: Duration,
+    /// Time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// Beyond this difference between an agent's clock and ours, warn once per agent.
+    pub max_clock_skew: Duration,
+}
+
+/// Why a write-through batch failed. Its heartbeats count in `total_errors`; they are applied
+/// in memory and written by a later flush.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpdateError {
+    #[error("could not persist: {0}")]
+    Store(String),
+}
+
+/// One agent as the Manager holds it.
+struct AgentEntry {
+    state: AgentState,
+    /// History samples not yet in the agent's history file, oldest first.
+    since_checkpoint: Vec<ResourceSample>,
+    /// Changed since the last checkpoint.
+    dirty: bool,
+    /// Its clock skew was warned about (once per agent per run).
+    skew_warned: bool,
+}
+
+impl AgentEntry {
+    /// Queues a history sample for the next checkpoint. Only the newest `history_len` can ever
+    /// be read back (the log is compacted to that many), so older ones are dropped here, in
+    /// halves to keep this O(1) amortised: a fast agent between two checkpoints then costs
+    /// at most `2 × history_len` samples of memory and of checkpoint writing, not one per
+    /// heartbeat.
+    /// Returns how many older samples were dropped.
+    fn push_sample(&mut self, sample: ResourceSample, history_len: usize) -> usize {
+        let mut dropped = 0;
+        if self.since_checkpoint.len() >= 2 * history_len.max(1) {
+            dropped = self.since_checkpoint.len() - history_len;
+            self.since_checkpoint.drain(..dropped);
+        }
+        self.since_checkpoint.push(sample);
+        dropped
+    }
+}
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// Owns the agents' state.
+pub struct Manager {
+    policy: ManagerPolicy,
+    agents: HashMap<String, AgentEntry>,
+    /// Ids of agents changed since the last checkpoint, in the order they changed.
+    dirty: Vec<String>,
+    samples_since_checkpoint: usize,
+    /// Records for the next journal flush.
+    journal_pending: Vec<JournalRecord>,
+    /// Answered when the next journal flush completes (write-through updates, [`Flush`]).
+    flush_waiters: Vec<Waiter>,
+    flush_in_flight: bool,
+    /// Answered when the next checkpoint completes ([`Flush`]).
+    checkpoint_waiters: Vec<Waiter>,
+    checkpoint_in_flight: bool,
+    /// After a failed write: no timed write before this instant.
+    retry_at: Option<Instant>,
+    retry_backoff: Duration,
+    /// Shared with Stats: errors and damage, for `/heartbeat/stats`.
+    health: Arc<ManagerCounters>,
+    registry_view: RegistrySnapshot,
+    /// Held so the Registry lives as long as the Manager; admin messages go through it.
+    registry: Addr<Registry>,
+    store: Addr<FileMetadataStore>,
+    /// Flushes go here, on a thread of their own: they never wait behind a checkpoint.
+    journal: Addr<JournalWriter>,
+    /// Told of every heartbeat; asked for statuses. `None` in tests that do not need it.
+    liveness: Option<Addr<Liveness>>,
+    store_error_gate: LogGate,
+    log: Logger,
+}
+
+impl Manager {
+    /// A Manager starting from the states the Store loaded at start-up, with the journal
+    /// records after the last checkpoint applied on top.
+    pub fn new(
+        policy: ManagerPolicy,
+        loaded: store::LoadedAgents,
+        registry: Addr<Registry>,
+        registry_view: RegistrySnapshot,
+        store: Addr<FileMetadataStore>,
+        journal: Addr<JournalWriter>,
+        log: Logger,
+    ) -> Self {
+        let agents = loaded
+            .agents
+            .into_iter()
+            .map(|state| {
+                let entry = AgentEntry {
+                    state,
+                    since_checkpoint: Vec::new(),
+                    dirty: false,
+                    skew_warned: false,
+                };
+                (entry.state.id.clone(), entry)
+            })
+            .collect();
+        let mut manager = Self {
+            policy,
+            agents,
+            dirty: Vec::new(),
+            samples_since_checkpoint: 0,
+            journal_pending: Vec::new(),
+            flush_waiters: Vec::new(),
+            flush_in_flight: false,
+            checkpoint_waiters: Vec::new(),
+            checkpoint_in_flight: false,
+            retry_at: None,
+            retry_backoff: FIRST_RETRY_BACKOFF,
+            health: ManagerCounters::new(),
+            registry_view,
+            registry,
+            store,
+            journal,
+            liveness: None,
+            store_error_gate: LogGate::new(STORE_ERROR_LOG_INTERVAL),
+            log,
+        };
+        manager
+            .health
+            .damaged((loaded.corrupt_files + loaded.replay.damaged_lines) as u64);
+        manager.replay(loaded.replay.records);
+        manager
+    }
+
+    /// Registered agents that had reported before this start (from their state files or the
+    /// journal): Liveness starts them `up`.
+    pub fn seen_agents(&self) -> Vec<String> {
+        self.agents
+            .values()
+            .filter(|e| e.state.last_seen.is_some() && self.registry_view.contains(&e.state.id))
+            .map(|e| e.state.id.clone())
+            .collect()
+    }
+
+    /// The counters Stats reports.
+    pub fn health(&self) -> Arc<ManagerCounters> {
+        Arc::clone(&self.health)
+    }
+
+    /// The Liveness actor to tell of heartbeats and ask for statuses.
+    pub fn with_liveness(mut self, liveness: Addr<Liveness>) -> Self {
+        self.liveness = Some(liveness);
+        self
+    }
+
+    /// Applies journal records newer than the loaded states (older ones are already in them).
+    fn replay(&mut self, records: Vec<JournalRecord>) {
+        let total = records.len();
+        let (mut applied, mut unknown) = (0usize, 0usize);
+        let history_len = self.policy.history_len;
+        for record in records {
+            let Some(entry) = self.entry(&record.agent_id) else {
+                unknown += 1;
+                continue;
+            };
+            if record.seq <= entry.state.heartbeat_count {
+                continue;
+            }
+            entry.state.heartbeat_count = record.seq;
+            entry.state.last_heartbeat = Some(record.timestamp);
+            entry.state.last_seen = Some(record.received_at);
+            entry.state.pid = Some(record.pid);
+            if record.status.is_some() {
+                entry.state.status = record.status;
+            }
+            let dropped = entry.push_sample(record.sample(), history_len);
+            let newly_dirty = !entry.dirty;
+            entry.dirty = true;
+            if newly_dirty {
+                self.dirty.push(record.agent_id);
+            }
+            self.samples_since_checkpoint = self.samples_since_checkpoint + 1 - dropped;
+            applied += 1;
+        }
+        if total > 0 {
+            info!(self.log, "journal replayed: heartbeats since the last checkpoint restored";
+                "records" => total, "applied" => applied, "already_in_state" => total - applied - unknown,
+                "of_unregistered_agents" => unknown);
+        }
+    }
+
+    /// The agent's entry, created from the registry on its first heartbeat; `None` for an
+    /// agent that is not registered.
+    fn entry(&mut self, id: &str) -> Option<&mut AgentEntry> {
+        if !self.registry_view.contains(id) {
+            return None;
+        }
+        if !self.agents.contains_key(id) {
+            let info: AgentInfo = self.registry_view.get(id)?;
+            let entry = AgentEntry {
+                state: AgentState::new(&info),
+                since_checkpoint: Vec::new(),
+                dirty: false,
+                skew_warned: false,
+            };
+            self.agents.insert(info.id, entry);
+        }
+        self.agents.get_mut(id)
+    }
+}
+
+impl Actor for Manager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        info!(self.log, "manager started"; "agents_with_state" => self.agents.len(),
+            "history_len" => self.policy.history_len,
+            "flush_interval_ms" => self.policy.flush_interval.as_millis() as u64,
+            "checkpoint_interval_s" => self.policy.checkpoint_interval.as_secs());
+        if !self.write_through() {
+            ctx.run_interval(self.policy.flush_interval, |act, ctx| {
+                if act.may_retry() {
+                    act.start_flush(ctx);
+                }
+            });
+        }
+        ctx.run_interval(self.policy.checkpoint_interval, |act, ctx| {
+            if act.may_retry() {
+                act.start_checkpoint(ctx);
+            }
+        });
+    }
+}
+
+/// Applies a batch of heartbeats (the seed's `UpdateHeartbeat`, batched): for each, get or
+/// create the agent's state, set `last_heartbeat` and `last_seen`, queue its history sample
+/// and its journal record. In write-through mode it is answered once the journal holds it.
+#[derive(Message)]
+#[rtype(result = "Result<BatchOutcome, UpdateError>")]
+pub struct UpdateHeartbeats(pub Vec<Heartbeat>);
+
+/// What became of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub applied: usize,
+    /// Ids that are not registered (any more): those heartbeats were not applied.
+    pub unknown_agents: Vec<String>,
+}
+
+impl Handler<UpdateHeartbeats> for Manager {
+    type Result = ResponseActFuture<Self, Result<BatchOutcome, UpdateError>>;
+
+    fn handle(&mut self, UpdateHeartbeats(batch): UpdateHeartbeats, ctx: &mut Context<Self>) -> Self::Result {
+        let mut outcome = BatchOutcome::default();
+        let mut seen = Vec::with_capacity(batch.len());
+        let history_len = self.policy.history_len;
+        let max_skew_ms = self.policy.max_clock_skew.as_millis() as i64;
+        for hb in batch {
+            let Some(entry) = self.entry(&hb.agent_id) else {
+                outcome.unknown_agents.push(hb.agent_id);
+                continue;
+            };
+            let sample = entry.state.record(&hb);
+            let skew_ms = entry.state.clock_skew_ms.unwrap_or(0);
+            let warn_skew = skew_ms.abs() > max_skew_ms && !entry.skew_warned;
+            entry.skew_warned |= warn_skew;
+            seen.push((hb.agent_id.clone(), hb.received_at, hb.status));
+            let dropped = entry.push_sample(sample, history_len);
+            let newly_dirty = !entry.dirty;
+            entry.dirty = true;
+            self.journal_pending.push(JournalRecord {
+                agent_id: hb.agent_id.clone(),
+                seq: sample.seq,
+                timestamp: hb.timestamp,
+                received_at: hb.received_at,
+                cpu: hb.cpu,
+                memory: hb.memory,
+                pid: hb.pid,
+                status: hb.status,
+            });
+            if warn_skew {
+                self.health.skewed_agent();
+                warn!(self.log, "agent clock is off; liveness is judged on the server's clock, so nothing breaks (logged once per agent)";
+                    "agent_id" => &hb.agent_id, "clock_skew_ms" => skew_ms, "max_clock_skew_s" => self.policy.max_clock_skew.as_secs(),
+                    "what_to_do" => "check NTP on the agent's host");
+            }
+            if newly_dirty {
+                self.dirty.push(hb.agent_id);
+            }
+            self.samples_since_checkpoint = self.samples_since_checkpoint + 1 - dropped;
+            outcome.applied += 1;
+        }
+        if let (Some(liveness), false) = (&self.liveness, seen.is_empty()) {
+            liveness.do_send(liveness::Seen(seen));
+        }
+        if self.samples_since_checkpoint >= MAX_SAMPLES_BETWEEN_CHECKPOINTS && self.may_retry() {
+            // The journal first, so the checkpoint's records are synced before it runs.
+            self.start_flush(ctx);
+            self.start_checkpoint(ctx);
+        }
+        if !self.write_through() || outcome.applied == 0 {
+            return Box::pin(fut::ready(Ok(outcome)));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.flush_waiters.push(tx);
+        if self.may_retry() {
+            self.start_flush(ctx);
+        }
+        Box::pin(fut::wrap_future(async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(outcome),
+                Ok(Err(e)) => Err(UpdateError::Store(e)),
+                Err(_) => Err(UpdateError::Store("the flush was abandoned".into())),
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn quiet() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    fn heartbeat(id: &str, memory: u64) -> Heartbeat {
+        Heartbeat {
+            agent_id: id.into(),
+            timestamp: Utc::now(),
+            received_at: Utc::now(),
+            pid: 1,
+            cpu: 1.0,
+            memory,
+            status: None,
+        }
+    }
+
+    async fn update(manager: &Addr<Manager>, batch: &[Heartbeat]) -> BatchOutcome {
+        manager.send(UpdateHeartbeats(batch.to_vec())).await.unwrap().unwrap()
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn start(dir: &std::path::Path, flush_interval: Duration) -> (Addr<Manager>, Addr<FileMetadataStore>) {
+        let mut opened = FileMetadataStore::open(dir, quiet()).unwrap();
+        let loaded = opened.load_all().unwrap();
+        let journal = opened.start_journal_writer();
+        let store = opened.start();
+        let registry = Registry::new([AgentInfo {
+            id: "a".into(),
+            name: "A".into(),
+            agent_type: "custom".into(),
+            ..Default::default()
+        }])
+        .unwrap();
+        let view = registry.snapshot();
+        let policy = ManagerPolicy {
+            history_len: 3,
+            flush_interval,
+            checkpoint_interval: HOUR,
+            max_clock_skew: HOUR,
+        };
+        let manager = Manager::new(policy, loaded, registry.start(), view, store.clone(), journal, quiet()).start();
+        (manager, store)
+    }
+
+    /// The Manager's answer to `GetHistory` for agent `a`.
+    async fn history(manager: &Addr<Manager>, limit: usize) -> Vec<ResourceSample> {
+        let id = "a".to_owned();
+        manager.send(GetHistory { id, limit }).await.unwrap().unwrap().unwrap()
+    }
+
+    /// Agent `a`'s history as the Store reads it from disk.
+    async fn on_disk(store: &Addr<FileMetadataStore>) -> Vec<ResourceSample> {
+        let id = "a".to_owned();
+        store
+            .send(store::ReadHistory { id, limit: 100 })
+            .await
+            .unwrap()
+            .unwrap()
+            .samples
+    }
+
+    fn memories(samples: &[ResourceSample]) -> Vec<u64> {
+        samples.iter().map(|s| s.memory).collect()
+    }
+
+    #[actix_rt::test]
+    async fn write_through_updates_survive_a_crash_once_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, _) = start(dir.path(), Duration::ZERO);
+        for memory in 0..5 {
+            update(&manager, &[heartbeat("a", memory)]).await;
+        }
+        let outcome = update(&manager, &[heartbeat("ghost", 0), heartbeat("a", 5)]).await;
+        assert_eq!(outcome.applied, 1);
+        assert_eq!(outcome.unknown_agents, ["ghost"]);
+        // "Crash": no flush, no checkpoint; start again on the same directory.
+        drop(manager);
+
+        let (restarted, _) = start(dir.path(), Duration::ZERO);
+        let state = restarted.send(GetAgent("a".into())).await.unwrap().unwrap();
+        assert_eq!(state.heartbeat_count, 6, "replayed from the journal");
+        let history = history(&restarted, 100).await;
+        assert_eq!(memories(&history), [5, 4, 3], "newest first, at most history_len = 3");
+    }
+
+    #[actix_rt::test]
+    async fn flush_checkpoints_and_a_restart_needs_no_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, store) = start(dir.path(), HOUR);
+
+        for memory in 0..8 {
+            update(&manager, &[heartbeat("a", memory)]).await;
+        }
+        assert!(
+            store.send(store::Get("a".into())).await.unwrap().unwrap().is_none(),
+            "nothing written yet"
+        );
+        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
+
+        let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
+        assert_eq!(state.heartbeat_count, 8);
+        assert_eq!(state.name, "A");
+        let on_disk = on_disk(&store).await;
+        assert!(on_disk.len() <= 6, "compacted back once over 2 × history_len");
+        assert_eq!(memories(&on_disk).last(), Some(&7));
+
+        let mut reopened = FileMetadataStore::open(dir.path(), quiet()).unwrap();
+        assert!(
+            reopened.load_all().unwrap().replay.records.is_empty(),
+            "the checkpoint covers the journal"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_fast_agent_keeps_at_most_twice_history_len_samples_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, store) = start(dir.path(), HOUR);
+        for memory in 0..100 {
+            update(&manager, &[heartbeat("a", memory)]).await;
+        }
+        let newest = history(&manager, 10).await;
+        assert_eq!(memories(&newest), [99, 98, 97], "history_len = 3, newest first");
+        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
+        let on_disk = on_disk(&store).await;
+        assert!(on_disk.len() <= 6, "{} written for 100 heartbeats", on_disk.len());
+        assert_eq!(memories(&on_disk).last(), Some(&99));
+        let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
+        assert_eq!(state.heartbeat_count, 100, "every heartbeat counted");
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_checkpoint_keeps_the_data_and_a_later_one_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, store) = start(dir.path(), HOUR);
+        // Make the history append fail: a directory where the log file should be.
+        let blocker = dir.path().join("history").join("a.log");
+        std::fs::create_dir_all(&blocker).unwrap();
+
+        update(&manager, &[heartbeat("a", 1), heartbeat("a", 2)]).await;
+        assert!(manager.send(Flush).await.unwrap().is_err());
+
+        std::fs::remove_dir(&blocker).unwrap();
+        update(&manager, &[heartbeat("a", 3)]).await;
+        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
+        let on_disk = on_disk(&store).await;
+        assert_eq!(memories(&on_disk), [1, 2, 3], "nothing lost, nothing twice, in order");
+    }
+}
