@@ -22,7 +22,15 @@ use heartbeatd_actors::manager;
 use heartbeatd_actors::stats::{GetStats, Stats};
 use slog::{error, info, warn, Logger};
 
-use crate::startup::Application;
+use actix::{Addr, Arbiter};
+use actix_web::dev::Server;
+use heartbeatd_actors::ingest::queue::IngressQueue;
+use heartbeatd_actors::ingest::worker::WorkerPool;
+use heartbeatd_actors::manager::Manager;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::reload::Reloader;
 use crate::systemd::Notifier;
 
 /// How often the drain looks at the queue depth.
@@ -93,9 +101,29 @@ impl DrainOutcome {
 }
 
 /// Serves until a stop signal (or an HTTP server failure), then drains.
-pub async fn run(app: Application) -> DrainOutcome {
-    let Application {
-        settings,
+/// What the drain needs of a built daemon: handed over by `Application`, so this module does
+/// not know how the daemon is built.
+pub struct Running {
+    /// `shutdown_timeout_s`: the deadline of steps 2 to 5.
+    pub shutdown_timeout: Duration,
+    pub log: Logger,
+    /// `None` with `http_port = 0`.
+    pub server: Option<Server>,
+    pub signals: Signals,
+    pub pool: WorkerPool,
+    pub manager: Addr<Manager>,
+    /// Where the Manager, Liveness and the Webhook run; stopped last.
+    pub manager_arbiter: Arbiter,
+    pub stats: Addr<Stats>,
+    pub queue: Arc<IngressQueue>,
+    /// Set at the first stop signal: from then on heartbeats get 503 "stopped".
+    pub stopping: Arc<AtomicBool>,
+    pub reloader: Reloader,
+}
+
+pub async fn run(running: Running) -> DrainOutcome {
+    let Running {
+        shutdown_timeout,
         log,
         server,
         mut signals,
@@ -106,8 +134,8 @@ pub async fn run(app: Application) -> DrainOutcome {
         queue,
         stopping,
         mut reloader,
-        ..
-    } = app;
+    } = running;
+    let shutdown_timeout_s = shutdown_timeout.as_secs();
     let server_handle = server.as_ref().map(|s| s.handle());
     let mut server_task = server.map(actix_rt::spawn);
 
@@ -152,12 +180,12 @@ pub async fn run(app: Application) -> DrainOutcome {
     };
 
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(settings.shutdown_timeout_s);
+    let deadline = started + shutdown_timeout;
     stopping.store(true, std::sync::atomic::Ordering::Release);
     // The watchdog keeps running through the drain: a long drain is not a hang.
     let _ = systemd.notify("STOPPING=1");
     info!(log, "stopping gracefully: new heartbeats get 503, queued ones are finished";
-        "signal" => signal_name, "queued" => queue.depth(), "shutdown_timeout_s" => settings.shutdown_timeout_s,
+        "signal" => signal_name, "queued" => queue.depth(), "shutdown_timeout_s" => shutdown_timeout_s,
         "to_exit_at_once" => "send the signal again");
     let finished_before = finished(&stats).await;
     let force_log = log.clone();
@@ -197,7 +225,7 @@ pub async fn run(app: Application) -> DrainOutcome {
         workers_running,
         flush,
         server_failed,
-        settings.shutdown_timeout_s,
+        shutdown_timeout_s,
     )
 }
 

@@ -30,7 +30,7 @@ use crate::routes::heartbeat::{post_heartbeat, HeartbeatIngress, IngestAuth};
 use crate::routes::metrics::{self, MetricsEndpoint};
 use crate::routes::{fallback, stats};
 use crate::settings::Settings;
-use crate::shutdown::{self, DrainOutcome, Signals};
+use crate::shutdown::{self, DrainOutcome, Running, Signals};
 use crate::tls;
 
 /// At most this long is given to open HTTP connections after a stop signal; the rest of
@@ -64,19 +64,19 @@ pub enum StartupError {
 
 /// A built daemon, ready to serve.
 pub struct Application {
-    pub(crate) settings: Settings,
-    pub(crate) log: Logger,
-    pub(crate) server: Option<Server>,
+    settings: Settings,
+    log: Logger,
+    server: Option<Server>,
     local_addr: Option<SocketAddr>,
-    pub(crate) signals: Signals,
-    pub(crate) pool: WorkerPool,
-    pub(crate) manager: Addr<Manager>,
-    pub(crate) manager_arbiter: Arbiter,
-    pub(crate) stats: Addr<Stats>,
-    pub(crate) queue: Arc<IngressQueue>,
-    pub(crate) stopping: Arc<AtomicBool>,
+    signals: Signals,
+    pool: WorkerPool,
+    manager: Addr<Manager>,
+    manager_arbiter: Arbiter,
+    stats: Addr<Stats>,
+    queue: Arc<IngressQueue>,
+    stopping: Arc<AtomicBool>,
     /// Applies SIGHUP.
-    pub(crate) reloader: Reloader,
+    reloader: Reloader,
 }
 
 impl Application {
@@ -372,7 +372,20 @@ impl Application {
 
     /// Serves until a stop signal, then drains. See [`shutdown::run`].
     pub async fn run_until_stopped(self) -> DrainOutcome {
-        shutdown::run(self).await
+        let running = Running {
+            shutdown_timeout: Duration::from_secs(self.settings.shutdown_timeout_s),
+            log: self.log,
+            server: self.server,
+            signals: self.signals,
+            pool: self.pool,
+            manager: self.manager,
+            manager_arbiter: self.manager_arbiter,
+            stats: self.stats,
+            queue: self.queue,
+            stopping: self.stopping,
+            reloader: self.reloader,
+        };
+        shutdown::run(running).await
     }
 }
 
