@@ -19,7 +19,6 @@ use std::time::Duration;
 use actix::Addr;
 use heartbeatd_actors::liveness::webhook::{Reconfigure, Webhook, WebhookPolicy};
 use heartbeatd_actors::manager::{ImportConfigAgents, Manager};
-use heartbeatd_actors::model::agent::AgentInfo;
 use slog::{error, info, warn, Logger};
 
 use crate::routes::agents::AdminAuth;
@@ -75,7 +74,7 @@ impl Reloader {
     /// Reads the configuration again and applies what can be applied (see the module doc).
     pub async fn reload(&mut self) {
         let loaded = settings::load(self.source.config.as_deref(), std::env::vars(), &self.source.overrides);
-        let new = match loaded {
+        let mut new = match loaded {
             Ok(loaded) => loaded.settings,
             Err(e) => {
                 error!(self.log, "SIGHUP: the configuration is invalid; nothing was changed";
@@ -121,7 +120,7 @@ impl Reloader {
                 }
             }
         }
-        let agents: Vec<AgentInfo> = new.agents.iter().map(AgentInfo::from).collect();
+        let agents = std::mem::take(&mut new.agents);
         match self.manager.send(ImportConfigAgents(agents)).await {
             Ok(Ok(added)) if !added.is_empty() => {
                 info!(self.log, "SIGHUP: agents added from the configuration"; "count" => added.len(),
@@ -139,12 +138,9 @@ impl Reloader {
         }
         info!(self.log, "SIGHUP: configuration reloaded";
             "applied" => if applied.is_empty() { "nothing changed".to_owned() } else { applied.join(", ") });
-        // The agent list is not needed again (imports go by the registry's record of what
-        // was imported); 100k entries are not worth keeping.
-        self.current = Settings {
-            agents: Vec::new(),
-            ..new
-        };
+        // The agent list went to the Registry (imports go by its record of what was
+        // imported); 100k entries are not worth keeping twice.
+        self.current = new;
     }
 }
 

@@ -143,34 +143,7 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// The agents allowed to report (imported into the registry once; see README).
     #[serde(default)]
-    pub agents: Vec<AgentSettings>,
-}
-
-/// One `[[agents]]` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentSettings {
-    pub id: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default, rename = "type")]
-    pub agent_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heartbeat_interval_s: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grace_s: Option<u64>,
-}
-
-impl From<&AgentSettings> for AgentInfo {
-    fn from(a: &AgentSettings) -> Self {
-        AgentInfo {
-            id: a.id.clone(),
-            name: a.name.clone(),
-            agent_type: a.agent_type.clone(),
-            heartbeat_interval_s: a.heartbeat_interval_s,
-            grace_s: a.grace_s,
-        }
-    }
+    pub agents: Vec<AgentInfo>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -356,9 +329,7 @@ impl Settings {
         }
         let mut seen = HashSet::new();
         for (i, agent) in self.agents.iter().enumerate() {
-            AgentInfo::from(agent)
-                .validate()
-                .map_err(|reason| format!("agents[{i}].{reason}"))?;
+            agent.validate().map_err(|reason| format!("agents[{i}].{reason}"))?;
             if !seen.insert(agent.id.as_str()) {
                 return Err(format!("agents[{i}].id: duplicate agent id {:?}", agent.id));
             }
@@ -422,7 +393,7 @@ pub fn load(
             .map_err(|e: toml::de::Error| fail(&origin, syntax_error(&text, &e)))?;
         drop(text);
         if let Some(agents) = table.remove("agents") {
-            file_agents = serde_path_to_error::deserialize::<_, Vec<AgentSettings>>(agents)
+            file_agents = serde_path_to_error::deserialize::<_, Vec<AgentInfo>>(agents)
                 .map_err(|e| fail(&origin, format!("agents{}: {}", e.path(), e.inner().message())))?;
         }
         // Types are checked strictly here, before the config crate (which would turn

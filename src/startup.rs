@@ -17,7 +17,6 @@ use heartbeatd_actors::ingest::worker::WorkerPool;
 use heartbeatd_actors::liveness::webhook::Webhook;
 use heartbeatd_actors::liveness::{Liveness, LivenessPolicy};
 use heartbeatd_actors::manager::{Manager, ManagerPolicy};
-use heartbeatd_actors::model::agent::AgentInfo;
 use heartbeatd_actors::registry::{Registry, RegistryError};
 use heartbeatd_actors::stats::Stats;
 use heartbeatd_actors::store::{FileMetadataStore, StoreError};
@@ -110,8 +109,7 @@ impl Application {
 
         // The Registry keeps the only copy of the agent list from here on.
         let config_agents = std::mem::take(&mut settings.agents);
-        let (registry, registry_load) = Registry::load(&settings.data_dir, config_agents.iter().map(AgentInfo::from))?;
-        drop(config_agents);
+        let (registry, registry_load) = Registry::load(&settings.data_dir, config_agents)?;
         for (id, changes) in &registry_load.clamped {
             warn!(log, "registry.json holds agent timing out of bounds (saved by an older version); loaded with the nearest bound";
                 "agent_id" => id, "clamped" => changes.join(", "),

@@ -38,7 +38,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::{sync_dir, write_atomically};
-use crate::model::agent::{is_valid_agent_id, AgentInfo};
+use crate::model::agent::{is_valid_agent_id, AgentChange, AgentInfo};
 
 type AgentMap = HashMap<String, AgentInfo>;
 
@@ -547,36 +547,21 @@ impl Handler<AutoRegister> for Registry {
     }
 }
 
-/// Changes an agent's name, type and/or timing.
+/// Changes an agent's name, type and/or timing; answers the agent as it is now.
 #[derive(Message, Default)]
 #[rtype(result = "Result<AgentInfo, RegistryError>")]
 pub struct UpdateInfo {
     pub id: String,
-    pub name: Option<String>,
-    pub agent_type: Option<String>,
-    pub heartbeat_interval_s: Option<u64>,
-    pub grace_s: Option<u64>,
+    pub change: AgentChange,
 }
 
 impl Handler<UpdateInfo> for Registry {
     type Result = Result<AgentInfo, RegistryError>;
 
     fn handle(&mut self, msg: UpdateInfo, _: &mut Context<Self>) -> Self::Result {
-        let Some(mut info) = self.agents().get(&msg.id).cloned() else {
+        let Some(info) = self.agents().get(&msg.id).map(|current| msg.change.applied_to(current)) else {
             return Err(RegistryError::NotFound(msg.id));
         };
-        if let Some(name) = msg.name {
-            info.name = name;
-        }
-        if let Some(agent_type) = msg.agent_type {
-            info.agent_type = agent_type;
-        }
-        if msg.heartbeat_interval_s.is_some() {
-            info.heartbeat_interval_s = msg.heartbeat_interval_s;
-        }
-        if msg.grace_s.is_some() {
-            info.grace_s = msg.grace_s;
-        }
         info.validate_details().map_err(RegistryError::Invalid)?;
         let updated = info.clone();
         self.change(|agents| {
@@ -772,8 +757,10 @@ mod tests {
         addr.send(Register(vec![info("from-api")])).await.unwrap().unwrap();
         let renamed = UpdateInfo {
             id: "also-config".into(),
-            name: Some("renamed".into()),
-            ..UpdateInfo::default()
+            change: AgentChange {
+                name: Some("renamed".into()),
+                ..AgentChange::default()
+            },
         };
         addr.send(renamed).await.unwrap().unwrap();
 
@@ -811,8 +798,10 @@ mod tests {
         let addr = registry.start();
         let huge = UpdateInfo {
             id: "a".into(),
-            heartbeat_interval_s: Some(i64::MAX as u64),
-            ..UpdateInfo::default()
+            change: AgentChange {
+                heartbeat_interval_s: Some(i64::MAX as u64),
+                ..AgentChange::default()
+            },
         };
         assert!(
             matches!(addr.send(huge).await.unwrap(), Err(RegistryError::Invalid(m)) if m.starts_with("heartbeat_interval_s"))
@@ -877,8 +866,10 @@ mod tests {
         for i in 0..1100 {
             addr.send(UpdateInfo {
                 id: "a".into(),
-                name: Some(format!("name {i}")),
-                ..UpdateInfo::default()
+                change: AgentChange {
+                    name: Some(format!("name {i}")),
+                    ..AgentChange::default()
+                },
             })
             .await
             .unwrap()

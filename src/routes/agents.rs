@@ -11,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use heartbeatd_actors::manager::{
     DeleteAgent, GetAgentView, GetEvents, GetHistory, ListAgents, Manager, RegisterAgents, SetAgentPaused, UpdateAgent,
 };
-use heartbeatd_actors::model::agent::AgentInfo;
+use heartbeatd_actors::model::agent::{AgentChange, AgentInfo};
 use heartbeatd_actors::model::liveness::AgentStatus;
 use heartbeatd_actors::registry::RegistryError;
 use serde::{Deserialize, Serialize};
@@ -275,19 +275,6 @@ pub async fn events(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "agent_id": id, "events": events })))
 }
 
-/// A `POST /agents` entry.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewAgent {
-    id: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default, rename = "type")]
-    agent_type: String,
-    heartbeat_interval_s: Option<u64>,
-    grace_s: Option<u64>,
-}
-
 /// `POST /agents` with one agent (an object) or many (an array): all or none.
 pub async fn register(
     req: HttpRequest,
@@ -311,7 +298,7 @@ pub async fn register(
     }
     let mut batch = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
-        let agent: NewAgent = serde_json::from_value(entry).map_err(|e| {
+        let agent: AgentInfo = serde_json::from_value(entry).map_err(|e| {
             let at = if single {
                 String::new()
             } else {
@@ -319,13 +306,7 @@ pub async fn register(
             };
             AgentsError::BadRequest(format!("{at}{e}"))
         })?;
-        batch.push(AgentInfo {
-            id: agent.id,
-            name: agent.name,
-            agent_type: agent.agent_type,
-            heartbeat_interval_s: agent.heartbeat_interval_s,
-            grace_s: agent.grace_s,
-        });
+        batch.push(agent);
     }
     let count = batch.len();
     let views = api.manager.send(RegisterAgents(batch)).await.map_err(unavailable)??;
@@ -335,17 +316,6 @@ pub async fn register(
     } else {
         HttpResponse::Created().json(serde_json::json!({ "registered": views }))
     })
-}
-
-/// A `PATCH /agents/{id}` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgentChange {
-    name: Option<String>,
-    #[serde(rename = "type")]
-    agent_type: Option<String>,
-    heartbeat_interval_s: Option<u64>,
-    grace_s: Option<u64>,
 }
 
 /// `PATCH /agents/{id}`: change name and/or type.
@@ -362,10 +332,7 @@ pub async fn update(
         .manager
         .send(UpdateAgent {
             id: id.into_inner(),
-            name: change.name,
-            agent_type: change.agent_type,
-            heartbeat_interval_s: change.heartbeat_interval_s,
-            grace_s: change.grace_s,
+            change,
         })
         .await
         .map_err(unavailable)??;

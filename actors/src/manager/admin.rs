@@ -11,7 +11,7 @@ use super::Manager;
 use crate::liveness;
 #[cfg(any(test, feature = "testkit"))]
 use crate::model::agent::AgentState;
-use crate::model::agent::{AgentInfo, AgentView, ResourceSample};
+use crate::model::agent::{AgentChange, AgentInfo, AgentView, ResourceSample};
 use crate::model::liveness::{AgentStatus, EventRecord};
 use crate::registry::{self, Registry, RegistryError};
 use crate::store;
@@ -166,10 +166,7 @@ impl Handler<AutoRegisterAgent> for Manager {
 #[rtype(result = "Result<AgentView, RegistryError>")]
 pub struct UpdateAgent {
     pub id: String,
-    pub name: Option<String>,
-    pub agent_type: Option<String>,
-    pub heartbeat_interval_s: Option<u64>,
-    pub grace_s: Option<u64>,
+    pub change: AgentChange,
 }
 
 impl Handler<UpdateAgent> for Manager {
@@ -178,10 +175,7 @@ impl Handler<UpdateAgent> for Manager {
     fn handle(&mut self, msg: UpdateAgent, _: &mut Context<Self>) -> Self::Result {
         let update = registry::UpdateInfo {
             id: msg.id,
-            name: msg.name,
-            agent_type: msg.agent_type,
-            heartbeat_interval_s: msg.heartbeat_interval_s,
-            grace_s: msg.grace_s,
+            change: msg.change,
         };
         Box::pin(self.registry.send(update).into_actor(self).then(|result, act, _| {
             let updated = result

@@ -44,8 +44,12 @@ pub fn check_timing(key: &str, value: u64) -> Result<(), String> {
     }
 }
 
-/// What the registry knows about an agent: who it is, not how it is doing.
+/// What the registry knows about an agent: who it is, not how it is doing. The one record of
+/// an agent wherever it comes from or goes to: a config file's `[[agents]]` entry, a
+/// `POST /agents` entry, a line of `registry.json`. Unknown fields are refused (a typo in a
+/// config or a request is an error, not a silent default).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AgentInfo {
     pub id: String,
     #[serde(default)]
@@ -59,6 +63,38 @@ pub struct AgentInfo {
     /// Its own grace; `None`: `grace_s` of the config (default twice the interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_s: Option<u64>,
+}
+
+/// A change to a registered agent: the `PATCH /agents/{id}` body, and what the Manager and
+/// the Registry pass on. `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentChange {
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub agent_type: Option<String>,
+    pub heartbeat_interval_s: Option<u64>,
+    pub grace_s: Option<u64>,
+}
+
+impl AgentChange {
+    /// `info` with the change applied (not yet validated).
+    pub fn applied_to(&self, info: &AgentInfo) -> AgentInfo {
+        let mut changed = info.clone();
+        if let Some(name) = &self.name {
+            changed.name = name.clone();
+        }
+        if let Some(agent_type) = &self.agent_type {
+            changed.agent_type = agent_type.clone();
+        }
+        if self.heartbeat_interval_s.is_some() {
+            changed.heartbeat_interval_s = self.heartbeat_interval_s;
+        }
+        if self.grace_s.is_some() {
+            changed.grace_s = self.grace_s;
+        }
+        changed
+    }
 }
 
 impl AgentInfo {
