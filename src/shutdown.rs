@@ -229,9 +229,25 @@ pub async fn run(running: Running) -> DrainOutcome {
     )
 }
 
+/// Why the final flush did not leave everything on disk.
+#[derive(Debug, thiserror::Error)]
+enum FinalFlushError {
+    #[error(transparent)]
+    Persist(#[from] manager::PersistError),
+    #[error("{0} agents not persisted by the deadline")]
+    Deadline(usize),
+    #[error("the manager is not running")]
+    ManagerStopped,
+    #[error("timed out")]
+    TimedOut,
+}
+
 /// Flushes until no agent is left unpersisted, the store fails, or the deadline passes.
 /// Returns how many flushes it took.
-async fn flush_until_clean(manager: &actix::Addr<manager::Manager>, deadline: Instant) -> Result<usize, String> {
+async fn flush_until_clean(
+    manager: &actix::Addr<manager::Manager>,
+    deadline: Instant,
+) -> Result<usize, FinalFlushError> {
     let mut flushes = 0;
     loop {
         let remaining = deadline
@@ -241,10 +257,10 @@ async fn flush_until_clean(manager: &actix::Addr<manager::Manager>, deadline: In
         match actix_rt::time::timeout(remaining, manager.send(manager::Flush)).await {
             Ok(Ok(Ok(0))) => return Ok(flushes),
             Ok(Ok(Ok(_still_dirty))) if Instant::now() < deadline => continue,
-            Ok(Ok(Ok(still_dirty))) => return Err(format!("{still_dirty} agents not persisted by the deadline")),
-            Ok(Ok(Err(e))) => return Err(e),
-            Ok(Err(_)) => return Err("the manager is not running".to_owned()),
-            Err(_) => return Err("timed out".to_owned()),
+            Ok(Ok(Ok(still_dirty))) => return Err(FinalFlushError::Deadline(still_dirty)),
+            Ok(Ok(Err(e))) => return Err(e.into()),
+            Ok(Err(_)) => return Err(FinalFlushError::ManagerStopped),
+            Err(_) => return Err(FinalFlushError::TimedOut),
         }
     }
 }
@@ -265,7 +281,7 @@ fn report(
     drained: u64,
     unprocessed: u64,
     workers_running: usize,
-    flush: Result<usize, String>,
+    flush: Result<usize, FinalFlushError>,
     server_failed: bool,
     shutdown_timeout_s: u64,
 ) -> DrainOutcome {
@@ -289,7 +305,7 @@ fn report(
         }
         Err(e) => {
             error!(log, "could not flush agent state at shutdown: some state may not be on disk";
-                "error" => e, "unprocessed" => unprocessed, "drained" => drained, "elapsed_ms" => elapsed_ms,
+                "error" => %e, "unprocessed" => unprocessed, "drained" => drained, "elapsed_ms" => elapsed_ms,
                 "what_to_do" => "check free space and permissions of data_dir");
             DrainOutcome::Incomplete
         }

@@ -133,8 +133,8 @@ impl RegistrySnapshot {
     }
 }
 
-/// Why a registry change was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a registry change was refused, or could not be made.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     #[error("agent id {0:?} is invalid: use 1 to 128 characters from A-Z a-z 0-9 . _ -")]
     InvalidId(String),
@@ -148,8 +148,26 @@ pub enum RegistryError {
     /// A change that breaks the agent rules ([`AgentInfo::validate`]); names the field.
     #[error("{0}")]
     Invalid(String),
-    #[error("could not save the registry: {0}")]
-    Save(String),
+    /// Writing `registry.json` or `registry.log` failed; nothing of the change was published.
+    #[error("could not save the registry to {path}: {source}")]
+    SaveFailed {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The registry file exists but could not be read at start-up.
+    #[error("could not read the registry at {path}: {source}")]
+    ReadFailed {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The Registry actor is gone (heartbeatd is stopping).
+    #[error("the registry is not running")]
+    NotRunning,
+    /// The agent was changed, then unregistered before its new view could be read.
+    #[error("agent {0:?} was unregistered meanwhile")]
+    Vanished(String),
     /// `auto_register` refused a new agent: the registry holds `auto_register_limit` agents.
     #[error("auto_register_limit reached: {0} agents are registered; register more through the admin API")]
     Full(usize),
@@ -201,6 +219,15 @@ pub struct Registry {
     /// `auto_register` ids waiting for the next batch, with whoever waits for each.
     pending_auto: Vec<(String, oneshot::Sender<Result<(), RegistryError>>)>,
     log: Logger,
+}
+
+impl RegistryError {
+    fn save_failed(path: &Path, e: io::Error) -> Self {
+        Self::SaveFailed {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }
+    }
 }
 
 impl Registry {
@@ -255,13 +282,18 @@ impl Registry {
                         "{REGISTRY_FILE}.corrupt-{}",
                         chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
                     ));
-                    fs::rename(&path, &aside).map_err(|e| RegistryError::Save(format!("{}: {e}", path.display())))?;
+                    fs::rename(&path, &aside).map_err(|e| RegistryError::save_failed(&path, e))?;
                     report.moved_aside = Some(aside);
                     RegistryFile::default()
                 }
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => RegistryFile::default(),
-            Err(e) => return Err(RegistryError::Save(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(RegistryError::ReadFailed {
+                    path,
+                    source: Arc::new(e),
+                })
+            }
         };
         report.from_file = file.agents.len();
         let mut agents = file.agents;
@@ -313,8 +345,8 @@ impl Registry {
             agents,
             imported_from_config: &self.imported_from_config,
         })
-        .map_err(|e| RegistryError::Save(e.to_string()))?;
-        let save_error = |path: &Path, e: io::Error| RegistryError::Save(format!("{}: {e}", path.display()));
+        .map_err(|e| RegistryError::save_failed(&dir.join(REGISTRY_FILE), io::Error::other(e)))?;
+        let save_error = |path: &Path, e: io::Error| RegistryError::save_failed(path, e);
         fs::create_dir_all(dir).map_err(|e| save_error(dir, e))?;
         write_atomically(dir, REGISTRY_FILE, &bytes).map_err(|e| save_error(&dir.join(REGISTRY_FILE), e))?;
         self.change_log = None;
@@ -338,7 +370,8 @@ impl Registry {
         }
         let mut buf = Vec::with_capacity(entries.len() * 96);
         for entry in entries {
-            serde_json::to_writer(&mut buf, entry).map_err(|e| RegistryError::Save(e.to_string()))?;
+            serde_json::to_writer(&mut buf, entry)
+                .map_err(|e| RegistryError::save_failed(&dir.join(REGISTRY_LOG), io::Error::other(e)))?;
             buf.push(b'\n');
         }
         let path = dir.join(REGISTRY_LOG);
@@ -361,7 +394,7 @@ impl Registry {
                 // Never append after a failed write or sync: the next save rewrites the file.
                 self.change_log = None;
                 self.compaction_due = true;
-                Err(RegistryError::Save(format!("{}: {e}", path.display())))
+                Err(RegistryError::save_failed(&path, e))
             }
         }
     }
@@ -448,7 +481,12 @@ fn apply_change_log(dir: &Path, map: &mut AgentMap, report: &mut RegistryLoad) -
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(RegistryError::Save(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(RegistryError::ReadFailed {
+                path,
+                source: Arc::new(e),
+            })
+        }
     };
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         match serde_json::from_slice::<LogEntry>(line) {
@@ -540,10 +578,7 @@ impl Handler<AutoRegister> for Registry {
             ctx.run_later(AUTO_REGISTER_WINDOW, |act, _| act.apply_pending_auto());
         }
         self.pending_auto.push((id, tx));
-        Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(RegistryError::Save("the registry stopped".into())))
-        })
+        Box::pin(async move { rx.await.unwrap_or(Err(RegistryError::NotRunning)) })
     }
 }
 
@@ -691,14 +726,14 @@ mod tests {
 
     #[test]
     fn new_refuses_duplicates_and_invalid_ids() {
-        assert_eq!(
+        assert!(matches!(
             Registry::new([info("a"), info("a")]).err(),
-            Some(RegistryError::Duplicate("a".into()))
-        );
-        assert_eq!(
+            Some(RegistryError::Duplicate(id)) if id == "a"
+        ));
+        assert!(matches!(
             Registry::new([info("a/b")]).err(),
-            Some(RegistryError::InvalidId("a/b".into()))
-        );
+            Some(RegistryError::InvalidId(id)) if id == "a/b"
+        ));
     }
 
     #[actix_rt::test]
@@ -720,10 +755,10 @@ mod tests {
         assert!(!snapshot.contains("a"));
         let ids: Vec<_> = addr.send(List).await.unwrap().into_iter().map(|a| a.id).collect();
         assert_eq!(ids, ["b"]);
-        assert_eq!(
+        assert!(matches!(
             addr.send(Unregister("a".into())).await.unwrap(),
-            Err(RegistryError::NotFound("a".into()))
-        );
+            Err(RegistryError::NotFound(id)) if id == "a"
+        ));
     }
 
     #[actix_rt::test]
@@ -738,9 +773,9 @@ mod tests {
             "{bad:?}"
         );
         let dup = addr.send(Register(vec![info("b"), info("a")])).await.unwrap();
-        assert_eq!(dup, Err(RegistryError::Duplicate("a".into())));
+        assert!(matches!(dup, Err(RegistryError::Duplicate(id)) if id == "a"));
         let twice = addr.send(Register(vec![info("b"), info("b")])).await.unwrap();
-        assert_eq!(twice, Err(RegistryError::Duplicate("b".into())));
+        assert!(matches!(twice, Err(RegistryError::Duplicate(id)) if id == "b"));
         assert!(!snapshot.contains("b"), "nothing of a refused batch is registered");
 
         addr.send(Register(vec![info("b"), info("c")])).await.unwrap().unwrap();
@@ -904,9 +939,8 @@ mod tests {
         assert!(full >= 20, "{full}");
         let log = fs::read_to_string(dir.path().join(REGISTRY_LOG)).unwrap();
         assert_eq!(log.lines().count(), 49, "one line per new agent, none twice");
-        assert_eq!(
-            addr.send(AutoRegister("a".into())).await.unwrap(),
-            Ok(()),
+        assert!(
+            addr.send(AutoRegister("a".into())).await.unwrap().is_ok(),
             "known: fine"
         );
     }

@@ -84,7 +84,12 @@ impl From<RegistryError> for AgentsError {
             RegistryError::InvalidId(_) | RegistryError::InvalidEntry { .. } | RegistryError::Invalid(_) => {
                 Self::BadRequest(e.to_string())
             }
-            RegistryError::Save(_) | RegistryError::Full(_) => Self::Unavailable(e.to_string()),
+            RegistryError::SaveFailed { .. }
+            | RegistryError::ReadFailed { .. }
+            | RegistryError::NotRunning
+            | RegistryError::Full(_) => Self::Unavailable(e.to_string()),
+            // Deleted between the change and the answer: as if it had never been there.
+            RegistryError::Vanished(id) => Self::NotFound(id),
         }
     }
 }
@@ -240,7 +245,7 @@ pub async fn history(
         .send(GetHistory { id: id.clone(), limit })
         .await
         .map_err(unavailable)?
-        .map_err(AgentsError::Unavailable)?
+        .map_err(|e| AgentsError::Unavailable(e.to_string()))?
         .ok_or(AgentsError::NotFound(id.clone()))?;
     let points: Vec<_> = samples
         .into_iter()
@@ -270,7 +275,7 @@ pub async fn events(
         .send(GetEvents { id: id.clone(), limit })
         .await
         .map_err(unavailable)?
-        .map_err(AgentsError::Unavailable)?
+        .map_err(|e| AgentsError::Unavailable(e.to_string()))?
         .ok_or(AgentsError::NotFound(id.clone()))?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "agent_id": id, "events": events })))
 }

@@ -234,7 +234,7 @@ mod tests {
         let report = stats.send(GetStats).await.unwrap();
         assert_eq!(report.total_processed, 50);
         // History reaches the agent's file at a checkpoint; Flush forces one.
-        assert_eq!(manager.send(crate::manager::Flush).await.unwrap(), Ok(0));
+        assert_eq!(manager.send(crate::manager::Flush).await.unwrap().unwrap(), 0);
         let history = store
             .send(crate::store::ReadHistory {
                 id: "a".into(),

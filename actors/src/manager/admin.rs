@@ -14,7 +14,16 @@ use crate::model::agent::AgentState;
 use crate::model::agent::{AgentChange, AgentInfo, AgentView, ResourceSample};
 use crate::model::liveness::{AgentStatus, EventRecord};
 use crate::registry::{self, Registry, RegistryError};
-use crate::store;
+use crate::store::{self, StoreError};
+
+/// Why a read of what the Store keeps (history, events) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store is not running")]
+    StoreStopped,
+}
 
 impl Manager {
     /// Views of these registered agents, with their liveness.
@@ -44,7 +53,7 @@ impl Manager {
     }
 
     /// Sends `msg` to the Registry and answers with its answer (a stopped Registry is a
-    /// [`RegistryError::Save`]).
+    /// [`RegistryError::NotRunning`]).
     fn forward_to_registry<M, T>(&self, msg: M) -> ResponseFuture<Result<T, RegistryError>>
     where
         M: Message<Result = Result<T, RegistryError>> + Send + 'static,
@@ -52,11 +61,7 @@ impl Manager {
         T: Send + 'static,
     {
         let request = self.registry.send(msg);
-        Box::pin(async move {
-            request
-                .await
-                .map_err(|_| RegistryError::Save("the registry is not running".into()))?
-        })
+        Box::pin(async move { request.await.map_err(|_| RegistryError::NotRunning)? })
     }
 }
 
@@ -78,14 +83,14 @@ impl Handler<GetAgent> for Manager {
 /// One agent's newest `limit` history samples, newest first: the history file's plus those
 /// waiting for the next checkpoint. `None` if it is not registered.
 #[derive(Message)]
-#[rtype(result = "Result<Option<Vec<ResourceSample>>, String>")]
+#[rtype(result = "Result<Option<Vec<ResourceSample>>, ReadError>")]
 pub struct GetHistory {
     pub id: String,
     pub limit: usize,
 }
 
 impl Handler<GetHistory> for Manager {
-    type Result = ResponseFuture<Result<Option<Vec<ResourceSample>>, String>>;
+    type Result = ResponseFuture<Result<Option<Vec<ResourceSample>>, ReadError>>;
 
     fn handle(&mut self, GetHistory { id, limit }: GetHistory, _: &mut Context<Self>) -> Self::Result {
         if !self.registry_view.contains(&id) {
@@ -99,7 +104,7 @@ impl Handler<GetHistory> for Manager {
             .unwrap_or_default();
         let read = self.store.send(store::ReadHistory { id, limit });
         Box::pin(async move {
-            let on_disk = read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            let on_disk = read.await.map_err(|_| ReadError::StoreStopped)??;
             let mut all = on_disk.samples;
             // A checkpoint in flight may have written some pending samples already.
             let last = all.last().map_or(0, |s| s.seq);
@@ -126,7 +131,7 @@ impl Handler<RegisterAgents> for Manager {
             registry
                 .send(registry::Register(batch))
                 .await
-                .map_err(|_| RegistryError::Save("the registry is not running".into()))??;
+                .map_err(|_| RegistryError::NotRunning)??;
             Ok(views)
         })
     }
@@ -178,9 +183,7 @@ impl Handler<UpdateAgent> for Manager {
             change: msg.change,
         };
         Box::pin(self.registry.send(update).into_actor(self).then(|result, act, _| {
-            let updated = result
-                .map_err(|_| RegistryError::Save("the registry is not running".into()))
-                .and_then(|r| r);
+            let updated = result.map_err(|_| RegistryError::NotRunning).and_then(|r| r);
             let view = updated.map(|info| {
                 if let Some(entry) = act.agents.get_mut(&info.id) {
                     entry.state.name = info.name.clone();
@@ -190,11 +193,12 @@ impl Handler<UpdateAgent> for Manager {
                         act.dirty.push(info.id.clone());
                     }
                 }
-                act.views(vec![info.id])
+                let id = info.id.clone();
+                (act.views(vec![info.id]), id)
             });
             fut::wrap_future(async move {
-                let view = view?.await.pop();
-                view.ok_or_else(|| RegistryError::Save("the agent vanished meanwhile".into()))
+                let (view, id) = view?;
+                view.await.pop().ok_or(RegistryError::Vanished(id))
             })
         }))
     }
@@ -212,9 +216,7 @@ impl Handler<DeleteAgent> for Manager {
     fn handle(&mut self, DeleteAgent(id): DeleteAgent, _: &mut Context<Self>) -> Self::Result {
         let unregister = self.registry.send(registry::Unregister(id));
         Box::pin(unregister.into_actor(self).then(|result, act, _| {
-            let removed = result
-                .map_err(|_| RegistryError::Save("the registry is not running".into()))
-                .and_then(|r| r);
+            let removed = result.map_err(|_| RegistryError::NotRunning).and_then(|r| r);
             // Forget the agent now; its journal records are skipped at replay (not registered).
             let delete = removed.map(|info| {
                 // No longer watched: no late/down, no webhook, no events file, not counted.
@@ -375,20 +377,20 @@ impl Handler<SetAgentPaused> for Manager {
 /// One agent's newest `limit` liveness transitions, newest first; `None` if it is not
 /// registered.
 #[derive(Message)]
-#[rtype(result = "Result<Option<Vec<EventRecord>>, String>")]
+#[rtype(result = "Result<Option<Vec<EventRecord>>, ReadError>")]
 pub struct GetEvents {
     pub id: String,
     pub limit: usize,
 }
 
 impl Handler<GetEvents> for Manager {
-    type Result = ResponseFuture<Result<Option<Vec<EventRecord>>, String>>;
+    type Result = ResponseFuture<Result<Option<Vec<EventRecord>>, ReadError>>;
 
     fn handle(&mut self, GetEvents { id, limit }: GetEvents, _: &mut Context<Self>) -> Self::Result {
         if !self.registry_view.contains(&id) {
             return Box::pin(async { Ok(None) });
         }
         let read = self.store.send(store::ReadEvents { id, limit });
-        Box::pin(async move { Ok(Some(read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?)) })
+        Box::pin(async move { Ok(Some(read.await.map_err(|_| ReadError::StoreStopped)??)) })
     }
 }

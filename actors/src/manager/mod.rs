@@ -16,7 +16,7 @@ pub mod admin;
 pub mod persistence;
 
 pub use admin::*;
-pub use persistence::Flush;
+pub use persistence::{Flush, PersistError};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ pub struct ManagerPolicy {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpdateError {
     #[error("could not persist: {0}")]
-    Store(String),
+    Persist(#[from] PersistError),
 }
 
 /// One agent as the Manager holds it.
@@ -89,7 +89,7 @@ impl AgentEntry {
     }
 }
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+type Waiter = oneshot::Sender<Result<(), PersistError>>;
 
 /// Owns the agents' state.
 pub struct Manager {
@@ -353,8 +353,8 @@ impl Handler<UpdateHeartbeats> for Manager {
         Box::pin(fut::wrap_future(async move {
             match rx.await {
                 Ok(Ok(())) => Ok(outcome),
-                Ok(Err(e)) => Err(UpdateError::Store(e)),
-                Err(_) => Err(UpdateError::Store("the flush was abandoned".into())),
+                Ok(Err(e)) => Err(UpdateError::Persist(e)),
+                Err(_) => Err(UpdateError::Persist(PersistError::Abandoned)),
             }
         }))
     }
@@ -463,7 +463,7 @@ mod tests {
             store.send(store::Get("a".into())).await.unwrap().unwrap().is_none(),
             "nothing written yet"
         );
-        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
+        assert_eq!(manager.send(Flush).await.unwrap().unwrap(), 0);
 
         let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
         assert_eq!(state.heartbeat_count, 8);
@@ -488,7 +488,7 @@ mod tests {
         }
         let newest = history(&manager, 10).await;
         assert_eq!(memories(&newest), [99, 98, 97], "history_len = 3, newest first");
-        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
+        assert_eq!(manager.send(Flush).await.unwrap().unwrap(), 0);
         let on_disk = on_disk(&store).await;
         assert!(on_disk.len() <= 6, "{} written for 100 heartbeats", on_disk.len());
         assert_eq!(memories(&on_disk).last(), Some(&99));
@@ -509,7 +509,7 @@ mod tests {
 
         std::fs::remove_dir(&blocker).unwrap();
         update(&manager, &[heartbeat("a", 3)]).await;
-        assert_eq!(manager.send(Flush).await.unwrap(), Ok(0));
+        assert_eq!(manager.send(Flush).await.unwrap().unwrap(), 0);
         let on_disk = on_disk(&store).await;
         assert_eq!(memories(&on_disk), [1, 2, 3], "nothing lost, nothing twice, in order");
     }

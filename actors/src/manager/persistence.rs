@@ -12,6 +12,7 @@
 //! 30 s), from memory, never by re-syncing a file whose fsync failed; errors are logged at
 //! most once per 10 s. [`Flush`] (shutdown) flushes and checkpoints now.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -30,6 +31,23 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
 /// A checkpoint starts early once this many history samples wait in memory (bounds memory
 /// at high rates: about 40 bytes each).
 pub(super) const MAX_SAMPLES_BETWEEN_CHECKPOINTS: usize = 1_000_000;
+
+/// Why a flush or checkpoint did not make it to disk. Cheap to clone: every update waiting
+/// for the same flush gets it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PersistError {
+    /// The write failed (disk full, read-only, vanished): the data stays in memory and the
+    /// write is retried.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("the store is not running")]
+    StoreStopped,
+    #[error("the journal writer is not running")]
+    JournalStopped,
+    /// The Manager stopped before the write was answered.
+    #[error("the write was abandoned")]
+    Abandoned,
+}
 
 impl Manager {
     pub(super) fn write_through(&self) -> bool {
@@ -59,9 +77,9 @@ impl Manager {
                     Ok(Err((e, mut records))) => {
                         records.append(&mut act.journal_pending);
                         act.journal_pending = records;
-                        Err(act.note_store_error(e))
+                        Err(act.note_store_error(PersistError::Store(Arc::new(e))))
                     }
-                    Err(_) => Err(act.note_store_error_text("the store is not running".into())),
+                    Err(_) => Err(act.note_store_error(PersistError::JournalStopped)),
                 };
                 if outcome.is_ok() {
                     act.note_store_ok();
@@ -134,7 +152,7 @@ impl Manager {
     pub(super) fn checkpoint_done(
         &mut self,
         result: Result<Result<PersistReport, (StoreError, Vec<AgentDelta>)>, MailboxError>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PersistError> {
         match result {
             Ok(Ok(report)) => {
                 self.note_store_ok();
@@ -147,9 +165,9 @@ impl Manager {
             }
             Ok(Err((e, deltas))) => {
                 self.keep_unpersisted(deltas);
-                Err(self.note_store_error(e))
+                Err(self.note_store_error(PersistError::Store(Arc::new(e))))
             }
-            Err(_) => Err(self.note_store_error_text("the store is not running".into())),
+            Err(_) => Err(self.note_store_error(PersistError::StoreStopped)),
         }
     }
 
@@ -178,21 +196,18 @@ impl Manager {
         self.retry_backoff = FIRST_RETRY_BACKOFF;
     }
 
-    pub(super) fn note_store_error(&mut self, e: StoreError) -> String {
-        self.note_store_error_text(e.to_string())
-    }
-
-    pub(super) fn note_store_error_text(&mut self, message: String) -> String {
+    /// Counts and (at most once per 10 s) logs a failed write, and schedules the retry.
+    pub(super) fn note_store_error(&mut self, e: PersistError) -> PersistError {
         self.health.store_error();
         self.retry_at = Some(Instant::now() + self.retry_backoff);
         if let Some(not_logged) = self.store_error_gate.check(Instant::now()) {
             error!(self.log, "could not persist agent state; it is kept in memory and written when the disk works again";
-                "error" => &message, "retry_in_ms" => self.retry_backoff.as_millis() as u64,
+                "error" => %e, "retry_in_ms" => self.retry_backoff.as_millis() as u64,
                 "similar_errors_not_logged" => not_logged, "store_errors" => self.health.store_errors(),
                 "what_to_do" => "check free space and permissions of data_dir");
         }
         self.retry_backoff = (self.retry_backoff * 2).min(MAX_RETRY_BACKOFF);
-        message
+        e
     }
 }
 
@@ -200,11 +215,11 @@ impl Manager {
 /// Answers how many agents still have changes not in their files (0 when everything is), or
 /// the store's error.
 #[derive(Message)]
-#[rtype(result = "Result<usize, String>")]
+#[rtype(result = "Result<usize, PersistError>")]
 pub struct Flush;
 
 impl Handler<Flush> for Manager {
-    type Result = ResponseActFuture<Self, Result<usize, String>>;
+    type Result = ResponseActFuture<Self, Result<usize, PersistError>>;
 
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
         let (flushed_tx, flushed) = oneshot::channel();
@@ -214,13 +229,13 @@ impl Handler<Flush> for Manager {
         self.retry_at = None;
         self.start_flush(ctx);
         self.start_checkpoint(ctx);
-        let abandoned = || Err("the write was abandoned".to_owned());
+        let abandoned = || Err(PersistError::Abandoned);
         Box::pin(
             fut::wrap_future(async move {
                 flushed.await.unwrap_or_else(|_| abandoned())?;
                 checkpointed.await.unwrap_or_else(|_| abandoned())
             })
-            .map(|result: Result<(), String>, act: &mut Manager, _| {
+            .map(|result: Result<(), PersistError>, act: &mut Manager, _| {
                 if !act.journal_pending.is_empty() {
                     warn!(act.log, "heartbeats arrived during the final flush"; "records" => act.journal_pending.len());
                 }
