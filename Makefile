@@ -43,8 +43,10 @@ wrk:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
 
+# The scenarios (bench/scenarios/) start target/release/heartbeatd through the shared harness.
 bench: wrk
-	$(CARGO) bench --bench scenarios
+	$(CARGO) build --release --bin heartbeatd
+	$(CARGO) bench -p heartbeatd-bench --bench scenarios
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,7 +1,13 @@
 //! Black-box tests: each starts the real `heartbeatd` binary on a free port with a temporary
 //! data directory, talks HTTP to it, and stops it with a signal.
 
-mod daemon;
+/// The shared harness (`integration/harness`), under the name the tests use, with the path
+/// of the binary cargo built for this test target.
+mod daemon {
+    pub use heartbeatd_harness::*;
+
+    pub const BIN: &str = env!("CARGO_BIN_EXE_heartbeatd");
+}
 
 mod admin_api;
 mod config_errors;
@@ -10,7 +16,6 @@ mod faults;
 mod hardening;
 mod http_contract;
 mod liveness;
-mod load_tool;
 mod metrics;
 mod reload;
 mod security;

@@ -17,7 +17,7 @@
 
 pub mod cli;
 pub mod heartbeat_request;
-pub mod load;
+
 pub mod reload;
 pub mod routes;
 pub mod settings;

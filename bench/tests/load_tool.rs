@@ -1,10 +1,10 @@
-//! `heartbeatd-load` against the real daemon: its counts must match the daemon's own.
+//! `heartbeatd-load` against the real daemon (started by the shared harness): its counts must match the daemon's own.
 
 use std::process::Command;
 
 use serde_json::Value;
 
-use crate::daemon::Daemon;
+use heartbeatd_harness::Daemon;
 
 const LOAD_BIN: &str = env!("CARGO_BIN_EXE_heartbeatd-load");
 

@@ -31,7 +31,7 @@ struct Args {
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let agents: web::Data<HashSet<String>> =
-        web::Data::new((1..=args.agents).map(heartbeatd::load::agent_id).collect());
+        web::Data::new((1..=args.agents).map(heartbeatd_bench::load::agent_id).collect());
     let listener = TcpListener::bind(("127.0.0.1", args.port))?;
     println!("listening on {}", listener.local_addr()?);
     HttpServer::new(move || {

@@ -1,4 +1,13 @@
-//! A `heartbeatd` process under test, and the HTTP helpers to talk to it.
+//! A `heartbeatd` process under test or under measure, and the HTTP helpers to talk to it:
+//! shared by the black-box tests (`integration/`) and the bench (`bench/`).
+//!
+//! The binary is `$HEARTBEATD_BIN`, or `heartbeatd` in the cargo profile directory the
+//! calling test or bench runs from (`target/<profile>/deps/..`): cargo builds it there for
+//! the integration tests, and `make bench` builds it in release.
+//!
+//! Ports: a daemon is started on a port found free a moment before; if another process takes
+//! it in between, heartbeatd exits with "could not listen" and the harness tries another port
+//! (five times), so parallel tests never fail on that race.
 
 use std::fs;
 use std::net::TcpListener;
@@ -9,8 +18,25 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The binary under test, built by cargo for this test target.
-pub const BIN: &str = env!("CARGO_BIN_EXE_heartbeatd");
+/// The heartbeatd binary to run (see the module documentation).
+pub fn heartbeatd_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("HEARTBEATD_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the running test's path");
+    // target/<profile>/deps/<test> → target/<profile>/heartbeatd
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let bin = profile_dir.join("heartbeatd");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (cargo build [--release] --bin heartbeatd) or set HEARTBEATD_BIN",
+        bin.display()
+    );
+    bin
+}
 
 /// How long a daemon may take to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -89,7 +115,7 @@ impl Daemon {
                 .append(true)
                 .open(dir.join("heartbeatd.log"))
                 .unwrap();
-            let mut child = Command::new(BIN)
+            let mut child = Command::new(heartbeatd_bin())
                 .envs(env.iter().copied())
                 .arg("--config")
                 .arg(&config)
@@ -127,6 +153,11 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// The heartbeat endpoint.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/heartbeat", self.port)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -169,6 +200,13 @@ impl Daemon {
     pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
         send_signal(self.pid(), signal);
         self.wait_exit(Duration::from_secs(60))
+    }
+
+    /// SIGTERM, then waits: how long the stop took, its exit status, and the log.
+    pub fn stop_timed(&mut self) -> (Duration, ExitStatus, String) {
+        let started = Instant::now();
+        let status = self.stop_with("TERM");
+        (started.elapsed(), status, self.log())
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {

@@ -1,9 +1,9 @@
-//! `heartbeatd-load`: see [`heartbeatd::load`].
+//! `heartbeatd-load`: see [`heartbeatd_bench::load`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use heartbeatd::load::{self, args::LoadArgs};
+use heartbeatd_bench::load::{self, args::LoadArgs};
 
 fn main() -> ExitCode {
     let args = LoadArgs::parse();
