@@ -8,16 +8,18 @@
 //! | [`telemetry`] | the slog logger (term or JSON lines) |
 //! | [`startup`] | `Application::build`: actors, listener, HTTP server |
 //! | [`routes`] | the HTTP endpoints and their error bodies |
+//! | [`heartbeat_request`] | the `POST /heartbeat` body: parsing and the seed's rules |
 //! | [`shutdown`] | signals and the graceful drain |
 //! | [`reload`] | SIGHUP: what a configuration reload applies |
 //! | [`tls`] | HTTPS through rustls, certificate reloaded on SIGHUP |
 //! | [`systemd`] | `READY=1`, `STOPPING=1`, `WATCHDOG=1` when run as a `Type=notify` unit |
 //!
-//! The actors live in the `heartbeatd-actors` crate (`actors/`).
+//! The actors live in the `heartbeatd-actors` crate (`actors/`); the load tool, the ceiling
+//! server and the bench in `heartbeatd-bench` (`bench/`); the harness that starts this binary
+//! for tests and the bench in `heartbeatd-harness` (`integration/harness/`).
 
 pub mod cli;
 pub mod heartbeat_request;
-
 pub mod reload;
 pub mod routes;
 pub mod settings;

@@ -66,7 +66,8 @@ pub struct Settings {
     /// of heartbeats with 503 at 64 connections, `workers × 100` 0.7 % under wrk, this 0).
     #[serde(default)]
     pub queue_capacity: Option<usize>,
-    /// Where agent state lives (`<data_dir>/agents/<id>.json`).
+    /// Where everything is kept: the registry, the journal, the agents' state and history
+    /// files, their events (see the Store).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Resource-history points kept per agent.

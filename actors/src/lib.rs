@@ -3,34 +3,45 @@
 //! Each actor owns its state; nothing else touches it. The flow of heartbeats:
 //!
 //! ```text
-//!  HTTP handler ──try_acquire──▶ IngressQueue (bounded in-flight count)
-//!       │ per-thread batch: try_send(ProcessHeartbeats + merged QueuePermit)
+//!  HTTP handler ──try_acquire──▶ ingest::queue (bounded in-flight count)
+//!       │ ingest::handoff: per-thread batch, try_send(ProcessHeartbeats + merged permit)
 //!       ▼
 //!  HeartbeatWorker × workers (SyncArbiter threads)
-//!       │ send(UpdateHeartbeats), blocks until applied (write-through: journaled)
+//!       │ send(UpdateHeartbeats), waits until applied (write-through: journaled)
 //!       ▼
-//!  Manager ──▶ Registry (who may report; registry.json)      ──▶ Stats (counters)
-//!       ├────▶ Liveness (new/up/late/down/paused deadlines)
+//!  Manager ──▶ Registry (who may report: registry.json + registry.log)
+//!       ├────▶ Liveness (new/up/late/down/paused) ──▶ Webhook (webhook_url)
+//!       │                                         └──▶ Store (events/)
 //!       ├────▶ JournalWriter (journal/: one append + fdatasync per flush, own thread)
-//!       └────▶ FileMetadataStore (checkpoints: agents/, history/, events/)
+//!       └────▶ FileMetadataStore (checkpoints: agents/, history/, events/; own thread)
+//!  Stats ◀── counters written by the HTTP layer, the Manager and Liveness
 //! ```
 //!
 //! | actor | module | owns |
 //! |---|---|---|
-//! | [`worker::HeartbeatWorker`] | `worker` | nothing: one thread of the pool; times the manager update |
-//! | [`manager::Manager`] | `manager` | every agent's state in memory, samples and journal records not yet written; the addresses of Registry, Liveness and Store |
-//! | [`registry::Registry`] | `registry` | the set of agents allowed to report and `registry.json`; publishes a read-only [`registry::RegistrySnapshot`] |
-//! | [`liveness::Liveness`] | `liveness` | each agent's liveness state and deadline |
-//! | [`journal_writer::JournalWriter`] | `journal_writer` | the journal segment being appended to ([`journal`]); a thread of its own so flushes never wait behind a checkpoint |
-//! | [`store::FileMetadataStore`] | `store` | everything under `data_dir` but `registry.json` and the open journal segment: checkpoints, state files, history logs ([`history_log`]), events |
-//! | [`stats::Stats`] | `stats` | the processing counters behind `GET /heartbeat/stats` |
+//! | [`ingest::worker::HeartbeatWorker`] | `ingest/worker.rs` | nothing: one thread of the pool; times the manager update |
+//! | [`manager::Manager`] (the seed's MultiAgentManager) | `manager/` | every agent's state in memory, samples and journal records not yet written; the addresses of Registry, Liveness, JournalWriter and Store |
+//! | [`registry::Registry`] (AgentRegistry) | `registry.rs` | every rule about who may report, `registry.json` and `registry.log`; publishes a read-only [`registry::RegistrySnapshot`] |
+//! | [`liveness::Liveness`] | `liveness/` | each agent's liveness state and deadline ([`liveness::tracker`]) |
+//! | [`liveness::webhook::Webhook`] | `liveness/webhook.rs` | the deliveries to `webhook_url` in flight |
+//! | [`store::journal_writer::JournalWriter`] | `store/journal_writer.rs` | the journal segment being appended to; a thread of its own so flushes never wait behind a checkpoint |
+//! | [`store::FileMetadataStore`] (FileMetadataStore; now the checkpoint store, not the only writer) | `store/` | everything under `data_dir` but the registry files and the open journal segment: checkpoints, state files, history logs, events |
+//! | [`stats::Stats`] | `stats.rs` | the processing counters behind `GET /heartbeat/stats` |
 //!
-//! Not actors: [`queue::IngressQueue`], the lock-free in-flight count that makes the
-//! SyncArbiter's unbounded mailbox a bounded queue (actix's `try_send` never reports Full for
-//! it); [`stats::IngressCounters`], [`stats::ManagerCounters`] and [`liveness::StatusCounts`],
-//! atomics each written by one owner and read by Stats; [`atomic_file`], crash-safe writes.
+//! Not actors: [`model`], plain data shared by all; [`counters`], atomics each written by one
+//! owner and read by Stats; [`ingest::queue::IngressQueue`], the lock-free in-flight count that
+//! makes the SyncArbiter's unbounded mailbox a bounded queue (actix's `try_send` never
+//! reports Full for it); `atomic_file`, crash-safe file replacement for the Store and the
+//! Registry; [`log_gate`] and [`log_text`], logging that no client can flood or forge.
+//!
+//! **The dependency rule.** `model` imports nothing of this crate but itself (and
+//! [`log_text`]). The file formats (`store::journal`, `store::history_log`,
+//! `store::events_log`, `atomic_file`) import only `model`, and are private to the crate.
+//! Actors import `model`, the formats, `counters`, and the messages of the actors they send
+//! to; no module imports a type from a module that imports it back. `src/` (the HTTP layer)
+//! imports actors and `model`, never a file format.
 
-pub mod atomic_file;
+pub(crate) mod atomic_file;
 pub mod counters;
 pub mod ingest;
 pub mod liveness;
@@ -39,7 +50,7 @@ pub mod log_text;
 pub mod manager;
 pub mod model;
 pub mod registry;
-pub mod single_thread;
+pub(crate) mod single_thread;
 pub mod stats;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]

@@ -9,7 +9,8 @@
 //! | `/agents`, `/agents/{id}`, `/agents/{id}/history`, `/agents/{id}/pause`, `/resume` (admin API) | [`agents`] |
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
 //! | `GET /metrics` (Prometheus) | [`metrics`] |
-//! | anything else (404), wrong method (405), body over 64 KiB (413) | [`fallback`] |
+//! | anything else (404), wrong method (405) | [`fallback`] |
+//! | a body over its limit (413) or too slow (408), for every endpoint | [`body`] |
 
 pub mod agents;
 pub mod body;

@@ -1,19 +1,21 @@
-//! The Store actor (FileMetadataStore): owns everything under `data_dir`.
+//! The Store actor (the seed's FileMetadataStore; its role changed: it no longer writes one
+//! JSON file per heartbeat, it checkpoints what the Manager holds). It owns everything under
+//! `data_dir` but the registry files and the journal segment being appended to.
 //!
-//! - `journal/<seq>.log`: every processed heartbeat, appended and synced once per flush
-//!   ([`Journal`]); what a crash would otherwise lose.
-//! - `agents/<id>.json`: each agent's state without history ([`AgentState`]) as of the last
-//!   checkpoint, replaced atomically.
-//! - `history/<id>.log`: each agent's resource history up to the last checkpoint,
-//!   append-only ([`HistoryLog`]).
-//! - `checkpoint.json`: the first journal segment the last checkpoint does not cover.
+//! | on disk | format module | what |
+//! |---|---|---|
+//! | `journal/<seq>.log` | `journal` (written by [`journal_writer`]) | every processed heartbeat, appended and synced once per flush; what a crash would otherwise lose |
+//! | `agents/<id>.json` | here | each agent's state without history as of the last checkpoint, replaced atomically |
+//! | `history/<id>.log` | `history_log` | each agent's resource history up to the last checkpoint, append-only, compacted |
+//! | `events/<id>.log` | `events_log` | each agent's liveness transitions |
+//! | `checkpoint.json` | here | the first journal segment the last checkpoint does not cover |
+//!
+//! The formats are private to the crate: nothing outside the Store reads or writes them.
 //!
 //! It runs on its own thread (a one-thread SyncArbiter) because it blocks on fsync, and one
-//! thread keeps writes in the order the Manager sent them.
-//!
-//! The journal is opened here (its replay is part of loading) and then handed to the
-//! [`JournalWriter`](crate::store::journal_writer::JournalWriter), which appends on a thread of its
-//! own so that flushes never wait behind a checkpoint.
+//! thread keeps writes in the order the Manager sent them. The journal is opened here (its
+//! replay is part of loading) and then handed to the JournalWriter, which appends on a
+//! thread of its own so that flushes never wait behind a checkpoint.
 //!
 //! A [`Checkpoint`] makes a batch of changed agents durable with a fixed number of sync calls
 //! however many agents it holds (append the histories and stage the state files, sync them all,
@@ -23,8 +25,9 @@
 //! replayed on top of whatever states were renamed: replay skips what a state already holds)
 //! or the new one (everything it covers is durable).
 //!
-//! Messages: [`LoadAll`] at start-up; [`Checkpoint`], [`ReadHistory`], [`Get`], [`Save`],
-//! [`Update`], [`Delete`], [`Flush`].
+//! Production messages: [`Checkpoint`], [`ReadHistory`], [`ReadEvents`], [`AppendEvents`],
+//! [`Delete`]. Loading happens before the actor starts ([`FileMetadataStore::load_all`]).
+//! Tests also have `Get`, `Save`, `Update`, `Flush` and `LoadAll`.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -423,7 +426,7 @@ impl Actor for FileMetadataStore {
     type Context = SyncContext<Self>;
 }
 
-/// What [`LoadAll`] found on disk.
+/// What [`FileMetadataStore::load_all`] found on disk.
 #[derive(Debug, Default)]
 pub struct LoadedAgents {
     /// States as of the last checkpoint.
