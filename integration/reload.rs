@@ -139,3 +139,35 @@ fn sighup_with_a_broken_file_keeps_the_running_configuration() {
     assert_eq!(daemon.post_heartbeat(&json!({"agent_id": "a", "pid": 1})).status, 400);
     assert_eq!(daemon.stop_with("TERM").code(), Some(0));
 }
+
+#[test]
+fn sighup_removing_webhook_url_stops_deliveries() {
+    // Arrange: deliveries flow.
+    let receiver = Receiver::start();
+    let agent = "[[agents]]\nid = \"p\"\nheartbeat_interval_s = 1\ngrace_s = 1\n";
+    let mut daemon = Daemon::start(&format!(
+        "webhook_url = \"http://127.0.0.1:{}/hook\"\n{agent}",
+        receiver.port
+    ));
+    assert_eq!(daemon.post_heartbeat(&heartbeat("p", 1)).status, 200);
+    eventually(Duration::from_secs(5), "the first delivery", || {
+        !receiver.bodies().is_empty()
+    });
+
+    // Act: the URL is removed and reloaded; the agent then goes late and down.
+    rewrite_config(&daemon, agent);
+    send_signal(daemon.pid(), "HUP");
+    eventually(Duration::from_secs(5), "reloaded", || {
+        daemon.log().contains("SIGHUP: configuration reloaded")
+    });
+    let delivered = receiver.bodies().len();
+    eventually(Duration::from_secs(5), "p goes down", || {
+        daemon.request("GET", "/agents/p", None).body["status"] == "down"
+    });
+    thread::sleep(Duration::from_millis(500));
+
+    // Assert
+    assert_eq!(receiver.bodies().len(), delivered, "{:?}", receiver.bodies());
+    assert_eq!(daemon.stats()["webhook_failures"], 0);
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
+}

@@ -160,9 +160,16 @@ impl Application {
         let webhook = {
             let (policy, failures) = (webhook_policy(&settings), Arc::clone(&webhook_failures));
             let log = log.new(o!("actor" => "webhook"));
-            Webhook::start_in_arbiter(&manager_arbiter.handle(), move |_| Webhook::new(policy, failures, log))
+            // Set now, not when the factory runs on the arbiter: Liveness may report before.
+            let enabled = Arc::new(AtomicBool::new(policy.is_some()));
+            let flag = Arc::clone(&enabled);
+            let webhook = Webhook::start_in_arbiter(&manager_arbiter.handle(), move |_| {
+                Webhook::new(policy, flag, failures, log)
+            });
+            (webhook, enabled)
         };
-        let liveness = liveness.with_webhook(webhook.clone());
+        let (webhook, webhook_enabled) = webhook;
+        let liveness = liveness.with_webhook(webhook.clone(), webhook_enabled);
         let status_counts = liveness.counts();
         let liveness = Liveness::start_in_arbiter(&manager_arbiter.handle(), move |_| liveness);
         let manager = manager.with_liveness(liveness);

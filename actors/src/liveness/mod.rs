@@ -17,6 +17,7 @@ mod properties;
 pub mod tracker;
 pub mod webhook;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,8 +53,8 @@ pub struct Liveness {
     counts: Arc<StatusCounts>,
     /// Where transitions are recorded (`events/<id>.log`).
     events: Option<Addr<FileMetadataStore>>,
-    /// Where transitions are posted (`webhook_url`).
-    webhook: Option<Addr<Webhook>>,
+    /// Where transitions are posted (`webhook_url`), and whether a URL is set now.
+    webhook: Option<(Addr<Webhook>, Arc<AtomicBool>)>,
     /// The registry size the published counts were computed with: agents registered since
     /// are `new` and must show in the counts without waiting for a transition.
     counted_registry_len: usize,
@@ -94,9 +95,9 @@ impl Liveness {
         self
     }
 
-    /// Posts transitions to `webhook`.
-    pub fn with_webhook(mut self, webhook: Addr<Webhook>) -> Self {
-        self.webhook = Some(webhook);
+    /// Posts transitions to `webhook` while `enabled` (the Webhook keeps it up to date).
+    pub fn with_webhook(mut self, webhook: Addr<Webhook>, enabled: Arc<AtomicBool>) -> Self {
+        self.webhook = Some((webhook, enabled));
         self
     }
 
@@ -104,7 +105,7 @@ impl Liveness {
     fn report(&self, transitions: Vec<Transition>) {
         for t in &transitions {
             self.log_transition(t);
-            if let Some(webhook) = &self.webhook {
+            if let Some((webhook, _)) = self.webhook.as_ref().filter(|(_, on)| on.load(Ordering::Relaxed)) {
                 webhook.do_send(Deliver(t.clone()));
             }
         }

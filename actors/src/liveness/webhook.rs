@@ -7,7 +7,7 @@
 //! per 10 s. At most [`MAX_PENDING`] deliveries wait at a time; past that (a receiver down for
 //! long) new ones are dropped and counted as failures, so memory stays bounded.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,8 @@ pub struct Webhook {
     /// `None`: no `webhook_url` is set; transitions are not delivered. Changed by
     /// [`Reconfigure`] (a SIGHUP reload).
     policy: Option<WebhookPolicy>,
+    /// Shared with Liveness: whether a URL is set, so no transition is sent here for nothing.
+    enabled: Arc<AtomicBool>,
     client: Option<awc::Client>,
     pending: Arc<AtomicUsize>,
     failures: Arc<AtomicU64>,
@@ -62,8 +64,12 @@ pub struct Webhook {
 impl Webhook {
     /// Build it on the arbiter it runs on (its HTTP client is not `Send`); `failures` is
     /// shared with Stats.
-    pub fn new(policy: Option<WebhookPolicy>, failures: Arc<AtomicU64>, log: Logger) -> Self {
+    /// `enabled` is set here and at every [`Reconfigure`] to whether a URL is set; Liveness
+    /// reads it before sending a transition.
+    pub fn new(policy: Option<WebhookPolicy>, enabled: Arc<AtomicBool>, failures: Arc<AtomicU64>, log: Logger) -> Self {
+        enabled.store(policy.is_some(), Ordering::Relaxed);
         Self {
+            enabled,
             policy,
             client: None,
             pending: Arc::new(AtomicUsize::new(0)),
@@ -102,6 +108,7 @@ impl Handler<Reconfigure> for Webhook {
     type Result = ();
 
     fn handle(&mut self, Reconfigure(policy): Reconfigure, _: &mut Context<Self>) {
+        self.enabled.store(policy.is_some(), Ordering::Relaxed);
         self.policy = policy;
         self.build_client();
     }
