@@ -139,6 +139,19 @@ fn tls_serves_https_and_a_sighup_picks_up_a_renewed_certificate() {
         assert!(Instant::now() < deadline, "still serving {}", served_subject(port));
         thread::sleep(Duration::from_millis(100));
     }
+    // A broken certificate on disk, then SIGHUP: the renewed one stays in use, an ERROR says so.
+    fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+    send_signal(child.id(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fs::read_to_string(dir.path().join("log"))
+        .unwrap()
+        .contains("old ones stay in use")
+    {
+        assert!(Instant::now() < deadline, "no error logged for the broken certificate");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(served_subject(port).contains("renewed"), "{}", served_subject(port));
+    assert!(curl(&["-k", &format!("{url}/healthz")]).0, "still serving HTTPS");
     send_signal(child.id(), "TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
