@@ -397,6 +397,12 @@ fn a_body_that_trickles_in_is_cut_off_at_request_timeout_s() {
         200,
         "others still served"
     );
+
+    // Headers that never finish: actix's own 408 (empty body) and a closed connection.
+    let started = Instant::now();
+    let answer = send_raw(port, "POST /heartbeat HTTP/1.1\r\nHost: x\r\n", 0, None);
+    assert!(answer.as_deref().is_some_and(|l| l.contains(" 408")), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
 }
 
 #[test]

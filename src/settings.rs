@@ -471,35 +471,24 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> String {
     )
 }
 
-/// Checks an environment value against the type of its key: an integer key takes only an
-/// integer, a boolean key only `true` or `false` (no silent rounding or "yes").
+/// Checks an environment value against the type of its key, taken from [`Settings`] itself
+/// (no second list of types to keep in step): the value must deserialize strictly as that
+/// key, either as a TOML literal (`4`, `true`) or as a string (`/var/lib/heartbeatd`). So
+/// `HEARTBEATD_WORKERS=1.5` and `HEARTBEATD_AUTO_REGISTER=yes` are refused, not converted.
 fn check_env_type(key: &str, value: &str) -> Result<(), String> {
-    const INTEGER_KEYS: [&str; 17] = [
-        "http_port",
-        "workers",
-        "queue_capacity",
-        "history_len",
-        "shutdown_timeout_s",
-        "http_workers",
-        "flush_interval_ms",
-        "checkpoint_interval_s",
-        "heartbeat_interval_s",
-        "grace_s",
-        "max_clock_skew_s",
-        "metrics_agent_limit",
-        "webhook_timeout_ms",
-        "webhook_retries",
-        "request_timeout_s",
-        "max_connections",
-        "auto_register_limit",
-    ];
-    if INTEGER_KEYS.contains(&key) && value.trim().parse::<u64>().is_err() {
-        return Err(format!("{value:?} is not a whole number"));
+    let as_key = |v: toml::Value| {
+        let mut table = toml::Table::new();
+        table.insert(key.to_owned(), v);
+        toml::Value::Table(table).try_into::<Settings>().map(drop)
+    };
+    let literal = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    if literal.is_some_and(|v| as_key(v).is_ok()) {
+        return Ok(());
     }
-    if key == "auto_register" && !matches!(value.trim(), "true" | "false") {
-        return Err(format!("{value:?} is not true or false"));
-    }
-    Ok(())
+    as_key(toml::Value::String(value.to_owned())).map_err(|e| e.message().trim().to_owned())
 }
 
 /// The config crate appends the file path to some messages; ours already leads with it.
@@ -665,6 +654,24 @@ mod tests {
         }
         let env = vec![("HEARTBEATD_AUTO_REGISTER".to_owned(), "true".to_owned())];
         assert!(load(None, env, &Overrides::default()).unwrap().settings.auto_register);
+        // Strings that look like other types stay strings where the key is a string.
+        let env: Vec<(String, String)> = [
+            ("HEARTBEATD_ADMIN_TOKEN", "12345"),
+            ("HEARTBEATD_HTTP_BIND", "0.0.0.0"),
+            ("HEARTBEATD_DATA_DIR", "/var/lib/heartbeatd"),
+            ("HEARTBEATD_GRACE_S", "5"),
+            ("HEARTBEATD_LOG_LEVEL", "debug"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s = load(None, env, &Overrides::default()).unwrap().settings;
+        assert_eq!(s.admin_token.as_deref(), Some("12345"));
+        assert_eq!(s.http_bind, "0.0.0.0");
+        assert_eq!(s.grace_s, Some(5));
+        let bad_level = vec![("HEARTBEATD_LOG_LEVEL".to_owned(), "loud".to_owned())];
+        let message = load(None, bad_level, &Overrides::default()).err().unwrap().to_string();
+        assert!(message.contains("log_level"), "{message}");
     }
 
     #[test]

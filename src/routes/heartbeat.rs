@@ -215,12 +215,13 @@ impl HeartbeatIngress {
     }
 
     /// Logs a refused request, at most once per [`WARNING_INTERVAL`], with the agent's id
-    /// (if any) and the reason cut to a loggable length.
-    fn warn_invalid(&self, agent_id: &str, reason: &dyn std::fmt::Display) {
+    /// (if any) and the reason cut to a loggable length. `agent_id` is only looked for when
+    /// the line is written: under a flood of bad bodies, the others are not parsed twice.
+    fn warn_invalid(&self, agent_id: impl FnOnce() -> String, reason: &dyn std::fmt::Display) {
         // try_lock: under a flood, rejections must not queue up behind each other here.
         if let Ok(Some(not_logged)) = self.invalid_warnings.try_lock().map(|mut g| g.check(Instant::now())) {
             warn!(self.log, "invalid heartbeat request (logged at most once per 10 s)";
-                "agent_id" => %clip(agent_id), "reason" => %clip(&reason.to_string()),
+                "agent_id" => %clip(&agent_id()), "reason" => %clip(&reason.to_string()),
                 "similar_warnings_not_logged" => not_logged);
         }
     }
@@ -254,15 +255,14 @@ async fn accept(
     ingress.auth.check(req)?;
     let body = read_limited(req, payload, MAX_BODY_BYTES, ingress.request_timeout)
         .await
-        .inspect_err(|e| ingress.warn_invalid("", e))?;
+        .inspect_err(|e| ingress.warn_invalid(String::new, e))?;
 
     let now = Utc::now();
     // With auto_register, a well-formed unknown id passes here and is registered below.
     let may_report =
         |id: &str| ingress.registry.contains(id) || (ingress.auto_register.is_some() && is_valid_agent_id(id));
     let valid = heartbeat_request::parse(&body, may_report, now).map_err(|e| {
-        let agent_id = heartbeat_request::agent_id_hint(&body).unwrap_or_default();
-        ingress.warn_invalid(&agent_id, &e);
+        ingress.warn_invalid(|| heartbeat_request::agent_id_hint(&body).unwrap_or_default(), &e);
         HeartbeatError::Invalid(e)
     })?;
     let heartbeat = valid.heartbeat;
