@@ -100,7 +100,7 @@ impl Handler<GetHistory> for Manager {
         let pending = self
             .agents
             .get(&id)
-            .map(|e| e.since_checkpoint.clone())
+            .map(|e| e.pending_samples().collect::<Vec<_>>())
             .unwrap_or_default();
         let read = self.store.send(store::ReadHistory { id, limit });
         Box::pin(async move {

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use futures::channel::oneshot;
 use slog::{info, warn, Logger};
 
@@ -63,8 +64,9 @@ pub enum UpdateError {
 /// One agent as the Manager holds it.
 struct AgentEntry {
     state: AgentState,
-    /// History samples not yet in the agent's history file, oldest first.
-    since_checkpoint: Vec<ResourceSample>,
+    /// History samples not yet in the agent's history file, in the order the server received
+    /// them, numbered in that order.
+    since_checkpoint: Vec<PendingSample>,
     /// Changed since the last checkpoint.
     dirty: bool,
     /// Its clock skew was warned about (once per agent per run).
@@ -77,16 +79,41 @@ impl AgentEntry {
     /// halves to keep this O(1) amortised: a fast agent between two checkpoints then costs
     /// at most `2 × history_len` samples of memory and of checkpoint writing, not one per
     /// heartbeat.
+    ///
+    /// One agent's heartbeats can reach the Manager out of order: two requests sent one after
+    /// the other may land on different HTTP threads and workers. The sample goes where its
+    /// receive time puts it, and takes the number of the sample it goes before (those after
+    /// move up by one), so the history stays in receive order with ascending numbers, as the
+    /// history file's reader needs. Only a heartbeat overtaken across a checkpoint stays
+    /// after the samples that checkpoint wrote.
+    ///
     /// Returns how many older samples were dropped.
-    fn push_sample(&mut self, sample: ResourceSample, history_len: usize) -> usize {
+    fn push_sample(&mut self, mut sample: ResourceSample, received_at: DateTime<Utc>, history_len: usize) -> usize {
         let mut dropped = 0;
         if self.since_checkpoint.len() >= 2 * history_len.max(1) {
             dropped = self.since_checkpoint.len() - history_len;
             self.since_checkpoint.drain(..dropped);
         }
-        self.since_checkpoint.push(sample);
+        let at = self.since_checkpoint.partition_point(|p| p.received_at <= received_at);
+        for later in self.since_checkpoint[at..].iter_mut().rev() {
+            std::mem::swap(&mut later.sample.seq, &mut sample.seq);
+        }
+        self.since_checkpoint.insert(at, PendingSample { received_at, sample });
         dropped
     }
+
+    /// The samples waiting for the next checkpoint, oldest first.
+    fn pending_samples(&self) -> impl Iterator<Item = ResourceSample> + '_ {
+        self.since_checkpoint.iter().map(|p| p.sample)
+    }
+}
+
+/// A history sample waiting for the next checkpoint.
+#[derive(Debug, Clone, Copy)]
+struct PendingSample {
+    /// When the server received its heartbeat: the order of an agent's history.
+    received_at: DateTime<Utc>,
+    sample: ResourceSample,
 }
 
 type Waiter = oneshot::Sender<Result<(), PersistError>>;
@@ -210,14 +237,11 @@ impl Manager {
             if record.seq <= entry.state.heartbeat_count {
                 continue;
             }
-            entry.state.heartbeat_count = record.seq;
-            entry.state.last_heartbeat = Some(record.timestamp);
-            entry.state.last_seen = Some(record.received_at);
-            entry.state.pid = Some(record.pid);
-            if record.status.is_some() {
-                entry.state.status = record.status;
-            }
-            let dropped = entry.push_sample(record.sample(), history_len);
+            // Applied as it was when it was processed, so the state and the history come out
+            // exactly as they were before the crash.
+            entry.state.heartbeat_count = record.seq - 1;
+            let sample = entry.state.record(&record.heartbeat());
+            let dropped = entry.push_sample(sample, record.received_at, history_len);
             let newly_dirty = !entry.dirty;
             entry.dirty = true;
             if newly_dirty {
@@ -309,7 +333,7 @@ impl Handler<UpdateHeartbeats> for Manager {
             let warn_skew = skew_ms.abs() > max_skew_ms && !entry.skew_warned;
             entry.skew_warned |= warn_skew;
             seen.push((hb.agent_id.clone(), hb.received_at, hb.status));
-            let dropped = entry.push_sample(sample, history_len);
+            let dropped = entry.push_sample(sample, hb.received_at, history_len);
             let newly_dirty = !entry.dirty;
             entry.dirty = true;
             self.journal_pending.push(JournalRecord {
@@ -494,6 +518,53 @@ mod tests {
         assert_eq!(memories(&on_disk).last(), Some(&99));
         let state = store.send(store::Get("a".into())).await.unwrap().unwrap().unwrap();
         assert_eq!(state.heartbeat_count, 100, "every heartbeat counted");
+    }
+
+    /// Heartbeats `memory` received `offset_ms` after a fixed instant.
+    fn received(memory: u64, offset_ms: i64) -> Heartbeat {
+        let at =
+            chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap() + chrono::Duration::milliseconds(offset_ms);
+        Heartbeat {
+            timestamp: at,
+            received_at: at,
+            ..heartbeat("a", memory)
+        }
+    }
+
+    fn seqs(samples: &[ResourceSample]) -> Vec<u64> {
+        samples.iter().map(|s| s.seq).collect()
+    }
+
+    #[actix_rt::test]
+    async fn heartbeats_that_arrive_out_of_order_are_kept_in_receive_order_also_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manager, store) = start(dir.path(), Duration::ZERO);
+        // Received 0, 1, 2, but processed 2, 0, 1 (as two workers can deliver them).
+        update(&manager, &[received(2, 20)]).await;
+        update(&manager, &[received(0, 0), received(1, 10)]).await;
+
+        let mut newest_first = history(&manager, 3).await;
+        newest_first.reverse();
+        assert_eq!(memories(&newest_first), [0, 1, 2]);
+        assert_eq!(seqs(&newest_first), [1, 2, 3]);
+        let state = manager.send(GetAgent("a".into())).await.unwrap().unwrap();
+        assert_eq!(state.last_memory, Some(2), "the newest received stays the last");
+
+        // "Crash" before any checkpoint: the journal replays to the same order.
+        drop(manager);
+        let (restarted, _) = start(dir.path(), Duration::ZERO);
+        let mut replayed = history(&restarted, 3).await;
+        replayed.reverse();
+        assert_eq!(memories(&replayed), [0, 1, 2]);
+        let state = restarted.send(GetAgent("a".into())).await.unwrap().unwrap();
+        assert_eq!((state.heartbeat_count, state.last_memory), (3, Some(2)));
+
+        // And the history file gets them in that order.
+        update(&restarted, &[received(3, 30)]).await;
+        assert_eq!(restarted.send(Flush).await.unwrap().unwrap(), 0);
+        drop(store);
+        let reopened = FileMetadataStore::open(dir.path(), quiet()).unwrap().start();
+        assert_eq!(memories(&on_disk(&reopened).await), [0, 1, 2, 3]);
     }
 
     #[actix_rt::test]

@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use futures::channel::oneshot;
 use slog::{error, info, warn};
 
-use super::Manager;
+use super::{Manager, PendingSample};
 use crate::store::journal_writer::{AppendJournal, RotateJournal};
 use crate::store::{self, AgentDelta, PersistReport, StoreError};
 
@@ -107,7 +108,10 @@ impl Manager {
                 continue;
             };
             entry.dirty = false;
-            let samples = std::mem::take(&mut entry.since_checkpoint);
+            let samples: Vec<_> = std::mem::take(&mut entry.since_checkpoint)
+                .into_iter()
+                .map(|p| p.sample)
+                .collect();
             // Counted when the checkpoint starts: if it fails, the samples are sent again and
             // counted twice, which only brings the next compaction forward.
             let records = entry.state.history_records + samples.len() as u64;
@@ -178,9 +182,14 @@ impl Manager {
                 continue;
             };
             self.samples_since_checkpoint += delta.samples.len();
-            let mut samples = delta.samples;
-            samples.append(&mut entry.since_checkpoint);
-            entry.since_checkpoint = samples;
+            // Their receive times are gone; they were received before everything waiting now
+            // (their numbers are lower), and a heartbeat overtaken across a checkpoint goes
+            // after them, as it would after a checkpoint that worked.
+            let put_back = delta.samples.into_iter().map(|sample| PendingSample {
+                received_at: DateTime::<Utc>::MIN_UTC,
+                sample,
+            });
+            entry.since_checkpoint.splice(0..0, put_back);
             if !entry.dirty {
                 entry.dirty = true;
                 self.dirty.push(delta.state.id);

@@ -225,17 +225,24 @@ impl AgentState {
     }
 
     /// Applies one heartbeat and returns the history sample it produces.
+    ///
+    /// Heartbeats of one agent can reach the Manager out of order (they travel through
+    /// parallel workers), so the `last_*` fields take a heartbeat only when it was received
+    /// no earlier than the one they hold: an older one is counted and kept in the history,
+    /// but never makes the agent look as it was before.
     pub fn record(&mut self, hb: &Heartbeat) -> ResourceSample {
-        self.last_heartbeat = Some(hb.timestamp);
-        self.last_seen = Some(hb.received_at);
-        self.pid = Some(hb.pid);
-        if hb.status.is_some() {
-            self.status = hb.status;
-        }
         self.heartbeat_count += 1;
-        self.clock_skew_ms = Some((hb.received_at - hb.timestamp).num_milliseconds());
-        self.last_cpu = Some(hb.cpu);
-        self.last_memory = Some(hb.memory);
+        if self.last_seen.is_none_or(|last| hb.received_at >= last) {
+            self.last_heartbeat = Some(hb.timestamp);
+            self.last_seen = Some(hb.received_at);
+            self.pid = Some(hb.pid);
+            if hb.status.is_some() {
+                self.status = hb.status;
+            }
+            self.clock_skew_ms = Some((hb.received_at - hb.timestamp).num_milliseconds());
+            self.last_cpu = Some(hb.cpu);
+            self.last_memory = Some(hb.memory);
+        }
         ResourceSample {
             seq: self.heartbeat_count,
             time: hb.timestamp,
@@ -329,6 +336,39 @@ mod tests {
         );
         assert_eq!(state.last_seen, Some(hb.received_at));
         assert_eq!(state.last_heartbeat, Some(at));
+    }
+
+    #[test]
+    fn a_heartbeat_received_earlier_than_the_last_one_is_counted_but_does_not_roll_state_back() {
+        let mut state = AgentState::new(&AgentInfo {
+            id: "a".into(),
+            ..Default::default()
+        });
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let newer = Heartbeat {
+            agent_id: "a".into(),
+            timestamp: at,
+            received_at: at,
+            pid: 2,
+            cpu: 2.0,
+            memory: 2,
+            status: Some(ReportedStatus::Running),
+        };
+        let older = Heartbeat {
+            timestamp: at - chrono::Duration::seconds(1),
+            received_at: at - chrono::Duration::seconds(1),
+            pid: 1,
+            cpu: 1.0,
+            memory: 1,
+            status: Some(ReportedStatus::Stopped),
+            ..newer.clone()
+        };
+        state.record(&newer);
+        let sample = state.record(&older);
+        assert_eq!((state.heartbeat_count, sample.memory), (2, 1));
+        assert_eq!(state.last_seen, Some(newer.received_at));
+        assert_eq!((state.pid, state.last_memory), (Some(2), Some(2)));
+        assert_eq!(state.status, Some(ReportedStatus::Running));
     }
 
     #[test]

@@ -20,8 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::sync_dir;
-use crate::model::agent::ResourceSample;
-use crate::model::heartbeat::ReportedStatus;
+use crate::model::heartbeat::{Heartbeat, ReportedStatus};
 
 /// One processed heartbeat, as the journal keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,12 +48,16 @@ pub struct JournalRecord {
 }
 
 impl JournalRecord {
-    pub fn sample(&self) -> ResourceSample {
-        ResourceSample {
-            seq: self.seq,
-            time: self.timestamp,
+    /// The heartbeat this record was made from.
+    pub fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            agent_id: self.agent_id.clone(),
+            timestamp: self.timestamp,
+            received_at: self.received_at,
+            pid: self.pid,
             cpu: self.cpu,
             memory: self.memory,
+            status: self.status,
         }
     }
 }
