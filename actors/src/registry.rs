@@ -582,7 +582,7 @@ impl Handler<AutoRegister> for Registry {
     }
 }
 
-/// Changes an agent's name, type and/or timing; answers the agent as it is now.
+/// Changes an agent's record (a merge patch, see [`AgentChange`]); answers the agent as it is now.
 #[derive(Message, Default)]
 #[rtype(result = "Result<AgentInfo, RegistryError>")]
 pub struct UpdateInfo {
@@ -597,6 +597,7 @@ impl Handler<UpdateInfo> for Registry {
         let Some(info) = self.agents().get(&msg.id).map(|current| msg.change.applied_to(current)) else {
             return Err(RegistryError::NotFound(msg.id));
         };
+        let info = info.map_err(RegistryError::Invalid)?;
         info.validate_details().map_err(RegistryError::Invalid)?;
         let updated = info.clone();
         self.change(|agents| {
@@ -792,10 +793,7 @@ mod tests {
         addr.send(Register(vec![info("from-api")])).await.unwrap().unwrap();
         let renamed = UpdateInfo {
             id: "also-config".into(),
-            change: AgentChange {
-                name: Some("renamed".into()),
-                ..AgentChange::default()
-            },
+            change: AgentChange::of(serde_json::json!({"name": "renamed"})),
         };
         addr.send(renamed).await.unwrap().unwrap();
 
@@ -833,10 +831,7 @@ mod tests {
         let addr = registry.start();
         let huge = UpdateInfo {
             id: "a".into(),
-            change: AgentChange {
-                heartbeat_interval_s: Some(i64::MAX as u64),
-                ..AgentChange::default()
-            },
+            change: AgentChange::of(serde_json::json!({"heartbeat_interval_s": i64::MAX as u64})),
         };
         assert!(
             matches!(addr.send(huge).await.unwrap(), Err(RegistryError::Invalid(m)) if m.starts_with("heartbeat_interval_s"))
@@ -901,10 +896,7 @@ mod tests {
         for i in 0..1100 {
             addr.send(UpdateInfo {
                 id: "a".into(),
-                change: AgentChange {
-                    name: Some(format!("name {i}")),
-                    ..AgentChange::default()
-                },
+                change: AgentChange::of(serde_json::json!({"name": format!("name {i}")})),
             })
             .await
             .unwrap()

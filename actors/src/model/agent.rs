@@ -2,11 +2,14 @@
 //! and the Store snapshots to `agents/<id>.json`), and its resource samples (what the Store
 //! appends to `history/<id>.log`).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::heartbeat::{Heartbeat, ReportedStatus};
 use crate::model::liveness::AgentStatus;
+use crate::model::process::{validate_process, RestartPolicy};
 
 /// The longest agent id accepted, in bytes.
 pub const MAX_AGENT_ID_LEN: usize = 128;
@@ -63,37 +66,102 @@ pub struct AgentInfo {
     /// Its own grace; `None`: `grace_s` of the config (default twice the interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_s: Option<u64>,
+
+    // Supervision (see `model::process`): set `command` and heartbeatd runs the agent.
+    // `None` everywhere below means the default of `ProcessSpec`.
+    /// argv of the agent's program, run without a shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Added to heartbeatd's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autostart: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_backoff_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_backoff_max_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_after_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_restarts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_window_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fatal_retry_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_on_silence: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_for_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_wait_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_backups: Option<u32>,
 }
 
 /// A change to a registered agent: the `PATCH /agents/{id}` body, and what the Manager and
-/// the Registry pass on. `None` leaves a field as it is.
+/// the Registry pass on. A JSON merge patch (RFC 7396) on the agent's record: a key sets
+/// that field, `null` sets it back to its default (`"command": null` ends supervision), a
+/// missing key leaves it as it is. The result must be a valid record: an unknown key or a
+/// wrong type is refused, naming the key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentChange {
-    pub name: Option<String>,
-    #[serde(rename = "type")]
-    pub agent_type: Option<String>,
-    pub heartbeat_interval_s: Option<u64>,
-    pub grace_s: Option<u64>,
-}
+#[serde(transparent)]
+pub struct AgentChange(pub serde_json::Map<String, serde_json::Value>);
 
 impl AgentChange {
-    /// `info` with the change applied (not yet validated).
-    pub fn applied_to(&self, info: &AgentInfo) -> AgentInfo {
-        let mut changed = info.clone();
-        if let Some(name) = &self.name {
-            changed.name = name.clone();
+    /// A change of the given fields (for tests and callers in code).
+    pub fn of(fields: serde_json::Value) -> Self {
+        match fields {
+            serde_json::Value::Object(map) => Self(map),
+            _ => Self::default(),
         }
-        if let Some(agent_type) = &self.agent_type {
-            changed.agent_type = agent_type.clone();
+    }
+
+    /// Whether it touches any of `keys`.
+    pub fn touches(&self, keys: &[&str]) -> bool {
+        keys.iter().any(|k| self.0.contains_key(*k))
+    }
+
+    /// `info` with the change applied (the bounds not yet checked: see [`AgentInfo::validate`]).
+    pub fn applied_to(&self, info: &AgentInfo) -> Result<AgentInfo, String> {
+        if let Some(id) = self.0.get("id") {
+            if id.as_str() != Some(info.id.as_str()) {
+                return Err("id: an agent's id cannot change (delete it and register the new id)".into());
+            }
         }
-        if self.heartbeat_interval_s.is_some() {
-            changed.heartbeat_interval_s = self.heartbeat_interval_s;
+        let serde_json::Value::Object(mut record) = serde_json::to_value(info).map_err(|e| e.to_string())? else {
+            return Err("the record is not an object".into());
+        };
+        for (key, value) in &self.0 {
+            if value.is_null() {
+                record.remove(key);
+            } else {
+                record.insert(key.clone(), value.clone());
+            }
         }
-        if self.grace_s.is_some() {
-            changed.grace_s = self.grace_s;
-        }
-        changed
+        serde_path_to_error::deserialize(serde_json::Value::Object(record)).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.inner().to_string();
+            if path == "." || message.starts_with("unknown field") {
+                message
+            } else {
+                format!("{path}: {message}")
+            }
+        })
     }
 }
 
@@ -126,7 +194,7 @@ impl AgentInfo {
                 return Err(format!("{key}: at most {MAX_LABEL_LEN} bytes, got {}", value.len()));
             }
         }
-        Ok(())
+        validate_process(self)
     }
 
     /// Brings out-of-bounds timing (saved by an older version) back within bounds; returns

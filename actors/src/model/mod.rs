@@ -6,7 +6,9 @@
 //! | [`agent`] | an agent: who it is ([`agent::AgentInfo`], one record for config, registry and API), its rules (id, timing and label bounds), its state, history samples, the API's view |
 //! | [`heartbeat`] | a validated heartbeat, and the status an agent reports about itself |
 //! | [`liveness`] | liveness states, transitions and timing |
+//! | [`process`] | supervised processes: the keys an agent with a `command` adds, their bounds and defaults, process states, exit reasons, the API's view |
 
 pub mod agent;
 pub mod heartbeat;
 pub mod liveness;
+pub mod process;

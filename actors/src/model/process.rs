@@ -1,0 +1,538 @@
+//! Supervised processes as data: the keys an agent with a `command` adds to its record, their
+//! bounds and defaults ([`ProcessSpec`]), the process states, why a process ended, and what
+//! the API shows ([`ProcessView`]).
+//!
+//! Every value here comes from a config file or an admin request, so every one is bounded
+//! before it reaches a timer, an allocation, `execve` or a file name.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::agent::AgentInfo;
+
+/// What happens when a supervised process exits on its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Start it again whatever its exit.
+    Always,
+    /// Start it again after a non-zero exit or a signal; a clean exit (0) leaves it `exited`.
+    #[default]
+    OnFailure,
+    /// Never start it again by itself.
+    Never,
+}
+
+/// The most arguments a `command` may have.
+pub const MAX_COMMAND_ARGS: usize = 256;
+/// The most entries an `env` table may have.
+pub const MAX_ENV_VARS: usize = 256;
+/// The longest argument, environment value or path accepted, in bytes.
+pub const MAX_ARG_LEN: usize = 4096;
+/// The longest backoff accepted, in milliseconds: one hour.
+pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// Seconds-valued keys are bounded to 1 s … 7 days, like the liveness timing.
+pub const MAX_PERIOD_S: u64 = 7 * 24 * 3600;
+/// The longest `stop_timeout_s` and `start_wait_s` accepted: one hour.
+pub const MAX_STOP_TIMEOUT_S: u64 = 3600;
+/// The smallest and largest `log_max_bytes` accepted: 4 KiB … 16 GiB.
+pub const LOG_MAX_BYTES_RANGE: (u64, u64) = (4096, 16 << 30);
+/// The most `log_backups` kept.
+pub const MAX_LOG_BACKUPS: u32 = 100;
+/// The highest `max_restarts` accepted.
+pub const MAX_MAX_RESTARTS: u32 = 10_000;
+/// The highest `max_cpu_percent` accepted: 1024 cores' worth.
+pub const MAX_CPU_PERCENT: u32 = 102_400;
+
+/// The signals `stop_signal` may name, with or without `SIG`.
+pub const STOP_SIGNALS: [(&str, i32); 7] = [
+    ("TERM", libc::SIGTERM),
+    ("INT", libc::SIGINT),
+    ("HUP", libc::SIGHUP),
+    ("QUIT", libc::SIGQUIT),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+];
+
+/// The number of a `stop_signal` name (`TERM`, `SIGTERM`, `term`, …).
+pub fn signal_number(name: &str) -> Option<i32> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    STOP_SIGNALS.iter().find(|(n, _)| *n == bare).map(|(_, number)| *number)
+}
+
+/// The name of a signal number, for logs and the API (`SIGKILL`); `None` for one we do not name.
+pub fn signal_name(number: i32) -> Option<&'static str> {
+    Some(match number {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => return None,
+    })
+}
+
+/// An agent's supervision settings with every default applied: what its process actor runs by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// argv, run without a shell; never empty.
+    pub command: Vec<String>,
+    pub working_dir: Option<String>,
+    /// Added to heartbeatd's own environment.
+    pub env: BTreeMap<String, String>,
+    /// Started when heartbeatd starts (or when the agent is registered).
+    pub autostart: bool,
+    pub restart: RestartPolicy,
+    /// The first wait before a restart; doubles (with jitter) up to `backoff_max`.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    /// Up this long without a restart: the backoff starts again from `backoff`.
+    pub healthy_after: Duration,
+    /// More restarts than this within `restart_window` → `fatal`.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    /// A `fatal` agent is started again after this long; `None`: it stays `fatal`.
+    pub fatal_retry: Option<Duration>,
+    /// Restart when liveness says `down`.
+    pub restart_on_silence: bool,
+    /// Restart when the tree's CPU (percent of one core) stays above this for `limit_for`.
+    pub max_cpu_percent: Option<u32>,
+    /// Restart when the tree's resident memory stays above this for `limit_for`.
+    pub max_memory_bytes: Option<u64>,
+    pub limit_for: Duration,
+    /// Sent to the whole tree to stop it.
+    pub stop_signal: i32,
+    /// SIGKILL after this long.
+    pub stop_timeout: Duration,
+    /// `starting` becomes `running` after this long without a heartbeat.
+    pub start_wait: Duration,
+    /// `data_dir/logs/<id>.log` rotates past this size.
+    pub log_max_bytes: u64,
+    pub log_backups: u32,
+}
+
+impl ProcessSpec {
+    /// Whether resource use must be watched.
+    pub fn has_limits(&self) -> bool {
+        self.max_cpu_percent.is_some() || self.max_memory_bytes.is_some()
+    }
+}
+
+impl AgentInfo {
+    /// Whether heartbeatd runs this agent's process.
+    pub fn is_supervised(&self) -> bool {
+        self.command.is_some()
+    }
+
+    /// The agent's supervision settings with defaults applied; `None` without `command`.
+    /// Call on a validated record (the bounds are checked by [`validate_process`]).
+    pub fn process_spec(&self) -> Option<ProcessSpec> {
+        let command = self.command.clone()?;
+        let backoff_ms = self.restart_backoff_ms.unwrap_or(1000);
+        Some(ProcessSpec {
+            command,
+            working_dir: self.working_dir.clone(),
+            env: self.env.clone().unwrap_or_default(),
+            autostart: self.autostart.unwrap_or(true),
+            restart: self.restart.unwrap_or_default(),
+            backoff: Duration::from_millis(backoff_ms),
+            backoff_max: Duration::from_millis(self.restart_backoff_max_ms.unwrap_or(60_000).max(backoff_ms)),
+            healthy_after: Duration::from_secs(self.healthy_after_s.unwrap_or(300)),
+            max_restarts: self.max_restarts.unwrap_or(5),
+            restart_window: Duration::from_secs(self.restart_window_s.unwrap_or(60)),
+            fatal_retry: self.fatal_retry_s.map(Duration::from_secs),
+            restart_on_silence: self.restart_on_silence.unwrap_or(true),
+            max_cpu_percent: self.max_cpu_percent,
+            max_memory_bytes: self.max_memory_bytes,
+            limit_for: Duration::from_secs(self.limit_for_s.unwrap_or(60)),
+            stop_signal: self
+                .stop_signal
+                .as_deref()
+                .and_then(signal_number)
+                .unwrap_or(libc::SIGTERM),
+            stop_timeout: Duration::from_secs(self.stop_timeout_s.unwrap_or(10)),
+            start_wait: Duration::from_secs(self.start_wait_s.unwrap_or(1)),
+            log_max_bytes: self.log_max_bytes.unwrap_or(10 << 20),
+            log_backups: self.log_backups.unwrap_or(5),
+        })
+    }
+}
+
+/// The supervision keys set without a `command` (they would silently do nothing).
+fn keys_set_without_command(info: &AgentInfo) -> Vec<&'static str> {
+    let set = [
+        ("working_dir", info.working_dir.is_some()),
+        ("env", info.env.is_some()),
+        ("autostart", info.autostart.is_some()),
+        ("restart", info.restart.is_some()),
+        ("restart_backoff_ms", info.restart_backoff_ms.is_some()),
+        ("restart_backoff_max_ms", info.restart_backoff_max_ms.is_some()),
+        ("healthy_after_s", info.healthy_after_s.is_some()),
+        ("max_restarts", info.max_restarts.is_some()),
+        ("restart_window_s", info.restart_window_s.is_some()),
+        ("fatal_retry_s", info.fatal_retry_s.is_some()),
+        ("restart_on_silence", info.restart_on_silence.is_some()),
+        ("max_cpu_percent", info.max_cpu_percent.is_some()),
+        ("max_memory_bytes", info.max_memory_bytes.is_some()),
+        ("limit_for_s", info.limit_for_s.is_some()),
+        ("stop_signal", info.stop_signal.is_some()),
+        ("stop_timeout_s", info.stop_timeout_s.is_some()),
+        ("start_wait_s", info.start_wait_s.is_some()),
+        ("log_max_bytes", info.log_max_bytes.is_some()),
+        ("log_backups", info.log_backups.is_some()),
+    ];
+    set.into_iter()
+        .filter(|(_, is_set)| *is_set)
+        .map(|(key, _)| key)
+        .collect()
+}
+
+fn check_text(key: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_ARG_LEN {
+        return Err(format!("{key}: at most {MAX_ARG_LEN} bytes, got {}", value.len()));
+    }
+    if value.contains('\0') {
+        return Err(format!("{key}: must not contain a NUL byte"));
+    }
+    Ok(())
+}
+
+fn check_range(key: &str, value: Option<u64>, min: u64, max: u64) -> Result<(), String> {
+    match value {
+        Some(v) if !(min..=max).contains(&v) => Err(format!("{key}: must be between {min} and {max}, got {v}")),
+        _ => Ok(()),
+    }
+}
+
+/// The supervision rules: the keys are bounded, consistent, and only set with a `command`.
+/// The message names the key.
+pub fn validate_process(info: &AgentInfo) -> Result<(), String> {
+    let Some(command) = &info.command else {
+        return match keys_set_without_command(info).first() {
+            Some(key) => Err(format!("{key}: only applies to an agent with a command")),
+            None => Ok(()),
+        };
+    };
+    if command.is_empty() || command[0].is_empty() {
+        return Err("command: must name a program (a non-empty array of strings, run without a shell)".into());
+    }
+    if command.len() > MAX_COMMAND_ARGS {
+        return Err(format!(
+            "command: at most {MAX_COMMAND_ARGS} arguments, got {}",
+            command.len()
+        ));
+    }
+    for (i, arg) in command.iter().enumerate() {
+        check_text(&format!("command[{i}]"), arg)?;
+    }
+    if let Some(dir) = &info.working_dir {
+        check_text("working_dir", dir)?;
+        if dir.is_empty() {
+            return Err("working_dir: must not be empty (leave it out for heartbeatd's own)".into());
+        }
+    }
+    if let Some(env) = &info.env {
+        if env.len() > MAX_ENV_VARS {
+            return Err(format!("env: at most {MAX_ENV_VARS} variables, got {}", env.len()));
+        }
+        for (name, value) in env {
+            if name.is_empty() || name.contains('=') || name.contains('\0') || name.len() > 256 {
+                return Err(format!(
+                    "env: {:?} is not a variable name (1 to 256 bytes, no '=' or NUL)",
+                    crate::log_text::clip(name)
+                ));
+            }
+            check_text(&format!("env.{name}"), value)?;
+        }
+    }
+    check_range("restart_backoff_ms", info.restart_backoff_ms, 0, MAX_BACKOFF_MS)?;
+    check_range("restart_backoff_max_ms", info.restart_backoff_max_ms, 0, MAX_BACKOFF_MS)?;
+    let (floor, ceiling) = (
+        info.restart_backoff_ms.unwrap_or(1000),
+        info.restart_backoff_max_ms.unwrap_or(60_000),
+    );
+    if ceiling < floor {
+        return Err(format!(
+            "restart_backoff_max_ms: must be at least restart_backoff_ms ({floor}), got {ceiling}"
+        ));
+    }
+    for (key, value) in [
+        ("healthy_after_s", info.healthy_after_s),
+        ("restart_window_s", info.restart_window_s),
+        ("fatal_retry_s", info.fatal_retry_s),
+        ("limit_for_s", info.limit_for_s),
+    ] {
+        check_range(key, value, 1, MAX_PERIOD_S)?;
+    }
+    check_range("stop_timeout_s", info.stop_timeout_s, 1, MAX_STOP_TIMEOUT_S)?;
+    check_range("start_wait_s", info.start_wait_s, 0, MAX_STOP_TIMEOUT_S)?;
+    check_range(
+        "max_restarts",
+        info.max_restarts.map(u64::from),
+        0,
+        MAX_MAX_RESTARTS.into(),
+    )?;
+    check_range(
+        "max_cpu_percent",
+        info.max_cpu_percent.map(u64::from),
+        1,
+        MAX_CPU_PERCENT.into(),
+    )?;
+    check_range("max_memory_bytes", info.max_memory_bytes, 1 << 20, 1 << 50)?;
+    check_range(
+        "log_max_bytes",
+        info.log_max_bytes,
+        LOG_MAX_BYTES_RANGE.0,
+        LOG_MAX_BYTES_RANGE.1,
+    )?;
+    check_range(
+        "log_backups",
+        info.log_backups.map(u64::from),
+        0,
+        MAX_LOG_BACKUPS.into(),
+    )?;
+    if let Some(name) = &info.stop_signal {
+        if signal_number(name).is_none() {
+            let known: Vec<_> = STOP_SIGNALS.iter().map(|(n, _)| *n).collect();
+            return Err(format!(
+                "stop_signal: {:?} is not one of {}",
+                crate::log_text::clip(name),
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A supervised process's state, with supervisord's meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessState {
+    /// Not running, and not to be started until asked (`autostart = false`, or stopped).
+    Stopped,
+    /// Started; `running` at its first heartbeat or after `start_wait_s`.
+    Starting,
+    Running,
+    /// Ended; waiting for its next start.
+    Backoff,
+    /// Asked to stop; waiting for the tree to end.
+    Stopping,
+    /// Ended on its own and the restart policy says not to start it again.
+    Exited,
+    /// Restarted too often (`max_restarts` within `restart_window_s`); left alone.
+    Fatal,
+}
+
+impl ProcessState {
+    pub const ALL: [ProcessState; 7] = [
+        Self::Stopped,
+        Self::Starting,
+        Self::Running,
+        Self::Backoff,
+        Self::Stopping,
+        Self::Exited,
+        Self::Fatal,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Backoff => "backoff",
+            Self::Stopping => "stopping",
+            Self::Exited => "exited",
+            Self::Fatal => "fatal",
+        }
+    }
+}
+
+/// Why a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// It ended by itself.
+    Exited,
+    /// heartbeatd ended it: liveness said `down`.
+    Silent,
+    /// heartbeatd ended it: its tree's CPU stayed over `max_cpu_percent`.
+    OverCpu,
+    /// heartbeatd ended it: its tree's memory stayed over `max_memory_bytes`.
+    OverMemory,
+    /// Someone asked: stop or restart over the API or `heartbeatd ctl`, a change of its
+    /// settings, its deletion, or heartbeatd's own stop.
+    Manual,
+}
+
+impl ExitReason {
+    pub const ALL: [ExitReason; 5] = [
+        Self::Exited,
+        Self::Silent,
+        Self::OverCpu,
+        Self::OverMemory,
+        Self::Manual,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exited => "exited",
+            Self::Silent => "silent",
+            Self::OverCpu => "over_cpu",
+            Self::OverMemory => "over_memory",
+            Self::Manual => "manual",
+        }
+    }
+}
+
+/// How a process ended: its exit code, or the signal that ended it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastExit {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// The signal's name (`SIGKILL`), or its number for one without a name here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    pub at: DateTime<Utc>,
+    pub reason: ExitReason,
+}
+
+impl LastExit {
+    /// Whether it counts as a failure for `restart = "on-failure"`.
+    pub fn failed(&self) -> bool {
+        self.code != Some(0)
+    }
+}
+
+/// A supervised agent's process, as `GET /agents/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessView {
+    pub state: ProcessState,
+    /// The agent's process (the leader of its process group).
+    pub pid: Option<i64>,
+    pub started_at: Option<DateTime<Utc>>,
+    /// Restarts since heartbeatd started (any reason but a manual start).
+    pub restarts: u64,
+    pub last_exit: Option<LastExit>,
+    /// A pid the agent reported that is not in its process tree (warned about once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported_pid_mismatch: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn supervised(command: &[&str]) -> AgentInfo {
+        AgentInfo {
+            id: "a".into(),
+            command: Some(command.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let spec = supervised(&["/bin/true"]).process_spec().unwrap();
+        assert!(spec.autostart && spec.restart_on_silence);
+        assert_eq!(spec.restart, RestartPolicy::OnFailure);
+        assert_eq!(
+            (spec.backoff, spec.backoff_max),
+            (Duration::from_secs(1), Duration::from_secs(60))
+        );
+        assert_eq!((spec.max_restarts, spec.restart_window), (5, Duration::from_secs(60)));
+        assert_eq!(spec.healthy_after, Duration::from_secs(300));
+        assert_eq!(
+            (spec.stop_signal, spec.stop_timeout),
+            (libc::SIGTERM, Duration::from_secs(10))
+        );
+        assert_eq!((spec.log_max_bytes, spec.log_backups), (10 << 20, 5));
+        assert_eq!(spec.fatal_retry, None);
+        assert!(AgentInfo::default().process_spec().is_none());
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_key() {
+        let cases: Vec<(AgentInfo, &str)> = vec![
+            (supervised(&[]), "command"),
+            (supervised(&[""]), "command"),
+            (supervised(&["a\0b"]), "command[0]"),
+            (
+                AgentInfo {
+                    restart_backoff_ms: Some(5000),
+                    restart_backoff_max_ms: Some(1000),
+                    ..supervised(&["x"])
+                },
+                "restart_backoff_max_ms",
+            ),
+            (
+                AgentInfo {
+                    stop_signal: Some("SIGFOO".into()),
+                    ..supervised(&["x"])
+                },
+                "stop_signal",
+            ),
+            (
+                AgentInfo {
+                    stop_timeout_s: Some(u64::MAX),
+                    ..supervised(&["x"])
+                },
+                "stop_timeout_s",
+            ),
+            (
+                AgentInfo {
+                    restart_backoff_ms: Some(u64::MAX),
+                    ..supervised(&["x"])
+                },
+                "restart_backoff_ms",
+            ),
+            (
+                AgentInfo {
+                    log_max_bytes: Some(10),
+                    ..supervised(&["x"])
+                },
+                "log_max_bytes",
+            ),
+            (
+                AgentInfo {
+                    env: Some([("A=B".to_string(), "x".to_string())].into()),
+                    ..supervised(&["x"])
+                },
+                "env",
+            ),
+            (
+                AgentInfo {
+                    max_restarts: Some(3),
+                    ..AgentInfo::default()
+                },
+                "max_restarts",
+            ),
+        ];
+        for (info, key) in cases {
+            let error = validate_process(&info).expect_err(key);
+            assert!(error.starts_with(key), "{key}: {error}");
+        }
+        assert!(validate_process(&supervised(&["/bin/sleep", "1"])).is_ok());
+    }
+
+    #[test]
+    fn signal_names_are_read_with_or_without_sig() {
+        assert_eq!(signal_number("TERM"), Some(libc::SIGTERM));
+        assert_eq!(signal_number("sigkill"), Some(libc::SIGKILL));
+        assert_eq!(signal_number("SIGSTOP"), None);
+        assert_eq!(signal_name(libc::SIGKILL), Some("SIGKILL"));
+    }
+}
