@@ -99,7 +99,7 @@ const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 #[serde(rename_all = "lowercase")]
 enum LogEntry {
     /// The agent, as it is now (added or changed).
-    Put(AgentInfo),
+    Put(Box<AgentInfo>),
     /// The agent was removed.
     Del(String),
 }
@@ -470,7 +470,7 @@ fn put_all(agents: &mut AgentMap, batch: Vec<AgentInfo>) -> Vec<LogEntry> {
         .into_iter()
         .map(|info| {
             agents.insert(info.id.clone(), info.clone());
-            LogEntry::Put(info)
+            LogEntry::Put(Box::new(info))
         })
         .collect()
 }
@@ -492,7 +492,7 @@ fn apply_change_log(dir: &Path, map: &mut AgentMap, report: &mut RegistryLoad) -
         match serde_json::from_slice::<LogEntry>(line) {
             Ok(LogEntry::Put(mut info)) if is_valid_agent_id(&info.id) => {
                 info.clamp_timing();
-                map.insert(info.id.clone(), info);
+                map.insert(info.id.clone(), *info);
                 report.log_entries += 1;
             }
             Ok(LogEntry::Del(id)) => {
@@ -602,7 +602,7 @@ impl Handler<UpdateInfo> for Registry {
         let updated = info.clone();
         self.change(|agents| {
             agents.insert(info.id.clone(), info.clone());
-            ((), vec![LogEntry::Put(info)])
+            ((), vec![LogEntry::Put(Box::new(info))])
         })?;
         Ok(updated)
     }
