@@ -53,5 +53,6 @@ pub mod registry;
 pub(crate) mod single_thread;
 pub mod stats;
 pub mod store;
+pub mod supervision;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

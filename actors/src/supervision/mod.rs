@@ -1,0 +1,20 @@
+//! Supervision: heartbeatd runs the agents that have a `command`, restarts them when they
+//! die, go silent or overrun their resources, and leaves no process of theirs behind.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`process`] | [`process::AgentProcess`], one actor per supervised agent (owned by the Manager): its state machine, backoff, restart intensity, limits, stop |
+//! | [`restart`] | the restart rules as plain functions: backoff with jitter, the intensity window |
+//! | [`keeper`] | the keeper process between heartbeatd and each agent's tree (both sides of its protocol) |
+//! | [`reaper`] | heartbeatd as a child subreaper, and the thread that reaps its children |
+//! | [`procfs`] | reading `/proc`: process trees, CPU ticks, resident memory |
+//! | [`output_log`] | `data_dir/logs/<id>.log`: whole lines, rotation, tail |
+//! | [`board`] | each supervised agent's process view and restart counts, for the API and `/metrics` |
+
+pub mod board;
+pub mod keeper;
+pub mod output_log;
+pub mod process;
+pub mod procfs;
+pub mod reaper;
+pub mod restart;

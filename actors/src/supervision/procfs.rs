@@ -1,0 +1,151 @@
+//! What heartbeatd reads about processes from `/proc`: parent, process group, CPU ticks and
+//! resident memory of each process, and the trees they form.
+//!
+//! Only `/proc/<pid>/stat` is read: one short file per process, parsed from the last `)` on
+//! (a command name may itself hold spaces and parentheses). A process that ends while it is
+//! read is simply left out.
+
+use std::collections::HashMap;
+use std::fs;
+
+/// One process, from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgrp: i32,
+    /// User plus system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident set size, in pages.
+    pub rss_pages: u64,
+}
+
+/// Parses the content of `/proc/<pid>/stat`.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let (head, rest) = text.rsplit_once(')')?;
+    let pid = head.split_once(' ')?.0.trim().parse().ok()?;
+    // After the name: state(3) ppid(4) pgrp(5) … utime(14) stime(15) … rss(24).
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).copied();
+    Some(ProcStat {
+        pid,
+        ppid: field(4)?.parse().ok()?,
+        pgrp: field(5)?.parse().ok()?,
+        cpu_ticks: field(14)?.parse::<u64>().ok()?.saturating_add(field(15)?.parse().ok()?),
+        rss_pages: field(24)?.parse::<i64>().ok()?.max(0) as u64,
+    })
+}
+
+/// `/proc/<pid>/stat` of one process; `None` once it is gone.
+pub fn read_stat(pid: i32) -> Option<ProcStat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Whether `pid` is `root` or one of its descendants, walking parents up from `pid`.
+pub fn is_in_tree(pid: i32, root: i32) -> bool {
+    let mut current = pid;
+    // Bounded: a tree deeper than this is not one a supervised agent makes.
+    for _ in 0..64 {
+        if current == root {
+            return true;
+        }
+        match read_stat(current) {
+            Some(stat) if stat.ppid > 0 => current = stat.ppid,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Every process at one instant.
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    processes: HashMap<i32, ProcStat>,
+    children: HashMap<i32, Vec<i32>>,
+}
+
+impl ProcessTable {
+    /// Reads every `/proc/<pid>/stat`.
+    pub fn scan() -> Self {
+        let mut table = ProcessTable::default();
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return table;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Some(stat) = read_stat(pid) {
+                table.insert(stat);
+            }
+        }
+        table
+    }
+
+    fn insert(&mut self, stat: ProcStat) {
+        self.children.entry(stat.ppid).or_default().push(stat.pid);
+        self.processes.insert(stat.pid, stat);
+    }
+
+    /// The descendants of `root` (not `root` itself).
+    pub fn descendants(&self, root: i32) -> Vec<ProcStat> {
+        let mut found = Vec::new();
+        let mut next = vec![root];
+        while let Some(pid) = next.pop() {
+            for child in self.children.get(&pid).into_iter().flatten() {
+                if let Some(stat) = self.processes.get(child) {
+                    found.push(*stat);
+                    next.push(*child);
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}
+
+/// The page size in bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_with_spaces_and_parentheses_is_skipped_whole() {
+        let line = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 100 1000 25 18446744073709551615";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!((stat.pid, stat.ppid, stat.pgrp), (4242, 1, 4242));
+        assert_eq!((stat.cpu_ticks, stat.rss_pages), (10, 25));
+        assert_eq!(parse_stat("12 (cut"), None);
+    }
+
+    #[test]
+    fn this_process_is_in_its_own_tree_and_found_by_a_scan() {
+        let me = std::process::id() as i32;
+        let parent = read_stat(me).unwrap().ppid;
+        assert!(is_in_tree(me, me));
+        assert!(is_in_tree(me, parent));
+        assert!(!is_in_tree(parent, me));
+        let table = ProcessTable::scan();
+        assert!(table.descendants(parent).iter().any(|p| p.pid == me));
+    }
+}

@@ -1,0 +1,93 @@
+//! heartbeatd as a parent: it becomes a child subreaper, and one thread reaps every child
+//! that ends, so no zombie is ever left.
+//!
+//! heartbeatd's only children are keepers (see [`super::keeper`]); each keeper reports how
+//! its agent ended over its stdout, so the exit status reaped here is not needed. Being a
+//! subreaper means that if a keeper itself is killed, what is left of its tree is re-parented
+//! to heartbeatd instead of init; [`sweep_orphans`] ends such processes.
+//!
+//! The thread blocks in `waitpid(-1)`; with no child at all it sleeps until
+//! [`notify_spawned`], so an idle heartbeatd without supervised agents never wakes up for it.
+
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::thread;
+
+struct Spawned {
+    count: Mutex<u64>,
+    changed: Condvar,
+}
+
+fn spawned() -> &'static Spawned {
+    static SPAWNED: OnceLock<Spawned> = OnceLock::new();
+    SPAWNED.get_or_init(|| Spawned {
+        count: Mutex::new(0),
+        changed: Condvar::new(),
+    })
+}
+
+/// Makes this process a child subreaper and starts the reaping thread (once).
+pub fn start() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        // SAFETY: prctl with this option takes integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        thread::Builder::new()
+            .name("reaper".into())
+            .spawn(reap_forever)
+            .expect("a thread for reaping children");
+    });
+}
+
+/// Wakes the reaping thread after a child was started.
+pub fn notify_spawned() {
+    let spawned = spawned();
+    if let Ok(mut count) = spawned.count.lock() {
+        *count += 1;
+        spawned.changed.notify_all();
+    }
+}
+
+fn reap_forever() {
+    let spawned = spawned();
+    loop {
+        let seen = spawned.count.lock().map(|c| *c).unwrap_or(0);
+        let mut status = 0;
+        // SAFETY: status is a valid out-pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid > 0 {
+            continue;
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        // No child: wait for the next spawn.
+        if let Ok(count) = spawned.count.lock() {
+            let _unused = spawned.changed.wait_while(count, |c| *c == seen);
+        }
+    }
+}
+
+/// Ends processes re-parented to heartbeatd that are not keepers (the remains of a tree
+/// whose keeper was killed), with their descendants; returns how many were signalled.
+pub fn sweep_orphans() -> usize {
+    let me = std::process::id() as i32;
+    let table = super::procfs::ProcessTable::scan();
+    let mut ended = 0;
+    for child in table.descendants(me) {
+        if child.ppid == me && !is_keeper(child.pid) {
+            for p in std::iter::once(child).chain(table.descendants(child.pid)) {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(p.pid, libc::SIGKILL) };
+                ended += 1;
+            }
+        }
+    }
+    ended
+}
+
+/// Whether `pid` runs `heartbeatd keep …` (its second argument is the keeper's subcommand).
+fn is_keeper(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| cmdline.split(|b| *b == 0).nth(1) == Some(super::keeper::SUBCOMMAND.as_bytes()))
+        .unwrap_or(false)
+}
