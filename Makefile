@@ -23,7 +23,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The supervision tests run the test agent (integration/harness/src/bin), a binary of its
+# own: built with every other binary first.
 test: lint test-tools
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 # The /metrics tests validate with promtool and scrape with a real Prometheus server; both

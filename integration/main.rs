@@ -20,5 +20,6 @@ mod metrics;
 mod reload;
 mod security;
 mod shutdown;
+mod supervision;
 mod systemd;
 mod webhook;

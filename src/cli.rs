@@ -1,5 +1,7 @@
 //! The command line: `heartbeatd [--config FILE] [--http-port N] [--data-dir DIR]` runs the
-//! daemon; `heartbeatd check-config FILE` prints the effective configuration or the error.
+//! daemon; `heartbeatd check-config FILE` prints the effective configuration or the error;
+//! `heartbeatd ctl …` is the admin client ([`crate::ctl`]); `heartbeatd keep ID` (hidden) is
+//! a supervised agent's keeper.
 //!
 //! Exit codes: 0 success; 1 runtime failure (port in use, unusable data_dir, drain not
 //! finished in time); 2 configuration or usage error.
@@ -45,6 +47,14 @@ pub enum Command {
         /// The configuration file to check.
         file: PathBuf,
     },
+    /// Control supervised agents through the admin API (status, start, stop, restart, tail).
+    Ctl(crate::ctl::CtlArgs),
+    /// The keeper of one supervised agent (started by heartbeatd itself; not for use by hand).
+    #[command(hide = true)]
+    Keep {
+        /// The agent it keeps.
+        agent_id: String,
+    },
 }
 
 impl Cli {
@@ -56,12 +66,21 @@ impl Cli {
     }
 }
 
-/// Runs the command the user asked for and returns the process exit code.
-pub async fn run(cli: Cli) -> ExitCode {
-    match &cli.command {
-        Some(Command::CheckConfig { file }) => check_config(load(Some(file.clone()), &cli)),
-        None => run_daemon(load(cli.config.clone(), &cli), &cli).await,
+/// Runs the command the user asked for and returns the process exit code. The daemon runs
+/// in an actix system; the keeper and `ctl` are plain programs and start no runtime (a keeper
+/// runs beside every supervised agent, so it must stay small).
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Some(Command::Keep { .. }) => heartbeatd_actors::supervision::keeper::run(),
+        Some(Command::Ctl(args)) => crate::ctl::run(args),
+        Some(Command::CheckConfig { ref file }) => check_config(load(Some(file.clone()), &cli)),
+        None => run_daemon_system(cli),
     }
+}
+
+#[actix_web::main]
+async fn run_daemon_system(cli: Cli) -> ExitCode {
+    run_daemon(load(cli.config.clone(), &cli), &cli).await
 }
 
 fn load(file: Option<PathBuf>, cli: &Cli) -> Result<Loaded, SettingsError> {

@@ -19,6 +19,7 @@
 //! for tests and the bench in `heartbeatd-harness` (`integration/harness/`).
 
 pub mod cli;
+pub mod ctl;
 pub mod heartbeat_request;
 pub mod reload;
 pub mod routes;

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[actix_web::main]
-async fn main() -> ExitCode {
-    heartbeatd::cli::run(heartbeatd::cli::Cli::parse()).await
+fn main() -> ExitCode {
+    heartbeatd::cli::run(heartbeatd::cli::Cli::parse())
 }

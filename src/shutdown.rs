@@ -7,6 +7,8 @@
 //! 2. the HTTP server stops (open requests finish, for at most 5 s);
 //! 3. the queue drains: every heartbeat that was answered 200 is processed and saved;
 //! 4. the pool's address is dropped and the worker threads are waited for;
+//!    meanwhile, from step 2 on, every supervised agent is stopped, all in parallel (its
+//!    stop signal, then SIGKILL after its `stop_timeout_s`), and waited for;
 //! 5. the Manager flushes every changed agent (state and history) to disk.
 //!
 //! Steps 2–5 share one deadline, `shutdown_timeout_s`; past it heartbeatd says what is left
@@ -197,6 +199,15 @@ pub async fn run(running: Running) -> DrainOutcome {
         std::process::exit(1);
     });
 
+    // Supervised agents stop in parallel with the drain (each: its stop signal, SIGKILL after
+    // its stop_timeout_s), all before the final checkpoint; a second left for the flush.
+    let retire_within = deadline
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(Duration::from_secs(1));
+    let retiring = manager.send(manager::RetireAll {
+        deadline: retire_within,
+    });
+
     if let Some(handle) = server_handle {
         handle.stop(true).await;
     }
@@ -209,6 +220,13 @@ pub async fn run(running: Running) -> DrainOutcome {
     }
     let workers_running = pool.close().wait(deadline).await;
     let unprocessed = queue.depth() as u64 + queue.lost();
+    let retire_started = Instant::now();
+    if let Ok(supervised) = retiring.await {
+        if supervised > 0 {
+            info!(log, "supervised agents stopped"; "agents" => supervised,
+                "waited_ms" => retire_started.elapsed().as_millis() as u64);
+        }
+    }
     let flush = flush_until_clean(&manager, deadline).await;
     let drained = finished(&stats).await.saturating_sub(finished_before);
     force.abort();

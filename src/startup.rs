@@ -20,6 +20,8 @@ use heartbeatd_actors::manager::{Manager, ManagerPolicy};
 use heartbeatd_actors::registry::{Registry, RegistryError};
 use heartbeatd_actors::stats::Stats;
 use heartbeatd_actors::store::{FileMetadataStore, StoreError};
+use heartbeatd_actors::supervision::board::ProcessBoard;
+use heartbeatd_actors::supervision::process::SupervisionContext;
 use slog::{error, info, o, warn, Logger};
 
 use crate::reload::{webhook_policy, ReloadSource, Reloader};
@@ -27,7 +29,7 @@ use crate::routes::agents::{self, AdminApi, AdminAuth};
 use crate::routes::health::{self, Readiness};
 use crate::routes::heartbeat::{post_heartbeat, HeartbeatIngress, IngestAuth};
 use crate::routes::metrics::{self, MetricsEndpoint};
-use crate::routes::{fallback, stats};
+use crate::routes::{fallback, process, stats};
 use crate::settings::Settings;
 use crate::shutdown::{self, DrainOutcome, Running, Signals};
 use crate::tls;
@@ -169,10 +171,17 @@ impl Application {
             (webhook, enabled)
         };
         let (webhook, webhook_enabled) = webhook;
-        let liveness = liveness.with_webhook(webhook.clone(), webhook_enabled);
+        let liveness = liveness.with_webhook(webhook.clone(), Arc::clone(&webhook_enabled));
         let status_counts = liveness.counts();
         let liveness = Liveness::start_in_arbiter(&manager_arbiter.handle(), move |_| liveness);
-        let manager = manager.with_liveness(liveness);
+        // Supervised agents (those with a `command`): their outputs go to data_dir/logs.
+        let process_board = ProcessBoard::default();
+        let manager = manager.with_liveness(liveness).with_supervision(SupervisionContext {
+            logs_dir: settings.data_dir.join("logs"),
+            store: store.clone(),
+            webhook: Some((webhook.clone(), Arc::clone(&webhook_enabled))),
+            board: process_board.clone(),
+        });
         let manager_counters = manager.health();
         let manager = Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| manager);
         let stats = Stats::new(
@@ -234,6 +243,7 @@ impl Application {
                     manager.clone(),
                     stats.clone(),
                     Arc::clone(&counters),
+                    process_board.clone(),
                     settings.metrics_agent_limit,
                     log.new(o!("actor" => "metrics")),
                 )
@@ -248,6 +258,7 @@ impl Application {
                 auth: admin_auth.clone(),
                 log: log.new(o!("actor" => "admin")),
                 request_timeout,
+                logs_dir: settings.data_dir.join("logs"),
             });
             let grace = Duration::from_secs(settings.shutdown_timeout_s).min(MAX_HTTP_GRACE);
             let server =
@@ -297,6 +308,26 @@ impl Application {
                         .service(
                             web::resource("/agents/{id}/events")
                                 .route(web::get().to(agents::events))
+                                .default_service(web::to(fallback::expected_get)),
+                        )
+                        .service(
+                            web::resource("/agents/{id}/start")
+                                .route(web::post().to(process::start))
+                                .default_service(web::to(fallback::expected_post)),
+                        )
+                        .service(
+                            web::resource("/agents/{id}/stop")
+                                .route(web::post().to(process::stop))
+                                .default_service(web::to(fallback::expected_post)),
+                        )
+                        .service(
+                            web::resource("/agents/{id}/restart")
+                                .route(web::post().to(process::restart))
+                                .default_service(web::to(fallback::expected_post)),
+                        )
+                        .service(
+                            web::resource("/agents/{id}/log")
+                                .route(web::get().to(process::log))
                                 .default_service(web::to(fallback::expected_get)),
                         )
                         .service(

@@ -9,7 +9,8 @@ use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use heartbeatd_actors::manager::{
-    DeleteAgent, GetAgentView, GetEvents, GetHistory, ListAgents, Manager, RegisterAgents, SetAgentPaused, UpdateAgent,
+    ControlError, DeleteAgent, GetAgentView, GetEvents, GetHistory, ListAgents, Manager, RegisterAgents,
+    SetAgentPaused, UpdateAgent,
 };
 use heartbeatd_actors::model::agent::{AgentChange, AgentInfo};
 use heartbeatd_actors::model::liveness::AgentStatus;
@@ -48,6 +49,10 @@ pub enum AgentsError {
     Unavailable(String),
     #[error(transparent)]
     Body(#[from] BodyError),
+    #[error("setting command, working_dir or env over HTTP runs programs as heartbeatd's user, so it needs an admin_token to be set, even on loopback; set admin_token, or put the agent in the config file's [[agents]]")]
+    CommandNeedsToken,
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 impl ResponseError for AgentsError {
@@ -57,7 +62,10 @@ impl ResponseError for AgentsError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MissingToken => StatusCode::UNAUTHORIZED,
-            Self::WrongToken | Self::NoTokenConfigured => StatusCode::FORBIDDEN,
+            Self::WrongToken | Self::NoTokenConfigured | Self::CommandNeedsToken => StatusCode::FORBIDDEN,
+            Self::Control(ControlError::NotFound(_)) => StatusCode::NOT_FOUND,
+            Self::Control(ControlError::NotSupervised(_)) => StatusCode::CONFLICT,
+            Self::Control(ControlError::NotRunning) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(BodyError::TooSlow(_)) => StatusCode::REQUEST_TIMEOUT,
@@ -94,7 +102,7 @@ impl From<RegistryError> for AgentsError {
     }
 }
 
-fn unavailable(_: actix::MailboxError) -> AgentsError {
+pub(crate) fn unavailable(_: actix::MailboxError) -> AgentsError {
     AgentsError::Unavailable("the manager is not running".into())
 }
 
@@ -121,7 +129,21 @@ impl AdminAuth {
             .store(token.filter(|t| !t.is_empty()).map(std::sync::Arc::new));
     }
 
-    fn check(&self, req: &HttpRequest) -> Result<(), AgentsError> {
+    /// Whether an admin_token is set.
+    fn has_token(&self) -> bool {
+        self.token.load().is_some()
+    }
+
+    /// Refuses a change that would make heartbeatd run a program unless a token is set: on
+    /// loopback without a token, any local user could otherwise run programs as heartbeatd.
+    fn check_may_run_programs(&self, sets_program: bool) -> Result<(), AgentsError> {
+        if sets_program && !self.has_token() {
+            return Err(AgentsError::CommandNeedsToken);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check(&self, req: &HttpRequest) -> Result<(), AgentsError> {
         let current = self.token.load();
         let Some(expected) = current.as_deref() else {
             return if self.loopback_only {
@@ -160,6 +182,8 @@ pub struct AdminApi {
     pub log: Logger,
     /// A whole request body must arrive within this long (`request_timeout_s`).
     pub request_timeout: std::time::Duration,
+    /// `data_dir/logs`: supervised agents' output.
+    pub logs_dir: std::path::PathBuf,
 }
 
 impl AdminApi {
@@ -303,16 +327,26 @@ pub async fn register(
     }
     let mut batch = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
-        let agent: AgentInfo = serde_json::from_value(entry).map_err(|e| {
+        let agent: AgentInfo = serde_path_to_error::deserialize(entry).map_err(|e| {
             let at = if single {
                 String::new()
             } else {
                 format!("entry {index}: ")
             };
-            AgentsError::BadRequest(format!("{at}{e}"))
+            let path = e.path().to_string();
+            let message = e.inner().to_string();
+            if path == "." || message.starts_with("unknown field") {
+                AgentsError::BadRequest(format!("{at}{message}"))
+            } else {
+                AgentsError::BadRequest(format!("{at}{path}: {message}"))
+            }
         })?;
         batch.push(agent);
     }
+    let sets_program = batch
+        .iter()
+        .any(|a| a.command.is_some() || a.working_dir.is_some() || a.env.is_some());
+    api.auth.check_may_run_programs(sets_program)?;
     let count = batch.len();
     let views = api.manager.send(RegisterAgents(batch)).await.map_err(unavailable)??;
     info!(api.log, "agents registered through the API"; "count" => count);
@@ -323,7 +357,7 @@ pub async fn register(
     })
 }
 
-/// `PATCH /agents/{id}`: change name and/or type.
+/// `PATCH /agents/{id}`: a merge patch of the agent's record (name, type, timing, supervision).
 pub async fn update(
     req: HttpRequest,
     api: web::Data<AdminApi>,
@@ -333,6 +367,8 @@ pub async fn update(
     let body = api.authorized_body(&req, payload).await?;
     let change: AgentChange =
         serde_json::from_slice(&body).map_err(|e| AgentsError::BadRequest(format!("invalid JSON format: {e}")))?;
+    api.auth
+        .check_may_run_programs(change.touches(&["command", "working_dir", "env"]))?;
     let view = api
         .manager
         .send(UpdateAgent {

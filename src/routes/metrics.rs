@@ -17,7 +17,9 @@ use heartbeatd_actors::ingest::pipeline_metrics::PipelineMetrics;
 use heartbeatd_actors::manager::{ListAgents, Manager};
 use heartbeatd_actors::model::agent::AgentView;
 use heartbeatd_actors::model::liveness::AgentStatus;
+use heartbeatd_actors::model::process::{ExitReason, ProcessState};
 use heartbeatd_actors::stats::{GetStats, Stats, StatsReport};
+use heartbeatd_actors::supervision::board::ProcessBoard;
 use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use slog::{warn, Logger};
 
@@ -38,6 +40,9 @@ struct Series {
     agent_last_seen: GaugeVec,
     agent_cpu: GaugeVec,
     agent_memory: GaugeVec,
+    restarts: IntCounterVec,
+    process_state: IntGaugeVec,
+    supervised: IntGaugeVec,
 }
 
 /// The `/metrics` endpoint's state.
@@ -47,6 +52,8 @@ pub struct MetricsEndpoint {
     manager: Addr<Manager>,
     stats: Addr<Stats>,
     counters: Arc<IngressCounters>,
+    /// Supervised agents' process states and restarts.
+    board: ProcessBoard,
     agent_limit: usize,
     limit_warned: AtomicBool,
     /// One scrape at a time; holds the agent ids of the last scrape, whose series are removed
@@ -69,6 +76,7 @@ impl MetricsEndpoint {
         manager: Addr<Manager>,
         stats: Addr<Stats>,
         counters: Arc<IngressCounters>,
+        board: ProcessBoard,
         agent_limit: usize,
         log: Logger,
     ) -> prometheus::Result<Self> {
@@ -126,6 +134,24 @@ impl MetricsEndpoint {
                 "heartbeatd_agent_memory_bytes",
                 "Memory bytes in the agent's last heartbeat.",
             )?,
+            restarts: IntCounterVec::new(
+                Opts::new(
+                    "heartbeatd_agent_restarts_total",
+                    "Restarts of a supervised agent since heartbeatd started, by reason.",
+                ),
+                &["agent_id", "reason"],
+            )?,
+            process_state: IntGaugeVec::new(
+                Opts::new(
+                    "heartbeatd_agent_process_state",
+                    "1 for a supervised agent's current process state, 0 for the others.",
+                ),
+                &["agent_id", "state"],
+            )?,
+            supervised: IntGaugeVec::new(
+                Opts::new("heartbeatd_supervised_processes", "Supervised agents by process state."),
+                &["state"],
+            )?,
         };
         let registry = Registry::new();
         registry.register(Box::new(series.received.clone()))?;
@@ -141,6 +167,9 @@ impl MetricsEndpoint {
         registry.register(Box::new(series.agent_last_seen.clone()))?;
         registry.register(Box::new(series.agent_cpu.clone()))?;
         registry.register(Box::new(series.agent_memory.clone()))?;
+        registry.register(Box::new(series.restarts.clone()))?;
+        registry.register(Box::new(series.process_state.clone()))?;
+        registry.register(Box::new(series.supervised.clone()))?;
         pipeline.register(&registry)?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Self {
@@ -149,6 +178,7 @@ impl MetricsEndpoint {
             manager,
             stats,
             counters,
+            board,
             agent_limit,
             limit_warned: AtomicBool::new(false),
             scrape: Mutex::new(Vec::new()),
@@ -202,6 +232,22 @@ fn render(endpoint: &MetricsEndpoint, report: &StatsReport, agents: &[AgentView]
         }
     }
     *previous = agents.iter().map(|a| a.id.clone()).collect();
+    // Supervised agents: few (each is a process on this host), so rebuilt at every scrape.
+    s.restarts.reset();
+    s.process_state.reset();
+    for (id, entry) in endpoint.board.entries().iter().take(endpoint.agent_limit) {
+        for (reason, count) in ExitReason::ALL.iter().zip(entry.restarts_by_reason) {
+            s.restarts.with_label_values(&[id, reason.name()]).inc_by(count);
+        }
+        for state in ProcessState::ALL {
+            s.process_state
+                .with_label_values(&[id, state.name()])
+                .set(i64::from(entry.view.state == state));
+        }
+    }
+    for (state, count) in ProcessState::ALL.iter().zip(endpoint.board.per_state()) {
+        s.supervised.with_label_values(&[state.name()]).set(count as i64);
+    }
     let mut body = Vec::with_capacity(128 * 1024);
     TextEncoder::new().encode(&endpoint.registry.gather(), &mut body)?;
     Ok(body)

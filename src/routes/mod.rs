@@ -7,6 +7,7 @@
 //! | `POST /heartbeat` | [`heartbeat`] (request parsing in [`crate::heartbeat_request`]); accepted heartbeats go to the pool through `heartbeatd_actors::ingest` |
 //! | `GET /heartbeat/stats` | [`stats`] |
 //! | `/agents`, `/agents/{id}`, `/agents/{id}/history`, `/agents/{id}/pause`, `/resume` (admin API) | [`agents`] |
+//! | `POST /agents/{id}/start`, `/stop`, `/restart`, `GET /agents/{id}/log` (supervised agents) | [`process`] |
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
 //! | `GET /metrics` (Prometheus) | [`metrics`] |
 //! | anything else (404), wrong method (405) | [`fallback`] |
@@ -18,6 +19,7 @@ pub mod fallback;
 pub mod health;
 pub mod heartbeat;
 pub mod metrics;
+pub mod process;
 pub mod stats;
 
 use actix_web::http::StatusCode;

@@ -58,6 +58,8 @@ pub struct Liveness {
     /// The registry size the published counts were computed with: agents registered since
     /// are `new` and must show in the counts without waiting for a transition.
     counted_registry_len: usize,
+    /// Told of every agent that goes `down` (the Manager, which restarts supervised agents).
+    down_listener: Option<Recipient<WentDown>>,
     log: Logger,
 }
 
@@ -77,6 +79,7 @@ impl Liveness {
             counts: StatusCounts::new(),
             events: None,
             webhook: None,
+            down_listener: None,
             counted_registry_len: 0,
             log,
         };
@@ -105,6 +108,9 @@ impl Liveness {
     fn report(&self, transitions: Vec<Transition>) {
         for t in &transitions {
             self.log_transition(t);
+            if let (Some(listener), AgentStatus::Down) = (&self.down_listener, t.to) {
+                listener.do_send(WentDown(t.agent_id.clone()));
+            }
             if let Some((webhook, _)) = self.webhook.as_ref().filter(|(_, on)| on.load(Ordering::Relaxed)) {
                 webhook.do_send(Deliver(t.clone()));
             }
@@ -194,6 +200,24 @@ impl Actor for Liveness {
                 act.report(transitions);
             }
         });
+    }
+}
+
+/// An agent went `down` (sent to the listener set with [`WatchDown`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WentDown(pub String);
+
+/// Sets who is told when an agent goes `down`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchDown(pub Recipient<WentDown>);
+
+impl Handler<WatchDown> for Liveness {
+    type Result = ();
+
+    fn handle(&mut self, WatchDown(listener): WatchDown, _: &mut Context<Self>) {
+        self.down_listener = Some(listener);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The Webhook actor: POSTs each liveness transition to `webhook_url` as
-//! `{agent_id, from, to, at, last_seen, reported_status}`.
+//! `{agent_id, from, to, at, last_seen, reported_status}`, and each change of a supervised
+//! agent's process state as `{agent_id, kind: "process", from, to, at, pid, exit, restarts}`.
 //!
 //! Delivery is asynchronous: Liveness hands a transition over and goes on; each delivery runs
 //! as a task of this actor's own, retried with exponential backoff (0.2 s doubling) up to
@@ -19,6 +20,7 @@ use slog::{warn, Logger};
 use crate::log_gate::LogGate;
 use crate::model::heartbeat::ReportedStatus;
 use crate::model::liveness::{AgentStatus, Transition};
+use crate::model::process::ProcessEvent;
 
 /// Deliveries waiting or in flight, at most.
 pub const MAX_PENDING: usize = 10_000;
@@ -123,10 +125,55 @@ impl Handler<Deliver> for Webhook {
     type Result = ();
 
     fn handle(&mut self, Deliver(t): Deliver, ctx: &mut Context<Self>) {
-        let failed = |failures: &AtomicU64, gate: &Mutex<LogGate>, log: &Logger, reason: &str, t: &Transition| {
+        let body = serde_json::to_vec(&Payload {
+            agent_id: &t.agent_id,
+            from: t.from,
+            to: t.to,
+            at: t.at,
+            last_seen: t.last_seen,
+            reported_status: t.reported_status,
+        })
+        .unwrap_or_default();
+        self.deliver(t.agent_id, t.to.name(), body, ctx);
+    }
+}
+
+/// One change of a supervised agent's process state to deliver (`"kind": "process"`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverProcess {
+    pub agent_id: String,
+    pub event: ProcessEvent,
+}
+
+#[derive(Serialize)]
+struct ProcessPayload<'a> {
+    agent_id: &'a str,
+    #[serde(flatten)]
+    event: &'a ProcessEvent,
+}
+
+impl Handler<DeliverProcess> for Webhook {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeliverProcess, ctx: &mut Context<Self>) {
+        let body = serde_json::to_vec(&ProcessPayload {
+            agent_id: &msg.agent_id,
+            event: &msg.event,
+        })
+        .unwrap_or_default();
+        self.deliver(msg.agent_id, msg.event.to.name(), body, ctx);
+    }
+}
+
+impl Webhook {
+    /// Posts `body` with retries, off the caller's path; counts and logs (rate-limited) a
+    /// delivery that failed every try or found too many waiting.
+    fn deliver(&mut self, agent_id: String, to: &'static str, body: Vec<u8>, ctx: &mut Context<Self>) {
+        let failed = move |failures: &AtomicU64, gate: &Mutex<LogGate>, log: &Logger, reason: &str| {
             failures.fetch_add(1, Ordering::Relaxed);
             if let Ok(Some(not_logged)) = gate.lock().map(|mut g| g.check(Instant::now())) {
-                warn!(log, "webhook delivery failed"; "agent_id" => &t.agent_id, "to" => t.to.name(),
+                warn!(log, "webhook delivery failed"; "agent_id" => &agent_id, "to" => to,
                     "reason" => reason, "failures_not_logged" => not_logged,
                     "what_to_do" => "check that webhook_url is reachable and answers 2xx");
             }
@@ -140,7 +187,6 @@ impl Handler<Deliver> for Webhook {
                 &self.failure_log,
                 &self.log,
                 "too many deliveries waiting; dropped",
-                &t,
             );
             return;
         }
@@ -148,15 +194,6 @@ impl Handler<Deliver> for Webhook {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return;
         };
-        let body = serde_json::to_vec(&Payload {
-            agent_id: &t.agent_id,
-            from: t.from,
-            to: t.to,
-            at: t.at,
-            last_seen: t.last_seen,
-            reported_status: t.reported_status,
-        })
-        .unwrap_or_default();
         let (pending, failures, gate, log) = (
             Arc::clone(&self.pending),
             Arc::clone(&self.failures),
@@ -186,7 +223,7 @@ impl Handler<Deliver> for Webhook {
                 }
             }
             pending.fetch_sub(1, Ordering::AcqRel);
-            failed(&failures, &gate, &log, &last_error, &t);
+            failed(&failures, &gate, &log, &last_error);
         }));
     }
 }

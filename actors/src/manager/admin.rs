@@ -12,9 +12,10 @@ use crate::liveness;
 #[cfg(any(test, feature = "testkit"))]
 use crate::model::agent::AgentState;
 use crate::model::agent::{AgentChange, AgentInfo, AgentView, ResourceSample};
-use crate::model::liveness::{AgentStatus, EventRecord};
+use crate::model::liveness::{AgentEvent, AgentStatus};
 use crate::registry::{self, Registry, RegistryError};
 use crate::store::{self, StoreError};
+use crate::supervision::process::Retire;
 
 /// Why a read of what the Store keeps (history, events) failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +33,7 @@ impl Manager {
         let mut views: Vec<AgentView> = ids
             .iter()
             .filter_map(|id| registered.get(id))
-            .map(|info| AgentView::new(info, self.agents.get(&info.id).map(|e| &e.state)))
+            .map(|info| self.view_now(info))
             .collect();
         let statuses = self
             .liveness
@@ -50,6 +51,15 @@ impl Manager {
             }
             views
         }
+    }
+
+    /// The view of one agent from what the Manager holds (liveness not yet joined).
+    pub(super) fn view_now(&self, info: &AgentInfo) -> AgentView {
+        let mut view = AgentView::new(info, self.agents.get(&info.id).map(|e| &e.state));
+        if let Some(cx) = &self.supervision {
+            view.process = cx.board.view(&info.id);
+        }
+        view
     }
 
     /// Sends `msg` to the Registry and answers with its answer (a stopped Registry is a
@@ -122,18 +132,17 @@ impl Handler<GetHistory> for Manager {
 pub struct RegisterAgents(pub Vec<AgentInfo>);
 
 impl Handler<RegisterAgents> for Manager {
-    type Result = ResponseFuture<Result<Vec<AgentView>, RegistryError>>;
+    type Result = ResponseActFuture<Self, Result<Vec<AgentView>, RegistryError>>;
 
     fn handle(&mut self, RegisterAgents(batch): RegisterAgents, _: &mut Context<Self>) -> Self::Result {
-        let registry = self.registry.clone();
-        Box::pin(async move {
-            let views = batch.iter().map(|info| AgentView::new(info, None)).collect();
-            registry
-                .send(registry::Register(batch))
-                .await
-                .map_err(|_| RegistryError::NotRunning)??;
-            Ok(views)
-        })
+        let register = self.registry.send(registry::Register(batch.clone()));
+        Box::pin(register.into_actor(self).map(move |result, act, _| {
+            result.map_err(|_| RegistryError::NotRunning)??;
+            for info in &batch {
+                act.sync_process(info);
+            }
+            Ok(batch.iter().map(|info| act.view_now(info)).collect())
+        }))
     }
 }
 
@@ -144,10 +153,17 @@ impl Handler<RegisterAgents> for Manager {
 pub struct ImportConfigAgents(pub Vec<AgentInfo>);
 
 impl Handler<ImportConfigAgents> for Manager {
-    type Result = ResponseFuture<Result<Vec<String>, RegistryError>>;
+    type Result = ResponseActFuture<Self, Result<Vec<String>, RegistryError>>;
 
     fn handle(&mut self, ImportConfigAgents(agents): ImportConfigAgents, _: &mut Context<Self>) -> Self::Result {
-        self.forward_to_registry(registry::ImportConfigAgents(agents))
+        let import = self.forward_to_registry(registry::ImportConfigAgents(agents.clone()));
+        Box::pin(import.into_actor(self).map(move |result, act, _| {
+            let added = result?;
+            for info in agents.iter().filter(|info| added.contains(&info.id)) {
+                act.sync_process(info);
+            }
+            Ok(added)
+        }))
     }
 }
 
@@ -185,6 +201,7 @@ impl Handler<UpdateAgent> for Manager {
         Box::pin(self.registry.send(update).into_actor(self).then(|result, act, _| {
             let updated = result.map_err(|_| RegistryError::NotRunning).and_then(|r| r);
             let view = updated.map(|info| {
+                act.sync_process(&info);
                 if let Some(entry) = act.agents.get_mut(&info.id) {
                     entry.state.name = info.name.clone();
                     entry.state.agent_type = info.agent_type.clone();
@@ -214,7 +231,16 @@ impl Handler<DeleteAgent> for Manager {
     type Result = ResponseActFuture<Self, Result<(), RegistryError>>;
 
     fn handle(&mut self, DeleteAgent(id): DeleteAgent, _: &mut Context<Self>) -> Self::Result {
-        let unregister = self.registry.send(registry::Unregister(id));
+        // A supervised agent's tree is ended first, so nothing of it runs unregistered and
+        // no late process event lands after its files are removed.
+        let retired = self.processes.remove(&id).map(|actor| actor.send(Retire));
+        let registry = self.registry.clone();
+        let unregister = async move {
+            if let Some(retired) = retired {
+                let _ = retired.await;
+            }
+            registry.send(registry::Unregister(id)).await
+        };
         Box::pin(unregister.into_actor(self).then(|result, act, _| {
             let removed = result.map_err(|_| RegistryError::NotRunning).and_then(|r| r);
             // Forget the agent now; its journal records are skipped at replay (not registered).
@@ -377,14 +403,14 @@ impl Handler<SetAgentPaused> for Manager {
 /// One agent's newest `limit` liveness transitions, newest first; `None` if it is not
 /// registered.
 #[derive(Message)]
-#[rtype(result = "Result<Option<Vec<EventRecord>>, ReadError>")]
+#[rtype(result = "Result<Option<Vec<AgentEvent>>, ReadError>")]
 pub struct GetEvents {
     pub id: String,
     pub limit: usize,
 }
 
 impl Handler<GetEvents> for Manager {
-    type Result = ResponseFuture<Result<Option<Vec<EventRecord>>, ReadError>>;
+    type Result = ResponseFuture<Result<Option<Vec<AgentEvent>>, ReadError>>;
 
     fn handle(&mut self, GetEvents { id, limit }: GetEvents, _: &mut Context<Self>) -> Self::Result {
         if !self.registry_view.contains(&id) {

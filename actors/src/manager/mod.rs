@@ -11,12 +11,15 @@
 //! | this one | agent state, applying heartbeats, journal replay at start-up |
 //! | [`persistence`] | the flush and checkpoint pipelines, retries, the shutdown [`Flush`] |
 //! | [`admin`] | the messages behind the admin API, SIGHUP's agent import, `auto_register` |
+//! | [`supervision`] | one [`AgentProcess`](crate::supervision::process::AgentProcess) per agent with a `command`: kept in step with the registry, told of heartbeats and silence, started/stopped/restarted on request |
 
 pub mod admin;
 pub mod persistence;
+pub mod supervision;
 
 pub use admin::*;
 pub use persistence::{Flush, PersistError};
+pub use supervision::{ControlAgent, ControlError, RetireAll};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +40,7 @@ use crate::store;
 use crate::store::journal::JournalRecord;
 use crate::store::journal_writer::JournalWriter;
 use crate::store::FileMetadataStore;
+use crate::supervision::process::{AgentProcess, SupervisionContext};
 use persistence::{FIRST_RETRY_BACKOFF, MAX_SAMPLES_BETWEEN_CHECKPOINTS, STORE_ERROR_LOG_INTERVAL};
 
 /// How the Manager persists.
@@ -146,6 +150,10 @@ pub struct Manager {
     journal: Addr<JournalWriter>,
     /// Told of every heartbeat; asked for statuses. `None` in tests that do not need it.
     liveness: Option<Addr<Liveness>>,
+    /// Where supervised agents' outputs and events go; `None`: no agent is run (tests).
+    supervision: Option<SupervisionContext>,
+    /// The process actor of each agent with a `command`.
+    processes: HashMap<String, Addr<AgentProcess>>,
     store_error_gate: LogGate,
     log: Logger,
 }
@@ -193,6 +201,8 @@ impl Manager {
             store,
             journal,
             liveness: None,
+            supervision: None,
+            processes: HashMap::new(),
             store_error_gate: LogGate::new(STORE_ERROR_LOG_INTERVAL),
             log,
         };
@@ -221,6 +231,12 @@ impl Manager {
     /// The Liveness actor to tell of heartbeats and ask for statuses.
     pub fn with_liveness(mut self, liveness: Addr<Liveness>) -> Self {
         self.liveness = Some(liveness);
+        self
+    }
+
+    /// Runs the agents that have a `command` (see [`supervision`]).
+    pub fn with_supervision(mut self, cx: SupervisionContext) -> Self {
+        self.supervision = Some(cx);
         self
     }
 
@@ -297,6 +313,7 @@ impl Actor for Manager {
                 act.start_checkpoint(ctx);
             }
         });
+        self.start_supervision(ctx);
     }
 }
 
@@ -323,6 +340,8 @@ impl Handler<UpdateHeartbeats> for Manager {
         let mut seen = Vec::with_capacity(batch.len());
         let history_len = self.policy.history_len;
         let max_skew_ms = self.policy.max_clock_skew.as_millis() as i64;
+        let supervising = !self.processes.is_empty();
+        let mut heard = Vec::new();
         for hb in batch {
             let Some(entry) = self.entry(&hb.agent_id) else {
                 outcome.unknown_agents.push(hb.agent_id);
@@ -333,6 +352,9 @@ impl Handler<UpdateHeartbeats> for Manager {
             let warn_skew = skew_ms.abs() > max_skew_ms && !entry.skew_warned;
             entry.skew_warned |= warn_skew;
             seen.push((hb.agent_id.clone(), hb.received_at, hb.status));
+            if supervising {
+                heard.push((hb.agent_id.clone(), hb.pid));
+            }
             let dropped = entry.push_sample(sample, hb.received_at, history_len);
             let newly_dirty = !entry.dirty;
             entry.dirty = true;
@@ -360,6 +382,9 @@ impl Handler<UpdateHeartbeats> for Manager {
         }
         if let (Some(liveness), false) = (&self.liveness, seen.is_empty()) {
             liveness.do_send(liveness::Seen(seen));
+        }
+        for (id, pid) in heard {
+            self.heard(&id, pid);
         }
         if self.samples_since_checkpoint >= MAX_SAMPLES_BETWEEN_CHECKPOINTS && self.may_retry() {
             // The journal first, so the checkpoint's records are synced before it runs.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::heartbeat::{Heartbeat, ReportedStatus};
 use crate::model::liveness::AgentStatus;
-use crate::model::process::{validate_process, RestartPolicy};
+use crate::model::process::{validate_process, ProcessView, RestartPolicy};
 
 /// The longest agent id accepted, in bytes.
 pub const MAX_AGENT_ID_LEN: usize = 128;
@@ -344,6 +344,12 @@ pub struct AgentView {
     /// CPU percent and memory bytes of its last heartbeat.
     pub last_cpu: Option<f64>,
     pub last_memory: Option<u64>,
+    /// The command heartbeatd runs for it, if it supervises it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Its process, if heartbeatd supervises it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessView>,
 }
 
 impl AgentView {
@@ -364,6 +370,8 @@ impl AgentView {
             grace_s: info.grace_s,
             last_cpu: state.and_then(|s| s.last_cpu),
             last_memory: state.and_then(|s| s.last_memory),
+            command: info.command.clone(),
+            process: None,
         }
     }
 }

@@ -432,6 +432,28 @@ pub struct ProcessView {
     pub reported_pid_mismatch: Option<i64>,
 }
 
+/// Marks a process event in `events/<id>.log` and in webhook deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessEventKind {
+    Process,
+}
+
+/// A change of process state, as the events log keeps it and the webhook posts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessEvent {
+    /// Always `process` (liveness events have no `kind`).
+    pub kind: ProcessEventKind,
+    pub from: ProcessState,
+    pub to: ProcessState,
+    pub at: DateTime<Utc>,
+    pub pid: Option<i64>,
+    /// How the process ended, on a change that follows its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<LastExit>,
+    pub restarts: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,4 @@
-//! Per-agent liveness transitions on disk: `events/<id>.log`, one JSON line per transition,
+//! Per-agent events on disk (liveness transitions and process state changes): `events/<id>.log`, one JSON line per transition,
 //! bounded to the newest [`KEEP`] (rewritten atomically once the file holds about twice that).
 //! Transitions are rare, so each append is synced on its own.
 
@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use crate::atomic_file::write_atomically;
-pub use crate::model::liveness::EventRecord;
+pub use crate::model::liveness::{AgentEvent, EventRecord};
 
 /// Transitions kept per agent.
 pub const KEEP: usize = 1000;
@@ -31,7 +31,7 @@ impl EventsLog {
     }
 
     /// Appends and syncs `records`; compacts the file when it has grown past the bound.
-    pub fn append(&self, id: &str, records: &[EventRecord]) -> io::Result<()> {
+    pub fn append(&self, id: &str, records: &[AgentEvent]) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         let mut buf = Vec::with_capacity(records.len() * 128);
         for record in records {
@@ -55,7 +55,7 @@ impl EventsLog {
     }
 
     /// The newest `limit` transitions, newest first; lines that do not parse are skipped.
-    pub fn read(&self, id: &str, limit: usize) -> io::Result<Vec<EventRecord>> {
+    pub fn read(&self, id: &str, limit: usize) -> io::Result<Vec<AgentEvent>> {
         let bytes = match fs::read(self.path(id)) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -84,14 +84,14 @@ mod tests {
     use crate::model::liveness::AgentStatus;
     use chrono::DateTime;
 
-    fn record(n: i64) -> EventRecord {
-        EventRecord {
+    fn record(n: i64) -> AgentEvent {
+        AgentEvent::Liveness(EventRecord {
             from: AgentStatus::Up,
             to: AgentStatus::Late,
             at: DateTime::from_timestamp(1_700_000_000 + n, 0).unwrap(),
             last_seen: None,
             reported_status: Some(ReportedStatus::Error),
-        }
+        })
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! or the new one (everything it covers is durable).
 //!
 //! Production messages: [`Checkpoint`], [`ReadHistory`], [`ReadEvents`], [`AppendEvents`],
+//! [`AppendProcessEvent`],
 //! [`Delete`]. Loading happens before the actor starts ([`FileMetadataStore::load_all`]).
 //! Tests also have `Get`, `Save`, `Update`, `Flush` and `LoadAll`.
 
@@ -51,7 +52,8 @@ mod properties;
 use crate::atomic_file::{is_temp_file, sync_dir, sync_filesystem, write_atomically, StagedFile, SYNC_ONE_BY_ONE_MAX};
 use crate::model::agent::{AgentState, ResourceSample};
 use crate::model::liveness::Transition;
-use events_log::{EventRecord, EventsLog};
+use crate::model::process::ProcessEvent;
+use events_log::{AgentEvent, EventRecord, EventsLog};
 use history_log::HistoryLog;
 use journal::{Journal, Replay};
 use journal_writer::JournalWriter;
@@ -511,7 +513,7 @@ impl Handler<AppendEvents> for FileMetadataStore {
                 last_seen: t.last_seen,
                 reported_status: t.reported_status,
             };
-            if let Err(e) = self.events.append(&t.agent_id, &[record]) {
+            if let Err(e) = self.events.append(&t.agent_id, &[AgentEvent::Liveness(record)]) {
                 error!(self.log, "could not record a liveness transition"; "agent_id" => &t.agent_id,
                     "path" => %self.events.path(&t.agent_id).display(), "error" => %e);
             }
@@ -519,16 +521,35 @@ impl Handler<AppendEvents> for FileMetadataStore {
     }
 }
 
+/// Records a supervised agent's change of process state in its events log.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AppendProcessEvent {
+    pub agent_id: String,
+    pub event: ProcessEvent,
+}
+
+impl Handler<AppendProcessEvent> for FileMetadataStore {
+    type Result = ();
+
+    fn handle(&mut self, msg: AppendProcessEvent, _: &mut SyncContext<Self>) {
+        if let Err(e) = self.events.append(&msg.agent_id, &[AgentEvent::Process(msg.event)]) {
+            error!(self.log, "could not record a process state change"; "agent_id" => &msg.agent_id,
+                "path" => %self.events.path(&msg.agent_id).display(), "error" => %e);
+        }
+    }
+}
+
 /// The newest `limit` transitions of one agent, newest first.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<EventRecord>, StoreError>")]
+#[rtype(result = "Result<Vec<AgentEvent>, StoreError>")]
 pub struct ReadEvents {
     pub id: String,
     pub limit: usize,
 }
 
 impl Handler<ReadEvents> for FileMetadataStore {
-    type Result = Result<Vec<EventRecord>, StoreError>;
+    type Result = Result<Vec<AgentEvent>, StoreError>;
 
     fn handle(&mut self, msg: ReadEvents, _: &mut SyncContext<Self>) -> Self::Result {
         self.events

@@ -6,7 +6,7 @@ use std::fs;
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 
-use super::events_log::{EventRecord, EventsLog};
+use super::events_log::{AgentEvent, EventRecord, EventsLog};
 use super::history_log::HistoryLog;
 use super::journal::{Journal, JournalRecord};
 use crate::model::agent::ResourceSample;
@@ -118,14 +118,16 @@ proptest! {
     ) {
         let dir = tempfile::tempdir().unwrap();
         let log = EventsLog::open(dir.path().to_owned()).unwrap();
-        let records: Vec<EventRecord> = events
+        let records: Vec<AgentEvent> = events
             .into_iter()
-            .map(|(from, to, at, last_seen, reported_status)| EventRecord {
-                from: AgentStatus::ALL[from],
-                to: AgentStatus::ALL[to],
-                at,
-                last_seen,
-                reported_status,
+            .map(|(from, to, at, last_seen, reported_status)| {
+                AgentEvent::Liveness(EventRecord {
+                    from: AgentStatus::ALL[from],
+                    to: AgentStatus::ALL[to],
+                    at,
+                    last_seen,
+                    reported_status,
+                })
             })
             .collect();
         log.append("a", &records).unwrap();

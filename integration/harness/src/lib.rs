@@ -38,6 +38,44 @@ pub fn heartbeatd_bin() -> PathBuf {
     bin
 }
 
+/// The test agent (`src/bin/heartbeatd-test-agent.rs`), next to heartbeatd's binary (built
+/// by `make test` with `cargo build --workspace --bins`), or `$HEARTBEATD_TEST_AGENT`.
+pub fn test_agent_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("HEARTBEATD_TEST_AGENT") {
+        return PathBuf::from(path);
+    }
+    let bin = heartbeatd_bin().with_file_name("heartbeatd-test-agent");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (cargo build --workspace --bins) or set HEARTBEATD_TEST_AGENT",
+        bin.display()
+    );
+    bin
+}
+
+/// The pids of live processes whose environment has `TEST_MARKER=<marker>`: how tests find
+/// every process of a supervised tree, whatever its pid or group.
+pub fn processes_with_marker(marker: &str) -> Vec<u32> {
+    let wanted = format!("TEST_MARKER={marker}");
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        // A zombie has an empty environment: it is gone but for its exit status.
+        if environ.split(|b| *b == 0).any(|var| var == wanted.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 /// How long a daemon may take to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -99,14 +137,29 @@ impl Daemon {
 
     /// Like [`Daemon::start_in`], with extra environment variables.
     pub fn start_with_env(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_configured(dir, |_| extra.to_owned(), env)
+    }
+
+    /// Like [`Daemon::start`], with a config made once the port is known (e.g. agents that
+    /// must post to this daemon).
+    pub fn start_with(extra: impl Fn(u16) -> String) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_owned();
+        let mut daemon = Self::start_configured(&dir, extra, &[]);
+        daemon._temp = Some(temp);
+        daemon
+    }
+
+    fn start_configured(dir: &Path, extra: impl Fn(u16) -> String, env: &[(&str, &str)]) -> Self {
         for _attempt in 0..5 {
             let port = free_port();
             let config = dir.join("heartbeatd.toml");
             fs::write(
                 &config,
                 format!(
-                    "http_port = {port}\ndata_dir = {:?}\n{extra}",
-                    dir.join("data").display().to_string()
+                    "http_port = {port}\ndata_dir = {:?}\n{}",
+                    dir.join("data").display().to_string(),
+                    extra(port)
                 ),
             )
             .unwrap();

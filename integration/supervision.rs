@@ -1,0 +1,572 @@
+//! Supervision with real processes: heartbeatd runs the test agent
+//! (`heartbeatd-test-agent`) and restarts, stops and cleans up after it. Every process of a
+//! tree is found by a marker in its environment, never by pid.
+
+use std::fs;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::daemon::{processes_with_marker, test_agent_bin, Daemon};
+
+/// A unique marker for this test's processes.
+fn marker(test: &str) -> String {
+    format!("hbd-test-{test}-{}-{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// An `[[agents]]` entry running the test agent in `mode`, with `extra` keys.
+fn agent(id: &str, mode: &str, marker: &str, extra: &str) -> String {
+    format!(
+        "[[agents]]\nid = \"{id}\"\ncommand = [{:?}]\nenv = {{ TEST_AGENT_ID = \"{id}\", TEST_AGENT_MODE = \"{mode}\", TEST_MARKER = \"{marker}\", TEST_AGENT_URL = \"@URL@\" }}\n{extra}\n",
+        test_agent_bin().display().to_string()
+    )
+}
+
+/// Starts a daemon whose agents post to it: the config's `@URL@` becomes its heartbeat URL
+/// (the port is only known once the harness has picked it).
+fn start(config: &str) -> Daemon {
+    Daemon::start_with(|port| config.replace("@URL@", &format!("http://127.0.0.1:{port}/heartbeat")))
+}
+
+fn get_agent(daemon: &Daemon, id: &str) -> Value {
+    let reply = daemon.request("GET", &format!("/agents/{id}"), None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body
+}
+
+fn process(daemon: &Daemon, id: &str) -> Value {
+    get_agent(daemon, id)["process"].clone()
+}
+
+/// Waits until `check` holds for the agent's process view; panics with the log otherwise.
+fn wait_for(daemon: &Daemon, id: &str, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let view = process(daemon, id);
+        if check(&view) {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: not {what} within {timeout:?}: {view}\n{}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The agent's process events, oldest first.
+fn process_events(daemon: &Daemon, id: &str) -> Vec<Value> {
+    let reply = daemon.request("GET", &format!("/agents/{id}/events?limit=1000"), None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let mut events: Vec<Value> = reply.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "process")
+        .cloned()
+        .collect();
+    events.reverse();
+    events
+}
+
+fn at(event: &Value) -> chrono::DateTime<chrono::Utc> {
+    event["at"].as_str().unwrap().parse().unwrap()
+}
+
+fn wait_no_processes(marker: &str, timeout: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = processes_with_marker(marker);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_crash_is_restarted_with_backoff_then_fatal_then_retried_after_fatal_retry_s() {
+    // Arrange: an agent that exits 3 after 100 ms, every time.
+    let mark = marker("crash");
+    let config = agent(
+        "crashy",
+        "crash:3:100",
+        &mark,
+        "restart_backoff_ms = 400\nrestart_backoff_max_ms = 10000\nmax_restarts = 3\nrestart_window_s = 60\nfatal_retry_s = 2",
+    );
+
+    // Act
+    let mut daemon = start(&config);
+    let fatal = wait_for(&daemon, "crashy", "fatal", Duration::from_secs(20), |p| {
+        p["state"] == "fatal"
+    });
+    let fatal_at = Instant::now();
+    // fatal_retry_s: it is started again, and fails again.
+    wait_for(&daemon, "crashy", "retried", Duration::from_secs(10), |p| {
+        p["state"] != "fatal" || p["restarts"].as_u64() > fatal["restarts"].as_u64()
+    });
+    let retried_after = fatal_at.elapsed();
+
+    // Assert: exit code and reason recorded.
+    assert_eq!(fatal["last_exit"]["code"], 3, "{fatal}");
+    assert_eq!(fatal["last_exit"]["reason"], "exited");
+    assert_eq!(fatal["restarts"], 3, "max_restarts = 3: the fourth failure is fatal");
+    // The backoff: each wait (ended → starting) about doubles from 400 ms, jitter ≤ +25 %.
+    let events = process_events(&daemon, "crashy");
+    let mut waits = Vec::new();
+    for pair in events.windows(2) {
+        if pair[0]["to"] == "backoff" && pair[1]["to"] == "starting" {
+            waits.push((at(&pair[1]) - at(&pair[0])).num_milliseconds());
+        }
+    }
+    assert!(waits.len() >= 3, "{events:?}");
+    for (n, wait) in waits.iter().take(3).enumerate() {
+        let floor = 400 * (1 << n);
+        assert!(
+            *wait >= floor - 20 && *wait <= floor * 5 / 4 + 250,
+            "wait {n} was {wait} ms, expected {floor}..{} ms: {waits:?}",
+            floor * 5 / 4
+        );
+    }
+    assert!(events.iter().any(|e| e["to"] == "fatal" && e["exit"]["code"] == 3));
+    assert!(
+        retried_after >= Duration::from_millis(1500),
+        "fatal_retry_s = 2, retried after {retried_after:?}"
+    );
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0), "{}", daemon.log());
+    assert!(wait_no_processes(&mark, Duration::from_secs(2)).is_empty());
+}
+
+#[test]
+fn a_hung_agent_is_restarted_as_silent() {
+    // Arrange: heartbeats for 1 s, then alive but silent; down after 1 + 1 s of silence.
+    let mark = marker("hang");
+    let config = agent(
+        "hangs",
+        "hang:1000",
+        &mark,
+        "heartbeat_interval_s = 1\ngrace_s = 1\nrestart_backoff_ms = 100",
+    );
+
+    // Act
+    let mut daemon = start(&config);
+    let first_pid = wait_for(&daemon, "hangs", "running", Duration::from_secs(10), |p| {
+        p["state"] == "running" && p["pid"].is_i64()
+    })["pid"]
+        .clone();
+    let restarted = wait_for(&daemon, "hangs", "restarted", Duration::from_secs(15), |p| {
+        p["last_exit"]["reason"] == "silent"
+    });
+
+    // Assert
+    assert_eq!(restarted["restarts"], 1, "{restarted}");
+    assert_eq!(
+        restarted["last_exit"]["signal"], "SIGTERM",
+        "stopped with its stop signal"
+    );
+    let now = wait_for(&daemon, "hangs", "running again", Duration::from_secs(10), |p| {
+        p["state"] == "running" && p["pid"].is_i64()
+    });
+    assert_ne!(now["pid"], first_pid, "a new process");
+    assert!(daemon.log().contains("went silent"), "{}", daemon.log());
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
+    assert!(wait_no_processes(&mark, Duration::from_secs(2)).is_empty());
+}
+
+#[test]
+fn sigterm_ignored_is_followed_by_sigkill_after_stop_timeout_s() {
+    // Arrange
+    let mark = marker("ignoreterm");
+    let config =
+        "admin_token = \"t0ken\"\n".to_owned() + &agent("stubborn", "ignore-term", &mark, "stop_timeout_s = 1");
+    let daemon = start(&config);
+    wait_for(&daemon, "stubborn", "running", Duration::from_secs(10), |p| {
+        p["state"] == "running"
+    });
+
+    // Act
+    let started = Instant::now();
+    let reply = crate::daemon::http_with_headers(
+        daemon.port,
+        "POST",
+        "/agents/stubborn/stop",
+        None,
+        &[("Authorization", "Bearer t0ken")],
+    )
+    .unwrap();
+    let took = started.elapsed();
+
+    // Assert: the answer comes once it is gone: after stop_timeout_s, killed.
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let process = &reply.body["process"];
+    assert_eq!(process["state"], "stopped", "{process}");
+    assert_eq!(process["last_exit"]["signal"], "SIGKILL", "{process}");
+    assert_eq!(process["last_exit"]["reason"], "manual");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(
+        processes_with_marker(&mark).is_empty(),
+        "nothing left once /stop answers"
+    );
+    // A stopped agent stays stopped: no policy starts it.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(process_of(&daemon, "stubborn")["state"], "stopped");
+}
+
+fn process_of(daemon: &Daemon, id: &str) -> Value {
+    process(daemon, id)
+}
+
+#[test]
+fn growing_memory_is_restarted_as_over_memory_after_limit_for_s() {
+    // Arrange: +40 MiB/s against a 48 MiB limit held for 1 s.
+    let mark = marker("grow");
+    let config = agent(
+        "greedy",
+        "grow:40",
+        &mark,
+        "max_memory_bytes = 50331648\nlimit_for_s = 1\nrestart_backoff_ms = 100",
+    );
+
+    // Act
+    let mut daemon = start(&config);
+    let restarted = wait_for(&daemon, "greedy", "restarted", Duration::from_secs(20), |p| {
+        p["last_exit"]["reason"] == "over_memory"
+    });
+
+    // Assert
+    assert!(restarted["restarts"].as_u64() >= Some(1), "{restarted}");
+    assert!(daemon.log().contains("over its limit"), "{}", daemon.log());
+    let metrics = daemon.request("GET", "/metrics", None);
+    let text = metrics.body.as_str().unwrap_or_default();
+    assert!(
+        text.contains("heartbeatd_agent_restarts_total{agent_id=\"greedy\",reason=\"over_memory\"}"),
+        "{text}"
+    );
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
+    assert!(wait_no_processes(&mark, Duration::from_secs(2)).is_empty());
+}
+
+#[test]
+fn a_reported_pid_outside_the_tree_is_shown_and_warned_about_once() {
+    // Arrange: the agent claims to be pid 1.
+    let mark = marker("pid");
+    let config = agent("liar", "report-pid:1", &mark, "") + &agent("honest", "", &mark, "");
+
+    // Act
+    let mut daemon = start(&config);
+    let liar = wait_for(&daemon, "liar", "flagged", Duration::from_secs(10), |p| {
+        p["reported_pid_mismatch"] == 1
+    });
+    thread::sleep(Duration::from_millis(1500));
+
+    // Assert
+    assert_eq!(liar["state"], "running");
+    let honest = process(&daemon, "honest");
+    assert!(honest.get("reported_pid_mismatch").is_none(), "{honest}");
+    let warnings = daemon
+        .log()
+        .matches("reports a pid that is not in the process tree")
+        .count();
+    assert_eq!(warnings, 1, "{}", daemon.log());
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
+}
+
+#[test]
+fn output_rotates_at_log_max_bytes_keeping_whole_lines_and_log_backups_files() {
+    // Arrange: 40 KB of 100-byte lines against 4 KiB files, 2 backups.
+    let mark = marker("rotate");
+    let config = agent(
+        "chatty",
+        "chatty:40000,quiet",
+        &mark,
+        "log_max_bytes = 4096\nlog_backups = 2",
+    );
+
+    // Act
+    let mut daemon = start(&config);
+    let log_path = daemon.data_dir().join("logs/chatty.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("line 00000399")
+    {
+        assert!(Instant::now() < deadline, "output not written: {}", daemon.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // Assert
+    let files = [
+        log_path.clone(),
+        log_path.with_file_name("chatty.log.1"),
+        log_path.with_file_name("chatty.log.2"),
+    ];
+    for file in &files {
+        let text = fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(text.len() <= 4096, "{}: {} bytes", file.display(), text.len());
+        for line in text.lines() {
+            assert!(
+                line.len() == 99 && line.starts_with("line ") || line.starts_with("test agent"),
+                "a torn line in {}: {line:?}",
+                file.display()
+            );
+        }
+    }
+    assert!(
+        !log_path.with_file_name("chatty.log.3").exists(),
+        "only log_backups = 2 kept"
+    );
+    // The API's tail reads the same file.
+    let tail = daemon.request("GET", "/agents/chatty/log?tail=3", None);
+    assert_eq!(tail.status, 200, "{tail:?}");
+    let lines = tail.body["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[2].as_str().unwrap().starts_with("line 00000399"), "{lines:?}");
+    for bad in ["tail=0", "tail=10001", "tail=x", "lines=3"] {
+        let reply = daemon.request("GET", &format!("/agents/chatty/log?{bad}"), None);
+        assert_eq!(reply.status, 400, "{bad}: {reply:?}");
+    }
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
+}
+
+/// `heartbeatd ctl` against a live daemon: its output and exit code.
+fn ctl(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
+    let url = format!("http://127.0.0.1:{}", daemon.port);
+    let output = std::process::Command::new(crate::daemon::BIN)
+        .arg("ctl")
+        .arg("--url")
+        .arg(&url)
+        .args(args)
+        .env("HEARTBEATD_ADMIN_TOKEN", "t0ken")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ctl_status_start_stop_restart_and_tail_work_against_a_live_daemon() {
+    // Arrange
+    let mark = marker("ctl");
+    let config = "admin_token = \"t0ken\"\n".to_owned()
+        + &agent("svc", "", &mark, "autostart = false")
+        + "[[agents]]\nid = \"passive\"\n";
+    let daemon = start(&config);
+
+    // Act + Assert: not started (autostart = false).
+    let (code, out, _) = ctl(&daemon, &["status"]);
+    assert_eq!(code, 0);
+    let svc_row = out
+        .lines()
+        .find(|l| l.starts_with("svc "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(svc_row.contains("stopped"), "{out}");
+    assert!(out.lines().next().unwrap().starts_with("ID"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("passive ")), "{out}");
+
+    let (code, out, err) = ctl(&daemon, &["start", "svc"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("svc: starting (pid ") && !out.contains("pid -"),
+        "{out}"
+    );
+    let pid = process(&daemon, "svc")["pid"].as_i64().unwrap();
+    wait_for(&daemon, "svc", "running", Duration::from_secs(10), |p| {
+        p["state"] == "running"
+    });
+    let (_, out, _) = ctl(&daemon, &["status"]);
+    let row = out.lines().find(|l| l.starts_with("svc ")).unwrap().to_owned();
+    assert!(
+        row.contains("running") && row.contains(&pid.to_string()) && row.contains(" up "),
+        "{out}"
+    );
+
+    let (code, out, _) = ctl(&daemon, &["restart", "svc"]);
+    assert_eq!(code, 0);
+    let new_pid = process(&daemon, "svc")["pid"].as_i64().unwrap();
+    assert_ne!(new_pid, pid, "{out}");
+
+    let (code, out, _) = ctl(&daemon, &["tail", "svc", "-n", "5"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("test agent svc started"), "{out}");
+
+    let (code, out, _) = ctl(&daemon, &["stop", "svc"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("svc: stopped"), "{out}");
+    assert!(processes_with_marker(&mark).is_empty());
+
+    // Refused or not found: 1; usage: 2; unreachable: 3.
+    assert_eq!(ctl(&daemon, &["stop", "passive"]).0, 1);
+    assert_eq!(ctl(&daemon, &["start", "nobody"]).0, 1);
+    assert_eq!(ctl(&daemon, &["frobnicate"]).0, 2);
+    assert_eq!(ctl(&daemon, &["start", "../x"]).0, 2);
+    let unreachable = std::process::Command::new(crate::daemon::BIN)
+        .args(["ctl", "--url", "http://127.0.0.1:1", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(3));
+}
+
+#[test]
+fn no_process_of_a_tree_survives_a_graceful_stop_or_a_sigkill_of_heartbeatd() {
+    // Arrange: two agents, each with a grandchild that left its session with setsid().
+    let mark = marker("orphans");
+    let config = agent("parent-a", "grandchild", &mark, "") + &agent("parent-b", "grandchild", &mark, "");
+    let mut daemon = start(&config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with_marker(&mark).len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "agents and grandchildren not all up: {}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // Act 1: graceful stop.
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0), "{}", daemon.log());
+
+    // Assert 1: nothing left, at once.
+    let left = processes_with_marker(&mark);
+    assert!(left.is_empty(), "left after a graceful stop: {left:?}");
+    assert!(daemon.log().contains("supervised agents stopped"), "{}", daemon.log());
+
+    // Act 2: start again on the same data directory (autostart), then SIGKILL heartbeatd.
+    let dir = daemon.dir.clone();
+    let config = fs::read_to_string(dir.join("heartbeatd.toml")).unwrap();
+    let extra: String = config.lines().skip(2).collect::<Vec<_>>().join("\n");
+    let mut again = Daemon::start_in(&dir, &extra);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with_marker(&mark).len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "autostart agents did not start again: {}",
+            again.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    crate::daemon::send_signal(again.pid(), "KILL");
+    again.wait_exit(Duration::from_secs(5));
+
+    // Assert 2: within 2 s, no process of either tree, the setsid grandchildren included.
+    let left = wait_no_processes(&mark, Duration::from_secs(2));
+    assert!(left.is_empty(), "left 2 s after SIGKILL of heartbeatd: {left:?}");
+}
+
+#[test]
+fn commands_over_http_need_an_admin_token_and_bad_settings_are_refused_naming_the_key() {
+    // Arrange: loopback without a token accepts other changes, but never a program to run.
+    let daemon = Daemon::start("");
+    let bin = test_agent_bin().display().to_string();
+
+    // Act + Assert
+    let reply = daemon.request("POST", "/agents", Some(&format!(r#"{{"id":"x","command":["{bin}"]}}"#)));
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert!(
+        reply.body["message"].as_str().unwrap().contains("admin_token"),
+        "{reply:?}"
+    );
+    assert_eq!(daemon.request("POST", "/agents", Some(r#"{"id":"plain"}"#)).status, 201);
+    let reply = daemon.request("PATCH", "/agents/plain", Some(&format!(r#"{{"command":["{bin}"]}}"#)));
+    assert_eq!(reply.status, 403, "{reply:?}");
+
+    let with_token = Daemon::start("admin_token = \"t0ken\"\n");
+    let post = |body: &str| {
+        crate::daemon::http_with_headers(
+            with_token.port,
+            "POST",
+            "/agents",
+            Some(body),
+            &[("Authorization", "Bearer t0ken")],
+        )
+        .unwrap()
+    };
+    for (body, key) in [
+        (r#"{"id":"a","command":[]}"#.to_owned(), "command"),
+        (
+            r#"{"id":"a","command":["x"],"stop_signal":"SIGFOO"}"#.to_owned(),
+            "stop_signal",
+        ),
+        (
+            r#"{"id":"a","command":["x"],"restart_backoff_ms":5000,"restart_backoff_max_ms":10}"#.to_owned(),
+            "restart_backoff_max_ms",
+        ),
+        (
+            r#"{"id":"a","command":["x"],"stop_timeout_s":18446744073709551615}"#.to_owned(),
+            "stop_timeout_s",
+        ),
+        (r#"{"id":"a","max_restarts":3}"#.to_owned(), "max_restarts"),
+        (
+            r#"{"id":"a","command":["x"],"restart":"sometimes"}"#.to_owned(),
+            "restart",
+        ),
+    ] {
+        let reply = post(&body);
+        assert_eq!(reply.status, 400, "{body}: {reply:?}");
+        assert!(
+            reply.body["message"].as_str().unwrap().contains(key),
+            "{body}: {reply:?}"
+        );
+    }
+    // A program registered over HTTP with the token runs; deleting it ends it.
+    let mark = marker("api");
+    let reply = post(&format!(
+        r#"{{"id":"api-agent","command":["{bin}"],"env":{{"TEST_AGENT_MODE":"quiet","TEST_MARKER":"{mark}"}}}}"#
+    ));
+    assert_eq!(reply.status, 201, "{reply:?}");
+    wait_for(&with_token, "api-agent", "running", Duration::from_secs(10), |p| {
+        p["state"] == "running"
+    });
+    assert_eq!(processes_with_marker(&mark).len(), 1);
+    let deleted = crate::daemon::http_with_headers(
+        with_token.port,
+        "DELETE",
+        "/agents/api-agent",
+        None,
+        &[("Authorization", "Bearer t0ken")],
+    )
+    .unwrap();
+    assert_eq!(deleted.status, 204);
+    assert!(
+        processes_with_marker(&mark).is_empty(),
+        "deleting the agent ends its tree"
+    );
+}
+
+#[test]
+fn a_config_with_bad_supervision_settings_exits_2_naming_the_key() {
+    for (entry, key) in [
+        ("command = []", "agents[0].command"),
+        ("command = [\"x\"]\nstop_signal = \"NOPE\"", "agents[0].stop_signal"),
+        (
+            "command = [\"x\"]\nrestart_backoff_ms = 2000\nrestart_backoff_max_ms = 1000",
+            "agents[0].restart_backoff_max_ms",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("c.toml");
+        fs::write(&config, format!("[[agents]]\nid = \"a\"\n{entry}\n")).unwrap();
+        let output = std::process::Command::new(crate::daemon::BIN)
+            .arg("check-config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{entry}: {stderr}");
+        assert!(stderr.contains(key), "{entry}: {stderr}");
+    }
+}
