@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use slog::{info, o};
+use slog::{error, info, o};
 
 use super::Manager;
 use crate::liveness::{self, WentDown};
 use crate::model::agent::{AgentInfo, AgentView};
+use crate::model::process::validate_process;
 use crate::supervision::process::{Action, AgentProcess, Control, KillNow, Reconfigure, Retire, WentSilent};
 use crate::supervision::reaper;
 
@@ -55,6 +56,13 @@ impl Manager {
     /// `command`, given changed settings, retired when the command is gone.
     pub(super) fn sync_process(&mut self, info: &AgentInfo) {
         let Some(cx) = &self.supervision else { return };
+        // Records from the config and the API are checked before they get here; this catches
+        // a registry.json edited by hand.
+        if let Err(reason) = validate_process(info) {
+            error!(self.log, "the agent's supervision settings are invalid; it is not run"; "agent_id" => &info.id,
+                "error" => reason, "what_to_do" => "fix them with PATCH /agents/{id}");
+            return;
+        }
         match (info.process_spec(), self.processes.get(&info.id)) {
             (Some(spec), None) => {
                 let log = self.log.new(o!("actor" => "process"));

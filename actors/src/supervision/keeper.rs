@@ -222,7 +222,12 @@ pub fn run() -> ExitCode {
     let agent = match spawn(&spec, &output_write) {
         Ok(pid) => pid,
         Err(e) => {
-            let reason = format!("cannot start {:?}: {e}", spec.command[0]);
+            let reason = match &spec.working_dir {
+                Some(dir) if !std::path::Path::new(dir).is_dir() => {
+                    format!("cannot start {:?}: working_dir {dir:?} is not a directory", spec.command[0])
+                }
+                _ => format!("cannot start {:?}: {e}", spec.command[0]),
+            };
             if let Some(log) = &mut log {
                 let _ = log.note(&reason);
             }
