@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CONFIG ?= configs/heartbeatd.toml
 
-.PHONY: help run build test lint fmt clean bench wrk test-tools
+.PHONY: help run build test lint fmt clean bench bench-tools test-tools
 
 help:
 	@echo "make run    build (release) and run heartbeatd on $(CONFIG) (127.0.0.1:8080)"
@@ -39,15 +39,16 @@ test-tools:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus openssl curl >/dev/null; }
 
-# wrk checks heartbeatd-load against an independent load generator (Debian package).
-wrk:
-	@command -v wrk >/dev/null 2>&1 || { \
-	  echo "installing wrk (Debian package) for the bench"; \
+# wrk checks heartbeatd-load against an independent load generator; supervisord is the peer
+# the supervision scenario measures against (Debian packages wrk and supervisor).
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 && command -v supervisord >/dev/null 2>&1 || { \
+	  echo "installing wrk and supervisor (Debian packages) for the bench"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk supervisor >/dev/null; }
 
 # The scenarios (bench/scenarios/) start target/release/heartbeatd through the shared harness.
-bench: wrk
+bench: bench-tools
 	$(CARGO) build --release --bin heartbeatd
 	$(CARGO) bench -p heartbeatd-bench --bench scenarios
 

@@ -169,3 +169,21 @@ fn json_log_format_writes_one_json_object_per_line() {
     }
     assert!(log.contains("\"version\""), "start-up line carries the version: {log}");
 }
+
+#[test]
+fn the_shipped_configurations_are_valid() {
+    for file in ["configs/heartbeatd.toml", "configs/supervise-example.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let output = std::process::Command::new(crate::daemon::BIN)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{file}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -13,7 +13,9 @@
 //!       ├────▶ Liveness (new/up/late/down/paused) ──▶ Webhook (webhook_url)
 //!       │                                         └──▶ Store (events/)
 //!       ├────▶ JournalWriter (journal/: one append + fdatasync per flush, own thread)
-//!       └────▶ FileMetadataStore (checkpoints: agents/, history/, events/; own thread)
+//!       ├────▶ FileMetadataStore (checkpoints: agents/, history/, events/; own thread)
+//!       └────▶ AgentProcess × agents with a `command` ──spawns──▶ keeper ──▶ the agent's tree
+//!                 (told of heartbeats and of `down`; events to the Store and the Webhook)
 //!  Stats ◀── counters written by the HTTP layer, the Manager and Liveness
 //! ```
 //!
@@ -27,11 +29,13 @@
 //! | [`store::journal_writer::JournalWriter`] | `store/journal_writer.rs` | the journal segment being appended to; a thread of its own so flushes never wait behind a checkpoint |
 //! | [`store::FileMetadataStore`] (FileMetadataStore; now the checkpoint store, not the only writer) | `store/` | everything under `data_dir` but the registry files and the open journal segment: checkpoints, state files, history logs, events |
 //! | [`stats::Stats`] | `stats.rs` | the processing counters behind `GET /heartbeat/stats` |
+//! | [`supervision::process::AgentProcess`] (AgentInstance + MultiHealthChecker) | `supervision/process.rs` | one supervised agent: its running tree (through its keeper), process state, backoff, restart intensity, limits; owned by the Manager |
 //!
 //! Not actors: [`model`], plain data shared by all; [`counters`], atomics each written by one
 //! owner and read by Stats; [`ingest::queue::IngressQueue`], the lock-free in-flight count that
 //! makes the SyncArbiter's unbounded mailbox a bounded queue (actix's `try_send` never
-//! reports Full for it); `atomic_file`, crash-safe file replacement for the Store and the
+//! reports Full for it); [`supervision`]'s keeper (a process, not an actor), reaper thread,
+//! `/proc` reader, output files and restart rules; `atomic_file`, crash-safe file replacement for the Store and the
 //! Registry; [`log_gate`] and [`log_text`], logging that no client can flood or forge.
 //!
 //! **The dependency rule.** `model` imports nothing of this crate but itself (and

@@ -9,12 +9,13 @@
 //!
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run); the README's figures come from a
 //! full run. Arguments name scenarios to run (`saturation fleet idle drain history
-//! steady big-start`); none runs them all.
+//! steady big-start supervise`); none runs them all.
 //!
 //! | file | what |
 //! |---|---|
 //! | `measure.rs` | the measuring tools shared by the scenarios |
 //! | `saturation.rs`, `fleet.rs`, `idle.rs`, `drain.rs`, `history.rs`, `steady.rs`, `big_start.rs` | one scenario each |
+//! | `supervise.rs` | 500 supervised programs, heartbeatd against a real supervisord |
 
 mod big_start;
 mod drain;
@@ -24,6 +25,7 @@ mod idle;
 mod measure;
 mod saturation;
 mod steady;
+mod supervise;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -174,6 +176,10 @@ fn main() {
     }
     if run("big-start") {
         big_start::big_start(&phases, &mut rows);
+    }
+    if run("supervise") {
+        supervise::supervise(&phases, &mut rows);
+        supervise::ingest_while_supervising(&phases, &mut rows);
     }
     println!();
     println!(

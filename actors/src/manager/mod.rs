@@ -11,7 +11,7 @@
 //! | this one | agent state, applying heartbeats, journal replay at start-up |
 //! | [`persistence`] | the flush and checkpoint pipelines, retries, the shutdown [`Flush`] |
 //! | [`admin`] | the messages behind the admin API, SIGHUP's agent import, `auto_register` |
-//! | [`supervision`] | one [`AgentProcess`](crate::supervision::process::AgentProcess) per agent with a `command`: kept in step with the registry, told of heartbeats and silence, started/stopped/restarted on request |
+//! | [`supervision`] | one [`AgentProcess`] per agent with a `command`: kept in step with the registry, told of heartbeats and silence, started/stopped/restarted on request |
 
 pub mod admin;
 pub mod persistence;

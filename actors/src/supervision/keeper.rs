@@ -224,7 +224,10 @@ pub fn run() -> ExitCode {
         Err(e) => {
             let reason = match &spec.working_dir {
                 Some(dir) if !std::path::Path::new(dir).is_dir() => {
-                    format!("cannot start {:?}: working_dir {dir:?} is not a directory", spec.command[0])
+                    format!(
+                        "cannot start {:?}: working_dir {dir:?} is not a directory",
+                        spec.command[0]
+                    )
                 }
                 _ => format!("cannot start {:?}: {e}", spec.command[0]),
             };
