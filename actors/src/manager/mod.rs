@@ -343,6 +343,7 @@ impl Handler<UpdateHeartbeats> for Manager {
         let supervising = !self.processes.is_empty();
         let mut heard = Vec::new();
         for hb in batch {
+            let supervised = supervising && self.processes.contains_key(&hb.agent_id);
             let Some(entry) = self.entry(&hb.agent_id) else {
                 outcome.unknown_agents.push(hb.agent_id);
                 continue;
@@ -352,7 +353,7 @@ impl Handler<UpdateHeartbeats> for Manager {
             let warn_skew = skew_ms.abs() > max_skew_ms && !entry.skew_warned;
             entry.skew_warned |= warn_skew;
             seen.push((hb.agent_id.clone(), hb.received_at, hb.status));
-            if supervising {
+            if supervised {
                 heard.push((hb.agent_id.clone(), hb.pid));
             }
             let dropped = entry.push_sample(sample, hb.received_at, history_len);

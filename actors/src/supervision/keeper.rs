@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::supervision::output_log::OutputLog;
-use crate::supervision::procfs::ProcessTable;
+use crate::supervision::procfs;
 
 /// The environment variable that carries the [`KeeperSpec`] (JSON) to the keeper; removed
 /// before the agent starts.
@@ -129,10 +129,10 @@ fn signal_tree(me: i32, agent_pgid: Option<i32>, signal: i32) -> usize {
         // SAFETY: kill has no memory preconditions; a gone group is ESRCH.
         unsafe { libc::kill(-pgid, signal) };
     }
-    let tree = ProcessTable::scan().descendants(me);
-    for p in &tree {
+    let tree = procfs::descendants(me);
+    for pid in &tree {
         // SAFETY: as above.
-        unsafe { libc::kill(p.pid, signal) };
+        unsafe { libc::kill(*pid, signal) };
     }
     tree.len()
 }
@@ -249,11 +249,11 @@ pub fn run() -> ExitCode {
     let mut agent_status: Option<i32> = None;
     let mut stopping: Option<Stopping> = None;
     let stop_timeout = Duration::from_millis(spec.stop_timeout_ms);
-    let mut buffer = vec![0u8; 64 * 1024];
+    let mut buffer = vec![0u8; 16 * 1024];
     loop {
         // Done: the agent has ended and nothing of its tree is left.
         if agent_status.is_some() {
-            let left = ProcessTable::scan().descendants(me).len();
+            let left = procfs::descendants(me).len();
             if left == 0 {
                 break;
             }

@@ -57,6 +57,33 @@ pub fn is_in_tree(pid: i32, root: i32) -> bool {
     false
 }
 
+/// The descendants of `root` (not `root` itself), found by walking the kernel's
+/// `/proc/<pid>/task/<tid>/children` lists down from `root`: it reads only the tree, not every
+/// process of the host (what a keeper does while stopping, many times a second). Falls back
+/// to a full scan where the kernel has no `children` files.
+pub fn descendants(root: i32) -> Vec<i32> {
+    if !std::path::Path::new(&format!("/proc/{root}/task/{root}/children")).exists() {
+        return ProcessTable::scan().descendants(root).into_iter().map(|p| p.pid).collect();
+    }
+    let mut found = Vec::new();
+    let mut next = vec![root];
+    // Bounded: a fork bomb inside the tree cannot make this loop forever.
+    while let Some(pid) = next.pop() {
+        if found.len() > 100_000 {
+            break;
+        }
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.flatten() {
+            let Ok(children) = fs::read_to_string(task.path().join("children")) else { continue };
+            for child in children.split_ascii_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                found.push(child);
+                next.push(child);
+            }
+        }
+    }
+    found
+}
+
 /// Every process at one instant.
 #[derive(Debug, Default)]
 pub struct ProcessTable {
@@ -147,5 +174,7 @@ mod tests {
         assert!(!is_in_tree(parent, me));
         let table = ProcessTable::scan();
         assert!(table.descendants(parent).iter().any(|p| p.pid == me));
+        assert!(descendants(parent).contains(&me));
+        assert!(!descendants(me).contains(&parent));
     }
 }
