@@ -570,3 +570,87 @@ fn a_config_with_bad_supervision_settings_exits_2_naming_the_key() {
         assert!(stderr.contains(key), "{entry}: {stderr}");
     }
 }
+
+#[test]
+fn a_sighup_starts_an_added_agent_and_process_changes_reach_the_webhook_and_metrics() {
+    // Arrange: no supervised agent yet, a webhook receiver.
+    let receiver = crate::webhook::Receiver::start();
+    let hook = format!("webhook_url = \"http://127.0.0.1:{}/hook\"\n", receiver.port);
+    let mut daemon = start(&hook);
+    let mark = marker("sighup");
+
+    // Act: a crashing agent is added to the file, and heartbeatd reloads.
+    let path = daemon.dir.join("heartbeatd.toml");
+    let text = fs::read_to_string(&path).unwrap();
+    let url = format!("http://127.0.0.1:{}/heartbeat", daemon.port);
+    let added = agent(
+        "added",
+        "crash:4:300",
+        &mark,
+        "restart_backoff_ms = 200\nmax_restarts = 1",
+    )
+    .replace("@URL@", &url);
+    fs::write(&path, format!("{text}\n{added}")).unwrap();
+    crate::daemon::send_signal(daemon.pid(), "HUP");
+    let fatal = wait_for_registered(&daemon, "added", |p| p["state"] == "fatal");
+
+    // Assert: started by the reload, restarted once, then fatal.
+    assert_eq!(fatal["last_exit"]["code"], 4, "{fatal}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let process_posts = loop {
+        let posts: Vec<Value> = receiver
+            .bodies()
+            .into_iter()
+            .filter(|b| b["kind"] == "process")
+            .collect();
+        if posts.iter().any(|p| p["to"] == "fatal") || Instant::now() > deadline {
+            break posts;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let fatal_post = process_posts
+        .iter()
+        .find(|p| p["to"] == "fatal")
+        .unwrap_or_else(|| panic!("no fatal delivery: {process_posts:?}"));
+    assert_eq!(fatal_post["agent_id"], "added");
+    assert_eq!(fatal_post["exit"]["code"], 4);
+    assert_eq!(fatal_post["exit"]["reason"], "exited");
+    assert!(process_posts.iter().any(|p| p["to"] == "backoff"), "{process_posts:?}");
+    let metrics = daemon.request("GET", "/metrics", None);
+    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    for series in [
+        "heartbeatd_agent_process_state{agent_id=\"added\",state=\"fatal\"} 1",
+        "heartbeatd_agent_process_state{agent_id=\"added\",state=\"running\"} 0",
+        "heartbeatd_supervised_processes{state=\"fatal\"} 1",
+        "heartbeatd_agent_restarts_total{agent_id=\"added\",reason=\"exited\"} 1",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+    let file = daemon.dir.join("metrics.txt");
+    fs::write(&file, &text).unwrap();
+    let check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(fs::File::open(&file).unwrap())
+        .output()
+        .expect("promtool (make test installs it)");
+    assert!(
+        check.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
+}
+
+/// Like [`wait_for`], for an agent that may not be registered yet.
+fn wait_for_registered(daemon: &Daemon, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = daemon.request("GET", &format!("/agents/{id}"), None);
+        if reply.status == 200 && check(&reply.body["process"]) {
+            return reply.body["process"].clone();
+        }
+        assert!(Instant::now() < deadline, "{id}: {reply:?}\n{}", daemon.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -63,7 +63,11 @@ pub fn is_in_tree(pid: i32, root: i32) -> bool {
 /// to a full scan where the kernel has no `children` files.
 pub fn descendants(root: i32) -> Vec<i32> {
     if !std::path::Path::new(&format!("/proc/{root}/task/{root}/children")).exists() {
-        return ProcessTable::scan().descendants(root).into_iter().map(|p| p.pid).collect();
+        return ProcessTable::scan()
+            .descendants(root)
+            .into_iter()
+            .map(|p| p.pid)
+            .collect();
     }
     let mut found = Vec::new();
     let mut next = vec![root];
@@ -72,9 +76,13 @@ pub fn descendants(root: i32) -> Vec<i32> {
         if found.len() > 100_000 {
             break;
         }
-        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
         for task in tasks.flatten() {
-            let Ok(children) = fs::read_to_string(task.path().join("children")) else { continue };
+            let Ok(children) = fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
             for child in children.split_ascii_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
                 found.push(child);
                 next.push(child);
