@@ -86,6 +86,13 @@ fn an_agent_goes_new_up_late_down_and_up_again() {
     );
     assert_eq!(events["events"][0]["reported_status"], "running", "{events}");
     assert!(events["events"][1]["last_seen"].is_string(), "{events}");
+    // /metrics counts them per state entered (the shipped HeartbeatAgentFlapping alert's input).
+    let metrics = daemon.request("GET", "/metrics", None).body;
+    let metrics = metrics.as_str().unwrap_or_default();
+    for (to, count) in [("up", 2), ("late", 1), ("down", 1)] {
+        let line = format!("heartbeatd_agent_transitions_total{{agent_id=\"pulse\",to=\"{to}\"}} {count}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     assert_eq!(
         daemon.request("GET", "/agents/pulse/events?limit=1", None).body["events"]
             .as_array()

@@ -13,6 +13,7 @@ mod admin_api;
 mod config_errors;
 mod durability;
 mod faults;
+mod fleet;
 mod hardening;
 mod http_contract;
 mod liveness;

@@ -67,9 +67,14 @@ fn metrics_are_valid_exposition_format_with_the_documented_series() {
         ("heartbeatd_agent_up{agent_id=\"dead\"}", 0.0),
         ("heartbeatd_agent_cpu_percent{agent_id=\"live\"}", 5.5),
         ("heartbeatd_processing_duration_seconds_count", 1.0),
+        ("heartbeatd_agent_transitions_total{agent_id=\"live\",to=\"up\"}", 1.0),
     ] {
         assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
     }
+    assert!(
+        !text.contains("heartbeatd_agent_transitions_total{agent_id=\"dead\""),
+        "an agent that never changed state has no transition series:\n{text}"
+    );
     for family in [
         "heartbeatd_queue_wait_seconds",
         "process_resident_memory_bytes",

@@ -173,6 +173,7 @@ impl Application {
         let (webhook, webhook_enabled) = webhook;
         let liveness = liveness.with_webhook(webhook.clone(), Arc::clone(&webhook_enabled));
         let status_counts = liveness.counts();
+        let transition_counts = liveness.transition_counts();
         let liveness = Liveness::start_in_arbiter(&manager_arbiter.handle(), move |_| liveness);
         // Supervised agents (those with a `command`): their outputs go to data_dir/logs.
         let process_board = ProcessBoard::default();
@@ -244,6 +245,7 @@ impl Application {
                     stats.clone(),
                     Arc::clone(&counters),
                     process_board.clone(),
+                    Arc::clone(&transition_counts),
                     settings.metrics_agent_limit,
                     log.new(o!("actor" => "metrics")),
                 )

@@ -157,3 +157,43 @@ impl StatusCounts {
         self.counts[status as usize].store(value, Ordering::Relaxed);
     }
 }
+
+/// Each agent's liveness transitions since heartbeatd started, by the state entered (written by
+/// Liveness only, read by `/metrics` for `heartbeatd_agent_transitions_total`, which the
+/// shipped `HeartbeatAgentFlapping` alert counts over 15 minutes). Bounded by the registered
+/// agents: a deleted agent's counts go with it.
+#[derive(Debug, Default)]
+pub struct TransitionCounts {
+    by_agent: std::sync::Mutex<std::collections::HashMap<String, [u64; 5]>>,
+}
+
+impl TransitionCounts {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub(crate) fn count(&self, agent_id: &str, to: AgentStatus) {
+        if let Ok(mut by_agent) = self.by_agent.lock() {
+            match by_agent.get_mut(agent_id) {
+                Some(counts) => counts[to as usize] += 1,
+                None => {
+                    let mut counts = [0; 5];
+                    counts[to as usize] = 1;
+                    by_agent.insert(agent_id.to_owned(), counts);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn forget(&self, agent_id: &str) {
+        if let Ok(mut by_agent) = self.by_agent.lock() {
+            by_agent.remove(agent_id);
+        }
+    }
+
+    /// The agent's counts, by [`AgentStatus`] (in `AgentStatus::ALL` order); `None` if it never
+    /// changed state.
+    pub fn of(&self, agent_id: &str) -> Option<[u64; 5]> {
+        self.by_agent.lock().ok()?.get(agent_id).copied()
+    }
+}

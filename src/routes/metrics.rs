@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse};
-use heartbeatd_actors::counters::{IngressCounters, RejectReason};
+use heartbeatd_actors::counters::{IngressCounters, RejectReason, TransitionCounts};
 use heartbeatd_actors::ingest::pipeline_metrics::PipelineMetrics;
 use heartbeatd_actors::manager::{ListAgents, Manager};
 use heartbeatd_actors::model::agent::AgentView;
@@ -43,6 +43,7 @@ struct Series {
     restarts: IntCounterVec,
     process_state: IntGaugeVec,
     supervised: IntGaugeVec,
+    transitions: IntCounterVec,
 }
 
 /// The `/metrics` endpoint's state.
@@ -54,6 +55,8 @@ pub struct MetricsEndpoint {
     counters: Arc<IngressCounters>,
     /// Supervised agents' process states and restarts.
     board: ProcessBoard,
+    /// Liveness transitions per agent.
+    transition_counts: Arc<TransitionCounts>,
     agent_limit: usize,
     limit_warned: AtomicBool,
     /// One scrape at a time; holds the agent ids of the last scrape, whose series are removed
@@ -77,6 +80,7 @@ impl MetricsEndpoint {
         stats: Addr<Stats>,
         counters: Arc<IngressCounters>,
         board: ProcessBoard,
+        transition_counts: Arc<TransitionCounts>,
         agent_limit: usize,
         log: Logger,
     ) -> prometheus::Result<Self> {
@@ -152,6 +156,13 @@ impl MetricsEndpoint {
                 Opts::new("heartbeatd_supervised_processes", "Supervised agents by process state."),
                 &["state"],
             )?,
+            transitions: IntCounterVec::new(
+                Opts::new(
+                    "heartbeatd_agent_transitions_total",
+                    "Liveness transitions of an agent since heartbeatd started, by the state entered (only states it entered).",
+                ),
+                &["agent_id", "to"],
+            )?,
         };
         let registry = Registry::new();
         registry.register(Box::new(series.received.clone()))?;
@@ -170,6 +181,7 @@ impl MetricsEndpoint {
         registry.register(Box::new(series.restarts.clone()))?;
         registry.register(Box::new(series.process_state.clone()))?;
         registry.register(Box::new(series.supervised.clone()))?;
+        registry.register(Box::new(series.transitions.clone()))?;
         pipeline.register(&registry)?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Self {
@@ -179,6 +191,7 @@ impl MetricsEndpoint {
             stats,
             counters,
             board,
+            transition_counts,
             agent_limit,
             limit_warned: AtomicBool::new(false),
             scrape: Mutex::new(Vec::new()),
@@ -229,6 +242,20 @@ fn render(endpoint: &MetricsEndpoint, report: &StatsReport, agents: &[AgentView]
         }
         if let Some(memory) = agent.last_memory {
             s.agent_memory.with_label_values(&id).set(memory as f64);
+        }
+    }
+    // Transitions: only the states an agent entered, so an agent that never changed state
+    // costs no series.
+    s.transitions.reset();
+    for agent in agents {
+        if let Some(counts) = endpoint.transition_counts.of(&agent.id) {
+            for (status, count) in AgentStatus::ALL.iter().zip(counts) {
+                if count > 0 {
+                    s.transitions
+                        .with_label_values(&[&agent.id, status.name()])
+                        .inc_by(count);
+                }
+            }
         }
     }
     *previous = agents.iter().map(|a| a.id.clone()).collect();

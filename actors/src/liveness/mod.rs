@@ -25,7 +25,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use slog::{debug, info, warn, Logger};
 
-use crate::counters::StatusCounts;
+use crate::counters::{StatusCounts, TransitionCounts};
 use crate::model::agent::{AgentInfo, MAX_TIMING_S, MIN_TIMING_S};
 use crate::model::heartbeat::ReportedStatus;
 use crate::model::liveness::{AgentStatus, Timing, Transition};
@@ -60,6 +60,8 @@ pub struct Liveness {
     counted_registry_len: usize,
     /// Told of every agent that goes `down` (the Manager, which restarts supervised agents).
     down_listener: Option<Recipient<WentDown>>,
+    /// Transitions per agent, shared with `/metrics`.
+    transitions: Arc<TransitionCounts>,
     log: Logger,
 }
 
@@ -80,6 +82,7 @@ impl Liveness {
             events: None,
             webhook: None,
             down_listener: None,
+            transitions: TransitionCounts::new(),
             counted_registry_len: 0,
             log,
         };
@@ -108,6 +111,7 @@ impl Liveness {
     fn report(&self, transitions: Vec<Transition>) {
         for t in &transitions {
             self.log_transition(t);
+            self.transitions.count(&t.agent_id, t.to);
             if let (Some(listener), AgentStatus::Down) = (&self.down_listener, t.to) {
                 listener.do_send(WentDown(t.agent_id.clone()));
             }
@@ -123,6 +127,11 @@ impl Liveness {
     /// The shared per-state counts (for Stats).
     pub fn counts(&self) -> Arc<StatusCounts> {
         Arc::clone(&self.counts)
+    }
+
+    /// The shared per-agent transition counts (for `/metrics`).
+    pub fn transition_counts(&self) -> Arc<TransitionCounts> {
+        Arc::clone(&self.transitions)
     }
 
     /// The agent's timing: its own settings, else the defaults.
@@ -287,6 +296,7 @@ impl Handler<Forget> for Liveness {
 
     fn handle(&mut self, Forget(id): Forget, _: &mut Context<Self>) {
         self.tracker.forget(&id);
+        self.transitions.forget(&id);
         self.publish_counts();
     }
 }
