@@ -28,7 +28,7 @@ use crate::reload::{webhook_policy, ReloadSource, Reloader};
 use crate::routes::agents::{self, AdminApi, AdminAuth};
 use crate::routes::health::{self, Readiness};
 use crate::routes::heartbeat::{post_heartbeat, HeartbeatIngress, IngestAuth};
-use crate::routes::metrics::{self, MetricsEndpoint};
+use crate::routes::metrics::{self, MetricsEndpoint, MetricsSources};
 use crate::routes::{fallback, process, stats};
 use crate::settings::Settings;
 use crate::shutdown::{self, DrainOutcome, Running, Signals};
@@ -241,11 +241,13 @@ impl Application {
             let metrics_endpoint = web::Data::new(
                 MetricsEndpoint::new(
                     &pipeline_metrics,
-                    manager.clone(),
-                    stats.clone(),
-                    Arc::clone(&counters),
-                    process_board.clone(),
-                    Arc::clone(&transition_counts),
+                    MetricsSources {
+                        manager: manager.clone(),
+                        stats: stats.clone(),
+                        counters: Arc::clone(&counters),
+                        board: process_board.clone(),
+                        transition_counts: Arc::clone(&transition_counts),
+                    },
                     settings.metrics_agent_limit,
                     log.new(o!("actor" => "metrics")),
                 )

@@ -73,17 +73,31 @@ fn gauge(name: &str, help: &str) -> IntGauge {
     IntGauge::new(name, help).expect("valid metric")
 }
 
+/// Where the endpoint reads what it mirrors at scrape time, each from its owner.
+pub struct MetricsSources {
+    pub manager: Addr<Manager>,
+    pub stats: Addr<Stats>,
+    pub counters: Arc<IngressCounters>,
+    /// Supervised agents' process states and restarts.
+    pub board: ProcessBoard,
+    /// Liveness transitions per agent.
+    pub transition_counts: Arc<TransitionCounts>,
+}
+
 impl MetricsEndpoint {
     pub fn new(
         pipeline: &PipelineMetrics,
-        manager: Addr<Manager>,
-        stats: Addr<Stats>,
-        counters: Arc<IngressCounters>,
-        board: ProcessBoard,
-        transition_counts: Arc<TransitionCounts>,
+        sources: MetricsSources,
         agent_limit: usize,
         log: Logger,
     ) -> prometheus::Result<Self> {
+        let MetricsSources {
+            manager,
+            stats,
+            counters,
+            board,
+            transition_counts,
+        } = sources;
         let agent_label = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["agent_id"]);
         let series = Series {
             received: counter(
