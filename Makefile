@@ -29,15 +29,17 @@ test: lint test-tools
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
-# The /metrics tests validate with promtool and scrape with a real Prometheus server; both
-# come with Debian's prometheus package.
-# The TLS tests make certificates with openssl and talk HTTPS with curl.
+# The /metrics and fleet tests validate with promtool and scrape with a real Prometheus
+# server (Debian's prometheus package); the alerting tests push to a real Alertmanager
+# (prometheus-alertmanager). The TLS tests make certificates with openssl and talk HTTPS
+# with curl.
 test-tools:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+	  && command -v prometheus-alertmanager >/dev/null 2>&1 \
 	  && command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
-	  echo "installing prometheus, openssl and curl (Debian packages) for the tests"; \
+	  echo "installing prometheus, prometheus-alertmanager, openssl and curl (Debian packages) for the tests"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus openssl curl >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus prometheus-alertmanager openssl curl >/dev/null; }
 
 # wrk checks heartbeatd-load against an independent load generator; supervisord is the peer
 # the supervision scenario measures against (Debian packages wrk and supervisor).

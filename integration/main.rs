@@ -10,6 +10,7 @@ mod daemon {
 }
 
 mod admin_api;
+mod alerting;
 mod config_errors;
 mod durability;
 mod faults;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "HEARTBEATD_";
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 27] = [
+pub const ENV_KEYS: [&str; 30] = [
     "http_port",
     "http_bind",
     "workers",
@@ -41,6 +41,9 @@ pub const ENV_KEYS: [&str; 27] = [
     "ingest_token",
     "tls_cert",
     "tls_key",
+    "alertmanager_url",
+    "alert_resend_s",
+    "instance_name",
 ];
 
 /// The daemon's whole configuration.
@@ -113,6 +116,17 @@ pub struct Settings {
     /// Tries after the first, with exponential backoff.
     #[serde(default = "default_webhook_retries")]
     pub webhook_retries: u32,
+    /// Alertmanager's base URL(s), plain `http://`, comma-separated for a cluster (every one
+    /// gets every alert); unset: no alerts are pushed.
+    #[serde(default)]
+    pub alertmanager_url: Option<String>,
+    /// Firing alerts are sent again this often (Alertmanager resolves an alert that is not
+    /// re-sent before its `endsAt`, which is four of these ahead).
+    #[serde(default = "default_alert_resend_s")]
+    pub alert_resend_s: u64,
+    /// This heartbeatd's name in alert labels (`instance`); default: the host name.
+    #[serde(default)]
+    pub instance_name: Option<String>,
     /// A valid heartbeat from an unknown, well-formed agent id registers that agent.
     #[serde(default)]
     pub auto_register: bool,
@@ -222,6 +236,10 @@ fn default_flush_interval_ms() -> u64 {
 fn default_webhook_timeout_ms() -> u64 {
     2000
 }
+fn default_alert_resend_s() -> u64 {
+    60
+}
+
 fn default_webhook_retries() -> u32 {
     3
 }
@@ -267,6 +285,27 @@ impl Settings {
         }
     }
 
+    /// The Alertmanager base URLs (empty: alerting is off).
+    pub fn alertmanager_urls(&self) -> Vec<String> {
+        self.alertmanager_url
+            .iter()
+            .flat_map(|urls| urls.split(','))
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// `instance_name`, or the host name (`/proc/sys/kernel/hostname`), or `heartbeatd`.
+    pub fn instance(&self) -> String {
+        self.instance_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "heartbeatd".to_owned())
+        })
+    }
+
     /// The bind address; validated at load, so a loaded `Settings` always has one.
     pub fn bind_ip(&self) -> Result<IpAddr, String> {
         self.http_bind.parse().map_err(|_| {
@@ -279,7 +318,7 @@ impl Settings {
 
     /// (key, value, min, max) of every numeric key but the agent timing (bounded by
     /// [`check_timing`]) and `http_port` (its type bounds it).
-    fn numeric_bounds(&self) -> [(&'static str, u64, u64, u64); 15] {
+    fn numeric_bounds(&self) -> [(&'static str, u64, u64, u64); 16] {
         const DAY_S: u64 = 86_400;
         let n = |v: usize| v as u64;
         [
@@ -296,6 +335,7 @@ impl Settings {
             ("metrics_agent_limit", n(self.metrics_agent_limit), 0, 10_000_000),
             ("webhook_timeout_ms", self.webhook_timeout_ms, 1, 600_000),
             ("webhook_retries", u64::from(self.webhook_retries), 0, 20),
+            ("alert_resend_s", self.alert_resend_s, 1, 3600),
             ("auto_register_limit", n(self.auto_register_limit), 0, 10_000_000),
             (
                 "heartbeat_interval_s",
@@ -322,6 +362,25 @@ impl Settings {
         if let Some(url) = &self.webhook_url {
             if !url.starts_with("http://") {
                 return Err(format!("webhook_url: {url:?} must be a plain http:// URL"));
+            }
+        }
+        if let Some(urls) = &self.alertmanager_url {
+            let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
+            if urls.len() > 16 {
+                return Err(format!("alertmanager_url: at most 16 URLs, got {}", urls.len()));
+            }
+            for url in urls {
+                if !url.starts_with("http://") || url.len() <= "http://".len() || url.len() > 2048 {
+                    return Err(format!(
+                        "alertmanager_url: {:?} must be a plain http:// URL (several: comma-separated)",
+                        url.chars().take(100).collect::<String>()
+                    ));
+                }
+            }
+        }
+        if let Some(name) = &self.instance_name {
+            if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+                return Err("instance_name: 1 to 256 bytes, no control characters".into());
             }
         }
         check_timing("heartbeat_interval_s", self.heartbeat_interval_s)?;

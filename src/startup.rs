@@ -14,6 +14,7 @@ use heartbeatd_actors::counters::IngressCounters;
 use heartbeatd_actors::ingest::pipeline_metrics::PipelineMetrics;
 use heartbeatd_actors::ingest::queue::IngressQueue;
 use heartbeatd_actors::ingest::worker::WorkerPool;
+use heartbeatd_actors::liveness::alerter::{self, Alerter, AlerterPolicy};
 use heartbeatd_actors::liveness::webhook::Webhook;
 use heartbeatd_actors::liveness::{Liveness, LivenessPolicy};
 use heartbeatd_actors::manager::{Manager, ManagerPolicy};
@@ -172,6 +173,27 @@ impl Application {
         };
         let (webhook, webhook_enabled) = webhook;
         let liveness = liveness.with_webhook(webhook.clone(), Arc::clone(&webhook_enabled));
+        // Alertmanager, when alertmanager_url is set: alerts still firing when heartbeatd last
+        // stopped are sent again, and their agents start `down`.
+        let alert_failures: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let alertmanager_urls = settings.alertmanager_urls();
+        let (liveness, alerter) = if alertmanager_urls.is_empty() {
+            (liveness, None)
+        } else {
+            let firing = alerter::load_firing(&settings.data_dir);
+            let down_before = alerter::down_before(&firing);
+            let policy = AlerterPolicy {
+                urls: alertmanager_urls,
+                resend: Duration::from_secs(settings.alert_resend_s),
+                instance: settings.instance(),
+                data_dir: settings.data_dir.clone(),
+            };
+            let (failures, log) = (Arc::clone(&alert_failures), log.new(o!("actor" => "alerter")));
+            let alerter = Alerter::start_in_arbiter(&manager_arbiter.handle(), move |_| {
+                Alerter::new(policy, firing, failures, log)
+            });
+            (liveness.with_alerter(alerter.clone(), down_before), Some(alerter))
+        };
         let status_counts = liveness.counts();
         let transition_counts = liveness.transition_counts();
         let liveness = Liveness::start_in_arbiter(&manager_arbiter.handle(), move |_| liveness);
@@ -182,6 +204,8 @@ impl Application {
             store: store.clone(),
             webhook: Some((webhook.clone(), Arc::clone(&webhook_enabled))),
             board: process_board.clone(),
+            alerter,
+            registry: registry_view.clone(),
         });
         let manager_counters = manager.health();
         let manager = Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| manager);
@@ -247,6 +271,7 @@ impl Application {
                         counters: Arc::clone(&counters),
                         board: process_board.clone(),
                         transition_counts: Arc::clone(&transition_counts),
+                        alert_failures: Arc::clone(&alert_failures),
                     },
                     settings.metrics_agent_limit,
                     log.new(o!("actor" => "metrics")),

@@ -44,6 +44,7 @@ struct Series {
     process_state: IntGaugeVec,
     supervised: IntGaugeVec,
     transitions: IntCounterVec,
+    alert_failures: IntCounter,
 }
 
 /// The `/metrics` endpoint's state.
@@ -57,6 +58,7 @@ pub struct MetricsEndpoint {
     board: ProcessBoard,
     /// Liveness transitions per agent.
     transition_counts: Arc<TransitionCounts>,
+    alert_failure_count: Arc<std::sync::atomic::AtomicU64>,
     agent_limit: usize,
     limit_warned: AtomicBool,
     /// One scrape at a time; holds the agent ids of the last scrape, whose series are removed
@@ -82,6 +84,8 @@ pub struct MetricsSources {
     pub board: ProcessBoard,
     /// Liveness transitions per agent.
     pub transition_counts: Arc<TransitionCounts>,
+    /// Alert deliveries to Alertmanager that failed.
+    pub alert_failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MetricsEndpoint {
@@ -97,6 +101,7 @@ impl MetricsEndpoint {
             counters,
             board,
             transition_counts,
+            alert_failures,
         } = sources;
         let agent_label = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["agent_id"]);
         let series = Series {
@@ -177,6 +182,10 @@ impl MetricsEndpoint {
                 ),
                 &["agent_id", "to"],
             )?,
+            alert_failures: counter(
+                "heartbeatd_alert_delivery_failures_total",
+                "Alert deliveries to Alertmanager that failed every try, or were dropped.",
+            ),
         };
         let registry = Registry::new();
         registry.register(Box::new(series.received.clone()))?;
@@ -196,6 +205,7 @@ impl MetricsEndpoint {
         registry.register(Box::new(series.process_state.clone()))?;
         registry.register(Box::new(series.supervised.clone()))?;
         registry.register(Box::new(series.transitions.clone()))?;
+        registry.register(Box::new(series.alert_failures.clone()))?;
         pipeline.register(&registry)?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Self {
@@ -206,6 +216,7 @@ impl MetricsEndpoint {
             counters,
             board,
             transition_counts,
+            alert_failure_count: alert_failures,
             agent_limit,
             limit_warned: AtomicBool::new(false),
             scrape: Mutex::new(Vec::new()),
@@ -222,6 +233,7 @@ fn render(endpoint: &MetricsEndpoint, report: &StatsReport, agents: &[AgentView]
     mirror(&s.errors, report.total_errors);
     mirror(&s.store_errors, report.store_errors);
     mirror(&s.webhook_failures, report.webhook_failures);
+    mirror(&s.alert_failures, endpoint.alert_failure_count.load(Ordering::Relaxed));
     for reason in RejectReason::ALL {
         mirror(
             &s.rejected.with_label_values(&[reason.label()]),

@@ -12,6 +12,7 @@
 //! | [`tracker`] | [`DeadlineTracker`]: states and deadlines in a heap, with an explicit clock |
 //! | [`webhook`] | the Webhook actor: POSTs transitions to `webhook_url` |
 
+pub mod alerter;
 #[cfg(test)]
 mod properties;
 pub mod tracker;
@@ -31,6 +32,7 @@ use crate::model::heartbeat::ReportedStatus;
 use crate::model::liveness::{AgentStatus, Timing, Transition};
 use crate::registry::RegistrySnapshot;
 use crate::store::{AppendEvents, FileMetadataStore};
+use alerter::{AlertName, Alerter, Fire, Resolve};
 pub use tracker::DeadlineTracker;
 use webhook::{Deliver, Webhook};
 
@@ -62,6 +64,8 @@ pub struct Liveness {
     down_listener: Option<Recipient<WentDown>>,
     /// Transitions per agent, shared with `/metrics`.
     transitions: Arc<TransitionCounts>,
+    /// Fires and resolves `HeartbeatAgentDown` (when `alertmanager_url` is set).
+    alerter: Option<Addr<Alerter>>,
     log: Logger,
 }
 
@@ -83,6 +87,7 @@ impl Liveness {
             webhook: None,
             down_listener: None,
             transitions: TransitionCounts::new(),
+            alerter: None,
             counted_registry_len: 0,
             log,
         };
@@ -101,6 +106,22 @@ impl Liveness {
         self
     }
 
+    /// Fires `HeartbeatAgentDown` through `alerter` when an agent goes `down`, and resolves it
+    /// when it leaves `down`; the agents in `down_before` (their alert was still firing when
+    /// heartbeatd last stopped) start `down` instead of `up`.
+    pub fn with_alerter(mut self, alerter: Addr<Alerter>, down_before: Vec<String>) -> Self {
+        let (now, wall) = (Instant::now(), Utc::now());
+        let registered = self.registry.load();
+        for id in down_before.iter().filter(|id| registered.contains_key(id)) {
+            let timing = self.timing_of(registered.get(id));
+            self.tracker.start_down(id, timing, now, wall);
+        }
+        drop(registered);
+        self.alerter = Some(alerter);
+        self.publish_counts();
+        self
+    }
+
     /// Posts transitions to `webhook` while `enabled` (the Webhook keeps it up to date).
     pub fn with_webhook(mut self, webhook: Addr<Webhook>, enabled: Arc<AtomicBool>) -> Self {
         self.webhook = Some((webhook, enabled));
@@ -114,6 +135,24 @@ impl Liveness {
             self.transitions.count(&t.agent_id, t.to);
             if let (Some(listener), AgentStatus::Down) = (&self.down_listener, t.to) {
                 listener.do_send(WentDown(t.agent_id.clone()));
+            }
+            if let Some(alerter) = &self.alerter {
+                if t.to == AgentStatus::Down {
+                    let agent_type = self.registry.get(&t.agent_id).map(|i| i.agent_type).unwrap_or_default();
+                    alerter.do_send(Fire {
+                        name: AlertName::HeartbeatAgentDown,
+                        agent_id: t.agent_id.clone(),
+                        agent_type,
+                        last_seen: t.last_seen,
+                        reported_status: t.reported_status.map(|s| s.as_str().to_owned()),
+                        detail: None,
+                    });
+                } else if t.from == AgentStatus::Down {
+                    alerter.do_send(Resolve {
+                        name: AlertName::HeartbeatAgentDown,
+                        agent_id: t.agent_id.clone(),
+                    });
+                }
             }
             if let Some((webhook, _)) = self.webhook.as_ref().filter(|(_, on)| on.load(Ordering::Relaxed)) {
                 webhook.do_send(Deliver(t.clone()));
@@ -297,6 +336,12 @@ impl Handler<Forget> for Liveness {
     fn handle(&mut self, Forget(id): Forget, _: &mut Context<Self>) {
         self.tracker.forget(&id);
         self.transitions.forget(&id);
+        if let Some(alerter) = &self.alerter {
+            alerter.do_send(Resolve {
+                name: AlertName::HeartbeatAgentDown,
+                agent_id: id.clone(),
+            });
+        }
         self.publish_counts();
     }
 }

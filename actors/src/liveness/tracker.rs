@@ -51,6 +51,12 @@ impl DeadlineTracker {
         self.set(id, AgentStatus::Up, timing, now, wall);
     }
 
+    /// An agent that was `down` when heartbeatd last stopped (its alert still firing): it
+    /// starts `down`, and its next heartbeat makes it `up` (and resolves the alert).
+    pub fn start_down(&mut self, id: &str, timing: Timing, now: Instant, wall: DateTime<Utc>) {
+        self.set(id, AgentStatus::Down, timing, now, wall);
+    }
+
     /// A heartbeat received at `now` (`wall` on the server's clock). Returns the transition,
     /// if any.
     pub fn seen(

@@ -16,6 +16,11 @@ impl ReportedStatus {
     /// The accepted wire values, in the order the validation message lists them.
     pub const WIRE_VALUES: [&'static str; 3] = ["running", "stopped", "error"];
 
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        Self::WIRE_VALUES[self as usize]
+    }
+
     /// Parses the wire value; `None` for anything else.
     pub fn from_wire(value: &str) -> Option<Self> {
         match value {

@@ -34,11 +34,13 @@ use super::board::ProcessBoard;
 use super::keeper::{self, KeeperLine, KeeperSpec};
 use super::procfs::{self, ProcessTable};
 use super::restart::{self, Intensity};
+use crate::liveness::alerter::{AlertName, Alerter, Fire, Resolve};
 use crate::liveness::webhook::{DeliverProcess, Webhook};
 use crate::model::process::{
     signal_name, ExitReason, LastExit, ProcessEvent, ProcessEventKind, ProcessSpec, ProcessState, ProcessView,
     RestartPolicy,
 };
+use crate::registry::RegistrySnapshot;
 use crate::store::{AppendProcessEvent, FileMetadataStore};
 
 /// After `stop_timeout_s`, the keeper has this long to SIGKILL the tree before heartbeatd
@@ -58,6 +60,10 @@ pub struct SupervisionContext {
     /// The webhook, and whether a URL is set.
     pub webhook: Option<(Addr<Webhook>, Arc<AtomicBool>)>,
     pub board: ProcessBoard,
+    /// Fires `HeartbeatAgentFatal` (when `alertmanager_url` is set).
+    pub alerter: Option<Addr<Alerter>>,
+    /// The agent type of each agent, for alert labels: read from the registry's snapshot.
+    pub registry: RegistrySnapshot,
 }
 
 /// What happens once the running tree has ended.
@@ -186,6 +192,27 @@ impl AgentProcess {
             exit,
             restarts: self.restarts,
         };
+        if let Some(alerter) = &self.cx.alerter {
+            if to == ProcessState::Fatal {
+                alerter.do_send(Fire {
+                    name: AlertName::HeartbeatAgentFatal,
+                    agent_id: self.id.clone(),
+                    agent_type: self.cx.registry.get(&self.id).map(|i| i.agent_type).unwrap_or_default(),
+                    last_seen: None,
+                    reported_status: None,
+                    detail: event.exit.as_ref().map(|e| match (&e.code, &e.signal) {
+                        (Some(code), _) => format!("last exit: code {code}"),
+                        (None, Some(signal)) => format!("last exit: {signal}"),
+                        _ => "last exit unknown".to_owned(),
+                    }),
+                });
+            } else if from == ProcessState::Fatal {
+                alerter.do_send(Resolve {
+                    name: AlertName::HeartbeatAgentFatal,
+                    agent_id: self.id.clone(),
+                });
+            }
+        }
         if let Some((webhook, _)) = self.cx.webhook.as_ref().filter(|(_, on)| on.load(Ordering::Relaxed)) {
             webhook.do_send(DeliverProcess {
                 agent_id: self.id.clone(),

@@ -1,0 +1,356 @@
+//! The Alerter actor: pushes alerts to Alertmanager's v2 API (`POST /api/v2/alerts`) when
+//! `alertmanager_url` is set.
+//!
+//! - An agent entering `down` fires `HeartbeatAgentDown`; a supervised agent entering `fatal`
+//!   fires `HeartbeatAgentFatal`. Labels: `alertname`, `agent_id`, `agent_type`, `instance`
+//!   (heartbeatd's `instance_name`) and `severity`; annotations give the last seen time and
+//!   the reported status.
+//! - Every firing alert is sent again every `alert_resend_s`, with `endsAt` four of those
+//!   ahead, so Alertmanager never resolves it between two sends. Recovery sends it once more
+//!   with `endsAt` = now, which resolves it.
+//! - Deliveries go to every URL (an Alertmanager cluster deduplicates), asynchronously, each
+//!   retried like the webhook's and bounded in number: they never slow ingest.
+//! - The firing set is kept in `data_dir/alerts.json` (written atomically when it changes),
+//!   so after a restart the alerts still firing are sent again at once, and Liveness starts
+//!   their agents `down`, not `up`: an agent that recovered resolves its alert with its first
+//!   heartbeat, and nothing is re-fired for agents that are fine.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use slog::{error, info, warn, Logger};
+
+use crate::atomic_file::write_atomically;
+use crate::log_gate::LogGate;
+
+/// The file that keeps the firing alerts across restarts.
+pub const FIRING_FILE: &str = "alerts.json";
+/// Deliveries waiting or in flight, at most (past it new ones are dropped and counted).
+const MAX_PENDING: usize = 1000;
+const TRIES: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// The most alerts in one request (a big fleet going down at once is sent in pieces).
+const BATCH: usize = 1000;
+
+/// Where and how alerts go.
+#[derive(Debug, Clone)]
+pub struct AlerterPolicy {
+    /// Alertmanager base URLs (`http://host:9093`).
+    pub urls: Vec<String>,
+    pub resend: Duration,
+    /// The `instance` label.
+    pub instance: String,
+    pub data_dir: PathBuf,
+}
+
+/// One alert, as Alertmanager's API takes it (without `endsAt`, set at each send).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    #[serde(rename = "startsAt")]
+    pub starts_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct Posted<'a> {
+    labels: &'a BTreeMap<String, String>,
+    annotations: &'a BTreeMap<String, String>,
+    #[serde(rename = "startsAt")]
+    starts_at: DateTime<Utc>,
+    #[serde(rename = "endsAt")]
+    ends_at: DateTime<Utc>,
+}
+
+/// The alerts an agent can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AlertName {
+    HeartbeatAgentDown,
+    HeartbeatAgentFatal,
+}
+
+impl AlertName {
+    fn severity(self) -> &'static str {
+        match self {
+            Self::HeartbeatAgentDown => "warning",
+            Self::HeartbeatAgentFatal => "critical",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::HeartbeatAgentDown => "HeartbeatAgentDown",
+            Self::HeartbeatAgentFatal => "HeartbeatAgentFatal",
+        }
+    }
+}
+
+/// The firing alerts, keyed by (alert, agent id): what `alerts.json` holds.
+type Firing = BTreeMap<String, Alert>;
+
+fn key(name: AlertName, agent_id: &str) -> String {
+    format!("{}/{agent_id}", name.name())
+}
+
+/// Reads the firing alerts kept by the last run; a damaged file counts as none (the alerts
+/// are then fired again when their agents go down again).
+pub fn load_firing(data_dir: &Path) -> BTreeMap<String, Alert> {
+    std::fs::read(data_dir.join(FIRING_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// The agents whose `HeartbeatAgentDown` was firing when the last run ended.
+pub fn down_before(firing: &BTreeMap<String, Alert>) -> Vec<String> {
+    firing
+        .values()
+        .filter(|a| a.labels.get("alertname").map(String::as_str) == Some("HeartbeatAgentDown"))
+        .filter_map(|a| a.labels.get("agent_id").cloned())
+        .collect()
+}
+
+/// Pushes alerts to Alertmanager.
+pub struct Alerter {
+    policy: AlerterPolicy,
+    firing: Firing,
+    client: Option<awc::Client>,
+    pending: Arc<AtomicUsize>,
+    failures: Arc<AtomicU64>,
+    failure_log: Arc<Mutex<LogGate>>,
+    log: Logger,
+}
+
+impl Alerter {
+    /// `firing`: what [`load_firing`] found; `failures` is shared with `/metrics`.
+    pub fn new(policy: AlerterPolicy, firing: Firing, failures: Arc<AtomicU64>, log: Logger) -> Self {
+        Self {
+            policy,
+            firing,
+            client: None,
+            pending: Arc::new(AtomicUsize::new(0)),
+            failures,
+            failure_log: Arc::new(Mutex::new(LogGate::new(Duration::from_secs(10)))),
+            log,
+        }
+    }
+
+    fn save(&self) {
+        let bytes = serde_json::to_vec(&self.firing).unwrap_or_default();
+        if let Err(e) = write_atomically(&self.policy.data_dir, FIRING_FILE, &bytes) {
+            error!(self.log, "could not save the firing alerts; after a restart they are fired again only when their agents go down again";
+                "path" => %self.policy.data_dir.join(FIRING_FILE).display(), "error" => %e);
+        }
+    }
+
+    /// Sends `alerts` to every Alertmanager, with `ends_at`.
+    fn send(&self, alerts: Vec<Alert>, ends_at: DateTime<Utc>, ctx: &mut Context<Self>) {
+        let Some(client) = self.client.clone() else { return };
+        for chunk in alerts.chunks(BATCH) {
+            let posted: Vec<Posted> = chunk
+                .iter()
+                .map(|a| Posted {
+                    labels: &a.labels,
+                    annotations: &a.annotations,
+                    starts_at: a.starts_at,
+                    ends_at,
+                })
+                .collect();
+            let body = serde_json::to_vec(&posted).unwrap_or_default();
+            for url in &self.policy.urls {
+                if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                    self.failed("too many deliveries waiting; dropped");
+                    continue;
+                }
+                let (client, body, url) = (client.clone(), body.clone(), format!("{url}/api/v2/alerts"));
+                let (pending, failures, gate, log) = (
+                    Arc::clone(&self.pending),
+                    Arc::clone(&self.failures),
+                    Arc::clone(&self.failure_log),
+                    self.log.clone(),
+                );
+                ctx.spawn(fut::wrap_future(async move {
+                    let mut last_error = String::new();
+                    let mut backoff = FIRST_BACKOFF;
+                    for attempt in 0..TRIES {
+                        if attempt > 0 {
+                            actix::clock::sleep(backoff).await;
+                            backoff *= 2;
+                        }
+                        match client
+                            .post(&url)
+                            .insert_header(("Content-Type", "application/json"))
+                            .send_body(body.clone())
+                            .await
+                        {
+                            Ok(response) if response.status().is_success() => {
+                                pending.fetch_sub(1, Ordering::AcqRel);
+                                return;
+                            }
+                            Ok(response) => last_error = format!("answered {}", response.status()),
+                            Err(e) => last_error = e.to_string(),
+                        }
+                    }
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(Some(not_logged)) = gate.lock().map(|mut g| g.check(Instant::now())) {
+                        warn!(log, "alert delivery to Alertmanager failed"; "url" => &url, "reason" => &last_error,
+                            "failures_not_logged" => not_logged,
+                            "what_to_do" => "check that alertmanager_url is reachable; firing alerts are sent again every alert_resend_s");
+                    }
+                }));
+            }
+        }
+    }
+
+    fn failed(&self, reason: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(Some(not_logged)) = self.failure_log.lock().map(|mut g| g.check(Instant::now())) {
+            warn!(self.log, "alert delivery to Alertmanager failed"; "reason" => reason, "failures_not_logged" => not_logged);
+        }
+    }
+
+    fn ends_at(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::from_std(self.policy.resend * 4).unwrap_or(chrono::Duration::hours(1))
+    }
+
+    fn resend_all(&mut self, ctx: &mut Context<Self>) {
+        if !self.firing.is_empty() {
+            let alerts = self.firing.values().cloned().collect();
+            let ends_at = self.ends_at();
+            self.send(alerts, ends_at, ctx);
+        }
+    }
+}
+
+impl Actor for Alerter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.client = Some(awc::Client::builder().timeout(TIMEOUT).finish());
+        if !self.firing.is_empty() {
+            info!(self.log, "sending again the alerts still firing when heartbeatd last stopped";
+                "alerts" => self.firing.len());
+            self.resend_all(ctx);
+        }
+        ctx.run_interval(self.policy.resend, |act, ctx| act.resend_all(ctx));
+    }
+}
+
+/// Fires an alert for an agent (once; a second `Fire` of the same alert changes nothing).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Fire {
+    pub name: AlertName,
+    pub agent_id: String,
+    pub agent_type: String,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub reported_status: Option<String>,
+    /// For `HeartbeatAgentFatal`: how the process last ended.
+    pub detail: Option<String>,
+}
+
+impl Handler<Fire> for Alerter {
+    type Result = ();
+
+    fn handle(&mut self, msg: Fire, ctx: &mut Context<Self>) {
+        let key = key(msg.name, &msg.agent_id);
+        if self.firing.contains_key(&key) {
+            return;
+        }
+        let mut labels = BTreeMap::new();
+        labels.insert("alertname".to_owned(), msg.name.name().to_owned());
+        labels.insert("agent_id".to_owned(), msg.agent_id.clone());
+        labels.insert("agent_type".to_owned(), msg.agent_type);
+        labels.insert("instance".to_owned(), self.policy.instance.clone());
+        labels.insert("severity".to_owned(), msg.name.severity().to_owned());
+        let mut annotations = BTreeMap::new();
+        let last_seen = msg.last_seen.map_or("never".to_owned(), |t| t.to_rfc3339());
+        let reported = msg.reported_status.unwrap_or_else(|| "none".to_owned());
+        annotations.insert("last_seen".to_owned(), last_seen.clone());
+        annotations.insert("reported_status".to_owned(), reported.clone());
+        let summary = match msg.name {
+            AlertName::HeartbeatAgentDown => format!(
+                "agent {} on {} is down: no heartbeat since {last_seen} (last reported status: {reported})",
+                msg.agent_id, self.policy.instance
+            ),
+            AlertName::HeartbeatAgentFatal => format!(
+                "agent {} on {} restarted too often and is no longer started ({})",
+                msg.agent_id,
+                self.policy.instance,
+                msg.detail.as_deref().unwrap_or("see heartbeatd ctl tail")
+            ),
+        };
+        annotations.insert("summary".to_owned(), summary);
+        let alert = Alert {
+            labels,
+            annotations,
+            starts_at: Utc::now(),
+        };
+        self.firing.insert(key, alert.clone());
+        self.save();
+        let ends_at = self.ends_at();
+        self.send(vec![alert], ends_at, ctx);
+    }
+}
+
+/// Resolves an agent's alert, if it is firing.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resolve {
+    pub name: AlertName,
+    pub agent_id: String,
+}
+
+impl Handler<Resolve> for Alerter {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resolve, ctx: &mut Context<Self>) {
+        if let Some(alert) = self.firing.remove(&key(msg.name, &msg.agent_id)) {
+            self.save();
+            self.send(vec![alert], Utc::now(), ctx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_firing_file_round_trips_and_names_the_agents_that_were_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut firing = Firing::new();
+        for (name, id) in [
+            (AlertName::HeartbeatAgentDown, "a"),
+            (AlertName::HeartbeatAgentFatal, "b"),
+        ] {
+            let labels = [("alertname", name.name()), ("agent_id", id)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            firing.insert(
+                key(name, id),
+                Alert {
+                    labels,
+                    annotations: BTreeMap::new(),
+                    starts_at: Utc::now(),
+                },
+            );
+        }
+        write_atomically(dir.path(), FIRING_FILE, &serde_json::to_vec(&firing).unwrap()).unwrap();
+        let loaded = load_firing(dir.path());
+        assert_eq!(loaded, firing);
+        assert_eq!(down_before(&loaded), ["a"]);
+        std::fs::write(dir.path().join(FIRING_FILE), b"{torn").unwrap();
+        assert!(load_firing(dir.path()).is_empty(), "a damaged file counts as none");
+    }
+}
