@@ -334,8 +334,14 @@ fn a_vanished_data_dir_is_recreated_and_nothing_is_lost() {
     }
     daemon.wait_processed(4);
 
-    // Act: an operator removes the whole data directory while heartbeatd runs.
-    fs::remove_dir_all(&data).unwrap();
+    // Act: an operator removes the whole data directory while heartbeatd runs. heartbeatd
+    // may create a file in it while `rm -r` walks it (ENOTEMPTY): the operator tries again.
+    let mut tries = 0;
+    while let Err(e) = fs::remove_dir_all(&data) {
+        tries += 1;
+        assert!(tries < 20 && e.kind() == std::io::ErrorKind::DirectoryNotEmpty, "{e}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     for n in 4..8u64 {
         assert_eq!(
             daemon.post_heartbeat(&heartbeat(AGENTS[(n % 4) as usize], n)).status,
