@@ -9,7 +9,8 @@
 //! 4. the pool's address is dropped and the worker threads are waited for;
 //!    meanwhile, from step 2 on, every supervised agent is stopped, all in parallel (its
 //!    stop signal, then SIGKILL after its `stop_timeout_s`), and waited for;
-//! 5. the Manager flushes every changed agent (state and history) to disk.
+//! 5. the Manager flushes every changed agent (state and history) to disk, and the Alerter
+//!    its firing alerts.
 //!
 //! Steps 2–5 share one deadline, `shutdown_timeout_s`; past it heartbeatd says what is left
 //! and exits 1. A second signal during the drain exits at once (exit 1), for an operator who
@@ -28,6 +29,7 @@ use actix::{Addr, Arbiter};
 use actix_web::dev::Server;
 use heartbeatd_actors::ingest::queue::IngressQueue;
 use heartbeatd_actors::ingest::worker::WorkerPool;
+use heartbeatd_actors::liveness::alerter::{Alerter, SaveNow};
 use heartbeatd_actors::manager::Manager;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -121,6 +123,8 @@ pub struct Running {
     /// Set at the first stop signal: from then on heartbeats get 503 "stopped".
     pub stopping: Arc<AtomicBool>,
     pub reloader: Reloader,
+    /// Told to write its firing alerts before the arbiter stops (`alertmanager_url` set).
+    pub alerter: Option<Addr<Alerter>>,
 }
 
 pub async fn run(running: Running) -> DrainOutcome {
@@ -136,6 +140,7 @@ pub async fn run(running: Running) -> DrainOutcome {
         queue,
         stopping,
         mut reloader,
+        alerter,
     } = running;
     let shutdown_timeout_s = shutdown_timeout.as_secs();
     let server_handle = server.as_ref().map(|s| s.handle());
@@ -228,6 +233,9 @@ pub async fn run(running: Running) -> DrainOutcome {
         }
     }
     let flush = flush_until_clean(&manager, deadline).await;
+    if let Some(alerter) = alerter {
+        let _ = alerter.send(SaveNow).await;
+    }
     let drained = finished(&stats).await.saturating_sub(finished_before);
     force.abort();
     if let Some(watchdog) = watchdog {

@@ -79,6 +79,8 @@ pub struct Application {
     stopping: Arc<AtomicBool>,
     /// Applies SIGHUP.
     reloader: Reloader,
+    /// Pushes alerts (`alertmanager_url` set).
+    alerter: Option<Addr<Alerter>>,
 }
 
 impl Application {
@@ -204,7 +206,7 @@ impl Application {
             store: store.clone(),
             webhook: Some((webhook.clone(), Arc::clone(&webhook_enabled))),
             board: process_board.clone(),
-            alerter,
+            alerter: alerter.clone(),
             registry: registry_view.clone(),
         });
         let manager_counters = manager.health();
@@ -427,6 +429,7 @@ impl Application {
             stats,
             queue,
             stopping,
+            alerter,
         })
     }
 
@@ -449,6 +452,7 @@ impl Application {
             queue: self.queue,
             stopping: self.stopping,
             reloader: self.reloader,
+            alerter: self.alerter,
         };
         shutdown::run(running).await
     }

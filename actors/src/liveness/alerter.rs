@@ -10,7 +10,8 @@
 //!   with `endsAt` = now, which resolves it.
 //! - Deliveries go to every URL (an Alertmanager cluster deduplicates), asynchronously, each
 //!   retried like the webhook's and bounded in number: they never slow ingest.
-//! - The firing set is kept in `data_dir/alerts.json` (written atomically when it changes),
+//! - The firing set is kept in `data_dir/alerts.json` (written atomically, at most every
+//!   0.5 s while it changes),
 //!   so after a restart the alerts still firing are sent again at once, and Liveness starts
 //!   their agents `down`, not `up`: an agent that recovered resolves its alert with its first
 //!   heartbeat, and nothing is re-fired for agents that are fine.
@@ -27,17 +28,24 @@ use serde::{Deserialize, Serialize};
 use slog::{error, info, warn, Logger};
 
 use crate::atomic_file::write_atomically;
+use crate::liveness::delivery::{post_json, Retries};
 use crate::log_gate::LogGate;
 
 /// The file that keeps the firing alerts across restarts.
 pub const FIRING_FILE: &str = "alerts.json";
 /// Deliveries waiting or in flight, at most (past it new ones are dropped and counted).
 const MAX_PENDING: usize = 1000;
-const TRIES: u32 = 4;
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const RETRIES: Retries = Retries {
+    tries: 4,
+    first_backoff: Duration::from_millis(200),
+    max_backoff: Duration::from_secs(2),
+};
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// The most alerts in one request (a big fleet going down at once is sent in pieces).
 const BATCH: usize = 1000;
+/// `alerts.json` is written at most this often: a fleet going down at once costs one synced
+/// write, not one per agent, on the thread the Manager shares.
+const SAVE_DELAY: Duration = Duration::from_millis(500);
 
 /// Where and how alerts go.
 #[derive(Debug, Clone)]
@@ -125,6 +133,8 @@ pub struct Alerter {
     pending: Arc<AtomicUsize>,
     failures: Arc<AtomicU64>,
     failure_log: Arc<Mutex<LogGate>>,
+    /// A save of `alerts.json` is scheduled.
+    save_pending: bool,
     log: Logger,
 }
 
@@ -138,7 +148,21 @@ impl Alerter {
             pending: Arc::new(AtomicUsize::new(0)),
             failures,
             failure_log: Arc::new(Mutex::new(LogGate::new(Duration::from_secs(10)))),
+            save_pending: false,
             log,
+        }
+    }
+
+    /// Saves the firing set soon (once for all changes within [`SAVE_DELAY`]).
+    fn schedule_save(&mut self, ctx: &mut Context<Self>) {
+        if !self.save_pending {
+            self.save_pending = true;
+            ctx.run_later(SAVE_DELAY, |act, _| {
+                if act.save_pending {
+                    act.save_pending = false;
+                    act.save();
+                }
+            });
         }
     }
 
@@ -178,28 +202,9 @@ impl Alerter {
                     self.log.clone(),
                 );
                 ctx.spawn(fut::wrap_future(async move {
-                    let mut last_error = String::new();
-                    let mut backoff = FIRST_BACKOFF;
-                    for attempt in 0..TRIES {
-                        if attempt > 0 {
-                            actix::clock::sleep(backoff).await;
-                            backoff *= 2;
-                        }
-                        match client
-                            .post(&url)
-                            .insert_header(("Content-Type", "application/json"))
-                            .send_body(body.clone())
-                            .await
-                        {
-                            Ok(response) if response.status().is_success() => {
-                                pending.fetch_sub(1, Ordering::AcqRel);
-                                return;
-                            }
-                            Ok(response) => last_error = format!("answered {}", response.status()),
-                            Err(e) => last_error = e.to_string(),
-                        }
-                    }
+                    let delivered = post_json(&client, &url, &body, RETRIES).await;
                     pending.fetch_sub(1, Ordering::AcqRel);
+                    let Err(last_error) = delivered else { return };
                     failures.fetch_add(1, Ordering::Relaxed);
                     if let Ok(Some(not_logged)) = gate.lock().map(|mut g| g.check(Instant::now())) {
                         warn!(log, "alert delivery to Alertmanager failed"; "url" => &url, "reason" => &last_error,
@@ -242,6 +247,23 @@ impl Actor for Alerter {
             self.resend_all(ctx);
         }
         ctx.run_interval(self.policy.resend, |act, ctx| act.resend_all(ctx));
+    }
+}
+
+/// Writes a save still waiting now (heartbeatd is stopping; its process exits without
+/// dropping the actors).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SaveNow;
+
+impl Handler<SaveNow> for Alerter {
+    type Result = ();
+
+    fn handle(&mut self, _: SaveNow, _: &mut Context<Self>) {
+        if self.save_pending {
+            self.save_pending = false;
+            self.save();
+        }
     }
 }
 
@@ -296,7 +318,7 @@ impl Handler<Fire> for Alerter {
             starts_at: Utc::now(),
         };
         self.firing.insert(key, alert.clone());
-        self.save();
+        self.schedule_save(ctx);
         let ends_at = self.ends_at();
         self.send(vec![alert], ends_at, ctx);
     }
@@ -315,7 +337,7 @@ impl Handler<Resolve> for Alerter {
 
     fn handle(&mut self, msg: Resolve, ctx: &mut Context<Self>) {
         if let Some(alert) = self.firing.remove(&key(msg.name, &msg.agent_id)) {
-            self.save();
+            self.schedule_save(ctx);
             self.send(vec![alert], Utc::now(), ctx);
         }
     }

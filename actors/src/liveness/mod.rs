@@ -13,6 +13,7 @@
 //! | [`webhook`] | the Webhook actor: POSTs transitions to `webhook_url` |
 
 pub mod alerter;
+mod delivery;
 #[cfg(test)]
 mod properties;
 pub mod tracker;

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slog::{warn, Logger};
 
+use crate::liveness::delivery::{post_json, Retries};
 use crate::log_gate::LogGate;
 use crate::model::heartbeat::ReportedStatus;
 use crate::model::liveness::{AgentStatus, Transition};
@@ -200,30 +201,17 @@ impl Webhook {
             Arc::clone(&self.failure_log),
             self.log.clone(),
         );
+        let retries = Retries {
+            tries,
+            first_backoff: FIRST_BACKOFF,
+            max_backoff: MAX_BACKOFF,
+        };
         ctx.spawn(fut::wrap_future(async move {
-            let mut last_error = String::new();
-            let mut backoff = FIRST_BACKOFF;
-            for attempt in 0..tries {
-                if attempt > 0 {
-                    actix::clock::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                match client
-                    .post(&url)
-                    .insert_header(("Content-Type", "application/json"))
-                    .send_body(body.clone())
-                    .await
-                {
-                    Ok(response) if response.status().is_success() => {
-                        pending.fetch_sub(1, Ordering::AcqRel);
-                        return;
-                    }
-                    Ok(response) => last_error = format!("answered {}", response.status()),
-                    Err(e) => last_error = e.to_string(),
-                }
-            }
+            let delivered = post_json(&client, &url, &body, retries).await;
             pending.fetch_sub(1, Ordering::AcqRel);
-            failed(&failures, &gate, &log, &last_error);
+            if let Err(last_error) = delivered {
+                failed(&failures, &gate, &log, &last_error);
+            }
         }));
     }
 }

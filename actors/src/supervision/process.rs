@@ -93,6 +93,8 @@ struct Run {
     exit: Option<KeeperLine>,
     failed_to_start: Option<String>,
     escalation: Option<SpawnHandle>,
+    /// The once-a-second limit check of this run (cancelled when it ends).
+    limit_check: Option<SpawnHandle>,
     /// The tree's CPU ticks at the last sample, and when.
     last_cpu: Option<(u64, Instant)>,
     over_cpu_since: Option<Instant>,
@@ -275,6 +277,7 @@ impl AgentProcess {
             exit: None,
             failed_to_start: None,
             escalation: None,
+            limit_check: None,
             last_cpu: None,
             over_cpu_since: None,
             over_memory_since: None,
@@ -304,11 +307,10 @@ impl AgentProcess {
             }
         });
         if self.spec.has_limits() {
-            ctx.run_interval(LIMIT_SAMPLE_INTERVAL, move |act, ctx| {
-                if act.generation == generation {
-                    act.check_limits(ctx);
-                }
-            });
+            let check = ctx.run_interval(LIMIT_SAMPLE_INTERVAL, |act, ctx| act.check_limits(ctx));
+            if let Some(run) = &mut self.run {
+                run.limit_check = Some(check);
+            }
         }
     }
 
@@ -348,7 +350,7 @@ impl AgentProcess {
     fn run_ended(&mut self, ctx: &mut Context<Self>) {
         let Some(run) = self.run.take() else { return };
         self.answer_start_waiters();
-        if let Some(handle) = run.escalation {
+        for handle in [run.escalation, run.limit_check].into_iter().flatten() {
             ctx.cancel_future(handle);
         }
         let reason = run.ending.unwrap_or(ExitReason::Exited);
