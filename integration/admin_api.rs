@@ -164,6 +164,24 @@ fn listing_pages_and_filters_and_patch_renames() {
         ids(&call(&daemon, "GET", "/agents?type=even", None, None).body),
         ["a2", "a4"]
     );
+    // A prefix (the status page's search) pages within the ids that start with it.
+    let more: Vec<Value> = ["b1", "b2", "b3", "c1"].iter().map(|id| json!({"id": id})).collect();
+    assert_eq!(call(&daemon, "POST", "/agents", Some(&json!(more)), None).status, 201);
+    let b = call(&daemon, "GET", "/agents?prefix=b&limit=2", None, None).body;
+    assert_eq!(
+        (ids(&b), b["next_after"].as_str()),
+        (vec!["b1".to_owned(), "b2".to_owned()], Some("b2"))
+    );
+    let b_rest = call(&daemon, "GET", "/agents?prefix=b&limit=2&after=b2", None, None).body;
+    assert_eq!(
+        (ids(&b_rest), b_rest["next_after"].as_str()),
+        (vec!["b3".to_owned()], None)
+    );
+    assert_eq!(
+        ids(&call(&daemon, "GET", "/agents?prefix=a&after=a3", None, None).body),
+        ["a4", "a5"]
+    );
+    assert!(ids(&call(&daemon, "GET", "/agents?prefix=z", None, None).body).is_empty());
     assert_eq!(call(&daemon, "GET", "/agents?limit=0", None, None).status, 400);
     assert_eq!(call(&daemon, "GET", "/agents?limit=abc", None, None).status, 400);
 

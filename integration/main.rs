@@ -22,6 +22,7 @@ mod metrics;
 mod reload;
 mod security;
 mod shutdown;
+mod status_page;
 mod supervision;
 mod systemd;
 mod webhook;

@@ -30,7 +30,7 @@ use crate::routes::agents::{self, AdminApi, AdminAuth};
 use crate::routes::health::{self, Readiness};
 use crate::routes::heartbeat::{post_heartbeat, HeartbeatIngress, IngestAuth};
 use crate::routes::metrics::{self, MetricsEndpoint, MetricsSources};
-use crate::routes::{fallback, process, stats};
+use crate::routes::{fallback, process, stats, status_page};
 use crate::settings::Settings;
 use crate::shutdown::{self, DrainOutcome, Running, Signals};
 use crate::tls;
@@ -220,6 +220,7 @@ impl Application {
         .with_manager_counters(Arc::clone(&manager_counters))
         .with_status_counts(status_counts)
         .with_webhook_failures(webhook_failures)
+        .with_process_board(process_board.clone())
         .start();
         let pipeline_metrics = PipelineMetrics::new();
         let pool = WorkerPool::start(
@@ -300,6 +301,11 @@ impl Application {
                         .app_data(admin.clone())
                         .app_data(readiness.clone())
                         .app_data(metrics_endpoint.clone())
+                        .service(
+                            web::resource("/")
+                                .route(web::get().to(status_page::status_page))
+                                .default_service(web::to(fallback::expected_get)),
+                        )
                         .route("/metrics", web::get().to(metrics::metrics))
                         .route("/healthz", web::get().to(health::healthz))
                         .route("/readyz", web::get().to(health::readyz))

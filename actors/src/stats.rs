@@ -5,6 +5,8 @@
 //! `average_latency` (integer nanoseconds of the manager update) when a worker finishes one;
 //! `total_errors` when processing fails.
 
+use crate::model::process::ProcessState;
+use crate::supervision::board::ProcessBoard;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,6 +49,8 @@ pub struct StatsReport {
     pub agents_by_status: BTreeMap<&'static str, u64>,
     /// Webhook deliveries that failed every try, or were dropped.
     pub webhook_failures: u64,
+    /// Supervised agents by process state (all zero without supervised agents).
+    pub processes_by_state: BTreeMap<&'static str, u64>,
 }
 
 fn go_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
@@ -67,6 +71,7 @@ pub struct Stats {
     store: Arc<ManagerCounters>,
     statuses: Arc<StatusCounts>,
     webhook_failures: Arc<AtomicU64>,
+    processes: ProcessBoard,
     total_processed: u64,
     total_errors: u64,
     total_latency: Duration,
@@ -88,6 +93,7 @@ impl Stats {
             store: ManagerCounters::new(),
             statuses: StatusCounts::new(),
             webhook_failures: Arc::default(),
+            processes: ProcessBoard::default(),
             total_processed: 0,
             total_errors: 0,
             total_latency: Duration::ZERO,
@@ -105,6 +111,12 @@ impl Stats {
     /// Reports the Webhook actor's failures.
     pub fn with_webhook_failures(mut self, failures: Arc<AtomicU64>) -> Self {
         self.webhook_failures = failures;
+        self
+    }
+
+    /// Reports the supervised agents' process states.
+    pub fn with_process_board(mut self, processes: ProcessBoard) -> Self {
+        self.processes = processes;
         self
     }
 
@@ -186,6 +198,11 @@ impl Handler<GetStats> for Stats {
             clock_skewed_agents: self.store.skewed_agents(),
             agents_by_status: by_status.into_iter().collect(),
             webhook_failures: self.webhook_failures.load(Ordering::Relaxed),
+            processes_by_state: ProcessState::ALL
+                .iter()
+                .map(|s| s.name())
+                .zip(self.processes.per_state())
+                .collect(),
         })
     }
 }

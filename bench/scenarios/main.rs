@@ -9,13 +9,14 @@
 //!
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run); the README's figures come from a
 //! full run. Arguments name scenarios to run (`saturation fleet idle drain history
-//! steady big-start supervise`); none runs them all.
+//! steady big-start supervise status-page`); none runs them all.
 //!
 //! | file | what |
 //! |---|---|
 //! | `measure.rs` | the measuring tools shared by the scenarios |
 //! | `saturation.rs`, `fleet.rs`, `idle.rs`, `drain.rs`, `history.rs`, `steady.rs`, `big_start.rs` | one scenario each |
 //! | `supervise.rs` | 500 supervised programs, heartbeatd against a real supervisord |
+//! | `status_page.rs` | first paint of the status page in headless Chromium, 10k agents against 10 |
 
 mod big_start;
 mod drain;
@@ -24,6 +25,7 @@ mod history;
 mod idle;
 mod measure;
 mod saturation;
+mod status_page;
 mod steady;
 mod supervise;
 
@@ -176,6 +178,9 @@ fn main() {
     }
     if run("big-start") {
         big_start::big_start(&phases, &mut rows);
+    }
+    if run("status-page") {
+        status_page::status_page(&mut rows);
     }
     if run("supervise") {
         supervise::supervise(&phases, &mut rows);

@@ -200,11 +200,12 @@ pub struct ListQuery {
     #[serde(rename = "type")]
     agent_type: Option<String>,
     status: Option<String>,
+    prefix: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
 }
 
-/// `GET /agents[?type=T][&limit=N][&after=ID]`
+/// `GET /agents[?type=T][&status=S][&prefix=P][&limit=N][&after=ID]`
 pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Result<HttpResponse, AgentsError> {
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
@@ -223,6 +224,7 @@ pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Res
         .manager
         .send(ListAgents {
             agent_type: query.agent_type,
+            prefix: query.prefix.filter(|p| !p.is_empty()),
             status,
             after: query.after,
             limit,

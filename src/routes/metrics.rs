@@ -325,6 +325,7 @@ pub async fn metrics(endpoint: web::Data<MetricsEndpoint>) -> HttpResponse {
     };
     let list = ListAgents {
         agent_type: None,
+        prefix: None,
         status: None,
         after: None,
         limit: endpoint.agent_limit,

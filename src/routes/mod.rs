@@ -8,6 +8,7 @@
 //! | `GET /heartbeat/stats` | [`stats`] |
 //! | `/agents`, `/agents/{id}`, `/agents/{id}/history`, `/agents/{id}/pause`, `/resume` (admin API) | [`agents`] |
 //! | `POST /agents/{id}/start`, `/stop`, `/restart`, `GET /agents/{id}/log` (supervised agents) | [`process`] |
+//! | `GET /` (the status page) | [`status_page`] |
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
 //! | `GET /metrics` (Prometheus) | [`metrics`] |
 //! | anything else (404), wrong method (405) | [`fallback`] |
@@ -21,6 +22,7 @@ pub mod heartbeat;
 pub mod metrics;
 pub mod process;
 pub mod stats;
+pub mod status_page;
 
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;

@@ -282,6 +282,8 @@ pub struct AgentPage {
 #[rtype(result = "AgentPage")]
 pub struct ListAgents {
     pub agent_type: Option<String>,
+    /// Only ids that start with this (the status page's search); `None` for all.
+    pub prefix: Option<String>,
     pub status: Option<AgentStatus>,
     pub after: Option<String>,
     pub limit: usize,
@@ -298,7 +300,14 @@ impl Handler<ListAgents> for Manager {
                 .as_ref()
                 .is_none_or(|t| registered.get(id).is_some_and(|info| &info.agent_type == t))
         };
-        let candidates = registered.ids_after(msg.after.as_deref()).iter().filter(of_type);
+        // Ids are sorted, so those with the prefix are one run starting at the prefix itself.
+        let prefix = msg.prefix.as_deref().unwrap_or("");
+        let candidates = registered
+            .ids_after(msg.after.as_deref())
+            .iter()
+            .skip_while(|id| id.as_str() < prefix)
+            .take_while(|id| id.starts_with(prefix))
+            .filter(of_type);
         // Without a status filter, one more than a page tells whether another page follows;
         // with one, every candidate goes to Liveness first.
         let mut ids: Vec<String> = match msg.status {

@@ -9,6 +9,8 @@
 //! it in between, heartbeatd exits with "could not listen" and the harness tries another port
 //! (five times), so parallel tests never fail on that race.
 
+pub mod browser;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

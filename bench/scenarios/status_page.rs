@@ -1,0 +1,39 @@
+//! Status page: first paint of `GET /` in a real headless Chromium with 10k agents that all
+//! reported, against the same page with 10 agents in the same run.
+
+use heartbeatd_harness::browser::Browser;
+
+use crate::measure::*;
+use crate::{row, Row};
+
+/// Loads the page on a daemon with `agents` agents that reported once each; the page's own
+/// time from request to the first drawn table, ms (median of 3 loads, each in a new browser).
+fn first_draw_ms(agents: usize) -> f64 {
+    let daemon = start_daemon(&agents_config(agents));
+    // Every agent reports once (two seconds of load reach them all).
+    let _ = load(&daemon.url(), agents, 16, 2.0, 0.0, None);
+    let url = format!("http://127.0.0.1:{}/", daemon.port);
+    let mut draws: Vec<f64> = (0..3)
+        .map(|_| {
+            let mut browser = Browser::start();
+            let drawn = browser.open(&url, "the first table", "document.body.dataset.firstDrawMs");
+            let rows = browser.eval("document.querySelectorAll('#agents tr[data-id]').length");
+            assert_eq!(rows.as_u64(), Some(agents.min(50) as u64), "one page of rows");
+            drawn.as_str().and_then(|ms| ms.parse::<f64>().ok()).unwrap_or(f64::NAN)
+        })
+        .collect();
+    stop_daemon(daemon);
+    draws.sort_by(f64::total_cmp);
+    draws[1]
+}
+
+pub(crate) fn status_page(rows: &mut Vec<Row>) {
+    eprintln!("status page: first paint with 10 and 10k agents in headless chromium …");
+    let small = first_draw_ms(10);
+    let large = first_draw_ms(10_000);
+    rows.push(
+        row("status", "first paint with data, 10k agents, ms", format!("{large:.0}"))
+            .baseline(format!("{small:.0} (10 agents)"))
+            .target("≤ 1000 ms", large <= 1000.0),
+    );
+}

@@ -1,0 +1,149 @@
+//! A headless Chromium (Debian's `chromium`) driven over the DevTools protocol: the status
+//! page test loads the page in it, and the bench times its first paint. `make test` installs
+//! the package when it is missing.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use tungstenite::{Message, WebSocket};
+
+/// A headless Chromium with one page, killed when dropped.
+pub struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+    page: WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Browser {
+    pub fn start() -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-port=0",
+                "--window-size=1400,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chromium (make test installs Debian's package)");
+        // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/…"
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut port = None;
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
+                port = rest.split('/').next().and_then(|p| p.parse::<u16>().ok());
+                break;
+            }
+        }
+        let port = port.expect("chromium printed its DevTools address");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let page_url = loop {
+            let targets = crate::http(port, "GET", "/json/list", None)
+                .and_then(|r| r.body.as_array().cloned())
+                .unwrap_or_default();
+            if let Some(url) = targets
+                .iter()
+                .find(|t| t["type"] == "page")
+                .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            {
+                break url.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no page target in chromium");
+            thread::sleep(Duration::from_millis(100));
+        };
+        let (page, _) = tungstenite::connect(page_url).expect("connect to the page");
+        Browser {
+            child,
+            _profile: profile,
+            page,
+            next_id: 0,
+        }
+    }
+
+    /// Sends one DevTools command and returns its result.
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let text = json!({"id": id, "method": method, "params": params}).to_string();
+        self.page.send(Message::Text(text)).unwrap();
+        loop {
+            let Message::Text(text) = self.page.read().unwrap() else {
+                continue;
+            };
+            let message: Value = serde_json::from_str(&text).unwrap();
+            if message["id"] == id {
+                assert!(message.get("error").is_none(), "{method}: {message}");
+                return message["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expression` in the page; its value (JSON-serialisable).
+    pub fn eval(&mut self, expression: &str) -> Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// Evaluates `expression` until it is neither null nor false (20 s); its value.
+    pub fn wait_for(&mut self, what: &str, expression: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = self.eval(expression);
+            if !value.is_null() && value != json!(false) {
+                return value;
+            }
+            if Instant::now() >= deadline {
+                let page = self.eval("document.body.innerText.slice(0, 2000)");
+                panic!(
+                    "not within 20 s: {what}; the page shows:\n{}",
+                    page.as_str().unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Navigates to `url` and waits until `expression` holds in the page.
+    pub fn open(&mut self, url: &str, what: &str, expression: &str) -> Value {
+        self.call("Page.enable", json!({}));
+        self.call("Page.navigate", json!({"url": url}));
+        self.wait_for(what, expression)
+    }
+
+    /// A PNG of the page as it is now.
+    pub fn screenshot(&mut self) -> Vec<u8> {
+        let shot = self.call("Page.captureScreenshot", json!({"format": "png"}));
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap_or_default())
+            .expect("base64 from DevTools");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        png
+    }
+}
