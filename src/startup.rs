@@ -201,14 +201,16 @@ impl Application {
         let liveness = Liveness::start_in_arbiter(&manager_arbiter.handle(), move |_| liveness);
         // Supervised agents (those with a `command`): their outputs go to data_dir/logs.
         let process_board = ProcessBoard::default();
-        let manager = manager.with_liveness(liveness).with_supervision(SupervisionContext {
-            logs_dir: settings.data_dir.join("logs"),
-            store: store.clone(),
-            webhook: Some((webhook.clone(), Arc::clone(&webhook_enabled))),
-            board: process_board.clone(),
-            alerter: alerter.clone(),
-            registry: registry_view.clone(),
-        });
+        let manager = manager
+            .with_liveness(liveness.clone())
+            .with_supervision(SupervisionContext {
+                logs_dir: settings.data_dir.join("logs"),
+                store: store.clone(),
+                webhook: Some((webhook.clone(), Arc::clone(&webhook_enabled))),
+                board: process_board.clone(),
+                alerter: alerter.clone(),
+                registry: registry_view.clone(),
+            });
         let manager_counters = manager.health();
         let manager = Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| manager);
         let stats = Stats::new(
@@ -269,7 +271,9 @@ impl Application {
                 MetricsEndpoint::new(
                     &pipeline_metrics,
                     MetricsSources {
+                        registry: registry_view.clone(),
                         manager: manager.clone(),
+                        liveness: liveness.clone(),
                         stats: stats.clone(),
                         counters: Arc::clone(&counters),
                         board: process_board.clone(),

@@ -196,4 +196,12 @@ impl TransitionCounts {
     pub fn of(&self, agent_id: &str) -> Option<[u64; 5]> {
         self.by_agent.lock().ok()?.get(agent_id).copied()
     }
+
+    /// [`of`](Self::of) for each of `agent_ids`, under one lock (a scrape reads 10k at once).
+    pub fn of_each<'a>(&self, agent_ids: impl Iterator<Item = &'a str>) -> Vec<Option<[u64; 5]>> {
+        match self.by_agent.lock() {
+            Ok(by_agent) => agent_ids.map(|id| by_agent.get(id).copied()).collect(),
+            Err(_) => agent_ids.map(|_| None).collect(),
+        }
+    }
 }

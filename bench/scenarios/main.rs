@@ -9,13 +9,14 @@
 //!
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run); the README's figures come from a
 //! full run. Arguments name scenarios to run (`saturation fleet idle drain history
-//! steady big-start supervise status-page`); none runs them all.
+//! scrape steady big-start supervise status-page`); none runs them all.
 //!
 //! | file | what |
 //! |---|---|
 //! | `measure.rs` | the measuring tools shared by the scenarios |
 //! | `saturation.rs`, `fleet.rs`, `idle.rs`, `drain.rs`, `history.rs`, `steady.rs`, `big_start.rs` | one scenario each |
 //! | `supervise.rs` | 500 supervised programs, heartbeatd against a real supervisord |
+//! | `scrape.rs` | `/metrics` with 10k per-agent series at rest, against 10 agents |
 //! | `status_page.rs` | first paint of the status page in headless Chromium, 10k agents against 10 |
 
 mod big_start;
@@ -25,6 +26,7 @@ mod history;
 mod idle;
 mod measure;
 mod saturation;
+mod scrape;
 mod status_page;
 mod steady;
 mod supervise;
@@ -172,6 +174,9 @@ fn main() {
     }
     if run("history") {
         history::history_cost(&phases, &mut rows);
+    }
+    if run("scrape") {
+        scrape::scrape_at_rest(&mut rows);
     }
     if run("steady") {
         steady::steady_fleet(&phases, &mut rows);

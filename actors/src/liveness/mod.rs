@@ -31,7 +31,7 @@ use crate::counters::{StatusCounts, TransitionCounts};
 use crate::model::agent::{AgentInfo, MAX_TIMING_S, MIN_TIMING_S};
 use crate::model::heartbeat::ReportedStatus;
 use crate::model::liveness::{AgentStatus, Timing, Transition};
-use crate::registry::RegistrySnapshot;
+use crate::registry::{AgentSet, RegistrySnapshot};
 use crate::store::{AppendEvents, FileMetadataStore};
 use alerter::{AlertName, Alerter, Fire, Resolve};
 pub use tracker::DeadlineTracker;
@@ -362,6 +362,32 @@ impl Handler<Statuses> for Liveness {
                     Some((status, since)) => (status, Some(since)),
                     None => (AgentStatus::New, None),
                 })
+                .collect(),
+        )
+    }
+}
+
+/// The liveness of the first `limit` agents of `agents` (by id), in that order (`new` for one
+/// never seen): the `/metrics` path, asked at the same time as the Manager's figures.
+#[derive(Message)]
+#[rtype(result = "Vec<AgentStatus>")]
+pub struct StatusesInOrder {
+    /// The registry as the scrape loaded it.
+    pub agents: Arc<AgentSet>,
+    /// `metrics_agent_limit`.
+    pub limit: usize,
+}
+
+impl Handler<StatusesInOrder> for Liveness {
+    type Result = MessageResult<StatusesInOrder>;
+
+    fn handle(&mut self, msg: StatusesInOrder, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            msg.agents
+                .ids_after(None)
+                .iter()
+                .take(msg.limit)
+                .map(|id| self.tracker.status(id).map_or(AgentStatus::New, |(status, _)| status))
                 .collect(),
         )
     }

@@ -320,6 +320,17 @@ impl AgentState {
     }
 }
 
+/// The figures of one agent that `/metrics` exports per agent, besides its liveness: what a
+/// scrape of 10k agents needs and nothing more (an [`AgentView`] clones names, commands and
+/// process views). The id is the caller's: figures come in the order asked.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AgentFigures {
+    /// The server's receive time of its last heartbeat.
+    pub last_seen: Option<DateTime<Utc>>,
+    pub last_cpu: Option<f64>,
+    pub last_memory: Option<u64>,
+}
+
 /// An agent as the admin API shows it: registry facts joined with the live state.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentView {

@@ -1,11 +1,14 @@
 //! `GET /metrics`: Prometheus text exposition format 0.0.4.
 //!
 //! The pipeline histograms are observed as heartbeats flow; everything else is read at scrape
-//! time from its owner (Stats, the Manager's agent views with their liveness), mirrored into
-//! this endpoint's registry, and encoded. Per-agent series stop at `metrics_agent_limit`
-//! agents (by id), with one warning when the limit is first reached.
+//! time from its owner (Stats, the Manager's per-agent figures with their liveness). Aggregate,
+//! process, supervision and histogram families are mirrored into this endpoint's `prometheus`
+//! registry and encoded by the crate; the five per-agent families, 50k samples with 10k agents,
+//! are written directly ([`agent_families`]), merged in name order. Per-agent series stop at
+//! `metrics_agent_limit` agents (by id), with one warning when the limit is first reached.
 
-use std::collections::HashSet;
+mod agent_families;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,15 +17,18 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse};
 use heartbeatd_actors::counters::{IngressCounters, RejectReason, TransitionCounts};
 use heartbeatd_actors::ingest::pipeline_metrics::PipelineMetrics;
-use heartbeatd_actors::manager::{ListAgents, Manager};
-use heartbeatd_actors::model::agent::AgentView;
+use heartbeatd_actors::liveness::{Liveness, StatusesInOrder};
+use heartbeatd_actors::manager::{GetAgentFigures, Manager};
+use heartbeatd_actors::model::agent::AgentFigures;
 use heartbeatd_actors::model::liveness::AgentStatus;
 use heartbeatd_actors::model::process::{ExitReason, ProcessState};
+use heartbeatd_actors::registry::{AgentSet, RegistrySnapshot};
 use heartbeatd_actors::stats::{GetStats, Stats, StatsReport};
 use heartbeatd_actors::supervision::board::ProcessBoard;
-use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use slog::{warn, Logger};
 
+use self::agent_families::{AgentFamily, AgentRow};
 use super::ApiResponse;
 
 /// The series this endpoint mirrors at scrape time.
@@ -36,14 +42,9 @@ struct Series {
     queue_depth: IntGauge,
     queue_capacity: IntGauge,
     agents: IntGaugeVec,
-    agent_up: IntGaugeVec,
-    agent_last_seen: GaugeVec,
-    agent_cpu: GaugeVec,
-    agent_memory: GaugeVec,
     restarts: IntCounterVec,
     process_state: IntGaugeVec,
     supervised: IntGaugeVec,
-    transitions: IntCounterVec,
     alert_failures: IntCounter,
 }
 
@@ -51,7 +52,10 @@ struct Series {
 pub struct MetricsEndpoint {
     registry: Registry,
     series: Series,
+    /// The registered agents (the per-agent series follow their id order).
+    agents: RegistrySnapshot,
     manager: Addr<Manager>,
+    liveness: Addr<Liveness>,
     stats: Addr<Stats>,
     counters: Arc<IngressCounters>,
     /// Supervised agents' process states and restarts.
@@ -61,9 +65,8 @@ pub struct MetricsEndpoint {
     alert_failure_count: Arc<std::sync::atomic::AtomicU64>,
     agent_limit: usize,
     limit_warned: AtomicBool,
-    /// One scrape at a time; holds the agent ids of the last scrape, whose series are removed
-    /// when an agent is no longer listed (the others are updated in place: no allocation).
-    scrape: Mutex<Vec<String>>,
+    /// One scrape at a time: a scrape resets and sets the mirrored series.
+    scrape: Mutex<()>,
     log: Logger,
 }
 
@@ -77,7 +80,12 @@ fn gauge(name: &str, help: &str) -> IntGauge {
 
 /// Where the endpoint reads what it mirrors at scrape time, each from its owner.
 pub struct MetricsSources {
+    /// The registered agents: the per-agent series follow its id order.
+    pub registry: RegistrySnapshot,
+    /// Each agent's last figures.
     pub manager: Addr<Manager>,
+    /// Each agent's liveness.
+    pub liveness: Addr<Liveness>,
     pub stats: Addr<Stats>,
     pub counters: Arc<IngressCounters>,
     /// Supervised agents' process states and restarts.
@@ -96,14 +104,15 @@ impl MetricsEndpoint {
         log: Logger,
     ) -> prometheus::Result<Self> {
         let MetricsSources {
+            registry: registered,
             manager,
+            liveness,
             stats,
             counters,
             board,
             transition_counts,
             alert_failures,
         } = sources;
-        let agent_label = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["agent_id"]);
         let series = Series {
             received: counter(
                 "heartbeatd_heartbeats_received_total",
@@ -141,22 +150,6 @@ impl MetricsEndpoint {
                 Opts::new("heartbeatd_agents", "Registered agents by liveness state."),
                 &["status"],
             )?,
-            agent_up: IntGaugeVec::new(
-                Opts::new("heartbeatd_agent_up", "1 when the agent is up, 0 otherwise."),
-                &["agent_id"],
-            )?,
-            agent_last_seen: agent_label(
-                "heartbeatd_agent_last_seen_timestamp_seconds",
-                "Server receive time of the agent's last heartbeat, Unix seconds.",
-            )?,
-            agent_cpu: agent_label(
-                "heartbeatd_agent_cpu_percent",
-                "CPU percent in the agent's last heartbeat.",
-            )?,
-            agent_memory: agent_label(
-                "heartbeatd_agent_memory_bytes",
-                "Memory bytes in the agent's last heartbeat.",
-            )?,
             restarts: IntCounterVec::new(
                 Opts::new(
                     "heartbeatd_agent_restarts_total",
@@ -175,13 +168,6 @@ impl MetricsEndpoint {
                 Opts::new("heartbeatd_supervised_processes", "Supervised agents by process state."),
                 &["state"],
             )?,
-            transitions: IntCounterVec::new(
-                Opts::new(
-                    "heartbeatd_agent_transitions_total",
-                    "Liveness transitions of an agent since heartbeatd started, by the state entered (only states it entered).",
-                ),
-                &["agent_id", "to"],
-            )?,
             alert_failures: counter(
                 "heartbeatd_alert_delivery_failures_total",
                 "Alert deliveries to Alertmanager that failed every try, or were dropped.",
@@ -197,21 +183,18 @@ impl MetricsEndpoint {
         registry.register(Box::new(series.queue_depth.clone()))?;
         registry.register(Box::new(series.queue_capacity.clone()))?;
         registry.register(Box::new(series.agents.clone()))?;
-        registry.register(Box::new(series.agent_up.clone()))?;
-        registry.register(Box::new(series.agent_last_seen.clone()))?;
-        registry.register(Box::new(series.agent_cpu.clone()))?;
-        registry.register(Box::new(series.agent_memory.clone()))?;
         registry.register(Box::new(series.restarts.clone()))?;
         registry.register(Box::new(series.process_state.clone()))?;
         registry.register(Box::new(series.supervised.clone()))?;
-        registry.register(Box::new(series.transitions.clone()))?;
         registry.register(Box::new(series.alert_failures.clone()))?;
         pipeline.register(&registry)?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Self {
             registry,
             series,
+            agents: registered,
             manager,
+            liveness,
             stats,
             counters,
             board,
@@ -219,14 +202,20 @@ impl MetricsEndpoint {
             alert_failure_count: alert_failures,
             agent_limit,
             limit_warned: AtomicBool::new(false),
-            scrape: Mutex::new(Vec::new()),
+            scrape: Mutex::new(()),
             log,
         })
     }
 }
 
-fn render(endpoint: &MetricsEndpoint, report: &StatsReport, agents: &[AgentView]) -> prometheus::Result<Vec<u8>> {
-    let mut previous = endpoint.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+fn render(
+    endpoint: &MetricsEndpoint,
+    report: &StatsReport,
+    agents: &AgentSet,
+    figures: &[AgentFigures],
+    statuses: &[AgentStatus],
+) -> prometheus::Result<Vec<u8>> {
+    let _one_at_a_time = endpoint.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let s = &endpoint.series;
     mirror(&s.received, report.total_received);
     mirror(&s.processed, report.total_processed);
@@ -245,46 +234,6 @@ fn render(endpoint: &MetricsEndpoint, report: &StatsReport, agents: &[AgentView]
     for (status, count) in &report.agents_by_status {
         s.agents.with_label_values(&[status]).set(*count as i64);
     }
-    let current: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
-    for gone in previous.iter().filter(|id| !current.contains(id.as_str())) {
-        let id = [gone.as_str()];
-        let _ = s.agent_up.remove_label_values(&id);
-        for vec in [&s.agent_last_seen, &s.agent_cpu, &s.agent_memory] {
-            let _ = vec.remove_label_values(&id);
-        }
-    }
-    for agent in agents {
-        let id = [agent.id.as_str()];
-        s.agent_up
-            .with_label_values(&id)
-            .set(i64::from(agent.status == AgentStatus::Up));
-        if let Some(seen) = agent.last_seen {
-            s.agent_last_seen
-                .with_label_values(&id)
-                .set(seen.timestamp_millis() as f64 / 1000.0);
-        }
-        if let Some(cpu) = agent.last_cpu {
-            s.agent_cpu.with_label_values(&id).set(cpu);
-        }
-        if let Some(memory) = agent.last_memory {
-            s.agent_memory.with_label_values(&id).set(memory as f64);
-        }
-    }
-    // Transitions: only the states an agent entered, so an agent that never changed state
-    // costs no series.
-    s.transitions.reset();
-    for agent in agents {
-        if let Some(counts) = endpoint.transition_counts.of(&agent.id) {
-            for (status, count) in AgentStatus::ALL.iter().zip(counts) {
-                if count > 0 {
-                    s.transitions
-                        .with_label_values(&[&agent.id, status.name()])
-                        .inc_by(count);
-                }
-            }
-        }
-    }
-    *previous = agents.iter().map(|a| a.id.clone()).collect();
     // Supervised agents: few (each is a process on this host), so rebuilt at every scrape.
     s.restarts.reset();
     s.process_state.reset();
@@ -301,9 +250,47 @@ fn render(endpoint: &MetricsEndpoint, report: &StatsReport, agents: &[AgentView]
     for (state, count) in ProcessState::ALL.iter().zip(endpoint.board.per_state()) {
         s.supervised.with_label_values(&[state.name()]).set(count as i64);
     }
-    let mut body = Vec::with_capacity(128 * 1024);
-    TextEncoder::new().encode(&endpoint.registry.gather(), &mut body)?;
-    Ok(body)
+    let rows = agent_rows(endpoint, agents, figures, statuses);
+
+    // The crate's families and the per-agent ones, in name order as the crate writes them.
+    let mut text = String::with_capacity(96 * rows.len() * AgentFamily::ALL.len() + 64 * 1024);
+    let mut direct = AgentFamily::ALL.iter().peekable();
+    let encoder = TextEncoder::new();
+    for family in endpoint.registry.gather() {
+        while let Some(next) = direct.next_if(|f| f.name() < family.name()) {
+            next.encode(&rows, &mut text);
+        }
+        encoder.encode_utf8(std::slice::from_ref(&family), &mut text)?;
+    }
+    for rest in direct {
+        rest.encode(&rows, &mut text);
+    }
+    Ok(text.into_bytes())
+}
+
+/// The per-agent samples, in id order (as the crate sorts them): the registry's order, which
+/// the figures and states were given in.
+fn agent_rows<'a>(
+    endpoint: &MetricsEndpoint,
+    agents: &'a AgentSet,
+    figures: &[AgentFigures],
+    statuses: &[AgentStatus],
+) -> Vec<AgentRow<'a>> {
+    let ids = &agents.ids_after(None)[..figures.len().min(statuses.len())];
+    let transitions = endpoint.transition_counts.of_each(ids.iter().map(String::as_str));
+    ids.iter()
+        .zip(figures)
+        .zip(statuses)
+        .zip(transitions)
+        .map(|(((id, figures), status), transitions)| AgentRow {
+            id,
+            up: *status == AgentStatus::Up,
+            last_seen_ms: figures.last_seen.map(|seen| seen.timestamp_millis()),
+            cpu: figures.last_cpu,
+            memory: figures.last_memory.map(|m| m as f64),
+            transitions,
+        })
+        .collect()
 }
 
 /// Sets a counter to `value` (it mirrors a count owned elsewhere).
@@ -323,25 +310,30 @@ pub async fn metrics(endpoint: web::Data<MetricsEndpoint>) -> HttpResponse {
     let Ok(report) = endpoint.stats.send(GetStats).await else {
         return unavailable();
     };
-    let list = ListAgents {
-        agent_type: None,
-        prefix: None,
-        status: None,
-        after: None,
-        limit: endpoint.agent_limit,
-    };
-    let Ok(page) = endpoint.manager.send(list).await else {
+    // The Manager's figures and Liveness's states for the same ids, asked at once; both
+    // answer in id order, so the ids are read from the snapshot, never copied.
+    let agents = endpoint.agents.load();
+    let limit = endpoint.agent_limit;
+    let figures = endpoint.manager.send(GetAgentFigures {
+        agents: Arc::clone(&agents),
+        limit,
+    });
+    let statuses = endpoint.liveness.send(StatusesInOrder {
+        agents: Arc::clone(&agents),
+        limit,
+    });
+    let (Ok(figures), Ok(statuses)) = futures::future::join(figures, statuses).await else {
         return unavailable();
     };
-    if page.next_after.is_some() && !endpoint.limit_warned.swap(true, Ordering::Relaxed) {
+    if agents.len() > limit && !endpoint.limit_warned.swap(true, Ordering::Relaxed) {
         warn!(endpoint.log, "metrics_agent_limit reached: agents past it have no per-agent series (logged once)";
-            "metrics_agent_limit" => endpoint.agent_limit, "agents_registered" => report.agents_registered,
+            "metrics_agent_limit" => limit, "agents_registered" => agents.len(),
             "what_to_do" => "raise metrics_agent_limit if Prometheus can take the series");
     }
 
-    // Mirroring 4 series per agent and encoding them is CPU work: the blocking pool does it,
+    // Encoding 5 series per agent is CPU work: the blocking pool does it,
     // so heartbeats on this HTTP thread are not held up by a scrape.
-    let scrape = web::block(move || render(&endpoint, &report, &page.agents)).await;
+    let scrape = web::block(move || render(&endpoint, &report, &agents, &figures, &statuses)).await;
     let body = match scrape {
         Ok(Ok(body)) => body,
         Ok(Err(e)) => {
