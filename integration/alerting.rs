@@ -4,61 +4,31 @@
 //! supervised agent that becomes `fatal` fires `HeartbeatAgentFatal`.
 
 use std::fs;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::daemon::peers::Peer;
 use crate::daemon::{heartbeat, http, Daemon};
 
-struct Alertmanager {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A real Alertmanager that routes every alert to a receiver that sends nothing.
+struct Alertmanager(Peer);
 
 impl Alertmanager {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.path().join("alertmanager.yml");
-        fs::write(
-            &config,
+        let am = Alertmanager(Peer::alertmanager(
             "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
-        )
-        .unwrap();
-        let log = fs::File::create(dir.path().join("alertmanager.log")).unwrap();
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("prometheus-alertmanager (make test installs Debian's package)");
-        let am = Alertmanager { child, dir, port };
+        ));
         am.eventually("Alertmanager ready", || {
-            http(am.port, "GET", "/-/ready", None).is_some_and(|r| r.status == 200)
+            http(am.0.port, "GET", "/-/ready", None).is_some_and(|r| r.status == 200)
         });
         am
     }
 
     /// The alerts Alertmanager holds for `agent_id` (active ones, not resolved).
     fn alerts_for(&self, agent_id: &str) -> Vec<Value> {
-        http(self.port, "GET", "/api/v2/alerts", None)
+        http(self.0.port, "GET", "/api/v2/alerts", None)
             .and_then(|r| r.body.as_array().cloned())
             .unwrap_or_default()
             .into_iter()
@@ -74,7 +44,7 @@ impl Alertmanager {
     fn eventually(&self, what: &str, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !check() {
-            let log = fs::read_to_string(self.dir.path().join("alertmanager.log")).unwrap_or_default();
+            let log = self.0.log();
             assert!(
                 Instant::now() < deadline,
                 "not within 30 s: {what}\nAlertmanager log:\n{log}"
@@ -92,7 +62,7 @@ fn a_silent_agent_fires_heartbeat_agent_down_in_alertmanager_kept_over_a_restart
         "alertmanager_url = \"http://127.0.0.1:{}\"\nalert_resend_s = 1\ninstance_name = \"host-test\"\n\
          [[agents]]\nid = \"silent\"\ntype = \"filebeat\"\nheartbeat_interval_s = 1\ngrace_s = 1\n\
          [[agents]]\nid = \"never-seen\"\nheartbeat_interval_s = 1\ngrace_s = 1\n",
-        am.port
+        am.0.port
     );
     let mut daemon = Daemon::start(&config);
     assert_eq!(daemon.post_heartbeat(&heartbeat("silent", 1)).status, 200);
@@ -164,7 +134,7 @@ fn a_supervised_agent_entering_fatal_fires_heartbeat_agent_fatal() {
         "alertmanager_url = \"http://127.0.0.1:{}\"\nalert_resend_s = 1\ninstance_name = \"host-test\"\n\
          [[agents]]\nid = \"doomed\"\ntype = \"custom\"\ncommand = [{bin:?}]\n\
          env = {{ TEST_AGENT_MODE = \"crash:5:0,quiet\" }}\nmax_restarts = 0\n",
-        am.port
+        am.0.port
     );
 
     // Act

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::daemon::peers::Peer;
 use crate::daemon::{http, Daemon};
 
 fn rules_dir() -> PathBuf {
@@ -59,75 +60,23 @@ fn the_shipped_rules_pass_promtool_check_and_their_unit_tests() {
     }
 }
 
-/// A Prometheus server on loopback with the shipped rules, killed when dropped.
-struct Prometheus {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    /// Scrapes `targets` every second as job `heartbeatd`, evaluating the shipped rules every
-    /// second. The rules' `for:` durations (minutes, checked by their unit tests) are cut to
-    /// 3 s in this copy, so the alert fires within the test.
-    fn start(targets: &[u16]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let rules = fs::read_to_string(rules_dir().join("heartbeatd.rules.yml"))
-            .unwrap()
-            .replace("for: 2m", "for: 3s")
-            .replace("for: 1m", "for: 3s");
-        fs::write(dir.path().join("heartbeatd.rules.yml"), rules).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
-        let config = dir.path().join("prometheus.yml");
-        fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - heartbeatd.rules.yml\n\
-                 scrape_configs:\n  - job_name: heartbeatd\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
-            ),
-        )
-        .unwrap();
-        let log = fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus (make test installs it)");
-        Prometheus { child, dir, port }
-    }
-
-    fn query(&self, promql: &str) -> Vec<Value> {
-        let encoded: String = promql
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        http(self.port, "GET", &format!("/api/v1/query?query={encoded}"), None)
-            .and_then(|r| r.body["data"]["result"].as_array().cloned())
-            .unwrap_or_default()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
+/// Prometheus scraping `targets` every second as job `heartbeatd`, evaluating the shipped rules
+/// every second. The rules' `for:` durations (minutes, checked by their unit tests) are cut to
+/// 3 s in this copy, so the alert fires within the test.
+fn prometheus_with_rules(targets: &[u16]) -> Peer {
+    let rules = fs::read_to_string(rules_dir().join("heartbeatd.rules.yml"))
+        .unwrap()
+        .replace("for: 2m", "for: 3s")
+        .replace("for: 1m", "for: 3s");
+    let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+    Peer::prometheus(
+        &format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - heartbeatd.rules.yml\n\
+             scrape_configs:\n  - job_name: heartbeatd\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+        &[("heartbeatd.rules.yml", rules)],
+    )
 }
 
 #[test]
@@ -165,7 +114,7 @@ fn prometheus_over_three_instances_shows_which_one_went_silent_and_fires_heartbe
             }
         })
     };
-    let prometheus = Prometheus::start(&ports);
+    let prometheus = prometheus_with_rules(&ports);
     let down_per_instance = "sum by (instance) (heartbeatd_agents{status=\"down\"})";
     let up_per_instance = "sum by (instance) (heartbeatd_agents{status=\"up\"})";
     eventually(&prometheus, "all 9 agents up in Prometheus", || {
@@ -216,7 +165,7 @@ fn value(result: &Value) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn eventually(prometheus: &Prometheus, what: &str, mut check: impl FnMut() -> bool) {
+fn eventually(prometheus: &Peer, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !check() {
         assert!(

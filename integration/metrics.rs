@@ -3,7 +3,9 @@
 //! `prometheus` package).
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::daemon::peers::Peer;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -113,45 +115,17 @@ fn per_agent_series_stop_at_metrics_agent_limit() {
     );
 }
 
-/// A Prometheus server on loopback, killed when dropped.
-struct Prometheus(Child, tempfile::TempDir, u16);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_prometheus(target_port: u16) -> Prometheus {
+fn start_prometheus(target_port: u16) -> Peer {
     needs("prometheus");
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: heartbeatd\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"),
+    Peer::prometheus(
+        &format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: heartbeatd\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"),
+        &[],
     )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus");
-    Prometheus(child, dir, port)
 }
 
 /// `heartbeatd_agent_up` per agent id, as Prometheus has it now.
-fn agent_up(prometheus: &Prometheus) -> Vec<(String, String)> {
-    let Some(reply) = http(prometheus.2, "GET", "/api/v1/query?query=heartbeatd_agent_up", None) else {
+fn agent_up(prometheus: &Peer) -> Vec<(String, String)> {
+    let Some(reply) = http(prometheus.port, "GET", "/api/v1/query?query=heartbeatd_agent_up", None) else {
         return Vec::new();
     };
     let results = reply.body["data"]["result"].as_array().cloned().unwrap_or_default();
@@ -182,7 +156,7 @@ fn a_real_prometheus_sees_a_live_and_a_dead_agent() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = Vec::new();
     while last != wanted {
-        let log = std::fs::read_to_string(prometheus.1.path().join("prometheus.log")).unwrap_or_default();
+        let log = prometheus.log();
         assert!(
             Instant::now() < deadline,
             "Prometheus shows {last:?}, not {wanted:?}; its log:\n{log}"

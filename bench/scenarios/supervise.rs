@@ -28,23 +28,7 @@ const SLEEP: &str = "/bin/sleep";
 
 /// The processes whose environment has `BENCH_MARKER=<prefix><anything>`, with their marker.
 fn marked(prefix: &str) -> Vec<(u32, String)> {
-    let wanted = format!("BENCH_MARKER={prefix}");
-    let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if let Some(var) = environ.split(|b| *b == 0).find(|v| v.starts_with(wanted.as_bytes())) {
-            found.push((pid, String::from_utf8_lossy(&var[13..]).into_owned()));
-        }
-    }
-    found
+    heartbeatd_harness::processes_with_env("BENCH_MARKER", prefix)
 }
 
 fn all_pids() -> HashSet<u32> {

@@ -10,6 +10,7 @@
 //! (five times), so parallel tests never fail on that race.
 
 pub mod browser;
+pub mod peers;
 
 use std::fs;
 use std::net::TcpListener;
@@ -58,7 +59,18 @@ pub fn test_agent_bin() -> PathBuf {
 /// The pids of live processes whose environment has `TEST_MARKER=<marker>`: how tests find
 /// every process of a supervised tree, whatever its pid or group.
 pub fn processes_with_marker(marker: &str) -> Vec<u32> {
-    let wanted = format!("TEST_MARKER={marker}");
+    processes_with_env("TEST_MARKER", marker)
+        .into_iter()
+        .filter(|(_, value)| value == marker)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The live processes whose environment has `name=<value starting with prefix>`, with that
+/// value (found in `/proc/<pid>/environ`; a zombie has an empty environment: it is gone but
+/// for its exit status).
+pub fn processes_with_env(name: &str, prefix: &str) -> Vec<(u32, String)> {
+    let wanted = format!("{name}={prefix}");
     let mut found = Vec::new();
     let Ok(entries) = fs::read_dir("/proc") else {
         return found;
@@ -70,9 +82,8 @@ pub fn processes_with_marker(marker: &str) -> Vec<u32> {
         let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        // A zombie has an empty environment: it is gone but for its exit status.
-        if environ.split(|b| *b == 0).any(|var| var == wanted.as_bytes()) {
-            found.push(pid);
+        if let Some(var) = environ.split(|b| *b == 0).find(|v| v.starts_with(wanted.as_bytes())) {
+            found.push((pid, String::from_utf8_lossy(&var[name.len() + 1..]).into_owned()));
         }
     }
     found

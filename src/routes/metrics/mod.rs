@@ -25,6 +25,7 @@ use heartbeatd_actors::model::process::{ExitReason, ProcessState};
 use heartbeatd_actors::registry::{AgentSet, RegistrySnapshot};
 use heartbeatd_actors::stats::{GetStats, Stats, StatsReport};
 use heartbeatd_actors::supervision::board::ProcessBoard;
+use prometheus::core::Collector;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use slog::{warn, Logger};
 
@@ -174,19 +175,24 @@ impl MetricsEndpoint {
             ),
         };
         let registry = Registry::new();
-        registry.register(Box::new(series.received.clone()))?;
-        registry.register(Box::new(series.processed.clone()))?;
-        registry.register(Box::new(series.rejected.clone()))?;
-        registry.register(Box::new(series.errors.clone()))?;
-        registry.register(Box::new(series.store_errors.clone()))?;
-        registry.register(Box::new(series.webhook_failures.clone()))?;
-        registry.register(Box::new(series.queue_depth.clone()))?;
-        registry.register(Box::new(series.queue_capacity.clone()))?;
-        registry.register(Box::new(series.agents.clone()))?;
-        registry.register(Box::new(series.restarts.clone()))?;
-        registry.register(Box::new(series.process_state.clone()))?;
-        registry.register(Box::new(series.supervised.clone()))?;
-        registry.register(Box::new(series.alert_failures.clone()))?;
+        let mirrored: [Box<dyn Collector>; 13] = [
+            Box::new(series.received.clone()),
+            Box::new(series.processed.clone()),
+            Box::new(series.rejected.clone()),
+            Box::new(series.errors.clone()),
+            Box::new(series.store_errors.clone()),
+            Box::new(series.webhook_failures.clone()),
+            Box::new(series.queue_depth.clone()),
+            Box::new(series.queue_capacity.clone()),
+            Box::new(series.agents.clone()),
+            Box::new(series.restarts.clone()),
+            Box::new(series.process_state.clone()),
+            Box::new(series.supervised.clone()),
+            Box::new(series.alert_failures.clone()),
+        ];
+        for collector in mirrored {
+            registry.register(collector)?;
+        }
         pipeline.register(&registry)?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Self {
