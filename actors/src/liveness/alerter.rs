@@ -43,6 +43,10 @@ const RETRIES: Retries = Retries {
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// The most alerts in one request (a big fleet going down at once is sent in pieces).
 const BATCH: usize = 1000;
+/// Fires and resolves are sent at most this often: a fleet going down at once is sent in
+/// requests of [`BATCH`] alerts, not one request per agent (which the [`MAX_PENDING`] cap
+/// would cut short).
+const SEND_DELAY: Duration = Duration::from_millis(100);
 /// `alerts.json` is written at most this often: a fleet going down at once costs one synced
 /// write, not one per agent, on the thread the Manager shares.
 const SAVE_DELAY: Duration = Duration::from_millis(500);
@@ -135,7 +139,16 @@ pub struct Alerter {
     failure_log: Arc<Mutex<LogGate>>,
     /// A save of `alerts.json` is scheduled.
     save_pending: bool,
+    /// Fires and resolves not sent yet, by alert key: the newest change of an alert wins, and
+    /// an alert fired and resolved before it was sent is never sent.
+    outbox: BTreeMap<String, Change>,
     log: Logger,
+}
+
+/// A change of an alert waiting to be sent.
+enum Change {
+    Fired(Alert),
+    Resolved(Alert),
 }
 
 impl Alerter {
@@ -149,7 +162,41 @@ impl Alerter {
             failures,
             failure_log: Arc::new(Mutex::new(LogGate::new(Duration::from_secs(10)))),
             save_pending: false,
+            outbox: BTreeMap::new(),
             log,
+        }
+    }
+
+    /// Queues a change; the outbox is sent [`SEND_DELAY`] after its first change.
+    fn queue(&mut self, key: String, change: Change, ctx: &mut Context<Self>) {
+        if self.outbox.is_empty() {
+            ctx.run_later(SEND_DELAY, |act, ctx| act.send_outbox(ctx));
+        }
+        match change {
+            // Fired and resolved before anything was sent: Alertmanager never needs to know.
+            Change::Resolved(_) if matches!(self.outbox.get(&key), Some(Change::Fired(_))) => {
+                self.outbox.remove(&key);
+            }
+            change => {
+                self.outbox.insert(key, change);
+            }
+        }
+    }
+
+    fn send_outbox(&mut self, ctx: &mut Context<Self>) {
+        let (mut fired, mut resolved) = (Vec::new(), Vec::new());
+        for change in std::mem::take(&mut self.outbox).into_values() {
+            match change {
+                Change::Fired(alert) => fired.push(alert),
+                Change::Resolved(alert) => resolved.push(alert),
+            }
+        }
+        if !fired.is_empty() {
+            let ends_at = self.ends_at();
+            self.send(fired, ends_at, ctx);
+        }
+        if !resolved.is_empty() {
+            self.send(resolved, Utc::now(), ctx);
         }
     }
 
@@ -317,10 +364,9 @@ impl Handler<Fire> for Alerter {
             annotations,
             starts_at: Utc::now(),
         };
-        self.firing.insert(key, alert.clone());
+        self.firing.insert(key.clone(), alert.clone());
         self.schedule_save(ctx);
-        let ends_at = self.ends_at();
-        self.send(vec![alert], ends_at, ctx);
+        self.queue(key, Change::Fired(alert), ctx);
     }
 }
 
@@ -336,9 +382,10 @@ impl Handler<Resolve> for Alerter {
     type Result = ();
 
     fn handle(&mut self, msg: Resolve, ctx: &mut Context<Self>) {
-        if let Some(alert) = self.firing.remove(&key(msg.name, &msg.agent_id)) {
+        let key = key(msg.name, &msg.agent_id);
+        if let Some(alert) = self.firing.remove(&key) {
             self.schedule_save(ctx);
-            self.send(vec![alert], Utc::now(), ctx);
+            self.queue(key, Change::Resolved(alert), ctx);
         }
     }
 }
@@ -374,5 +421,126 @@ mod tests {
         assert_eq!(down_before(&loaded), ["a"]);
         std::fs::write(dir.path().join(FIRING_FILE), b"{torn").unwrap();
         assert!(load_firing(dir.path()).is_empty(), "a damaged file counts as none");
+    }
+
+    /// A stand-in Alertmanager: answers 200 to every request, counting the requests and the
+    /// alerts by `endsAt` (in the future: firing; else resolved).
+    #[derive(Default)]
+    struct Received {
+        requests: AtomicUsize,
+        firing: Mutex<std::collections::HashSet<String>>,
+        resolved: Mutex<std::collections::HashSet<String>>,
+    }
+
+    fn stand_in_alertmanager() -> (u16, Arc<Received>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Received::default());
+        let shared = Arc::clone(&received);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let received = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        received.requests.fetch_add(1, Ordering::SeqCst);
+                        let alerts: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+                        for alert in alerts {
+                            let id = alert["labels"]["agent_id"].as_str().unwrap_or_default().to_owned();
+                            let ends: DateTime<Utc> = alert["endsAt"].as_str().unwrap().parse().unwrap();
+                            let set = if ends > Utc::now() {
+                                &received.firing
+                            } else {
+                                &received.resolved
+                            };
+                            set.lock().unwrap().insert(id);
+                        }
+                        writer
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        (port, received)
+    }
+
+    fn fire(id: &str) -> Fire {
+        Fire {
+            name: AlertName::HeartbeatAgentDown,
+            agent_id: id.to_owned(),
+            agent_type: String::new(),
+            last_seen: None,
+            reported_status: None,
+            detail: None,
+        }
+    }
+
+    /// A fleet going down at once: 3 000 fires reach Alertmanager in a few requests of up to
+    /// BATCH alerts, none dropped (one request each would pass MAX_PENDING and drop most).
+    /// Fired and resolved within one send window: never sent.
+    #[actix_rt::test]
+    async fn a_fleet_going_down_at_once_is_sent_in_batches_and_nothing_is_dropped() {
+        let (port, received) = stand_in_alertmanager();
+        let dir = tempfile::tempdir().unwrap();
+        let failures = Arc::new(AtomicU64::new(0));
+        let policy = AlerterPolicy {
+            urls: vec![format!("http://127.0.0.1:{port}")],
+            resend: Duration::from_secs(3600),
+            instance: "test".to_owned(),
+            data_dir: dir.path().to_owned(),
+        };
+        let alerter = Alerter::new(
+            policy,
+            Firing::new(),
+            Arc::clone(&failures),
+            slog::Logger::root(slog::Discard, slog::o!()),
+        )
+        .start();
+
+        for n in 0..3000 {
+            alerter.send(fire(&format!("agent-{n:04}"))).await.unwrap();
+        }
+        alerter.send(fire("blip")).await.unwrap();
+        alerter
+            .send(Resolve {
+                name: AlertName::HeartbeatAgentDown,
+                agent_id: "blip".to_owned(),
+            })
+            .await
+            .unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while received.firing.lock().unwrap().len() < 3000 && Instant::now() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(received.firing.lock().unwrap().len(), 3000, "every alert arrived");
+        assert_eq!(failures.load(Ordering::SeqCst), 0, "none dropped or failed");
+        let requests = received.requests.load(Ordering::SeqCst);
+        assert!(requests <= 10, "{requests} requests for 3000 alerts");
+        assert!(!received.firing.lock().unwrap().contains("blip"));
+        assert!(
+            received.resolved.lock().unwrap().is_empty(),
+            "blip was never sent, so never resolved"
+        );
     }
 }
