@@ -165,3 +165,30 @@ fn a_real_prometheus_sees_a_live_and_a_dead_agent() {
         last = agent_up(&prometheus);
     }
 }
+
+#[test]
+fn a_scrape_flood_gets_429_with_retry_after_and_heartbeats_go_on() {
+    // Arrange
+    let daemon = Daemon::start(CONFIG);
+    assert_eq!(daemon.post_heartbeat(&heartbeat("live", 1)).status, 200);
+
+    // Act: 60 scrapes as fast as one client can send them.
+    let replies: Vec<_> = (0..60).map(|_| daemon.request("GET", "/metrics", None)).collect();
+
+    // Assert: the burst is answered, the rest is told when to come back; heartbeats are not
+    // affected; a second later scrapes are answered again.
+    let answered = replies.iter().filter(|r| r.status == 200).count();
+    let limited: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
+    assert!((20..60).contains(&answered), "{answered} answered");
+    assert_eq!(answered + limited.len(), 60);
+    let refused = limited[0];
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.body["success"], false);
+    assert!(
+        refused.body["message"].as_str().unwrap().contains("too many scrapes"),
+        "{refused:?}"
+    );
+    assert_eq!(daemon.post_heartbeat(&heartbeat("live", 1)).status, 200);
+    thread::sleep(Duration::from_millis(1100));
+    assert_eq!(daemon.request("GET", "/metrics", None).status, 200);
+}
