@@ -41,8 +41,9 @@ const REUSE_WITHIN: Duration = Duration::from_millis(250);
 
 /// Scrapes answered per second, and in a burst: far above what Prometheus needs (two servers
 /// every 15 s), far below what would crowd heartbeats off the HTTP threads (a 10k-agent
-/// answer is 3 MB: a flood of 200 scrapes/s pushed heartbeat p50 latency from 1 ms to
-/// 0.8 s). Past it: 429 with `Retry-After: 1`.
+/// answer is 3 MB: without this limit wrk on `/metrics` got 1,066 answers/s, 3 GB/s, and
+/// heartbeats at 10k/s went from 1.2 ms to 1.1 s p50 latency; with it, 1.4 ms). Past it: 429
+/// with `Retry-After: 1`.
 const SCRAPES_PER_S: f64 = 10.0;
 const SCRAPE_BURST: f64 = 20.0;
 
