@@ -304,7 +304,7 @@ pub fn run() -> ExitCode {
                     Ok(0) | Err(_) => output = None,
                     Ok(n) => {
                         if let Some(log) = &mut log {
-                            let _ = log.write(&buffer[..n]);
+                            log.write_or_count(&buffer[..n]);
                         }
                     }
                 }
@@ -366,7 +366,7 @@ pub fn run() -> ExitCode {
                 break;
             }
             if let Some(log) = &mut log {
-                let _ = log.write(&buffer[..n]);
+                log.write_or_count(&buffer[..n]);
             }
         }
     }

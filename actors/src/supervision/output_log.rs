@@ -25,6 +25,10 @@ pub struct OutputLog {
     backups: u32,
     /// The start of a line not yet ended.
     partial: Vec<u8>,
+    /// Output the file refused (disk full, say) since the last write that worked: up to this
+    /// many bytes, and why. Said in the file once it takes writes again.
+    lost: u64,
+    lost_reason: String,
 }
 
 impl OutputLog {
@@ -42,6 +46,8 @@ impl OutputLog {
             max_bytes,
             backups,
             partial: Vec::new(),
+            lost: 0,
+            lost_reason: String::new(),
         })
     }
 
@@ -91,6 +97,33 @@ impl OutputLog {
             self.write_line(&line)?;
         }
         Ok(())
+    }
+
+    /// Takes a chunk of output and never fails: what the file refuses is counted, said once on
+    /// the keeper's stderr (heartbeatd's), and noted in the file (`heartbeatd: up to N bytes
+    /// of output lost: <why>`) when it takes writes again. The agent is never held up by its
+    /// output.
+    pub fn write_or_count(&mut self, chunk: &[u8]) {
+        if self.lost > 0 {
+            let note = format!("up to {} bytes of output lost: {}", self.lost, self.lost_reason);
+            if self.note(&note).is_err() {
+                self.lost += chunk.len() as u64;
+                return;
+            }
+            self.lost = 0;
+        }
+        if let Err(e) = self.write(chunk) {
+            if self.lost == 0 {
+                eprintln!(
+                    "heartbeatd keep: cannot write {}: {e}; the agent's output is dropped until it can (free space in data_dir)",
+                    self.path.display()
+                );
+            }
+            // What was not written is counted; a partial line waiting is dropped with it.
+            self.lost += (chunk.len() + self.partial.len()) as u64;
+            self.partial.clear();
+            self.lost_reason = e.to_string();
+        }
     }
 
     /// Writes a line of heartbeatd's own (a start failure, say), marked as such.
@@ -204,5 +237,31 @@ mod tests {
         log.finish().unwrap();
         let last = tail(&path, 1, 1 << 20).unwrap();
         assert_eq!(last[0].len(), 10, "pieces of at most MAX_LINE");
+    }
+
+    #[test]
+    fn output_the_disk_refuses_is_counted_and_noted_once_the_disk_takes_writes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.log");
+        let mut log = OutputLog::open(&path, 1 << 20, 1).unwrap();
+        log.write_or_count(b"before\n");
+        // The disk fills up: /dev/full refuses every write with ENOSPC.
+        let real = std::mem::replace(
+            &mut log.file,
+            OpenOptions::new().append(true).open("/dev/full").unwrap(),
+        );
+        log.write_or_count(b"lost one\n");
+        log.write_or_count(b"lost two\n");
+        // Space again.
+        log.file = real;
+        log.write_or_count(b"after\n");
+        let text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "before");
+        assert!(
+            lines[1].starts_with("heartbeatd: up to 18 bytes of output lost: ") && lines[1].contains("No space left"),
+            "{text}"
+        );
+        assert_eq!(lines[2..], ["after"]);
     }
 }
