@@ -395,10 +395,55 @@ fn ctl_status_start_stop_restart_and_tail_work_against_a_live_daemon() {
         "{out}"
     );
 
+    // `tail -f` follows: it prints the restarted agent's first line.
+    let mut follower = std::process::Command::new(crate::daemon::BIN)
+        .args([
+            "ctl",
+            "--url",
+            &format!("http://127.0.0.1:{}", daemon.port),
+            "tail",
+            "svc",
+            "-f",
+        ])
+        .env("HEARTBEATD_ADMIN_TOKEN", "t0ken")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
     let (code, out, _) = ctl(&daemon, &["restart", "svc"]);
     assert_eq!(code, 0);
     let new_pid = process(&daemon, "svc")["pid"].as_i64().unwrap();
     assert_ne!(new_pid, pid, "{out}");
+    let wanted = format!("test agent svc started (pid {new_pid})");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains(&wanted)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!(
+                "tail -f did not print {wanted:?} within 10 s (or exited: {:?}); it printed {seen:?}",
+                follower.try_wait()
+            ),
+        }
+    }
+    assert_eq!(
+        seen.iter().filter(|l| l.contains(&wanted)).count(),
+        1,
+        "each line once: {seen:?}"
+    );
+    let _ = follower.kill();
+    let _ = follower.wait();
 
     let (code, out, _) = ctl(&daemon, &["tail", "svc", "-n", "5"]);
     assert_eq!(code, 0);
