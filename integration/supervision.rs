@@ -512,6 +512,58 @@ fn no_process_of_a_tree_survives_a_graceful_stop_or_a_sigkill_of_heartbeatd() {
     assert!(left.is_empty(), "left 2 s after SIGKILL of heartbeatd: {left:?}");
 }
 
+/// The parent pid of `pid` (field 4 of `/proc/<pid>/stat`, after the command in parentheses).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_sigkilled_keeper_leaves_no_process_of_its_tree_and_the_agent_is_started_again() {
+    // Arrange: an agent with a grandchild that left its session with setsid().
+    let mark = marker("keeper-kill");
+    let daemon = start(&agent("tree", "grandchild", &mark, "restart_backoff_ms = 100"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with_marker(&mark).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "agent and grandchild not up: {}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let old_tree = processes_with_marker(&mark);
+    let agent_pid = process(&daemon, "tree")["pid"].as_u64().unwrap() as u32;
+    let keeper = parent_of(agent_pid).unwrap();
+    assert_ne!(keeper, daemon.pid(), "the agent runs under its keeper");
+
+    // Act: someone SIGKILLs the keeper.
+    crate::daemon::send_signal(keeper, "KILL");
+
+    // Assert: within 2 s no process of the old tree is left (the agent dies with its keeper,
+    // heartbeatd sweeps the grandchild), and the agent is started again.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let alive: Vec<u32> = processes_with_marker(&mark)
+            .into_iter()
+            .filter(|pid| old_tree.contains(pid))
+            .collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left 2 s after SIGKILL of the keeper: {alive:?}\n{}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let again = wait_for(&daemon, "tree", "running again", Duration::from_secs(10), |p| {
+        p["state"] == "running" && p["pid"].as_u64().is_some_and(|pid| pid as u32 != agent_pid)
+    });
+    assert!(again["restarts"].as_u64() >= Some(1), "{again}");
+}
+
 #[test]
 fn commands_over_http_need_an_admin_token_and_bad_settings_are_refused_naming_the_key() {
     // Arrange: loopback without a token accepts other changes, but never a program to run.
