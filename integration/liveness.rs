@@ -195,6 +195,15 @@ fn health_endpoints_answer() {
     assert_eq!((healthz.status, healthz.body["success"].as_bool()), (200, Some(true)));
     let readyz = daemon.request("GET", "/readyz", None);
     assert_eq!((readyz.status, readyz.body["message"].as_str()), (200, Some("ready")));
+    // HEAD, as load balancers send it: the status without a body.
+    for path in ["/healthz", "/readyz", "/"] {
+        let head = daemon.request("HEAD", path, None);
+        assert_eq!(head.status, 200, "HEAD {path}: {head:?}");
+        assert!(
+            head.body.is_null() || head.body == "",
+            "HEAD {path} has no body: {head:?}"
+        );
+    }
     let by_status = daemon.stats()["agents_by_status"].clone();
     let keys: Vec<&String> = by_status.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["down", "late", "new", "paused", "up"], "{by_status}");

@@ -306,13 +306,23 @@ impl Application {
                         .app_data(readiness.clone())
                         .app_data(metrics_endpoint.clone())
                         .service(
+                            // HEAD too: load balancers and uptime checkers use it.
                             web::resource("/")
                                 .route(web::get().to(status_page::status_page))
+                                .route(web::head().to(status_page::status_page))
                                 .default_service(web::to(fallback::expected_get)),
                         )
                         .route("/metrics", web::get().to(metrics::metrics))
-                        .route("/healthz", web::get().to(health::healthz))
-                        .route("/readyz", web::get().to(health::readyz))
+                        .service(
+                            web::resource("/healthz")
+                                .route(web::get().to(health::healthz))
+                                .route(web::head().to(health::healthz)),
+                        )
+                        .service(
+                            web::resource("/readyz")
+                                .route(web::get().to(health::readyz))
+                                .route(web::head().to(health::readyz)),
+                        )
                         .service(
                             web::resource("/heartbeat")
                                 .route(web::post().to(post_heartbeat))
