@@ -8,9 +8,9 @@
 //! | `GET /heartbeat/stats` | [`stats`] |
 //! | `/agents`, `/agents/{id}`, `/agents/{id}/history`, `/agents/{id}/pause`, `/resume` (admin API) | [`agents`] |
 //! | `POST /agents/{id}/start`, `/stop`, `/restart`, `GET /agents/{id}/log` (supervised agents) | [`process`] |
-//! | `GET /` (the status page) | [`status_page`] |
-//! | `GET /healthz`, `GET /readyz` | [`health`] |
-//! | `GET /metrics` (Prometheus) | [`metrics`] |
+//! | `GET`/`HEAD /` (the status page) | [`status_page`] |
+//! | `GET`/`HEAD /healthz`, `/readyz` | [`health`] |
+//! | `GET /metrics` (Prometheus; at most 10 answered per second, else 429) | [`metrics`] |
 //! | anything else (404), wrong method (405) | [`fallback`] |
 //! | a body over its limit (413) or too slow (408), for every endpoint | [`body`] |
 
