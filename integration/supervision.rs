@@ -183,6 +183,44 @@ fn a_hung_agent_is_restarted_as_silent() {
 }
 
 #[test]
+fn a_restarted_agent_that_never_reports_is_restarted_again_until_fatal() {
+    // Arrange: the first run heartbeats for 1 s then hangs; every later run never reports,
+    // so liveness stays `down` and makes no new transition after the first restart.
+    let mark = marker("hang-again");
+    let first_run = tempfile::tempdir().unwrap();
+    let mode = format!("hang:1000,quiet-after-first:{}", first_run.path().join("ran").display());
+    let config = agent(
+        "stuck",
+        &mode,
+        &mark,
+        "heartbeat_interval_s = 1\ngrace_s = 1\nrestart_backoff_ms = 100\nmax_restarts = 3\nrestart_window_s = 60",
+    );
+
+    // Act
+    let mut daemon = start(&config);
+
+    // Assert: restarted for its silence again and again (every interval + grace), then
+    // `fatal` past max_restarts; every end was for silence.
+    let fatal = wait_for(&daemon, "stuck", "fatal", Duration::from_secs(30), |p| {
+        p["state"] == "fatal"
+    });
+    assert_eq!(fatal["last_exit"]["reason"], "silent", "{fatal}");
+    assert!(fatal["restarts"].as_u64() >= Some(3), "{fatal}");
+    let silent_restarts = daemon
+        .log()
+        .matches("the agent went silent (liveness: down); restarting it")
+        .count();
+    assert!(
+        silent_restarts >= 3,
+        "{silent_restarts} silence restarts:\n{}",
+        daemon.log()
+    );
+    assert_eq!(get_agent(&daemon, "stuck")["status"], "down");
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
+    assert!(wait_no_processes(&mark, Duration::from_secs(2)).is_empty());
+}
+
+#[test]
 fn sigterm_ignored_is_followed_by_sigkill_after_stop_timeout_s() {
     // Arrange
     let mark = marker("ignoreterm");

@@ -248,11 +248,33 @@ impl Actor for Liveness {
             if !transitions.is_empty() {
                 act.report(transitions);
             }
+            for id in act.tracker.take_still_down() {
+                if let (Some(listener), true) = (&act.down_listener, registered.contains_key(&id)) {
+                    listener.do_send(WentDown(id));
+                }
+            }
         });
     }
 }
 
-/// An agent went `down` (sent to the listener set with [`WatchDown`]).
+/// Asks again, one interval + grace from now, whether a `down` agent is still silent, and
+/// says [`WentDown`] again if it is (no transition: it never left `down`). The Manager asks
+/// when it restarts a supervised agent for its silence, so a restarted program that never
+/// reports is restarted again (and, past `max_restarts`, becomes `fatal`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecheckSilence(pub String);
+
+impl Handler<RecheckSilence> for Liveness {
+    type Result = ();
+
+    fn handle(&mut self, RecheckSilence(id): RecheckSilence, _: &mut Context<Self>) {
+        self.tracker.recheck_down(&id, Instant::now());
+    }
+}
+
+/// An agent went `down`, or is still `down` when rechecked (sent to the listener set with
+/// [`WatchDown`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WentDown(pub String);

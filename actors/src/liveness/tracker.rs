@@ -25,6 +25,8 @@ struct Tracked {
     timing: Timing,
     last_seen: Option<DateTime<Utc>>,
     reported_status: Option<ReportedStatus>,
+    /// A `down` agent whose deadline asks whether it is still silent ([`DeadlineTracker::recheck_down`]).
+    recheck: bool,
 }
 
 /// The deadline structure, with an explicit clock so it can be tested against a model.
@@ -37,6 +39,9 @@ pub struct DeadlineTracker {
     /// (when, generation, id): the agent's next deadline, if its generation still matches.
     deadlines: BinaryHeap<Reverse<(Instant, u64, String)>>,
     next_generation: u64,
+    /// `down` agents whose recheck deadline passed without a heartbeat, for the next
+    /// [`take_still_down`](Self::take_still_down).
+    still_down: Vec<String>,
 }
 
 impl DeadlineTracker {
@@ -118,6 +123,7 @@ impl DeadlineTracker {
                 },
                 last_seen: None,
                 reported_status: None,
+                recheck: false,
             }
         });
         if entry.status == AgentStatus::Paused {
@@ -178,6 +184,30 @@ impl DeadlineTracker {
         }
     }
 
+    /// Asks again, one interval + grace from `now`, whether a `down` agent is still silent
+    /// (heartbeatd restarted it for its silence: a restarted program that never reports must
+    /// be restarted again, though it makes no new transition). Does nothing unless it is
+    /// `down`; a heartbeat cancels it.
+    pub fn recheck_down(&mut self, id: &str, now: Instant) -> bool {
+        let Some(tracked) = self.agents.get(id) else {
+            return false;
+        };
+        if tracked.status != AgentStatus::Down {
+            return false;
+        }
+        let timing = tracked.timing;
+        self.schedule_at(id, timing, now, now + timing.down_after());
+        if let Some(t) = self.agents.get_mut(id) {
+            t.recheck = true;
+        }
+        true
+    }
+
+    /// The `down` agents whose recheck found them still silent since the last call.
+    pub fn take_still_down(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.still_down)
+    }
+
     /// Applies every deadline that has passed by `now`; returns the transitions, oldest first.
     pub fn tick(&mut self, now: Instant, wall: DateTime<Utc>) -> Vec<Transition> {
         let mut transitions = Vec::new();
@@ -196,6 +226,12 @@ impl DeadlineTracker {
             let (to, next) = match tracked.status {
                 AgentStatus::Up => (AgentStatus::Late, Some(tracked.reference + tracked.timing.down_after())),
                 AgentStatus::Late => (AgentStatus::Down, None),
+                // A recheck: still down, no transition.
+                AgentStatus::Down if tracked.recheck => {
+                    tracked.recheck = false;
+                    self.still_down.push(id);
+                    continue;
+                }
                 _ => continue,
             };
             let from = tracked.status;
@@ -224,6 +260,7 @@ impl DeadlineTracker {
                 self.by_status[entry.status as usize] -= 1;
                 entry.status = status;
                 entry.since = wall;
+                entry.recheck = false;
             }
             None => {
                 let entry = Tracked {
@@ -234,6 +271,7 @@ impl DeadlineTracker {
                     timing,
                     last_seen: None,
                     reported_status: None,
+                    recheck: false,
                 };
                 self.agents.insert(id.to_owned(), entry);
             }
@@ -243,6 +281,11 @@ impl DeadlineTracker {
     }
 
     fn schedule(&mut self, id: &str, timing: Timing, now: Instant) {
+        self.schedule_at(id, timing, now, now + timing.late_after());
+    }
+
+    /// Measures the agent's deadlines from `now`, the next one at `when`.
+    fn schedule_at(&mut self, id: &str, timing: Timing, now: Instant, when: Instant) {
         self.next_generation += 1;
         let generation = self.next_generation;
         if let Some(t) = self.agents.get_mut(id) {
@@ -250,8 +293,7 @@ impl DeadlineTracker {
             t.timing = timing;
             t.generation = generation;
         }
-        self.deadlines
-            .push(Reverse((now + timing.late_after(), generation, id.to_owned())));
+        self.deadlines.push(Reverse((when, generation, id.to_owned())));
     }
 
     /// How many tracked agents are in each state (registered agents never seen are not
@@ -301,6 +343,34 @@ mod tests {
             tracker.tick(t0 + 50 * SECOND, wall).is_empty(),
             "deadlines moved with the heartbeat"
         );
+    }
+
+    #[test]
+    fn a_recheck_reports_a_down_agent_still_silent_once_and_a_heartbeat_cancels_it() {
+        let (mut tracker, t0, wall) = (DeadlineTracker::default(), Instant::now(), Utc::now());
+        tracker.seen("a", timing(), t0, wall, None);
+        let down_at = t0 + timing().down_after();
+        assert_eq!(
+            tracker.tick(down_at, wall).last().map(|t| t.to),
+            Some(AgentStatus::Down)
+        );
+        assert!(!tracker.recheck_down("nobody", down_at));
+
+        // Still silent one interval + grace later: reported once, no transition.
+        assert!(tracker.recheck_down("a", down_at));
+        assert!(tracker.tick(down_at + timing().down_after() / 2, wall).is_empty());
+        assert!(tracker.take_still_down().is_empty(), "not yet");
+        assert!(tracker.tick(down_at + timing().down_after(), wall).is_empty());
+        assert_eq!(tracker.take_still_down(), ["a"]);
+        assert!(tracker.tick(down_at + timing().down_after() * 3, wall).is_empty());
+        assert!(tracker.take_still_down().is_empty(), "once per recheck");
+
+        // A heartbeat before the recheck's deadline cancels it.
+        assert!(tracker.recheck_down("a", down_at));
+        tracker.seen("a", timing(), down_at + Duration::from_secs(1), wall, None);
+        tracker.tick(down_at + timing().down_after() + Duration::from_millis(1), wall);
+        assert!(tracker.take_still_down().is_empty());
+        assert!(!tracker.recheck_down("a", down_at), "only a down agent is rechecked");
     }
 
     #[test]

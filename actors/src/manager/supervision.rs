@@ -91,8 +91,16 @@ impl Handler<WentDown> for Manager {
     type Result = ();
 
     fn handle(&mut self, WentDown(id): WentDown, _: &mut Context<Self>) {
-        if let Some(actor) = self.processes.get(&id) {
-            actor.do_send(WentSilent);
+        let Some(actor) = self.processes.get(&id) else { return };
+        actor.do_send(WentSilent);
+        // If the restarted program never reports either, Liveness says so again one interval
+        // + grace from now (and again after each restart, until it reports or is `fatal`).
+        let restarts_on_silence = self
+            .registry_view
+            .get(&id)
+            .is_some_and(|info| info.restart_on_silence != Some(false));
+        if let (Some(liveness), true) = (&self.liveness, restarts_on_silence) {
+            liveness.do_send(liveness::RecheckSilence(id));
         }
     }
 }

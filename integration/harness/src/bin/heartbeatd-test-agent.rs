@@ -12,6 +12,7 @@
 //! | `report-pid:PID` | reports PID in its heartbeats instead of its own |
 //! | `chatty:BYTES` | writes numbered 100-byte lines to stdout until BYTES are written |
 //! | `quiet` | never heartbeats |
+//! | `quiet-after-first:PATH` | the first run (PATH does not exist yet: it creates it) behaves as the other modes say; every later run never heartbeats |
 //!
 //! Its whole output goes to stdout/stderr, which heartbeatd captures.
 
@@ -92,6 +93,14 @@ fn main() {
             "report-pid" => pid = fields[1].parse().unwrap(),
             "chatty" => chatty = fields[1].parse().unwrap(),
             "quiet" => quiet = true,
+            "quiet-after-first" => {
+                let path = fields[1..].join(":");
+                if std::path::Path::new(&path).exists() {
+                    quiet = true;
+                } else {
+                    std::fs::write(&path, b"first run\n").unwrap();
+                }
+            }
             other => panic!("unknown TEST_AGENT_MODE part {other:?}"),
         }
     }
