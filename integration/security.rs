@@ -130,6 +130,31 @@ fn tls_serves_https_and_a_sighup_picks_up_a_renewed_certificate() {
     assert!(ok && answer.contains("heartbeat received"), "{answer}");
     assert!(!curl(&[&format!("http://127.0.0.1:{port}/healthz")]).1.contains("ok"));
     assert!(served_subject(port).contains("first"), "{}", served_subject(port));
+    // heartbeatd ctl over HTTPS: trusting the certificate with --ca works; without it, the
+    // system's certificates do not vouch for a self-signed one: exit 3, saying why.
+    let ctl = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["ctl", "--url", &url])
+            .args(extra)
+            .arg("status")
+            .env_remove("HEARTBEATD_CA")
+            .output()
+            .unwrap()
+    };
+    let ca = dir.path().join("cert.pem").display().to_string();
+    let trusted = ctl(&["--ca", &ca]);
+    let out = String::from_utf8_lossy(&trusted.stdout).into_owned();
+    assert_eq!(
+        trusted.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert!(out.lines().any(|l| l.starts_with("a ")), "{out}");
+    let untrusted = ctl(&[]);
+    let err = String::from_utf8_lossy(&untrusted.stderr).into_owned();
+    assert_eq!(untrusted.status.code(), Some(3), "{err}");
+    assert!(err.contains("certificate"), "{err}");
 
     // A renewed certificate on disk, then SIGHUP: new connections get it.
     make_certificate(dir.path(), "renewed");

@@ -1,16 +1,19 @@
 //! `heartbeatd ctl`: a supervisorctl-style client of the admin API.
 //!
 //! ```text
-//! heartbeatd ctl [--url URL] [--token T] status | start ID | stop ID | restart ID | tail ID [-n N] [-f]
+//! heartbeatd ctl [--url URL] [--token T] [--ca FILE] status | start ID | stop ID | restart ID | tail ID [-n N] [-f]
 //! ```
 //!
 //! Exit codes: 0 done; 1 refused or not found (the daemon's message is printed); 2 usage;
-//! 3 the daemon cannot be reached. It speaks plain HTTP/1.1 (a daemon serving only TLS is
-//! reached through a local plain listener or with curl).
+//! 3 the daemon cannot be reached (or its certificate is not trusted). It speaks HTTP/1.1,
+//! over TLS (rustls, as the daemon) for an `https://` URL, trusting `--ca` or the system's
+//! certificates.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -27,6 +30,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3700);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of an answer read.
 const MAX_ANSWER: u64 = 64 << 20;
+/// Trusted for an `https://` URL without `--ca` (Debian's `ca-certificates`).
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -36,6 +41,10 @@ pub struct CtlArgs {
     /// The admin token (default: $HEARTBEATD_ADMIN_TOKEN).
     #[arg(long, env = "HEARTBEATD_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM certificates to trust for an https:// URL, e.g. heartbeatd's own self-signed
+    /// tls_cert (default: the system's, /etc/ssl/certs/ca-certificates.crt).
+    #[arg(long, env = "HEARTBEATD_CA")]
+    pub ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -89,7 +98,7 @@ pub fn run(args: CtlArgs) -> ExitCode {
 }
 
 fn execute(args: &CtlArgs) -> Result<(), CtlError> {
-    let target = Target::parse(&args.url, args.token.clone())?;
+    let target = Target::parse(&args.url, args.token.clone(), args.ca.as_deref())?;
     match &args.command {
         CtlCommand::Status => status(&target),
         CtlCommand::Start { id } => control(&target, id, "start"),
@@ -102,27 +111,45 @@ fn execute(args: &CtlArgs) -> Result<(), CtlError> {
 struct Target {
     host_port: String,
     token: Option<String>,
+    /// For an `https://` URL: the TLS client and the name the certificate must carry.
+    tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
 }
 
 impl Target {
-    fn parse(url: &str, token: Option<String>) -> Result<Self, CtlError> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
+    fn parse(url: &str, token: Option<String>, ca: Option<&Path>) -> Result<Self, CtlError> {
+        let usage = || {
             CtlError::Usage(format!(
-                "--url must be http://HOST:PORT (ctl speaks plain HTTP), got {url:?}"
+                "--url must be http://HOST:PORT or https://HOST:PORT, got {url:?}"
             ))
-        })?;
+        };
+        let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err(usage()),
+        };
         let host_port = rest.trim_end_matches('/');
         if host_port.is_empty() || host_port.contains('/') {
-            return Err(CtlError::Usage(format!("--url must be http://HOST:PORT, got {url:?}")));
+            return Err(usage());
         }
-        let host_port = if host_port.contains(':') && !host_port.ends_with(']') {
+        let has_port = host_port.contains(':') && !host_port.ends_with(']');
+        let host_port = if has_port {
             host_port.to_owned()
         } else {
-            format!("{host_port}:80")
+            format!("{host_port}:{}", if https { 443 } else { 80 })
+        };
+        let tls = if https {
+            let host = host_port[..host_port.rfind(':').unwrap_or(host_port.len())]
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|_| usage())?;
+            Some((tls_client(ca.unwrap_or(Path::new(SYSTEM_CAS)))?, name))
+        } else {
+            None
         };
         Ok(Self {
             host_port,
             token: token.filter(|t| !t.is_empty()),
+            tls,
         })
     }
 
@@ -135,7 +162,7 @@ impl Target {
             .map_err(unreachable)?
             .next()
             .ok_or_else(|| CtlError::Unreachable("the name has no address".into()))?;
-        let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(unreachable)?;
+        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(unreachable)?;
         stream.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(unreachable)?;
         let auth = self
             .token
@@ -146,47 +173,14 @@ impl Target {
             "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
             self.host_port
         );
-        stream.write_all(request.as_bytes()).map_err(unreachable)?;
-        let mut reader = BufReader::new(stream.take(MAX_ANSWER));
-        let mut status_line = String::new();
-        reader.read_line(&mut status_line).map_err(unreachable)?;
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| CtlError::Unreachable(format!("not an HTTP answer: {status_line:?}")))?;
-        let mut chunked = false;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).map_err(unreachable)?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("transfer-encoding") && value.trim().eq_ignore_ascii_case("chunked") {
-                    chunked = true;
-                }
+        match &self.tls {
+            None => exchange(stream, request.as_bytes()),
+            Some((config, name)) => {
+                let connection = rustls::ClientConnection::new(Arc::clone(config), name.clone())
+                    .map_err(|e| CtlError::Unreachable(e.to_string()))?;
+                exchange(rustls::StreamOwned::new(connection, stream), request.as_bytes())
             }
         }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                let mut size = String::new();
-                reader.read_line(&mut size).map_err(unreachable)?;
-                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                if size == 0 {
-                    break;
-                }
-                let mut chunk = vec![0; size + 2];
-                reader.read_exact(&mut chunk).map_err(unreachable)?;
-                body.extend_from_slice(&chunk[..size]);
-            }
-        } else {
-            reader.read_to_end(&mut body).map_err(unreachable)?;
-        }
-        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        Ok((status, json))
     }
 
     /// A call that must succeed (2xx); otherwise the daemon's message, as a refusal.
@@ -198,6 +192,150 @@ impl Target {
         let message = body["message"].as_str().unwrap_or("no message");
         Err(CtlError::Refused(format!("{status}: {message}")))
     }
+}
+
+/// A TLS client trusting the PEM certificates in `ca`: as authorities, or, for a certificate
+/// served exactly as it is in `ca` (heartbeatd's own self-signed `tls_cert`, which
+/// `openssl req -x509` marks as an authority, which the usual check refuses as a server's),
+/// as pinned.
+fn tls_client(ca: &Path) -> Result<Arc<rustls::ClientConfig>, CtlError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let unusable = |e: String| CtlError::Usage(format!("--ca {}: {e}", ca.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    let mut pinned = Vec::new();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| unusable(e.to_string()))? {
+        let cert = cert.map_err(|e| unusable(e.to_string()))?;
+        // A certificate webpki cannot take as an authority may still be pinned.
+        let _ = roots.add(cert.clone());
+        pinned.push(cert);
+    }
+    if pinned.is_empty() {
+        return Err(unusable("no certificate in it".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let authorities =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .build()
+            .map_err(|e| unusable(e.to_string()))?;
+    let verifier = Arc::new(TrustedOrPinned {
+        authorities,
+        pinned,
+        provider: Arc::clone(&provider),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| unusable(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Accepts a server certificate the authorities vouch for (the usual check, name included),
+/// or one that is byte for byte a certificate of `--ca`; the handshake signatures are
+/// checked either way.
+#[derive(Debug)]
+struct TrustedOrPinned {
+    authorities: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<rustls_pki_types::CertificateDer<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for TrustedOrPinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .authorities
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Ok(verified) => Ok(verified),
+            Err(_) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Sends `request` and reads the answer: its status and JSON body.
+fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<(u16, Value), CtlError> {
+    let unreachable = |e: io::Error| CtlError::Unreachable(e.to_string());
+    stream.write_all(request).map_err(unreachable)?;
+    stream.flush().map_err(unreachable)?;
+    let mut reader = BufReader::new(stream.take(MAX_ANSWER));
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).map_err(unreachable)?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CtlError::Unreachable(format!("not an HTTP answer: {status_line:?}")))?;
+    let (mut chunked, mut length) = (false, None);
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(unreachable)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("transfer-encoding") && value.trim().eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            }
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<u64>().ok();
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).map_err(unreachable)?;
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).map_err(unreachable)?;
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = length {
+        // Read exactly the body: a TLS peer may close without close_notify after it.
+        reader.take(length).read_to_end(&mut body).map_err(unreachable)?;
+    } else {
+        reader.read_to_end(&mut body).map_err(unreachable)?;
+    }
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 
 fn check_id(id: &str) -> Result<(), CtlError> {
@@ -379,15 +517,25 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_urls_are_taken() {
-        assert!(Target::parse("https://h:1", None).is_err());
+    fn urls_are_http_or_https_with_default_ports() {
+        let no_ca = Some(Path::new("/nonexistent/ca.pem"));
+        assert!(Target::parse("ftp://h:1", None, None).is_err());
+        assert!(Target::parse("h:1", None, None).is_err());
+        assert!(Target::parse("http://h:1/path", None, None).is_err());
         assert_eq!(
-            Target::parse("http://127.0.0.1:9000/", None).ok().unwrap().host_port,
+            Target::parse("http://127.0.0.1:9000/", None, None)
+                .ok()
+                .unwrap()
+                .host_port,
             "127.0.0.1:9000"
         );
         assert_eq!(
-            Target::parse("http://localhost", None).ok().unwrap().host_port,
+            Target::parse("http://localhost", None, None).ok().unwrap().host_port,
             "localhost:80"
+        );
+        // https needs certificates to trust: a missing --ca file is a usage error (exit 2).
+        assert!(
+            matches!(Target::parse("https://localhost", None, no_ca), Err(CtlError::Usage(m)) if m.contains("--ca"))
         );
     }
 }

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 /// Prefix of the environment variables that override keys.
 pub const ENV_PREFIX: &str = "HEARTBEATD_";
+/// `HEARTBEATD_*` variables that are not configuration keys but `heartbeatd ctl`'s (an
+/// operator may export them in the shell that also starts the daemon): not warned about.
+const CTL_ENV: [&str; 2] = ["HEARTBEATD_URL", "HEARTBEATD_CA"];
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
 pub const ENV_KEYS: [&str; 30] = [
@@ -477,7 +480,7 @@ pub fn load(
                 .set_override(key.as_str(), value)
                 .map_err(|e| fail(&origin, e.to_string()))?;
             applied_env.push(name);
-        } else {
+        } else if !CTL_ENV.contains(&name.as_str()) {
             ignored_env.push(name);
         }
     }
@@ -599,6 +602,7 @@ mod tests {
             ("HEARTBEATD_HTTP_PORT".to_owned(), "2000".to_owned()),
             ("HEARTBEATD_WORKERS".to_owned(), "6".to_owned()),
             ("HEARTBEATD_NO_SUCH_KEY".to_owned(), "x".to_owned()),
+            ("HEARTBEATD_URL".to_owned(), "http://ctl-only".to_owned()),
             ("PATH".to_owned(), "/bin".to_owned()),
         ];
         let overrides = Overrides {
@@ -610,7 +614,11 @@ mod tests {
         assert_eq!(loaded.settings.workers, 6, "env wins over file");
         assert_eq!(loaded.settings.queue_capacity(), 6000, "capacity follows workers");
         assert_eq!(loaded.settings.data_dir, PathBuf::from("/from/file"));
-        assert_eq!(loaded.ignored_env, ["HEARTBEATD_NO_SUCH_KEY"]);
+        assert_eq!(
+            loaded.ignored_env,
+            ["HEARTBEATD_NO_SUCH_KEY"],
+            "ctl's variables are not warned about"
+        );
     }
 
     #[test]
