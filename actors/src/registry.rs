@@ -40,7 +40,9 @@ use serde::{Deserialize, Serialize};
 use crate::atomic_file::{sync_dir, write_atomically};
 use crate::model::agent::{is_valid_agent_id, AgentChange, AgentInfo};
 
-type AgentMap = HashMap<String, AgentInfo>;
+/// Each agent boxed: the map is cloned for every published change, and a table of 100k
+/// 400-byte entries (sized to the next power of two) would cost more than the agents.
+type AgentMap = HashMap<String, Arc<AgentInfo>>;
 
 /// The published registry: agents by id, and their ids in order (for paging without sorting
 /// 100k ids per request; rebuilt only when the registry changes).
@@ -58,7 +60,7 @@ impl AgentSet {
     }
 
     pub fn get(&self, id: &str) -> Option<&AgentInfo> {
-        self.by_id.get(id)
+        self.by_id.get(id).map(|info| &**info)
     }
 
     pub fn contains_key(&self, id: &str) -> bool {
@@ -75,7 +77,7 @@ impl AgentSet {
 
     /// Every agent, by id.
     pub fn values(&self) -> impl Iterator<Item = &AgentInfo> {
-        self.by_id.values()
+        self.by_id.values().map(|info| &**info)
     }
 
     /// Ids sorted, starting after `after` (all when `None`).
@@ -308,7 +310,7 @@ impl Registry {
         let mut imported = file.imported_from_config;
         for info in config_agents {
             if imported.insert(info.id.clone()) && !map.contains_key(&info.id) {
-                map.insert(info.id.clone(), info);
+                map.insert(info.id.clone(), Arc::new(info));
                 report.imported += 1;
             }
         }
@@ -332,7 +334,7 @@ impl Registry {
     /// Writes the whole set to `registry.json` and removes `registry.log`.
     fn compact(&mut self, map: &AgentMap) -> Result<(), RegistryError> {
         let Some(dir) = &self.dir else { return Ok(()) };
-        let mut agents: Vec<&AgentInfo> = map.values().collect();
+        let mut agents: Vec<&AgentInfo> = map.values().map(|info| &**info).collect();
         agents.sort_by(|a, b| a.id.cmp(&b.id));
         #[derive(Serialize)]
         struct Out<'a> {
@@ -469,7 +471,7 @@ fn put_all(agents: &mut AgentMap, batch: Vec<AgentInfo>) -> Vec<LogEntry> {
     batch
         .into_iter()
         .map(|info| {
-            agents.insert(info.id.clone(), info.clone());
+            agents.insert(info.id.clone(), Arc::new(info.clone()));
             LogEntry::Put(Box::new(info))
         })
         .collect()
@@ -492,7 +494,7 @@ fn apply_change_log(dir: &Path, map: &mut AgentMap, report: &mut RegistryLoad) -
         match serde_json::from_slice::<LogEntry>(line) {
             Ok(LogEntry::Put(mut info)) if is_valid_agent_id(&info.id) => {
                 info.clamp_timing();
-                map.insert(info.id.clone(), *info);
+                map.insert(info.id.clone(), Arc::new(*info));
                 report.log_entries += 1;
             }
             Ok(LogEntry::Del(id)) => {
@@ -514,7 +516,7 @@ fn build_map(agents: impl IntoIterator<Item = AgentInfo>) -> Result<AgentMap, Re
         if map.contains_key(&info.id) {
             return Err(RegistryError::Duplicate(info.id));
         }
-        map.insert(info.id.clone(), info);
+        map.insert(info.id.clone(), Arc::new(info));
     }
     Ok(map)
 }
@@ -601,7 +603,7 @@ impl Handler<UpdateInfo> for Registry {
         info.validate_details().map_err(RegistryError::Invalid)?;
         let updated = info.clone();
         self.change(|agents| {
-            agents.insert(info.id.clone(), info.clone());
+            agents.insert(info.id.clone(), Arc::new(info.clone()));
             ((), vec![LogEntry::Put(Box::new(info))])
         })?;
         Ok(updated)
@@ -633,7 +635,7 @@ impl Handler<ImportConfigAgents> for Registry {
         let ids: Vec<String> = new.iter().map(|i| i.id.clone()).collect();
         let mut next = current.by_id.clone();
         for info in new {
-            next.insert(info.id.clone(), info);
+            next.insert(info.id.clone(), Arc::new(info));
         }
         let before = self.imported_from_config.clone();
         self.imported_from_config.extend(ids.iter().cloned());
@@ -661,6 +663,7 @@ impl Handler<Unregister> for Registry {
         }
         Ok(self
             .change(|agents| (agents.remove(&id), vec![LogEntry::Del(id.clone())]))?
+            .map(Arc::unwrap_or_clone)
             .expect("present: checked above"))
     }
 }
