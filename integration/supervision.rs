@@ -193,7 +193,9 @@ fn a_restarted_agent_that_never_reports_is_restarted_again_until_fatal() {
         "stuck",
         &mode,
         &mark,
-        "heartbeat_interval_s = 1\ngrace_s = 1\nrestart_backoff_ms = 100\nmax_restarts = 3\nrestart_window_s = 60",
+        // The backoff (2.5 s) outlasts interval + grace (2 s): the recheck comes while the
+        // restart is still waiting, and must be made again.
+        "heartbeat_interval_s = 1\ngrace_s = 1\nrestart_backoff_ms = 2500\nrestart_backoff_max_ms = 2500\nmax_restarts = 3\nrestart_window_s = 60",
     );
 
     // Act

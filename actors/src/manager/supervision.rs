@@ -90,18 +90,17 @@ impl Manager {
 impl Handler<WentDown> for Manager {
     type Result = ();
 
-    fn handle(&mut self, WentDown(id): WentDown, _: &mut Context<Self>) {
+    fn handle(&mut self, WentDown(id): WentDown, ctx: &mut Context<Self>) {
         let Some(actor) = self.processes.get(&id) else { return };
-        actor.do_send(WentSilent);
-        // If the restarted program never reports either, Liveness says so again one interval
-        // + grace from now (and again after each restart, until it reports or is `fatal`).
-        let restarts_on_silence = self
-            .registry_view
-            .get(&id)
-            .is_some_and(|info| info.restart_on_silence != Some(false));
-        if let (Some(liveness), true) = (&self.liveness, restarts_on_silence) {
-            liveness.do_send(liveness::RecheckSilence(id));
-        }
+        // While the agent is being restarted for its silence, Liveness checks again one
+        // interval + grace later: a restarted program that never reports either is restarted
+        // again, until it reports or is `fatal` (a backoff longer than the check is waited out).
+        let asked = actor.send(WentSilent);
+        ctx.spawn(fut::wrap_future(asked).map(move |check_again, act: &mut Manager, _| {
+            if let (Ok(true), Some(liveness)) = (check_again, &act.liveness) {
+                liveness.do_send(liveness::RecheckSilence(id));
+            }
+        }));
     }
 }
 

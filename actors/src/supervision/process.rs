@@ -733,20 +733,27 @@ impl Handler<Heard> for AgentProcess {
     }
 }
 
-/// Liveness says the agent is `down`.
+/// Liveness says the agent is `down` (or still `down` when rechecked). Answers whether its
+/// silence should be checked again: yes while a silence restart is made or under way
+/// (stopping, backoff); no once it is stopped, `fatal` or not restarted on silence.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct WentSilent;
 
 impl Handler<WentSilent> for AgentProcess {
-    type Result = ();
+    type Result = bool;
 
-    fn handle(&mut self, _: WentSilent, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: WentSilent, ctx: &mut Context<Self>) -> bool {
+        if !self.spec.restart_on_silence {
+            return false;
+        }
         let running = matches!(self.state, ProcessState::Running | ProcessState::Starting);
-        if running && self.spec.restart_on_silence && self.run.as_ref().is_some_and(|r| r.ending.is_none()) {
+        if running && self.run.as_ref().is_some_and(|r| r.ending.is_none()) {
             warn!(self.log, "the agent went silent (liveness: down); restarting it"; "agent_id" => &self.id);
             self.stop(ExitReason::Silent, Then::FollowPolicy, ctx);
+            return true;
         }
+        matches!(self.state, ProcessState::Stopping | ProcessState::Backoff)
     }
 }
 
