@@ -7,11 +7,21 @@ use crate::daemon::{heartbeat, http_with_headers, Daemon, Reply};
 
 const TOKEN: &str = "s3cret-token";
 
+/// A call as an operator makes it: with a token over TCP, or without one over the control
+/// socket (as `heartbeatd ctl` does).
 fn call(daemon: &Daemon, method: &str, path: &str, body: Option<&Value>, token: Option<&str>) -> Reply {
+    let body = body.map(Value::to_string);
+    match token {
+        Some(token) => tcp(daemon, method, path, body.as_deref(), Some(token)),
+        None => daemon.admin(method, path, body.as_deref()),
+    }
+}
+
+/// A call over TCP, with a token or without.
+fn tcp(daemon: &Daemon, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Reply {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-    let body = body.map(Value::to_string);
-    http_with_headers(daemon.port, method, path, body.as_deref(), &headers).expect("an answer")
+    http_with_headers(daemon.port, method, path, body, &headers).expect("an answer")
 }
 
 fn ids(page: &Value) -> Vec<String> {
@@ -212,28 +222,44 @@ fn listing_pages_and_filters_and_patch_renames() {
 
 #[test]
 fn the_auth_matrix() {
-    // With a token: missing 401, wrong 403, right 201; reads stay open.
+    // With a token, over TCP: missing 401, wrong 403, right 201; reads stay open.
     let daemon = Daemon::start(&format!("admin_token = \"{TOKEN}\"\n"));
-    let body = json!({"id": "x"});
-    let missing = call(&daemon, "POST", "/agents", Some(&body), None);
+    let body = json!({"id": "x"}).to_string();
+    let missing = tcp(&daemon, "POST", "/agents", Some(&body), None);
     assert_eq!(
         (missing.status, missing.header("www-authenticate")),
         (401, Some("Bearer"))
     );
-    assert_eq!(call(&daemon, "POST", "/agents", Some(&body), Some("wrong")).status, 403);
-    assert_eq!(call(&daemon, "DELETE", "/agents/x", None, Some("wrong")).status, 403);
-    assert_eq!(call(&daemon, "POST", "/agents", Some(&body), Some(TOKEN)).status, 201);
+    assert_eq!(tcp(&daemon, "POST", "/agents", Some(&body), Some("wrong")).status, 403);
+    assert_eq!(tcp(&daemon, "DELETE", "/agents/x", None, Some("wrong")).status, 403);
+    assert_eq!(tcp(&daemon, "POST", "/agents", Some(&body), Some(TOKEN)).status, 201);
     assert_eq!(
-        call(&daemon, "PATCH", "/agents/x", Some(&json!({"name": "n"})), None).status,
+        tcp(&daemon, "PATCH", "/agents/x", Some(r#"{"name": "n"}"#), None).status,
         401
     );
-    assert_eq!(call(&daemon, "GET", "/agents/x", None, None).status, 200);
-    assert_eq!(call(&daemon, "DELETE", "/agents/x", None, Some(TOKEN)).status, 204);
+    assert_eq!(tcp(&daemon, "GET", "/agents/x", None, None).status, 200);
+    assert_eq!(tcp(&daemon, "DELETE", "/agents/x", None, Some(TOKEN)).status, 204);
+    // The control socket needs no token, even with one set.
+    assert_eq!(daemon.admin("POST", "/agents", Some(&body)).status, 201);
     assert!(!daemon.log().contains(TOKEN), "the token never appears in logs");
 
-    // No token while listening beyond loopback: every change refused, and a warning says why.
-    let open = Daemon::start("http_bind = \"0.0.0.0\"\n");
-    let refused = call(&open, "POST", "/agents", Some(&body), None);
+    // No token, on loopback: changes over TCP are refused unless loopback_admin is set; the
+    // control socket takes them.
+    let default = Daemon::start("");
+    let refused = tcp(&default, "POST", "/agents", Some(&body), None);
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(
+        refused.body["message"].as_str().unwrap().contains("heartbeatd ctl"),
+        "{refused:?}"
+    );
+    assert_eq!(default.admin("POST", "/agents", Some(&body)).status, 201);
+    let opted_in = Daemon::start("loopback_admin = true\n");
+    assert_eq!(tcp(&opted_in, "POST", "/agents", Some(&body), None).status, 201);
+
+    // No token while listening beyond loopback: loopback_admin cannot open TCP, and the start
+    // says so.
+    let open = Daemon::start("http_bind = \"0.0.0.0\"\nloopback_admin = true\n");
+    let refused = tcp(&open, "POST", "/agents", Some(&body), None);
     assert_eq!(refused.status, 403, "{refused:?}");
     assert!(open.log().contains("no admin_token is set"), "{}", open.log());
 }

@@ -99,14 +99,14 @@ fn huge_interval_and_grace_are_refused_over_http_and_in_the_config() {
         ),
     ];
     for (method, path, body, key) in cases {
-        let reply = daemon.request(method, path, Some(&body.to_string()));
+        let reply = daemon.admin(method, path, Some(&body.to_string()));
         assert_eq!(reply.status, 400, "{method} {path} {body}: {reply:?}");
         let message = reply.body["message"].as_str().unwrap();
         assert!(message.contains(key), "{method} {body}: {message}");
     }
     assert_eq!(daemon.request("GET", "/agents/b", None).status, 404);
     assert_eq!(daemon.request("GET", "/agents/c", None).status, 404, "all or none");
-    let ok = daemon.request(
+    let ok = daemon.admin(
         "PATCH",
         "/agents/a",
         Some(&json!({"heartbeat_interval_s": 604_800}).to_string()),
@@ -210,7 +210,7 @@ fn a_deleted_agent_is_no_longer_watched_or_counted() {
     });
 
     // Act
-    assert_eq!(daemon.request("DELETE", "/agents/gone", None).status, 204);
+    assert_eq!(daemon.admin("DELETE", "/agents/gone", None).status, 204);
     thread::sleep(Duration::from_secs(3)); // past late and down
 
     // Assert: no transition after the delete, no events file, counts add up.
@@ -233,7 +233,7 @@ fn agents_registered_through_the_api_are_counted_as_new_at_once() {
     let batch: Vec<Value> = (0..1000).map(|i| json!({"id": format!("api-{i:04}")})).collect();
 
     // Act
-    let reply = daemon.request("POST", "/agents", Some(&Value::Array(batch).to_string()));
+    let reply = daemon.admin("POST", "/agents", Some(&Value::Array(batch).to_string()));
     assert_eq!(reply.status, 201, "{reply:?}");
 
     // Assert: at once, and after a heartbeat and a delete, the states add up.
@@ -243,7 +243,7 @@ fn agents_registered_through_the_api_are_counted_as_new_at_once() {
     eventually(Duration::from_secs(3), "api-0001 is up", || {
         status_of(&daemon, "api-0001") == "up"
     });
-    assert_eq!(daemon.request("DELETE", "/agents/api-0002", None).status, 204);
+    assert_eq!(daemon.admin("DELETE", "/agents/api-0002", None).status, 204);
     let stats = assert_counts_add_up(&daemon);
     assert_eq!(stats["agents_by_status"]["up"], 1, "{stats}");
 }
@@ -296,7 +296,7 @@ fn unauthenticated_admin_bodies_are_never_read() {
     let attackers: Vec<_> = (0..16)
         .map(|_| {
             thread::spawn(move || {
-                let head = format!("PATCH /agents/a HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n");
+                let head = format!("PATCH /agents/a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n");
                 send_raw(port, &head, BODY, None)
             })
         })
@@ -379,7 +379,7 @@ fn a_body_that_trickles_in_is_cut_off_at_request_timeout_s() {
     let slow: Vec<_> = (0..20)
         .map(|_| {
             thread::spawn(move || {
-                let head = "POST /heartbeat HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n";
+                let head = "POST /heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n";
                 send_raw(port, head, 100, Some(Duration::from_secs(1)))
             })
         })
@@ -400,7 +400,7 @@ fn a_body_that_trickles_in_is_cut_off_at_request_timeout_s() {
 
     // Headers that never finish: actix's own 408 (empty body) and a closed connection.
     let started = Instant::now();
-    let answer = send_raw(port, "POST /heartbeat HTTP/1.1\r\nHost: x\r\n", 0, None);
+    let answer = send_raw(port, "POST /heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n", 0, None);
     assert!(answer.as_deref().is_some_and(|l| l.contains(" 408")), "{answer:?}");
     assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
 }
@@ -435,7 +435,7 @@ fn removing_data_dir_while_running_keeps_api_registrations() {
     let config = "[[agents]]\nid = \"from-config\"\n";
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Daemon::start_in(dir.path(), config);
-    let reply = daemon.request("POST", "/agents", Some(&json!({"id": "from-api"}).to_string()));
+    let reply = daemon.admin("POST", "/agents", Some(&json!({"id": "from-api"}).to_string()));
     assert_eq!(reply.status, 201);
 
     // Act: an operator removes the whole data directory.

@@ -115,7 +115,7 @@ fn a_paused_agent_makes_no_transitions_until_resumed() {
     assert_eq!(daemon.post_heartbeat(&heartbeat("pulse", 1)).status, 200);
     wait_for(&daemon, "up", Duration::from_secs(2));
 
-    let paused = daemon.request("POST", "/agents/pulse/pause", None);
+    let paused = daemon.admin("POST", "/agents/pulse/pause", None);
     assert_eq!(
         (paused.status, paused.body["status"].as_str()),
         (200, Some("paused")),
@@ -126,9 +126,9 @@ fn a_paused_agent_makes_no_transitions_until_resumed() {
     thread::sleep(Duration::from_millis(200));
     assert_eq!(status(&daemon), "paused");
 
-    let resumed = daemon.request("POST", "/agents/pulse/resume", None);
+    let resumed = daemon.admin("POST", "/agents/pulse/resume", None);
     assert_eq!(resumed.body["status"], "up", "{resumed:?}");
-    assert_eq!(daemon.request("POST", "/agents/nobody/pause", None).status, 404);
+    assert_eq!(daemon.admin("POST", "/agents/nobody/pause", None).status, 404);
     let events = daemon.request("GET", "/agents/pulse/events", None).body;
     let targets: Vec<&str> = events["events"]
         .as_array()

@@ -367,35 +367,64 @@ fn output_rotates_at_log_max_bytes_keeping_whole_lines_and_log_backups_files() {
         !log_path.with_file_name("chatty.log.3").exists(),
         "only log_backups = 2 kept"
     );
-    // The API's tail reads the same file.
-    let tail = daemon.request("GET", "/agents/chatty/log?tail=3", None);
+    // The API reads the same file: the last lines, then by offset.
+    let tail = daemon.admin("GET", "/agents/chatty/log?lines=3", None);
     assert_eq!(tail.status, 200, "{tail:?}");
-    let lines = tail.body["lines"].as_array().unwrap();
-    assert_eq!(lines.len(), 3);
-    assert!(lines[2].as_str().unwrap().starts_with("line 00000399"), "{lines:?}");
-    for bad in ["tail=0", "tail=10001", "tail=x", "lines=3"] {
-        let reply = daemon.request("GET", &format!("/agents/chatty/log?{bad}"), None);
+    let text = tail.body["log"]["data"].as_str().unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text:?}");
+    assert!(lines[2].starts_with("line 00000399"), "{lines:?}");
+    assert_eq!(tail.body["log"]["next_offset"], tail.body["log"]["size"]);
+    let again = daemon.admin(
+        "GET",
+        &format!(
+            "/agents/chatty/log?file={}&offset={}",
+            tail.body["log"]["next_file"].as_str().unwrap(),
+            tail.body["log"]["next_offset"]
+        ),
+        None,
+    );
+    assert_eq!(again.body["log"]["data"], "", "nothing new: {again:?}");
+    for bad in [
+        "lines=0",
+        "lines=10001",
+        "lines=x",
+        "length=0",
+        "length=1048577",
+        "offset=1&lines=2",
+        "file=zz&offset=0",
+        "tail=3",
+    ] {
+        let reply = daemon.admin("GET", &format!("/agents/chatty/log?{bad}"), None);
         assert_eq!(reply.status, 400, "{bad}: {reply:?}");
     }
+    // An operator's read: not over TCP without a token.
+    assert_eq!(daemon.request("GET", "/agents/chatty/log", None).status, 403);
     assert_eq!(daemon.stop_with("TERM").code(), Some(0));
 }
 
-/// `heartbeatd ctl` against a live daemon: its output and exit code.
+/// `heartbeatd --config <the daemon's> ctl …` against a live daemon, as an operator on its
+/// host runs it (through the control socket the configuration names): its output and exit
+/// code.
 fn ctl(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
-    let url = format!("http://127.0.0.1:{}", daemon.port);
-    let output = std::process::Command::new(crate::daemon::BIN)
-        .arg("ctl")
-        .arg("--url")
-        .arg(&url)
-        .args(args)
-        .env("HEARTBEATD_ADMIN_TOKEN", "t0ken")
-        .output()
-        .unwrap();
+    let output = ctl_command(daemon).args(args).output().unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// `heartbeatd --config <the daemon's config> ctl`, no token in its environment.
+fn ctl_command(daemon: &Daemon) -> std::process::Command {
+    let mut command = std::process::Command::new(crate::daemon::BIN);
+    command
+        .arg("--config")
+        .arg(daemon.dir.join("heartbeatd.toml"))
+        .arg("ctl")
+        .env_remove("HEARTBEATD_ADMIN_TOKEN")
+        .env_remove("HEARTBEATD_URL");
+    command
 }
 
 #[test]
@@ -436,16 +465,8 @@ fn ctl_status_start_stop_restart_and_tail_work_against_a_live_daemon() {
     );
 
     // `tail -f` follows: it prints the restarted agent's first line.
-    let mut follower = std::process::Command::new(crate::daemon::BIN)
-        .args([
-            "ctl",
-            "--url",
-            &format!("http://127.0.0.1:{}", daemon.port),
-            "tail",
-            "svc",
-            "-f",
-        ])
-        .env("HEARTBEATD_ADMIN_TOKEN", "t0ken")
+    let mut follower = ctl_command(&daemon)
+        .args(["tail", "svc", "-f"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -504,6 +525,84 @@ fn ctl_status_start_stop_restart_and_tail_work_against_a_live_daemon() {
         .output()
         .unwrap();
     assert_eq!(unreachable.status.code(), Some(3));
+
+    // Over TCP, ctl needs the token: from the environment, or the configuration's.
+    let url = format!("http://127.0.0.1:{}", daemon.port);
+    let tcp = |token: Option<&str>| {
+        let mut command = std::process::Command::new(crate::daemon::BIN);
+        command
+            .args(["ctl", "--url", &url, "stop", "svc"])
+            .env_remove("HEARTBEATD_ADMIN_TOKEN");
+        if let Some(token) = token {
+            command.env("HEARTBEATD_ADMIN_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    assert_eq!(tcp(None).status.code(), Some(1), "refused without the token");
+    assert_eq!(tcp(Some("t0ken")).status.code(), Some(0));
+    let socket = daemon.control_socket();
+    std::fs::remove_file(&socket).unwrap();
+    let (code, out, err) = ctl(&daemon, &["stop", "svc"]);
+    assert_eq!(
+        code, 0,
+        "without the socket, ctl takes the config's address and token: {err}"
+    );
+    assert!(out.starts_with("svc: stopped"), "{out}");
+}
+
+#[test]
+fn ctl_tail_f_prints_each_new_line_once_even_when_lines_repeat() {
+    // Arrange: an agent whose output is the same line over and over (a health check's log).
+    let config = "[[agents]]\nid = \"same\"\ncommand = [\"/bin/sh\", \"-c\", \"for i in $(seq 1 30); do echo same line; done; exec sleep 600\"]\n";
+    let daemon = start(config);
+    let log = daemon.data_dir().join("logs").join("same.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&log).unwrap_or_default().lines().count() < 30 {
+        assert!(Instant::now() < deadline, "the agent wrote its 30 lines");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Act: follow from the last 5 lines, then append 40 more identical lines.
+    let mut follower = ctl_command(&daemon)
+        .args(["tail", "same", "-n", "5", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        seen.push(rx.recv_timeout(Duration::from_secs(10)).expect("the first 5 lines"));
+    }
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        for _ in 0..40 {
+            writeln!(file, "same line").unwrap();
+        }
+    }
+    while seen.len() < 45 {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("tail -f printed {} lines of 45: {seen:?}", seen.len()),
+        }
+    }
+    // Nothing more: no old line printed again.
+    let extra = rx.recv_timeout(Duration::from_millis(1500));
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    // Assert
+    assert!(seen.iter().all(|l| l == "same line"), "{seen:?}");
+    assert!(extra.is_err(), "printed more than was written: {extra:?}");
 }
 
 #[test]
@@ -606,8 +705,9 @@ fn a_sigkilled_keeper_leaves_no_process_of_its_tree_and_the_agent_is_started_aga
 
 #[test]
 fn commands_over_http_need_an_admin_token_and_bad_settings_are_refused_naming_the_key() {
-    // Arrange: loopback without a token accepts other changes, but never a program to run.
-    let daemon = Daemon::start("");
+    // Arrange: loopback without a token (loopback_admin) accepts other changes, but never a
+    // program to run.
+    let daemon = Daemon::start("loopback_admin = true\n");
     let bin = test_agent_bin().display().to_string();
 
     // Act + Assert

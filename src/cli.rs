@@ -70,9 +70,10 @@ impl Cli {
 /// in an actix system; the keeper and `ctl` are plain programs and start no runtime (a keeper
 /// runs beside every supervised agent, so it must stay small).
 pub fn run(cli: Cli) -> ExitCode {
+    let overrides = cli.overrides();
     match cli.command {
         Some(Command::Keep { .. }) => heartbeatd_actors::supervision::keeper::run(),
-        Some(Command::Ctl(args)) => crate::ctl::run(args),
+        Some(Command::Ctl(args)) => crate::ctl::run(args, cli.config, overrides),
         Some(Command::CheckConfig { ref file }) => check_config(load(Some(file.clone()), &cli)),
         None => {
             limit_malloc_arenas();

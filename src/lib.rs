@@ -7,7 +7,8 @@
 //! | [`settings`] | layered configuration into typed settings |
 //! | [`telemetry`] | the slog logger (term or JSON lines) |
 //! | [`startup`] | `Application::build`: actors, listener, HTTP server |
-//! | [`routes`] | the HTTP endpoints and their error bodies |
+//! | [`routes`] | the HTTP endpoints and their error bodies, the gate (who may call what) |
+//! | [`server`] | the listeners (TCP, TLS, the control socket) and their connections' deadlines |
 //! | [`heartbeat_request`] | the `POST /heartbeat` body: parsing and the seed's rules |
 //! | [`shutdown`] | signals and the graceful drain |
 //! | [`reload`] | SIGHUP: what a configuration reload applies |
@@ -23,6 +24,7 @@ pub mod ctl;
 pub mod heartbeat_request;
 pub mod reload;
 pub mod routes;
+pub mod server;
 pub mod settings;
 pub mod shutdown;
 pub mod startup;

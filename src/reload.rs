@@ -9,7 +9,7 @@
 //! | `log_level` | applied at once |
 //! | `[[agents]]` | ids never imported before are registered (as at start-up; changes to agents already registered are the admin API's) |
 //! | `webhook_url`, `webhook_timeout_ms`, `webhook_retries` | applied to the next delivery |
-//! | `admin_token`, `ingest_token` | applied to the next request |
+//! | `admin_token`, `ingest_token`, `allowed_hosts`, `loopback_admin` | applied to the next request |
 //! | `tls_cert`, `tls_key` | the files are read again and used for new connections |
 //! | anything else | logged as needing a restart, not applied |
 
@@ -21,8 +21,7 @@ use heartbeatd_actors::liveness::webhook::{Reconfigure, Webhook, WebhookPolicy};
 use heartbeatd_actors::manager::{ImportConfigAgents, Manager};
 use slog::{error, info, warn, Logger};
 
-use crate::routes::agents::AdminAuth;
-use crate::routes::heartbeat::IngestAuth;
+use crate::routes::auth::{Gate, GateSettings, HostRules};
 use crate::settings::{self, Overrides, Settings};
 use crate::telemetry::LevelHandle;
 use crate::tls::TlsReloader;
@@ -36,7 +35,7 @@ pub struct ReloadSource {
 }
 
 /// The keys a reload applies; every other key needs a restart.
-pub const RELOADABLE_KEYS: [&str; 9] = [
+pub const RELOADABLE_KEYS: [&str; 11] = [
     "log_level",
     "agents",
     "webhook_url",
@@ -44,6 +43,8 @@ pub const RELOADABLE_KEYS: [&str; 9] = [
     "webhook_retries",
     "admin_token",
     "ingest_token",
+    "allowed_hosts",
+    "loopback_admin",
     "tls_cert",
     "tls_key",
 ];
@@ -53,12 +54,24 @@ pub struct Reloader {
     pub source: ReloadSource,
     /// As last applied (with the `[[agents]]` list of the file).
     pub current: Settings,
-    pub admin: AdminAuth,
-    pub ingest: IngestAuth,
+    /// Who may call what (tokens, hosts, loopback rule).
+    pub gate: Gate,
     pub webhook: Addr<Webhook>,
     pub manager: Addr<Manager>,
     pub tls: Option<TlsReloader>,
     pub log: Logger,
+}
+
+/// What the gate applies, from `s`.
+pub fn gate_settings(s: &Settings) -> GateSettings {
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    GateSettings {
+        admin_token: s.admin_token.clone(),
+        ingest_token: s.ingest_token.clone(),
+        allowed_hosts: HostRules::new(&s.allowed_hosts.0, host_name.as_deref().map(str::trim)),
+        loopback_admin: s.loopback_admin,
+        listens_on_loopback: s.bind_ip().is_ok_and(|ip| ip.is_loopback()),
+    }
 }
 
 /// The webhook settings of `s`, if a URL is set.
@@ -98,15 +111,22 @@ impl Reloader {
                 "webhook_timeout_ms" => new.webhook_timeout_ms, "webhook_retries" => new.webhook_retries);
             applied.push("webhook");
         }
-        if new.admin_token != old.admin_token {
-            self.admin.set_token(new.admin_token.clone());
-            info!(self.log, "SIGHUP: admin_token changed"; "set" => new.admin_token.is_some());
-            applied.push("admin_token");
-        }
-        if new.ingest_token != old.ingest_token {
-            self.ingest.set_token(new.ingest_token.clone());
-            info!(self.log, "SIGHUP: ingest_token changed"; "set" => new.ingest_token.is_some());
-            applied.push("ingest_token");
+        let gate_keys = [
+            ("admin_token", new.admin_token != old.admin_token),
+            ("ingest_token", new.ingest_token != old.ingest_token),
+            ("allowed_hosts", new.allowed_hosts != old.allowed_hosts),
+            ("loopback_admin", new.loopback_admin != old.loopback_admin),
+        ];
+        let changed: Vec<&str> = gate_keys.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
+        if !changed.is_empty() {
+            // The listener stays where it is: judge loopback by the running address.
+            self.gate.reload(GateSettings {
+                listens_on_loopback: old.bind_ip().is_ok_and(|ip| ip.is_loopback()),
+                ..gate_settings(&new)
+            });
+            info!(self.log, "SIGHUP: access rules changed"; "keys" => changed.join(", "),
+                "admin_token_set" => new.admin_token.is_some(), "ingest_token_set" => new.ingest_token.is_some());
+            applied.extend(changed);
         }
         if let Some(tls) = &self.tls {
             match tls.reload(&new) {

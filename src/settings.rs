@@ -16,7 +16,7 @@ pub const ENV_PREFIX: &str = "HEARTBEATD_";
 const CTL_ENV: [&str; 2] = ["HEARTBEATD_URL", "HEARTBEATD_CA"];
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 30] = [
+pub const ENV_KEYS: [&str; 35] = [
     "http_port",
     "http_bind",
     "workers",
@@ -47,6 +47,11 @@ pub const ENV_KEYS: [&str; 30] = [
     "alertmanager_url",
     "alert_resend_s",
     "instance_name",
+    "allowed_hosts",
+    "loopback_admin",
+    "control_socket",
+    "send_timeout_s",
+    "max_agents",
 ];
 
 /// The daemon's whole configuration.
@@ -141,6 +146,27 @@ pub struct Settings {
     /// 408 and their connection is closed.
     #[serde(default = "default_request_timeout_s")]
     pub request_timeout_s: u64,
+    /// A connection whose client reads nothing of its answer for this long is closed, and the
+    /// memory held for the answer returned (nginx's `send_timeout`: between two writes).
+    #[serde(default = "default_send_timeout_s")]
+    pub send_timeout_s: u64,
+    /// Names a request's `Host` may carry besides `localhost`, IP addresses and this machine's
+    /// host name (`*.example.com` for every subdomain, `*` for any): anything else gets 421,
+    /// which ends DNS rebinding. A TOML array, or comma-separated in the environment.
+    #[serde(default)]
+    pub allowed_hosts: HostList,
+    /// Without an `admin_token`, changes over TCP are refused; `true` allows them from a
+    /// loopback listener (any local user could then stop and start agents). The control
+    /// socket needs no token either way.
+    #[serde(default)]
+    pub loopback_admin: bool,
+    /// The control socket `heartbeatd ctl` uses (mode 0600, no token needed): default
+    /// `<data_dir>/heartbeatd.sock`; `""` for none.
+    #[serde(default)]
+    pub control_socket: Option<String>,
+    /// Agents registered, at most, whatever registers them (config, API, `auto_register`).
+    #[serde(default = "default_max_agents")]
+    pub max_agents: usize,
     /// Open HTTP connections, at most (shared by the HTTP worker threads); further
     /// connections wait in the listen backlog. Needs about as many file descriptors.
     #[serde(default = "default_max_connections")]
@@ -270,6 +296,37 @@ fn default_max_connections() -> usize {
 fn default_auto_register_limit() -> usize {
     10_000
 }
+fn default_send_timeout_s() -> u64 {
+    10
+}
+fn default_max_agents() -> usize {
+    1_000_000
+}
+
+/// `allowed_hosts`: a TOML array of names, or one comma-separated string (as an environment
+/// variable can only give).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct HostList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for HostList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            List(Vec<String>),
+            Text(String),
+        }
+        Ok(Self(match Form::deserialize(deserializer)? {
+            Form::List(names) => names,
+            Form::Text(text) => text
+                .split(',')
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
+        }))
+    }
+}
 
 impl Settings {
     /// The effective queue capacity.
@@ -284,6 +341,10 @@ impl Settings {
             queue_capacity: Some(self.queue_capacity()),
             admin_token: self.admin_token.as_ref().map(|_| "<redacted>".to_owned()),
             ingest_token: self.ingest_token.as_ref().map(|_| "<redacted>".to_owned()),
+            control_socket: Some(
+                self.control_socket_path()
+                    .map_or_else(String::new, |p| p.display().to_string()),
+            ),
             ..self.clone()
         }
     }
@@ -309,6 +370,15 @@ impl Settings {
         })
     }
 
+    /// The control socket's path, if there is one.
+    pub fn control_socket_path(&self) -> Option<PathBuf> {
+        match self.control_socket.as_deref() {
+            None => Some(self.data_dir.join("heartbeatd.sock")),
+            Some("") => None,
+            Some(path) => Some(PathBuf::from(path)),
+        }
+    }
+
     /// The bind address; validated at load, so a loaded `Settings` always has one.
     pub fn bind_ip(&self) -> Result<IpAddr, String> {
         self.http_bind.parse().map_err(|_| {
@@ -321,7 +391,7 @@ impl Settings {
 
     /// (key, value, min, max) of every numeric key but the agent timing (bounded by
     /// [`check_timing`]) and `http_port` (its type bounds it).
-    fn numeric_bounds(&self) -> [(&'static str, u64, u64, u64); 16] {
+    fn numeric_bounds(&self) -> [(&'static str, u64, u64, u64); 18] {
         const DAY_S: u64 = 86_400;
         let n = |v: usize| v as u64;
         [
@@ -333,6 +403,8 @@ impl Settings {
             ("checkpoint_interval_s", self.checkpoint_interval_s, 1, DAY_S),
             ("shutdown_timeout_s", self.shutdown_timeout_s, 1, DAY_S),
             ("request_timeout_s", self.request_timeout_s, 1, 3600),
+            ("send_timeout_s", self.send_timeout_s, 1, 3600),
+            ("max_agents", n(self.max_agents), 1, 10_000_000),
             ("max_connections", n(self.max_connections), 1, 1_000_000),
             ("max_clock_skew_s", self.max_clock_skew_s, 1, 7 * DAY_S),
             ("metrics_agent_limit", n(self.metrics_agent_limit), 0, 10_000_000),
@@ -380,6 +452,39 @@ impl Settings {
                     ));
                 }
             }
+        }
+        if self.allowed_hosts.0.len() > 256 {
+            return Err(format!(
+                "allowed_hosts: at most 256 names, got {}",
+                self.allowed_hosts.0.len()
+            ));
+        }
+        for name in &self.allowed_hosts.0 {
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._*:[]".contains(&b));
+            if !valid {
+                return Err(format!(
+                    "allowed_hosts: {:?} is not a host name (letters, digits, '-', '.', and '*.' in front for subdomains)",
+                    name.chars().take(100).collect::<String>()
+                ));
+            }
+        }
+        if let Some(path) = self.control_socket.as_deref().filter(|p| !p.is_empty()) {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "control_socket: {path:?} must be an absolute path (or \"\" for none)"
+                ));
+            }
+        }
+        if self.agents.len() > self.max_agents {
+            return Err(format!(
+                "agents: {} agents are configured but max_agents is {}",
+                self.agents.len(),
+                self.max_agents
+            ));
         }
         if let Some(name) = &self.instance_name {
             if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use heartbeatd_actors::counters::IngressCounters;
 use heartbeatd_actors::ingest::pipeline_metrics::PipelineMetrics;
 use heartbeatd_actors::ingest::queue::IngressQueue;
@@ -25,12 +25,15 @@ use heartbeatd_actors::supervision::board::ProcessBoard;
 use heartbeatd_actors::supervision::process::SupervisionContext;
 use slog::{error, info, o, warn, Logger};
 
-use crate::reload::{webhook_policy, ReloadSource, Reloader};
-use crate::routes::agents::{self, AdminApi, AdminAuth};
-use crate::routes::health::{self, Readiness};
-use crate::routes::heartbeat::{post_heartbeat, HeartbeatIngress, IngestAuth};
-use crate::routes::metrics::{self, MetricsEndpoint, MetricsSources};
-use crate::routes::{fallback, process, stats, status_page};
+use crate::reload::{gate_settings, webhook_policy, ReloadSource, Reloader};
+use crate::routes::agents::AdminApi;
+use crate::routes::auth::Gate;
+use crate::routes::costly::{self, CostlyReads};
+use crate::routes::health::Readiness;
+use crate::routes::heartbeat::HeartbeatIngress;
+use crate::routes::metrics::{MetricsEndpoint, MetricsSources};
+use crate::routes::{self, AppState};
+use crate::server::{self, control_socket, ConnectionCounters, ConnectionLimits, Listeners};
 use crate::settings::Settings;
 use crate::shutdown::{self, DrainOutcome, Running, Signals};
 use crate::tls;
@@ -62,6 +65,8 @@ pub enum StartupError {
     Metrics(String),
     #[error("{0}. Fix tls_cert / tls_key (PEM files) or remove both to serve plain HTTP")]
     Tls(#[source] tls::TlsError),
+    #[error(transparent)]
+    ControlSocket(#[from] control_socket::ControlSocketError),
 }
 
 /// A built daemon, ready to serve.
@@ -81,6 +86,8 @@ pub struct Application {
     reloader: Reloader,
     /// Pushes alerts (`alertmanager_url` set).
     alerter: Option<Addr<Alerter>>,
+    /// Removed at a graceful stop.
+    control_socket: Option<std::path::PathBuf>,
 }
 
 impl Application {
@@ -126,9 +133,15 @@ impl Application {
                 "what_to_do" => "re-register agents added through the API, or restore the file while heartbeatd is stopped");
         }
         let registry_view = registry.snapshot();
+        if registry_view.len() > settings.max_agents {
+            warn!(log, "more agents are registered than max_agents allows; no agent can be registered until some are deleted";
+                "registered" => registry_view.len(), "max_agents" => settings.max_agents,
+                "what_to_do" => "delete agents (DELETE /agents/{id}) or raise max_agents");
+        }
         let registry = registry
             .with_logger(log.new(o!("actor" => "registry")))
             .with_auto_register_limit(settings.auto_register_limit)
+            .with_max_agents(settings.max_agents)
             .start();
 
         let queue = IngressQueue::new(settings.queue_capacity());
@@ -236,18 +249,29 @@ impl Application {
         check_descriptor_limit(settings.max_connections, &log);
 
         let loopback = bind_ip.is_loopback();
-        let admin_auth = AdminAuth::new(settings.admin_token.clone(), loopback);
-        let ingest_auth = IngestAuth::new(settings.ingest_token.clone());
+        let gate = Gate::new(
+            gate_settings(&settings),
+            Some(Arc::clone(&counters)),
+            log.new(o!("actor" => "gate")),
+        );
         let tls_reloader = tls.as_ref().map(|(_, reloader)| reloader.clone());
         if !loopback && settings.ingest_token.is_none() && tls.is_none() && settings.http_port != 0 {
             warn!(log, "heartbeatd listens beyond loopback with neither ingest_token nor TLS: anyone on the network can post heartbeats for any registered agent (and register agents with auto_register), and read every heartbeat in transit";
                 "bind" => %bind_ip,
                 "what_to_do" => "set ingest_token (agents send Authorization: Bearer <token>) and tls_cert / tls_key, or bind to 127.0.0.1");
         }
+        // The control socket lives in data_dir, which the store has made (0700) by now.
+        let control_path = settings.control_socket_path();
+        let control = control_path.as_deref().map(control_socket::bind).transpose()?;
 
-        let (server, local_addr) = if let Some(listener) = listener {
+        let listening = listener.is_some() || control.is_some();
+        let (server, local_addr) = if listening {
             let request_timeout = Duration::from_secs(settings.request_timeout_s);
-            let local_addr = listener.local_addr().map_err(StartupError::Http)?;
+            let local_addr = listener
+                .as_ref()
+                .map(|l| l.local_addr())
+                .transpose()
+                .map_err(StartupError::Http)?;
             let ingress = web::Data::new(
                 HeartbeatIngress::new(
                     Arc::clone(&queue),
@@ -259,14 +283,20 @@ impl Application {
                     log.new(o!("actor" => "http")),
                 )
                 .with_request_timeout(request_timeout)
-                .with_auth(ingest_auth.clone()),
+                .with_auto_register_limit(settings.auto_register_limit.min(settings.max_agents)),
             );
-            let stats_data = web::Data::new(stats.clone());
-            if settings.admin_token.is_none() && !loopback {
-                warn!(log, "no admin_token is set and heartbeatd listens beyond loopback: the admin API refuses every change (403)";
-                    "bind" => %local_addr,
-                    "what_to_do" => "set admin_token (or HEARTBEATD_ADMIN_TOKEN) to register, change and delete agents over HTTP");
+            if !gate.has_admin_token() && listener.is_some() {
+                let over_tcp = if loopback && settings.loopback_admin {
+                    "allowed from loopback without a token (loopback_admin = true)"
+                } else {
+                    "refused over TCP (403): no admin_token is set"
+                };
+                info!(log, "admin calls over the control socket need no token; over TCP they need admin_token";
+                    "control_socket" => control_path.as_ref().map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
+                    "tcp" => over_tcp);
             }
+            let costly_reads = CostlyReads::new(costly::BUDGET_BYTES);
+            let connection_counters = ConnectionCounters::default();
             let metrics_endpoint = web::Data::new(
                 MetricsEndpoint::new(
                     &pipeline_metrics,
@@ -279,138 +309,59 @@ impl Application {
                         board: process_board.clone(),
                         transition_counts: Arc::clone(&transition_counts),
                         alert_failures: Arc::clone(&alert_failures),
+                        connections: connection_counters.clone(),
+                        costly_reads: Arc::clone(&costly_reads),
                     },
                     settings.metrics_agent_limit,
                     log.new(o!("actor" => "metrics")),
                 )
                 .map_err(|e| StartupError::Metrics(e.to_string()))?,
             );
-            let readiness = web::Data::new(Readiness {
-                stopping: Arc::clone(&stopping),
-                counters: Arc::clone(&manager_counters),
-            });
-            let admin = web::Data::new(AdminApi {
-                manager: manager.clone(),
-                auth: admin_auth.clone(),
-                log: log.new(o!("actor" => "admin")),
+            let state = AppState {
+                gate: gate.clone(),
+                ingress,
+                stats: web::Data::new(stats.clone()),
+                admin: web::Data::new(AdminApi {
+                    manager: manager.clone(),
+                    log: log.new(o!("actor" => "admin")),
+                    costly: costly_reads,
+                    request_timeout,
+                    logs_dir: settings.data_dir.join("logs"),
+                }),
+                readiness: web::Data::new(Readiness {
+                    stopping: Arc::clone(&stopping),
+                    counters: Arc::clone(&manager_counters),
+                }),
+                metrics: metrics_endpoint,
+            };
+            let limits = ConnectionLimits {
+                workers: settings.http_workers,
+                max_connections: settings.max_connections,
                 request_timeout,
-                logs_dir: settings.data_dir.join("logs"),
-            });
-            let grace = Duration::from_secs(settings.shutdown_timeout_s).min(MAX_HTTP_GRACE);
-            let server =
-                HttpServer::new(move || {
-                    App::new()
-                        .app_data(ingress.clone())
-                        .app_data(stats_data.clone())
-                        .app_data(admin.clone())
-                        .app_data(readiness.clone())
-                        .app_data(metrics_endpoint.clone())
-                        .service(
-                            // HEAD too: load balancers and uptime checkers use it.
-                            web::resource("/")
-                                .route(web::get().to(status_page::status_page))
-                                .route(web::head().to(status_page::status_page))
-                                .default_service(web::to(fallback::expected_get)),
-                        )
-                        .route("/metrics", web::get().to(metrics::metrics))
-                        .service(
-                            web::resource("/healthz")
-                                .route(web::get().to(health::healthz))
-                                .route(web::head().to(health::healthz)),
-                        )
-                        .service(
-                            web::resource("/readyz")
-                                .route(web::get().to(health::readyz))
-                                .route(web::head().to(health::readyz)),
-                        )
-                        .service(
-                            web::resource("/heartbeat")
-                                .route(web::post().to(post_heartbeat))
-                                .default_service(web::to(fallback::expected_post)),
-                        )
-                        .service(
-                            web::resource("/heartbeat/stats")
-                                .route(web::get().to(stats::get_stats))
-                                .default_service(web::to(fallback::expected_get)),
-                        )
-                        .service(
-                            web::resource("/agents")
-                                .route(web::get().to(agents::list))
-                                .route(web::post().to(agents::register))
-                                .default_service(web::to(fallback::expected_get_or_post)),
-                        )
-                        .service(
-                            web::resource("/agents/{id}")
-                                .route(web::get().to(agents::get))
-                                .route(web::patch().to(agents::update))
-                                .route(web::delete().to(agents::delete))
-                                .default_service(web::to(fallback::expected_get_patch_or_delete)),
-                        )
-                        .service(
-                            web::resource("/agents/{id}/pause")
-                                .route(web::post().to(agents::pause))
-                                .default_service(web::to(fallback::expected_post)),
-                        )
-                        .service(
-                            web::resource("/agents/{id}/resume")
-                                .route(web::post().to(agents::resume))
-                                .default_service(web::to(fallback::expected_post)),
-                        )
-                        .service(
-                            web::resource("/agents/{id}/events")
-                                .route(web::get().to(agents::events))
-                                .default_service(web::to(fallback::expected_get)),
-                        )
-                        .service(
-                            web::resource("/agents/{id}/start")
-                                .route(web::post().to(process::start))
-                                .default_service(web::to(fallback::expected_post)),
-                        )
-                        .service(
-                            web::resource("/agents/{id}/stop")
-                                .route(web::post().to(process::stop))
-                                .default_service(web::to(fallback::expected_post)),
-                        )
-                        .service(
-                            web::resource("/agents/{id}/restart")
-                                .route(web::post().to(process::restart))
-                                .default_service(web::to(fallback::expected_post)),
-                        )
-                        .service(
-                            web::resource("/agents/{id}/log")
-                                .route(web::get().to(process::log))
-                                .default_service(web::to(fallback::expected_get)),
-                        )
-                        .service(
-                            web::resource("/agents/{id}/history")
-                                .route(web::get().to(agents::history))
-                                .default_service(web::to(fallback::expected_get)),
-                        )
-                        .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                            agents::AgentsError::BadRequest(format!("invalid query: {e}")).into()
-                        }))
-                        .app_data(web::PayloadConfig::new(agents::ADMIN_BODY_LIMIT))
-                        .default_service(web::to(fallback::not_found))
-                })
-                .workers(settings.http_workers)
-                // The limit is per HTTP worker thread; the setting is for all of them.
-                .max_connections(settings.max_connections.div_ceil(settings.http_workers))
-                // Headers must arrive within the same deadline as a body (408 otherwise).
-                .client_request_timeout(request_timeout)
-                .disable_signals()
-                .shutdown_timeout(grace.as_secs());
-            let server = match tls {
-                Some((config, _)) => server.listen_rustls_0_23(listener, config),
-                None => server.listen(listener),
-            }
-            .map_err(StartupError::Http)?
-            .run();
-            (Some(server), Some(local_addr))
+                send_timeout: Duration::from_secs(settings.send_timeout_s),
+                grace: Duration::from_secs(settings.shutdown_timeout_s).min(MAX_HTTP_GRACE),
+            };
+            let listeners = Listeners {
+                tcp: listener,
+                tls: tls.map(|(config, _)| Arc::new(config)),
+                control,
+            };
+            let server = server::serve(
+                listeners,
+                &limits,
+                &connection_counters,
+                &log.new(o!("actor" => "http")),
+                move |transport| routes::app(&state, transport),
+            )
+            .map_err(StartupError::Http)?;
+            (Some(server), local_addr)
         } else {
-            warn!(log, "http_port is 0: no HTTP server is started and no heartbeat can be received";
-                "what_to_do" => "set http_port in the config file, HEARTBEATD_HTTP_PORT, or --http-port");
             (None, None)
         };
+        if settings.http_port == 0 {
+            warn!(log, "http_port is 0: no HTTP server is started and no heartbeat can be received";
+                "what_to_do" => "set http_port in the config file, HEARTBEATD_HTTP_PORT, or --http-port");
+        }
 
         info!(log, "heartbeatd started";
             "version" => env!("CARGO_PKG_VERSION"),
@@ -429,8 +380,7 @@ impl Application {
                 ..settings.clone()
             },
             source,
-            admin: admin_auth,
-            ingest: ingest_auth,
+            gate,
             webhook,
             manager: manager.clone(),
             tls: tls_reloader,
@@ -450,6 +400,7 @@ impl Application {
             queue,
             stopping,
             alerter,
+            control_socket: control_path,
         })
     }
 
@@ -460,6 +411,7 @@ impl Application {
 
     /// Serves until a stop signal, then drains. See [`shutdown::run`].
     pub async fn run_until_stopped(self) -> DrainOutcome {
+        let control_socket = self.control_socket;
         let running = Running {
             shutdown_timeout: Duration::from_secs(self.settings.shutdown_timeout_s),
             log: self.log,
@@ -474,7 +426,11 @@ impl Application {
             reloader: self.reloader,
             alerter: self.alerter,
         };
-        shutdown::run(running).await
+        let outcome = shutdown::run(running).await;
+        if let Some(path) = control_socket {
+            control_socket::remove(&path);
+        }
+        outcome
     }
 }
 

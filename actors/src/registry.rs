@@ -173,6 +173,13 @@ pub enum RegistryError {
     /// `auto_register` refused a new agent: the registry holds `auto_register_limit` agents.
     #[error("auto_register_limit reached: {0} agents are registered; register more through the admin API")]
     Full(usize),
+    /// A registration would take the registry past `max_agents`.
+    #[error("max_agents is {max}: {registered} agents are registered and {adding} more would pass it; delete agents, or raise max_agents")]
+    AtCapacity {
+        max: usize,
+        registered: usize,
+        adding: usize,
+    },
 }
 
 /// The content of `registry.json`.
@@ -218,6 +225,8 @@ pub struct Registry {
     compaction_due: bool,
     /// `auto_register` stops adding agents once this many are registered.
     auto_register_limit: usize,
+    /// No registration, whatever its way in, takes the registry past this (`max_agents`).
+    max_agents: usize,
     /// `auto_register` ids waiting for the next batch, with whoever waits for each.
     pending_auto: Vec<(String, oneshot::Sender<Result<(), RegistryError>>)>,
     log: Logger,
@@ -251,6 +260,7 @@ impl Registry {
             change_log_lines: 0,
             compaction_due: false,
             auto_register_limit: usize::MAX,
+            max_agents: usize::MAX,
             pending_auto: Vec::new(),
             log: Logger::root(slog::Discard, slog::o!()),
         }
@@ -266,6 +276,24 @@ impl Registry {
     pub fn with_auto_register_limit(mut self, limit: usize) -> Self {
         self.auto_register_limit = limit;
         self
+    }
+
+    /// No registration takes the registry past `max` agents.
+    pub fn with_max_agents(mut self, max: usize) -> Self {
+        self.max_agents = max;
+        self
+    }
+
+    /// Refuses `adding` more agents when that would pass `max_agents`.
+    fn check_room(&self, registered: usize, adding: usize) -> Result<(), RegistryError> {
+        if registered.saturating_add(adding) > self.max_agents {
+            return Err(RegistryError::AtCapacity {
+                max: self.max_agents,
+                registered,
+                adding,
+            });
+        }
+        Ok(())
     }
 
     /// Loads `dir/registry.json` (if any), imports the config agents it has never imported,
@@ -419,7 +447,10 @@ impl Registry {
             return;
         }
         let current = self.agents();
-        let mut room = self.auto_register_limit.saturating_sub(current.len());
+        let mut room = self
+            .auto_register_limit
+            .min(self.max_agents)
+            .saturating_sub(current.len());
         let mut added = HashSet::new();
         let mut batch = Vec::new();
         let mut answers = Vec::with_capacity(pending.len());
@@ -439,7 +470,7 @@ impl Registry {
         if count > 0 && saved.is_ok() {
             info!(self.log, "agents registered by their first heartbeat (auto_register)"; "count" => count);
         }
-        let limit = self.auto_register_limit;
+        let limit = self.auto_register_limit.min(self.max_agents);
         for (waiter, fits) in answers {
             let answer = match (&saved, fits) {
                 (Err(e), _) => Err(e.clone()),
@@ -554,6 +585,7 @@ impl Handler<Register> for Registry {
                 return Err(RegistryError::Duplicate(info.id.clone()));
             }
         }
+        self.check_room(current.len(), batch.len())?;
         self.change(|agents| ((), put_all(agents, batch)))
     }
 }
@@ -632,6 +664,7 @@ impl Handler<ImportConfigAgents> for Registry {
         if new.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_room(current.len(), new.len())?;
         let ids: Vec<String> = new.iter().map(|i| i.id.clone()).collect();
         let mut next = current.by_id.clone();
         for info in new {

@@ -56,7 +56,7 @@ pub(crate) fn get_json(port: u16, path: &str) -> Option<Value> {
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut text = String::new();
@@ -290,7 +290,7 @@ pub(crate) fn get_metrics(port: u16) -> String {
     };
     let _ = write!(
         stream,
-        "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     );
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text);

@@ -22,7 +22,6 @@ use heartbeatd_actors::registry::RegistryError;
 use heartbeatd_actors::registry::RegistrySnapshot;
 use slog::{debug, warn, Logger};
 
-use super::agents::{bearer_token, constant_time_eq};
 use super::body::{read_limited, BodyError};
 use super::ApiResponse;
 use crate::heartbeat_request::{self, RequestError, TimestampSource};
@@ -49,9 +48,6 @@ pub enum HeartbeatError {
     /// `auto_register` could not register the agent (the registry could not be saved).
     #[error("could not register the agent: {0}")]
     Registration(String),
-    /// `ingest_token` is set and the request does not carry it.
-    #[error("this endpoint needs Authorization: Bearer <ingest_token>")]
-    Unauthorized,
     /// `auto_register` is at `auto_register_limit`.
     #[error(
         "agent is not registered and auto_register_limit ({0} agents) is reached; register it through the admin API"
@@ -66,7 +62,6 @@ impl HeartbeatError {
             Self::Invalid(RequestError::UnknownAgent(_)) => RejectReason::UnknownAgent,
             Self::Body(_) | Self::Invalid(_) | Self::Registration(_) => RejectReason::Invalid,
             Self::RegistryFull(_) => RejectReason::UnknownAgent,
-            Self::Unauthorized => RejectReason::Invalid,
             Self::QueueFull => RejectReason::QueueFull,
             Self::Stopped => RejectReason::Stopping,
         }
@@ -81,7 +76,6 @@ impl ResponseError for HeartbeatError {
             Self::Body(BodyError::Read(_)) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::QueueFull | Self::Stopped | Self::Registration(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RegistryFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -93,11 +87,6 @@ impl ResponseError for HeartbeatError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
-        if matches!(self, Self::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-        }
         if matches!(self, Self::RegistryFull(_)) {
             // Only an operator can make room: no point in coming back soon.
             response
@@ -105,37 +94,6 @@ impl ResponseError for HeartbeatError {
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("300"));
         }
         response
-    }
-}
-
-/// Who may post heartbeats: anyone, or (with `ingest_token`) whoever carries the token.
-/// Cheap to clone: the token is shared, and replaced by a SIGHUP reload.
-#[derive(Clone, Default)]
-pub struct IngestAuth {
-    token: Arc<arc_swap::ArcSwapOption<String>>,
-}
-
-impl IngestAuth {
-    pub fn new(token: Option<String>) -> Self {
-        let auth = Self::default();
-        auth.set_token(token);
-        auth
-    }
-
-    pub fn set_token(&self, token: Option<String>) {
-        self.token.store(token.filter(|t| !t.is_empty()).map(Arc::new));
-    }
-
-    /// Checked before the body is read.
-    fn check(&self, req: &HttpRequest) -> Result<(), HeartbeatError> {
-        let expected = self.token.load();
-        let Some(expected) = expected.as_deref() else {
-            return Ok(());
-        };
-        match bearer_token(req) {
-            Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
-            _ => Err(HeartbeatError::Unauthorized),
-        }
     }
 }
 
@@ -156,8 +114,6 @@ pub struct HeartbeatIngress {
     pub auto_register_limit: usize,
     /// The "limit reached" warning is logged once per run.
     limit_warned: AtomicBool,
-    /// `ingest_token`.
-    pub auth: IngestAuth,
     pub log: Logger,
     /// The whole body must arrive within this long (`request_timeout_s`); else 408.
     pub request_timeout: Duration,
@@ -188,18 +144,11 @@ impl HeartbeatIngress {
             log,
             auto_register_limit: usize::MAX,
             limit_warned: AtomicBool::new(false),
-            auth: IngestAuth::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             timestamp_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
             queue_full_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
             invalid_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
         }
-    }
-
-    /// Requires `ingest_token`.
-    pub fn with_auth(mut self, auth: IngestAuth) -> Self {
-        self.auth = auth;
-        self
     }
 
     /// Sets `auto_register_limit`.
@@ -252,7 +201,6 @@ async fn accept(
         debug!(log, "heartbeat refused: shutting down");
         return Err(HeartbeatError::Stopped);
     }
-    ingress.auth.check(req)?;
     let body = read_limited(req, payload, MAX_BODY_BYTES, ingress.request_timeout)
         .await
         .inspect_err(|e| ingress.warn_invalid(String::new, e))?;

@@ -13,9 +13,15 @@
 //! | `GET /metrics` (Prometheus; at most 10 answered per second, else 429) | [`metrics`] |
 //! | anything else (404), wrong method (405) | [`fallback`] |
 //! | a body over its limit (413) or too slow (408), for every endpoint | [`body`] |
+//! | who may call what: Host, cross-site, content type, tokens (before any handler) | [`auth`] |
+//! | answers that grow with the fleet: bounded, built off the HTTP threads, limited together (429) | [`costly`] |
+//!
+//! [`app`] puts them together: the same application serves every listener.
 
 pub mod agents;
+pub mod auth;
 pub mod body;
+pub mod costly;
 pub mod fallback;
 pub mod health;
 pub mod heartbeat;
@@ -24,10 +30,17 @@ pub mod process;
 pub mod stats;
 pub mod status_page;
 
+use actix::Addr;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
+use actix_web::{web, App, HttpResponse};
 use chrono::{SecondsFormat, Utc};
+use futures::future::{ready, Either};
+use heartbeatd_actors::stats::Stats;
 use serde::Serialize;
+
+use auth::{Gate, Transport};
 
 /// The body of every answer of `POST /heartbeat` and of every error.
 #[derive(Debug, Serialize)]
@@ -51,4 +64,129 @@ impl ApiResponse {
     pub fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
         HttpResponse::build(status).json(Self::new(false, message))
     }
+}
+
+/// What the endpoints share: one per daemon, cloned into every HTTP thread's application.
+#[derive(Clone)]
+pub struct AppState {
+    pub gate: Gate,
+    pub ingress: web::Data<heartbeat::HeartbeatIngress>,
+    pub stats: web::Data<Addr<Stats>>,
+    pub admin: web::Data<agents::AdminApi>,
+    pub readiness: web::Data<health::Readiness>,
+    pub metrics: web::Data<metrics::MetricsEndpoint>,
+}
+
+/// The application behind a listener: every route, behind the gate.
+pub fn app(
+    state: &AppState,
+    transport: Transport,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let gate = state.gate.clone();
+    App::new()
+        .app_data(state.ingress.clone())
+        .app_data(state.stats.clone())
+        .app_data(state.admin.clone())
+        .app_data(state.readiness.clone())
+        .app_data(state.metrics.clone())
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|e, _| agents::AgentsError::BadRequest(format!("invalid query: {e}")).into()),
+        )
+        .app_data(web::PayloadConfig::new(agents::ADMIN_BODY_LIMIT))
+        // Every request passes the gate before its handler runs and before its body is read.
+        .wrap_fn(move |req, service| match gate.admit(&req, transport) {
+            Ok(()) => Either::Left(service.call(req)),
+            Err(refused) => Either::Right(ready(Err(refused.into()))),
+        })
+        .service(
+            // HEAD too: load balancers and uptime checkers use it.
+            web::resource("/")
+                .route(web::get().to(status_page::status_page))
+                .route(web::head().to(status_page::status_page))
+                .default_service(web::to(fallback::expected_get)),
+        )
+        .route("/metrics", web::get().to(metrics::metrics))
+        .service(
+            web::resource("/healthz")
+                .route(web::get().to(health::healthz))
+                .route(web::head().to(health::healthz)),
+        )
+        .service(
+            web::resource("/readyz")
+                .route(web::get().to(health::readyz))
+                .route(web::head().to(health::readyz)),
+        )
+        .service(
+            web::resource("/heartbeat")
+                .route(web::post().to(heartbeat::post_heartbeat))
+                .default_service(web::to(fallback::expected_post)),
+        )
+        .service(
+            web::resource("/heartbeat/stats")
+                .route(web::get().to(stats::get_stats))
+                .default_service(web::to(fallback::expected_get)),
+        )
+        .service(
+            web::resource("/agents")
+                .route(web::get().to(agents::list))
+                .route(web::post().to(agents::register))
+                .default_service(web::to(fallback::expected_get_or_post)),
+        )
+        .service(
+            web::resource("/agents/{id}")
+                .route(web::get().to(agents::get))
+                .route(web::patch().to(agents::update))
+                .route(web::delete().to(agents::delete))
+                .default_service(web::to(fallback::expected_get_patch_or_delete)),
+        )
+        .service(
+            web::resource("/agents/{id}/pause")
+                .route(web::post().to(agents::pause))
+                .default_service(web::to(fallback::expected_post)),
+        )
+        .service(
+            web::resource("/agents/{id}/resume")
+                .route(web::post().to(agents::resume))
+                .default_service(web::to(fallback::expected_post)),
+        )
+        .service(
+            web::resource("/agents/{id}/events")
+                .route(web::get().to(agents::events))
+                .default_service(web::to(fallback::expected_get)),
+        )
+        .service(
+            web::resource("/agents/{id}/start")
+                .route(web::post().to(process::start))
+                .default_service(web::to(fallback::expected_post)),
+        )
+        .service(
+            web::resource("/agents/{id}/stop")
+                .route(web::post().to(process::stop))
+                .default_service(web::to(fallback::expected_post)),
+        )
+        .service(
+            web::resource("/agents/{id}/restart")
+                .route(web::post().to(process::restart))
+                .default_service(web::to(fallback::expected_post)),
+        )
+        .service(
+            web::resource("/agents/{id}/log")
+                .route(web::get().to(process::log))
+                .default_service(web::to(fallback::expected_get)),
+        )
+        .service(
+            web::resource("/agents/{id}/history")
+                .route(web::get().to(agents::history))
+                .default_service(web::to(fallback::expected_get)),
+        )
+        .default_service(web::to(fallback::not_found))
 }

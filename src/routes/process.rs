@@ -1,29 +1,29 @@
-//! The supervised agents' endpoints: `POST /agents/{id}/start`, `/stop` and `/restart`
-//! (admin token rules as for every change) and `GET /agents/{id}/log?tail=N` (their output).
+//! The supervised agents' endpoints: `POST /agents/{id}/start`, `/stop` and `/restart`, and
+//! `GET /agents/{id}/log` (their output, by byte offset). All are admin calls (see
+//! [`super::auth`]): an agent's output may hold what only operators should read.
 
-use actix_web::{web, HttpRequest, HttpResponse};
-use heartbeatd_actors::manager::{ControlAgent, GetAgentView};
+use actix_web::{web, HttpResponse};
+use heartbeatd_actors::manager::{ControlAgent, ControlError, GetAgentView};
 use heartbeatd_actors::model::agent::is_valid_agent_id;
-use heartbeatd_actors::supervision::output_log;
+use heartbeatd_actors::model::process::MAX_LOG_BACKUPS;
+use heartbeatd_actors::supervision::output_read::{self, FileId, Start};
 use heartbeatd_actors::supervision::process::Action;
 use serde::Deserialize;
 use slog::info;
 
-use super::agents::{unavailable, AdminApi, AgentsError};
+use super::agents::{encode_off_thread, unavailable, AdminApi, AgentsError};
+use super::auth::Admin;
 
-/// The most lines `GET /agents/{id}/log` returns.
-pub const MAX_TAIL: usize = 10_000;
-/// The most bytes read from the end of a log file for a tail (a line of output is cut at
-/// 64 KiB, so 10 000 of them could be more; such a tail is shorter).
-const TAIL_READ_BYTES: u64 = 8 << 20;
+/// The most text one `GET /agents/{id}/log` answer carries, counted as JSON carries it.
+pub const MAX_LOG_LENGTH: usize = 1 << 20;
+/// Without `length`.
+pub const DEFAULT_LOG_LENGTH: usize = 64 << 10;
+/// The most lines `lines=N` asks for.
+pub const MAX_LOG_LINES: usize = 10_000;
+/// Without `offset` or `lines`: the last this many lines.
+pub const DEFAULT_LOG_LINES: usize = 100;
 
-async fn control(
-    req: HttpRequest,
-    api: web::Data<AdminApi>,
-    id: String,
-    action: Action,
-) -> Result<HttpResponse, AgentsError> {
-    api.auth.check(&req)?;
+async fn control(api: web::Data<AdminApi>, id: String, action: Action) -> Result<HttpResponse, AgentsError> {
     let view = api
         .manager
         .send(ControlAgent { id: id.clone(), action })
@@ -35,56 +35,77 @@ async fn control(
 }
 
 /// `POST /agents/{id}/start`: starts it (if it is not running); answers once started.
-pub async fn start(
-    req: HttpRequest,
-    api: web::Data<AdminApi>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, AgentsError> {
-    control(req, api, id.into_inner(), Action::Start).await
+pub async fn start(_: Admin, api: web::Data<AdminApi>, id: web::Path<String>) -> Result<HttpResponse, AgentsError> {
+    control(api, id.into_inner(), Action::Start).await
 }
 
 /// `POST /agents/{id}/stop`: stops it; answers once its whole tree is gone.
-pub async fn stop(
-    req: HttpRequest,
-    api: web::Data<AdminApi>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, AgentsError> {
-    control(req, api, id.into_inner(), Action::Stop).await
+pub async fn stop(_: Admin, api: web::Data<AdminApi>, id: web::Path<String>) -> Result<HttpResponse, AgentsError> {
+    control(api, id.into_inner(), Action::Stop).await
 }
 
 /// `POST /agents/{id}/restart`: stops it (if running) and starts it again.
-pub async fn restart(
-    req: HttpRequest,
-    api: web::Data<AdminApi>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, AgentsError> {
-    control(req, api, id.into_inner(), Action::Restart).await
+pub async fn restart(_: Admin, api: web::Data<AdminApi>, id: web::Path<String>) -> Result<HttpResponse, AgentsError> {
+    control(api, id.into_inner(), Action::Restart).await
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
-    tail: Option<usize>,
+    /// Read from this byte of `file` (default: the current file).
+    offset: Option<u64>,
+    /// The file an earlier answer named (`next_file`).
+    file: Option<String>,
+    /// The most text to return (escaped as JSON), 1 to [`MAX_LOG_LENGTH`].
+    length: Option<usize>,
+    /// The last N lines (of those within `length`); not with `offset`.
+    lines: Option<usize>,
 }
 
-/// `GET /agents/{id}/log?tail=N`: the last N lines (default 100, at most [`MAX_TAIL`]) of
-/// the agent's output, as `{agent_id, lines: [...]}`.
-/// An agent's output may hold what only operators should read, so this read follows the
-/// token rules of a change.
+/// `GET /agents/{id}/log[?offset=N&file=F][&length=L][&lines=N]`: `{agent_id, file, offset,
+/// data, next_file, next_offset, size[, skipped]}`. Without `offset`, the last `lines`
+/// (default 100) lines. Pass `next_file` and `next_offset` back to follow the output: every
+/// byte comes once, across rotations.
 pub async fn log(
-    req: HttpRequest,
+    _: Admin,
     api: web::Data<AdminApi>,
     id: web::Path<String>,
     query: web::Query<LogQuery>,
 ) -> Result<HttpResponse, AgentsError> {
-    api.auth.check(&req)?;
     let id = id.into_inner();
-    let tail = query.tail.unwrap_or(100);
-    if tail == 0 || tail > MAX_TAIL {
+    let query = query.into_inner();
+    let length = query.length.unwrap_or(DEFAULT_LOG_LENGTH);
+    if length == 0 || length > MAX_LOG_LENGTH {
         return Err(AgentsError::BadRequest(format!(
-            "tail: must be between 1 and {MAX_TAIL}, got {tail}"
+            "length: must be between 1 and {MAX_LOG_LENGTH}, got {length}"
         )));
     }
+    let start = match (query.offset, query.lines) {
+        (Some(_), Some(_)) => {
+            return Err(AgentsError::BadRequest(
+                "offset and lines: give one (offset to follow, lines for the end)".into(),
+            ))
+        }
+        (Some(offset), None) => {
+            let file =
+                match query.file.as_deref() {
+                    None => None,
+                    Some(text) => Some(FileId::parse(text).ok_or_else(|| {
+                        AgentsError::BadRequest(format!("file: {text:?} is not a file an answer named"))
+                    })?),
+                };
+            Start::At { file, offset }
+        }
+        (None, lines) => {
+            let lines = lines.unwrap_or(DEFAULT_LOG_LINES);
+            if lines == 0 || lines > MAX_LOG_LINES {
+                return Err(AgentsError::BadRequest(format!(
+                    "lines: must be between 1 and {MAX_LOG_LINES}, got {lines}"
+                )));
+            }
+            Start::Tail { lines }
+        }
+    };
     if !is_valid_agent_id(&id) {
         return Err(AgentsError::NotFound(id));
     }
@@ -95,18 +116,20 @@ pub async fn log(
         .map_err(unavailable)?
         .ok_or_else(|| AgentsError::NotFound(id.clone()))?;
     if view.command.is_none() {
-        return Err(AgentsError::Control(
-            heartbeatd_actors::manager::ControlError::NotSupervised(id),
-        ));
+        return Err(AgentsError::Control(ControlError::NotSupervised(id)));
     }
+    // The rotations are searched until the first missing one.
+    let backups = MAX_LOG_BACKUPS;
+    // The answer's text is at most `length`; its frame well under a kilobyte.
+    let reservation = api.costly.reserve(length + 1024)?;
     let path = api.logs_dir.join(format!("{id}.log"));
-    let lines = web::block(move || output_log::tail(&path, tail, TAIL_READ_BYTES))
+    let chunk = web::block(move || output_read::read(&path, backups, start, length))
         .await
-        .map_err(|_| AgentsError::Unavailable("could not read the log".into()))?;
-    let lines = match lines {
-        Ok(lines) => lines,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(AgentsError::Unavailable(format!("could not read the agent's log: {e}"))),
+        .map_err(|_| AgentsError::Unavailable("could not read the log".into()))?
+        .map_err(|e| AgentsError::Unavailable(format!("could not read the agent's log: {e}")))?;
+    let json = match chunk {
+        Some(chunk) => encode_off_thread(serde_json::json!({ "agent_id": id, "log": chunk })).await?,
+        None => encode_off_thread(serde_json::json!({ "agent_id": id, "log": null })).await?,
     };
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "agent_id": id, "lines": lines })))
+    Ok(reservation.json_answer(json))
 }

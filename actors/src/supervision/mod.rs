@@ -8,12 +8,14 @@
 //! | [`keeper`] | the keeper process between heartbeatd and each agent's tree (both sides of its protocol) |
 //! | [`reaper`] | heartbeatd as a child subreaper, and the thread that reaps its children |
 //! | [`procfs`] | reading `/proc`: process trees, CPU ticks, resident memory |
-//! | [`output_log`] | `data_dir/logs/<id>.log`: whole lines, rotation, tail |
+//! | [`output_log`] | `data_dir/logs/<id>.log`: whole lines, rotation |
+//! | [`output_read`] | reading an output file by byte offset, across rotations |
 //! | [`board`] | each supervised agent's process view and restart counts, for the API and `/metrics` |
 
 pub mod board;
 pub mod keeper;
 pub mod output_log;
+pub mod output_read;
 pub mod process;
 pub mod procfs;
 pub mod reaper;

@@ -238,6 +238,17 @@ impl Daemon {
         http(self.port, method, path, body).unwrap_or_else(|| panic!("{method} {path}: no answer"))
     }
 
+    /// The control socket (`<data_dir>/heartbeatd.sock` unless the config moves it).
+    pub fn control_socket(&self) -> PathBuf {
+        self.data_dir().join("heartbeatd.sock")
+    }
+
+    /// An admin call, as `heartbeatd ctl` makes it: over the control socket, no token.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        unix_http(&self.control_socket(), method, path, body, &[])
+            .unwrap_or_else(|| panic!("{method} {path} over the control socket: no answer"))
+    }
+
     pub fn post_heartbeat(&self, body: &Value) -> Reply {
         self.request("POST", "/heartbeat", Some(&body.to_string()))
     }
@@ -324,6 +335,11 @@ pub fn http_with_headers(
 ) -> Option<Reply> {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
     let mut request = agent.request(method, &format!("http://127.0.0.1:{port}{path}"));
+    // Every body the tests send is JSON; an admin call must say so (415 otherwise).
+    let typed = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+    if body.is_some() && !typed {
+        request = request.set("Content-Type", "application/json");
+    }
     for (name, value) in headers {
         request = request.set(name, value);
     }
@@ -348,6 +364,64 @@ pub fn http_with_headers(
     let text = response.into_string().unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     Some(Reply { status, headers, body })
+}
+
+/// One HTTP/1.1 request over a Unix socket (ureq speaks only TCP); `None` when the
+/// connection fails. A body is sent as JSON.
+pub fn unix_http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Option<Reply> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut content = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
+    {
+        content = dechunk(&content);
+    }
+    let text = String::from_utf8_lossy(&content).into_owned();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Some(Reply { status, headers, body })
+}
+
+/// The body of a chunked answer.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 || raw.len() < end + 2 + size {
+            break;
+        }
+        body.extend_from_slice(&raw[end + 2..end + 2 + size]);
+        raw = &raw[(end + 4 + size).min(raw.len())..];
+    }
+    body
 }
 
 /// Reads one agent's state file.

@@ -32,7 +32,9 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use slog::{warn, Logger};
 
 use self::agent_families::{AgentFamily, AgentRow};
+use super::costly::CostlyReads;
 use super::ApiResponse;
+use crate::server::ConnectionCounters;
 
 /// Scrapes within this long of the last one get its body, and scrapes arriving together wait
 /// for one: a scrape flood costs one scrape's work per window (the Manager's and Liveness's
@@ -62,6 +64,9 @@ struct Series {
     process_state: IntGaugeVec,
     supervised: IntGaugeVec,
     alert_failures: IntCounter,
+    send_timeouts: IntCounter,
+    handshake_failures: IntCounter,
+    costly_refused: IntCounter,
 }
 
 /// The `/metrics` endpoint's state.
@@ -79,6 +84,9 @@ pub struct MetricsEndpoint {
     /// Liveness transitions per agent.
     transition_counts: Arc<TransitionCounts>,
     alert_failure_count: Arc<std::sync::atomic::AtomicU64>,
+    /// The connection layer's counters, and the costly reads' budget.
+    connections: ConnectionCounters,
+    costly_reads: Arc<CostlyReads>,
     agent_limit: usize,
     limit_warned: AtomicBool,
     /// One scrape at a time (a scrape resets and sets the mirrored series), and the body of
@@ -114,6 +122,10 @@ pub struct MetricsSources {
     pub transition_counts: Arc<TransitionCounts>,
     /// Alert deliveries to Alertmanager that failed.
     pub alert_failures: Arc<std::sync::atomic::AtomicU64>,
+    /// Send timeouts and failed TLS handshakes.
+    pub connections: ConnectionCounters,
+    /// Costly reads refused with 429.
+    pub costly_reads: Arc<CostlyReads>,
 }
 
 impl MetricsEndpoint {
@@ -132,6 +144,8 @@ impl MetricsEndpoint {
             board,
             transition_counts,
             alert_failures,
+            connections,
+            costly_reads,
         } = sources;
         let series = Series {
             received: counter(
@@ -192,9 +206,21 @@ impl MetricsEndpoint {
                 "heartbeatd_alert_delivery_failures_total",
                 "Alert deliveries to Alertmanager that failed every try, or were dropped.",
             ),
+            send_timeouts: counter(
+                "heartbeatd_http_send_timeouts_total",
+                "HTTP connections closed because the client read nothing for send_timeout_s.",
+            ),
+            handshake_failures: counter(
+                "heartbeatd_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+            ),
+            costly_refused: counter(
+                "heartbeatd_costly_reads_refused_total",
+                "Large reads (agent pages, histories, events, logs) refused with 429 while the byte budget was spent.",
+            ),
         };
         let registry = Registry::new();
-        let mirrored: [Box<dyn Collector>; 13] = [
+        let mirrored: [Box<dyn Collector>; 16] = [
             Box::new(series.received.clone()),
             Box::new(series.processed.clone()),
             Box::new(series.rejected.clone()),
@@ -208,6 +234,9 @@ impl MetricsEndpoint {
             Box::new(series.process_state.clone()),
             Box::new(series.supervised.clone()),
             Box::new(series.alert_failures.clone()),
+            Box::new(series.send_timeouts.clone()),
+            Box::new(series.handshake_failures.clone()),
+            Box::new(series.costly_refused.clone()),
         ];
         for collector in mirrored {
             registry.register(collector)?;
@@ -225,6 +254,8 @@ impl MetricsEndpoint {
             board,
             transition_counts,
             alert_failure_count: alert_failures,
+            connections,
+            costly_reads,
             agent_limit,
             limit_warned: AtomicBool::new(false),
             last: futures::lock::Mutex::new(None),
@@ -248,6 +279,15 @@ fn render(
     mirror(&s.store_errors, report.store_errors);
     mirror(&s.webhook_failures, report.webhook_failures);
     mirror(&s.alert_failures, endpoint.alert_failure_count.load(Ordering::Relaxed));
+    mirror(
+        &s.send_timeouts,
+        endpoint.connections.send_timeouts.load(Ordering::Relaxed),
+    );
+    mirror(
+        &s.handshake_failures,
+        endpoint.connections.tls_handshake_failures.load(Ordering::Relaxed),
+    );
+    mirror(&s.costly_refused, endpoint.costly_reads.refused.load(Ordering::Relaxed));
     for reason in RejectReason::ALL {
         mirror(
             &s.rejected.with_label_values(&[reason.label()]),

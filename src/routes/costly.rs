@@ -1,0 +1,181 @@
+//! Answers whose cost grows with their size (agent pages, histories, events, output logs):
+//! built off the HTTP threads, bounded in bytes, and limited together.
+//!
+//! Each costly answer reserves its bytes from one budget ([`BUDGET_BYTES`]) before it is built
+//! and keeps them until the connection has taken its last byte (the reservation rides in the
+//! body). With the budget spent (many clients reading large answers, or not reading them at
+//! all until `send_timeout_s` drops them), a new costly read gets 429 with `Retry-After: 1`
+//! at once, and costs nothing. So neither a page that loops on `GET /agents` nor 200 clients
+//! that never read can grow heartbeatd's memory past the budget or take the HTTP threads from
+//! the heartbeats.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::http::{header, StatusCode};
+use actix_web::web::Bytes;
+use actix_web::{HttpResponse, ResponseError};
+
+use super::ApiResponse;
+
+/// Bytes of costly answers being built or sent, at most.
+pub const BUDGET_BYTES: usize = 32 << 20;
+/// The body is handed to the connection in pieces of this size, so the reservation ends when
+/// the client has read (nearly) all of it, not when the whole answer was copied to a buffer.
+const CHUNK: usize = 64 << 10;
+
+/// The shared budget.
+#[derive(Debug)]
+pub struct CostlyReads {
+    in_flight: AtomicUsize,
+    budget: usize,
+    /// Costly reads refused with 429 since start (`/metrics`).
+    pub refused: AtomicU64,
+}
+
+/// The budget is spent: 429.
+#[derive(Debug, thiserror::Error)]
+#[error("too many large answers are being sent at once; retry in a second")]
+pub struct Busy;
+
+impl ResponseError for Busy {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::TOO_MANY_REQUESTS
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = ApiResponse::error(self.status_code(), self.to_string());
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        response
+    }
+}
+
+impl CostlyReads {
+    pub fn new(budget: usize) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            budget,
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Reserves `bytes` (the most the answer can be), or `Busy`.
+    pub fn reserve(self: &Arc<Self>, bytes: usize) -> Result<Reservation, Busy> {
+        let taken = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            now.checked_add(bytes).filter(|total| *total <= self.budget)
+        });
+        match taken {
+            Ok(_) => Ok(Reservation {
+                reads: Arc::clone(self),
+                bytes,
+            }),
+            Err(_) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(Busy)
+            }
+        }
+    }
+
+    /// Bytes reserved now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// Bytes of the budget held by one answer; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    reads: Arc<CostlyReads>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Gives back what the built answer did not need.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            self.reads.in_flight.fetch_sub(self.bytes - bytes, Ordering::AcqRel);
+            self.bytes = bytes;
+        }
+    }
+
+    /// A 200 answer carrying `json`, holding this reservation until it is sent.
+    pub fn json_answer(mut self, json: Bytes) -> HttpResponse {
+        self.shrink_to(json.len());
+        HttpResponse::Ok().content_type("application/json").body(ReservedBody {
+            rest: json,
+            _reservation: self,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.reads.in_flight.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// A body that holds its reservation until its last piece is taken.
+struct ReservedBody {
+    rest: Bytes,
+    _reservation: Reservation,
+}
+
+impl MessageBody for ReservedBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Sized(self.rest.len() as u64)
+    }
+
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let piece = this.rest.split_to(this.rest.len().min(CHUNK));
+        Poll::Ready(Some(Ok(piece)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_shared_and_given_back() {
+        let reads = CostlyReads::new(100);
+        let a = reads.reserve(60).unwrap();
+        assert!(reads.reserve(50).is_err(), "over the budget");
+        assert_eq!(reads.refused.load(Ordering::Relaxed), 1);
+        let mut b = reads.reserve(40).unwrap();
+        b.shrink_to(10);
+        assert_eq!(reads.in_flight(), 70);
+        drop(a);
+        drop(b);
+        assert_eq!(reads.in_flight(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_body_keeps_its_reservation_until_its_last_piece_is_taken() {
+        let reads = CostlyReads::new(1 << 20);
+        let json = Bytes::from(vec![b'x'; CHUNK * 2 + 5]);
+        let response = reads.reserve(1 << 20).unwrap().json_answer(json.clone());
+        assert_eq!(reads.in_flight(), json.len(), "shrunk to the answer");
+        let mut body = Box::pin(response.into_body());
+        let mut got = Vec::new();
+        while let Some(piece) =
+            futures::StreamExt::next(&mut futures::stream::poll_fn(|cx| body.as_mut().poll_next(cx))).await
+        {
+            assert!(reads.in_flight() > 0, "held while pieces remain");
+            got.extend_from_slice(&piece.unwrap());
+        }
+        assert_eq!(got, json);
+        drop(body);
+        assert_eq!(reads.in_flight(), 0);
+    }
+}
