@@ -279,3 +279,106 @@ fn auto_register_registers_well_formed_unknown_agents() {
         daemon.log()
     );
 }
+
+#[test]
+fn max_agents_bounds_every_way_in_and_a_request_registers_at_most_10000() {
+    // Arrange: room for five; three come from the config.
+    let daemon = Daemon::start(
+        "max_agents = 5\nauto_register = true\n[[agents]]\nid = \"c1\"\n[[agents]]\nid = \"c2\"\n[[agents]]\nid = \"c3\"\n",
+    );
+
+    // Act / Assert: three more are refused, all or none, naming the limit; two fit.
+    let three = json!([{"id": "a1"}, {"id": "a2"}, {"id": "a3"}]).to_string();
+    let refused = daemon.admin("POST", "/agents", Some(&three));
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert!(
+        refused.body["message"].as_str().unwrap().contains("max_agents is 5"),
+        "{refused:?}"
+    );
+    assert_eq!(daemon.admin("GET", "/agents/a1", None).status, 404, "all or none");
+    let two = json!([{"id": "a1"}, {"id": "a2"}]).to_string();
+    assert_eq!(daemon.admin("POST", "/agents", Some(&two)).status, 201);
+    // auto_register stops there too.
+    let unknown = daemon.post_heartbeat(&heartbeat("walk-in", 1));
+    assert_eq!(unknown.status, 429, "{unknown:?}");
+    // A bulk registration is capped per request, whatever max_agents says.
+    let big = Daemon::start("");
+    let batch: Vec<Value> = (0..10_001).map(|i| json!({"id": format!("b{i}")})).collect();
+    let reply = big.admin("POST", "/agents", Some(&Value::Array(batch).to_string()));
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(
+        reply.body["message"].as_str().unwrap().contains("at most 10000"),
+        "{reply:?}"
+    );
+
+    // The config itself cannot pass it: exit 2 naming the key.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "max_agents = 1\n[[agents]]\nid = \"x\"\n[[agents]]\nid = \"y\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::daemon::BIN)
+        .args(["check-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_agents"));
+}
+
+#[test]
+fn an_admin_body_must_be_declared_json_and_a_heartbeat_need_not() {
+    // Arrange: a token, so TCP calls are authorized and only the type is wrong.
+    let daemon = Daemon::start(&format!("admin_token = \"{TOKEN}\"\n[[agents]]\nid = \"a\"\n"));
+    let bearer = format!("Bearer {TOKEN}");
+    let post = |path: &str, body: &str, content_type: &str| {
+        http_with_headers(
+            daemon.port,
+            "POST",
+            path,
+            Some(body),
+            &[("Authorization", &bearer), ("Content-Type", content_type)],
+        )
+        .unwrap()
+    };
+
+    // Act / Assert
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let reply = post("/agents", r#"{"id":"x"}"#, content_type);
+        assert_eq!(reply.status, 415, "{content_type}: {reply:?}");
+        assert!(reply.body["message"].as_str().unwrap().contains("application/json"));
+    }
+    assert_eq!(
+        post("/agents", r#"{"id":"x"}"#, "application/json; charset=utf-8").status,
+        201
+    );
+    let body = heartbeat("a", 1).to_string();
+    assert_eq!(
+        post("/heartbeat", &body, "text/plain").status,
+        200,
+        "agents and curl -d"
+    );
+    assert_eq!(
+        post("/heartbeat", &body, "application/x-www-form-urlencoded").status,
+        200
+    );
+    // Bodiless calls need no type.
+    assert_eq!(
+        http_with_headers(
+            daemon.port,
+            "POST",
+            "/agents/a/pause",
+            None,
+            &[("Authorization", &bearer)]
+        )
+        .unwrap()
+        .status,
+        200
+    );
+}

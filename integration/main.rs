@@ -11,7 +11,9 @@ mod daemon {
 
 mod admin_api;
 mod alerting;
+mod browser_attacks;
 mod config_errors;
+mod connections;
 mod durability;
 mod faults;
 mod fleet;

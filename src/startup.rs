@@ -295,7 +295,7 @@ impl Application {
                     "control_socket" => control_path.as_ref().map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
                     "tcp" => over_tcp);
             }
-            let costly_reads = CostlyReads::new(costly::BUDGET_BYTES);
+            let costly_reads = CostlyReads::new(costly::budget_bytes());
             let connection_counters = ConnectionCounters::default();
             let metrics_endpoint = web::Data::new(
                 MetricsEndpoint::new(
@@ -311,6 +311,7 @@ impl Application {
                         alert_failures: Arc::clone(&alert_failures),
                         connections: connection_counters.clone(),
                         costly_reads: Arc::clone(&costly_reads),
+                        gate: gate.clone(),
                     },
                     settings.metrics_agent_limit,
                     log.new(o!("actor" => "metrics")),

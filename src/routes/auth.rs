@@ -30,7 +30,7 @@
 //! route the gate misjudged still cannot change anything.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -144,6 +144,39 @@ struct GateState {
     host_warnings: Mutex<LogGate>,
     site_warnings: Mutex<LogGate>,
     log: Logger,
+    /// Refusals since start, by [`Refusal`] (`/metrics`).
+    refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+/// The kinds of refusal `/metrics` counts (`heartbeatd_requests_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    ForeignHost,
+    CrossSite,
+    NotJson,
+    Unauthorized,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] = [Self::ForeignHost, Self::CrossSite, Self::NotJson, Self::Unauthorized];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ForeignHost => "foreign_host",
+            Self::CrossSite => "cross_site",
+            Self::NotJson => "not_json",
+            Self::Unauthorized => "unauthorized",
+        }
+    }
+
+    fn of(error: &AuthError) -> Self {
+        match error {
+            AuthError::ForeignHost(_) => Self::ForeignHost,
+            AuthError::CrossSite(_) => Self::CrossSite,
+            AuthError::NotJson => Self::NotJson,
+            _ => Self::Unauthorized,
+        }
+    }
 }
 
 /// At most one WARN per this long for each kind of refusal.
@@ -212,6 +245,7 @@ impl Gate {
     pub fn new(settings: GateSettings, counters: Option<Arc<IngressCounters>>, log: Logger) -> Self {
         Self {
             inner: Arc::new(GateState {
+                refused: Default::default(),
                 host_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
                 site_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
                 log,
@@ -238,6 +272,11 @@ impl Gate {
         state.loopback_admin.store(settings.loopback_admin, Ordering::Relaxed);
     }
 
+    /// Requests refused since start, by kind.
+    pub fn refused(&self, kind: Refusal) -> u64 {
+        self.inner.refused[kind as usize].load(Ordering::Relaxed)
+    }
+
     /// Whether an admin token is set (start-up warnings).
     pub fn has_admin_token(&self) -> bool {
         self.inner.admin_token.load().is_some()
@@ -258,6 +297,7 @@ impl Gate {
                         counters.rejected(RejectReason::Invalid);
                     }
                 }
+                self.inner.refused[Refusal::of(&e) as usize].fetch_add(1, Ordering::Relaxed);
                 self.warn(&e, req);
                 Err(e)
             }

@@ -23,6 +23,16 @@ use super::ApiResponse;
 
 /// Bytes of costly answers being built or sent, at most.
 pub const BUDGET_BYTES: usize = 32 << 20;
+/// A test hook: a smaller budget, so a test reaches it with a few clients.
+pub const BUDGET_ENV: &str = "HEARTBEATD_TEST_COSTLY_BUDGET_BYTES";
+
+/// [`BUDGET_BYTES`], or the test hook's value.
+pub fn budget_bytes() -> usize {
+    std::env::var(BUDGET_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BUDGET_BYTES)
+}
 /// The body is handed to the connection in pieces of this size, so the reservation ends when
 /// the client has read (nearly) all of it, not when the whole answer was copied to a buffer.
 const CHUNK: usize = 64 << 10;

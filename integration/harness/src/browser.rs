@@ -18,6 +18,8 @@ pub struct Browser {
     _profile: tempfile::TempDir,
     page: WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// DevTools events read while waiting for a command's result, for [`Browser::wait_event`].
+    events: Vec<Value>,
 }
 
 impl Drop for Browser {
@@ -29,6 +31,11 @@ impl Drop for Browser {
 
 impl Browser {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra command-line flags (e.g. `--host-resolver-rules=…`).
+    pub fn start_with(flags: &[&str]) -> Self {
         let profile = tempfile::tempdir().unwrap();
         let mut child = Command::new("chromium")
             .args([
@@ -43,6 +50,7 @@ impl Browser {
                 "--remote-debugging-port=0",
                 "--window-size=1400,900",
             ])
+            .args(flags)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
@@ -81,25 +89,85 @@ impl Browser {
             _profile: profile,
             page,
             next_id: 0,
+            events: Vec::new(),
         }
     }
 
     /// Sends one DevTools command and returns its result.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send(method, params);
+        self.result(method, id)
+    }
+
+    /// Sends one DevTools command without waiting; its id, for [`Browser::result`].
+    pub fn send(&mut self, method: &str, params: Value) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         let text = json!({"id": id, "method": method, "params": params}).to_string();
         self.page.send(Message::Text(text)).unwrap();
+        id
+    }
+
+    /// The result of command `id` (events read meanwhile are kept).
+    pub fn result(&mut self, method: &str, id: u64) -> Value {
         loop {
-            let Message::Text(text) = self.page.read().unwrap() else {
-                continue;
-            };
-            let message: Value = serde_json::from_str(&text).unwrap();
+            let message = self.read();
             if message["id"] == id {
                 assert!(message.get("error").is_none(), "{method}: {message}");
                 return message["result"].clone();
             }
+            if message.get("method").is_some() {
+                self.events.push(message);
+            }
         }
+    }
+
+    /// The next DevTools event named `method` (e.g. `Fetch.requestPaused`): its params.
+    pub fn wait_event(&mut self, method: &str) -> Value {
+        if let Some(at) = self.events.iter().position(|e| e["method"] == method) {
+            return self.events.remove(at)["params"].clone();
+        }
+        loop {
+            let message = self.read();
+            if message["method"] == method {
+                return message["params"].clone();
+            }
+            if message.get("method").is_some() {
+                self.events.push(message);
+            }
+        }
+    }
+
+    fn read(&mut self) -> Value {
+        loop {
+            if let Message::Text(text) = self.page.read().unwrap() {
+                return serde_json::from_str(&text).unwrap();
+            }
+        }
+    }
+
+    /// Navigates to `url` and answers that navigation itself with `html`, as if the server
+    /// at `url` had (what a page served by an attacker before a DNS rebinding looks like);
+    /// the page's own requests then go where the name resolves.
+    pub fn open_served(&mut self, url: &str, html: &str) {
+        self.call("Page.enable", json!({}));
+        self.call(
+            "Fetch.enable",
+            json!({"patterns": [{"urlPattern": url, "requestStage": "Request"}]}),
+        );
+        let navigate = self.send("Page.navigate", json!({"url": url}));
+        let paused = self.wait_event("Fetch.requestPaused");
+        self.call(
+            "Fetch.fulfillRequest",
+            json!({
+                "requestId": paused["requestId"],
+                "responseCode": 200,
+                "responseHeaders": [{"name": "Content-Type", "value": "text/html"}],
+                "body": base64::engine::general_purpose::STANDARD.encode(html),
+            }),
+        );
+        self.result("Page.navigate", navigate);
+        self.call("Fetch.disable", json!({}));
     }
 
     /// Evaluates `expression` in the page; its value (JSON-serialisable).

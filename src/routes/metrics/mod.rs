@@ -32,6 +32,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use slog::{warn, Logger};
 
 use self::agent_families::{AgentFamily, AgentRow};
+use super::auth::{Gate, Refusal};
 use super::costly::CostlyReads;
 use super::ApiResponse;
 use crate::server::ConnectionCounters;
@@ -65,6 +66,7 @@ struct Series {
     supervised: IntGaugeVec,
     alert_failures: IntCounter,
     send_timeouts: IntCounter,
+    refused: IntCounterVec,
     handshake_failures: IntCounter,
     costly_refused: IntCounter,
 }
@@ -87,6 +89,8 @@ pub struct MetricsEndpoint {
     /// The connection layer's counters, and the costly reads' budget.
     connections: ConnectionCounters,
     costly_reads: Arc<CostlyReads>,
+    /// Refusals by the gate.
+    gate: Gate,
     agent_limit: usize,
     limit_warned: AtomicBool,
     /// One scrape at a time (a scrape resets and sets the mirrored series), and the body of
@@ -126,6 +130,8 @@ pub struct MetricsSources {
     pub connections: ConnectionCounters,
     /// Costly reads refused with 429.
     pub costly_reads: Arc<CostlyReads>,
+    /// Requests the gate refused.
+    pub gate: Gate,
 }
 
 impl MetricsEndpoint {
@@ -146,6 +152,7 @@ impl MetricsEndpoint {
             alert_failures,
             connections,
             costly_reads,
+            gate,
         } = sources;
         let series = Series {
             received: counter(
@@ -210,6 +217,13 @@ impl MetricsEndpoint {
                 "heartbeatd_http_send_timeouts_total",
                 "HTTP connections closed because the client read nothing for send_timeout_s.",
             ),
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "heartbeatd_requests_refused_total",
+                    "Requests refused before any handler ran, by reason: foreign_host (421), cross_site, not_json (415), unauthorized.",
+                ),
+                &["reason"],
+            )?,
             handshake_failures: counter(
                 "heartbeatd_tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out.",
@@ -220,7 +234,7 @@ impl MetricsEndpoint {
             ),
         };
         let registry = Registry::new();
-        let mirrored: [Box<dyn Collector>; 16] = [
+        let mirrored: [Box<dyn Collector>; 17] = [
             Box::new(series.received.clone()),
             Box::new(series.processed.clone()),
             Box::new(series.rejected.clone()),
@@ -235,6 +249,7 @@ impl MetricsEndpoint {
             Box::new(series.supervised.clone()),
             Box::new(series.alert_failures.clone()),
             Box::new(series.send_timeouts.clone()),
+            Box::new(series.refused.clone()),
             Box::new(series.handshake_failures.clone()),
             Box::new(series.costly_refused.clone()),
         ];
@@ -256,6 +271,7 @@ impl MetricsEndpoint {
             alert_failure_count: alert_failures,
             connections,
             costly_reads,
+            gate,
             agent_limit,
             limit_warned: AtomicBool::new(false),
             last: futures::lock::Mutex::new(None),
@@ -288,6 +304,12 @@ fn render(
         endpoint.connections.tls_handshake_failures.load(Ordering::Relaxed),
     );
     mirror(&s.costly_refused, endpoint.costly_reads.refused.load(Ordering::Relaxed));
+    for kind in Refusal::ALL {
+        mirror(
+            &s.refused.with_label_values(&[kind.label()]),
+            endpoint.gate.refused(kind),
+        );
+    }
     for reason in RejectReason::ALL {
         mirror(
             &s.rejected.with_label_values(&[reason.label()]),

@@ -1,0 +1,245 @@
+//! The connection layer against the real binary: clients that never read their answer are
+//! dropped after `send_timeout_s`, large reads share one byte budget (429 past it), failed
+//! TLS handshakes are logged, and the control socket is heartbeatd's own.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::daemon::{http, send_signal, unix_http, Daemon, BIN};
+
+/// `[[agents]]` for `n` agents with long names: a page of them is the largest answer.
+fn many_agents(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("[[agents]]\nid = \"agent-{i:05}\"\nname = \"{}\"\n", "n".repeat(200)))
+        .collect()
+}
+
+/// A client that asks for the largest page 24 times in a row (pipelined) and never reads:
+/// about 6 MB, more than the kernel's socket buffers take, so answers wait in heartbeatd.
+fn non_reader(port: u16) -> TcpStream {
+    let mut stream = socket2_like_small_buffer(port);
+    let request = "GET /agents?limit=10000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(24);
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+}
+
+/// A TCP connection whose receive buffer is set small before it connects (so the window the
+/// peer sees is small from the start).
+fn socket2_like_small_buffer(port: u16) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a fresh socket, configured and connected here, then owned by the TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let connected = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(connected, 0, "connect: {}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+fn metric(daemon: &Daemon, name: &str) -> Option<u64> {
+    let text = daemon.request("GET", "/metrics", None).body;
+    text.as_str()?
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+}
+
+#[test]
+fn clients_that_never_read_are_dropped_after_send_timeout_s() {
+    // Arrange: 2000 agents (a page is about 256 KiB), a send timeout of 1 s.
+    let daemon = Daemon::start(&format!("send_timeout_s = 1\n{}", many_agents(2000)));
+
+    // Act: 5 clients ask for the largest page, again and again, and never read.
+    let clients: Vec<TcpStream> = (0..5).map(|_| non_reader(daemon.port)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut dropped = metric(&daemon, "heartbeatd_http_send_timeouts_total ").unwrap_or(0);
+    while dropped < 5 {
+        assert!(Instant::now() < deadline, "only {dropped} of 5 dropped");
+        thread::sleep(Duration::from_millis(100));
+        dropped = metric(&daemon, "heartbeatd_http_send_timeouts_total ").unwrap_or(0);
+    }
+
+    // Assert: each connection was closed by heartbeatd: reading ends (no time-out), short of
+    // the answer it announced; others are served.
+    for mut client in clients {
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let end = client.read_to_end(&mut got);
+        assert!(
+            end.is_ok()
+                || end
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the connection was not closed: {end:?}"
+        );
+        let answers = String::from_utf8_lossy(&got).matches("HTTP/1.1 200 OK").count();
+        assert!(answers < 24, "the answers were cut short: {answers} of 24 arrived");
+    }
+    assert_eq!(dropped, 5);
+    assert_eq!(daemon.request("GET", "/agents?limit=10", None).status, 200);
+}
+
+#[test]
+fn large_reads_share_one_byte_budget_and_past_it_get_429() {
+    // Arrange: a budget of 1 MiB (a test hook; the default is 32 MiB), and clients that never
+    // read holding their answers (send_timeout_s is long): four pages pass it.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_env(
+        dir.path(),
+        &format!("send_timeout_s = 60\n{}", many_agents(2000)),
+        &[("HEARTBEATD_TEST_COSTLY_BUDGET_BYTES", "1048576")],
+    );
+    let holders: Vec<TcpStream> = (0..6).map(|_| non_reader(daemon.port)).collect();
+
+    // Act: a client that reads asks for a page while they hold the budget.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let busy = loop {
+        let reply = daemon.request("GET", "/agents?limit=1000", None);
+        if reply.status == 429 {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "never 429: {}", reply.status);
+        thread::sleep(Duration::from_millis(50));
+    };
+
+    // Assert: 429 with Retry-After, cheap reads still served, and the budget comes back.
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert_eq!(busy.body["success"], false);
+    assert_eq!(daemon.request("GET", "/agents/agent-00001", None).status, 200);
+    assert_eq!(daemon.request("GET", "/heartbeat/stats", None).status, 200);
+    assert!(metric(&daemon, "heartbeatd_costly_reads_refused_total ").unwrap() >= 1);
+    drop(holders);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while daemon.request("GET", "/agents?limit=1000", None).status != 200 {
+        assert!(Instant::now() < deadline, "the budget never came back");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_control_socket_is_heartbeatds_own_and_a_second_daemon_is_refused() {
+    // Arrange
+    let mut daemon = Daemon::start("[[agents]]\nid = \"a\"\n");
+    let socket = daemon.control_socket();
+
+    // Assert: mode 0600, and it serves the API without a token.
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(
+        unix_http(&socket, "POST", "/agents/a/pause", None, &[]).unwrap().status,
+        200
+    );
+
+    // A second heartbeatd on the same data_dir refuses to start (exit 1) and says why.
+    let second = Command::new(BIN)
+        .arg("--config")
+        .arg(daemon.dir.join("heartbeatd.toml"))
+        .arg("--http-port")
+        .arg("0")
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr).into_owned();
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains("another heartbeatd"), "{err}");
+    assert!(
+        unix_http(&socket, "GET", "/healthz", None, &[]).is_some(),
+        "the first still serves"
+    );
+
+    // kill -9 leaves the socket behind; the next start replaces it.
+    send_signal(daemon.pid(), "KILL");
+    daemon.wait_exit(Duration::from_secs(10));
+    assert!(socket.exists());
+    let mut again = Daemon::start_in(&daemon.dir, "[[agents]]\nid = \"a\"\n");
+    assert_eq!(again.admin("POST", "/agents/a/resume", None).status, 200);
+    // A graceful stop removes it.
+    assert_eq!(again.stop_with("TERM").code(), Some(0));
+    assert!(!socket.exists());
+}
+
+#[test]
+fn a_failed_tls_handshake_is_logged_and_counted() {
+    // Arrange: heartbeatd with a certificate (started by hand: the harness speaks plain HTTP).
+    let dir = tempfile::tempdir().unwrap();
+    crate::security::make_certificate(dir.path(), "tls-test");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("h.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "http_port = {port}\ndata_dir = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+            dir.path().join("data"),
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem")
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("data").join("heartbeatd.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while unix_http(&socket, "GET", "/healthz", None, &[]).is_none() {
+        assert!(Instant::now() < deadline, "heartbeatd did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // Act: plain HTTP to the TLS port (a client that speaks the wrong protocol).
+    assert!(http(port, "GET", "/healthz", None).is_none_or(|r| r.status != 200));
+
+    // Assert: a WARN names the peer and what to check; /metrics counts it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap().contains("TLS handshake failed") {
+        assert!(Instant::now() < deadline, "no warning logged");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("peer: 127.0.0.1:") && text.contains("what_to_do"),
+        "{text}"
+    );
+    let metrics = unix_http(&socket, "GET", "/metrics", None, &[]).unwrap().body;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("heartbeatd_tls_handshake_failures_total 1"),
+        "{metrics}"
+    );
+    send_signal(child.id(), "TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
