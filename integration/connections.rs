@@ -2,14 +2,14 @@
 //! dropped after `send_timeout_s`, large reads share one byte budget (429 past it), failed
 //! TLS handshakes are logged, and the control socket is heartbeatd's own.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::daemon::{http, send_signal, unix_http, Daemon, BIN};
+use crate::daemon::{http, non_reading_client, send_signal, unix_http, Daemon, BIN};
 
 /// `[[agents]]` for `n` agents with long names: a page of them is the largest answer.
 fn many_agents(n: usize) -> String {
@@ -21,44 +21,8 @@ fn many_agents(n: usize) -> String {
 /// A client that asks for the largest page 24 times in a row (pipelined) and never reads:
 /// about 6 MB, more than the kernel's socket buffers take, so answers wait in heartbeatd.
 fn non_reader(port: u16) -> TcpStream {
-    let mut stream = socket2_like_small_buffer(port);
-    let request = "GET /agents?limit=10000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(24);
-    stream.write_all(request.as_bytes()).unwrap();
-    stream
-}
-
-/// A TCP connection whose receive buffer is set small before it connects (so the window the
-/// peer sees is small from the start).
-fn socket2_like_small_buffer(port: u16) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    // SAFETY: a fresh socket, configured and connected here, then owned by the TcpStream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        let size: libc::c_int = 4096;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let connected = libc::connect(
-            fd,
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(connected, 0, "connect: {}", std::io::Error::last_os_error());
-        TcpStream::from_raw_fd(fd)
-    }
+    let request = "GET /agents?limit=10000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    non_reading_client(port, request, 24).expect("connected")
 }
 
 fn metric(daemon: &Daemon, name: &str) -> Option<u64> {

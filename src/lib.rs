@@ -9,6 +9,7 @@
 //! | [`startup`] | `Application::build`: actors, listener, HTTP server |
 //! | [`routes`] | the HTTP endpoints and their error bodies, the gate (who may call what) |
 //! | [`server`] | the listeners (TCP, TLS, the control socket) and their connections' deadlines |
+//! | [`memory`] | giving freed memory back to the OS after bursts |
 //! | [`heartbeat_request`] | the `POST /heartbeat` body: parsing and the seed's rules |
 //! | [`shutdown`] | signals and the graceful drain |
 //! | [`reload`] | SIGHUP: what a configuration reload applies |
@@ -22,6 +23,7 @@
 pub mod cli;
 pub mod ctl;
 pub mod heartbeat_request;
+pub mod memory;
 pub mod reload;
 pub mod routes;
 pub mod server;

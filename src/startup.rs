@@ -374,7 +374,8 @@ impl Application {
             "agents_imported_from_config" => registry_load.imported, "auto_register" => settings.auto_register,
             "history_len" => settings.history_len, "flush_interval_ms" => settings.flush_interval_ms);
 
-        release_startup_memory();
+        // The configuration parser's memory, large for a big `[[agents]]` list.
+        crate::memory::give_back_free_memory();
         let reloader = Reloader {
             current: Settings {
                 agents: Vec::new(),
@@ -475,15 +476,5 @@ fn check_descriptor_limit(max_connections: usize, log: &Logger) {
             "what_to_do" => "raise the limit (LimitNOFILE= in the systemd unit, ulimit -n) or lower max_connections");
     } else if raised {
         info!(log, "raised the open-files limit to its hard limit"; "limit" => soft);
-    }
-}
-
-/// Gives the memory freed after start-up (the configuration parser's, large for a big
-/// `[[agents]]` list) back to the OS, so the resident size reflects what the daemon keeps.
-fn release_startup_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run); the README's figures come from a
 //! full run. Arguments name scenarios to run (`saturation fleet idle drain history
-//! scrape steady big-start supervise status-page`); none runs them all.
+//! scrape steady big-start supervise status-page slow-readers`); none runs them all.
 //!
 //! | file | what |
 //! |---|---|
@@ -18,6 +18,7 @@
 //! | `supervise.rs` | 500 supervised programs, heartbeatd against a real supervisord |
 //! | `scrape.rs` | `/metrics` with 10k per-agent series at rest, against 10 agents |
 //! | `status_page.rs` | first paint of the status page in headless Chromium, 10k agents against 10 |
+//! | `slow_readers.rs` | 200 clients that never read and 16 log followers beside 10k heartbeats/s, against none |
 
 mod big_start;
 mod drain;
@@ -27,6 +28,7 @@ mod idle;
 mod measure;
 mod saturation;
 mod scrape;
+mod slow_readers;
 mod status_page;
 mod steady;
 mod supervise;
@@ -183,6 +185,9 @@ fn main() {
     }
     if run("big-start") {
         big_start::big_start(&phases, &mut rows);
+    }
+    if run("slow-readers") {
+        slow_readers::slow_readers(&phases, &mut rows);
     }
     if run("status-page") {
         status_page::status_page(&mut rows);

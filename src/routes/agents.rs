@@ -38,6 +38,11 @@ pub const MAX_PAGE: usize = 10_000;
 /// …and at most this many bytes (a page ends early rather than pass it; one agent larger than
 /// this still makes a page of its own).
 pub const PAGE_BYTES: usize = 256 << 10;
+/// The smallest an agent takes in a page (a passive agent with empty name and type, never
+/// seen, is about 300 bytes): so no more views than [`PAGE_BYTES`] can hold are built.
+const MIN_VIEW_BYTES: usize = 250;
+/// What building a page holds besides its encoding (the views, the ids): about as much.
+const PAGE_RESERVATION: usize = 2 * PAGE_BYTES + 1024;
 /// `GET /agents` without `limit`.
 pub const DEFAULT_PAGE: usize = 1_000;
 /// `GET /agents/{id}/history` returns at most this many points (about 300 KB).
@@ -198,7 +203,7 @@ pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Res
             AgentsError::BadRequest(format!("status: {text:?} is not one of new, up, late, down, paused"))
         })?),
     };
-    let reservation = api.costly.reserve(PAGE_BYTES + 1024)?;
+    let reservation = api.costly.reserve(PAGE_RESERVATION)?;
     let page = api
         .manager
         .send(ListAgents {
@@ -206,7 +211,8 @@ pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Res
             prefix: query.prefix.filter(|p| !p.is_empty()),
             status,
             after: query.after,
-            limit,
+            // The Manager builds no view that could not fit the page's bytes.
+            limit: limit.min(PAGE_BYTES / MIN_VIEW_BYTES),
         })
         .await
         .map_err(unavailable)?;

@@ -7,12 +7,14 @@
 //! all until `send_timeout_s` drops them), a new costly read gets 429 with `Retry-After: 1`
 //! at once, and costs nothing. So neither a page that loops on `GET /agents` nor 200 clients
 //! that never read can grow heartbeatd's memory past the budget or take the HTTP threads from
-//! the heartbeats.
+//! the heartbeats. When the last costly answer of a burst is gone, the memory is given back
+//! to the OS ([`TRIM_DELAY`] later, off the HTTP threads).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::{header, StatusCode};
@@ -33,6 +35,9 @@ pub fn budget_bytes() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(BUDGET_BYTES)
 }
+/// After the last costly answer of a burst is gone, the allocator's free memory is given back
+/// this much later (unless another burst began).
+pub const TRIM_DELAY: Duration = Duration::from_millis(500);
 /// The body is handed to the connection in pieces of this size, so the reservation ends when
 /// the client has read (nearly) all of it, not when the whole answer was copied to a buffer.
 const CHUNK: usize = 64 << 10;
@@ -44,6 +49,8 @@ pub struct CostlyReads {
     budget: usize,
     /// Costly reads refused with 429 since start (`/metrics`).
     pub refused: AtomicU64,
+    /// A trim of the allocator is scheduled.
+    trim_scheduled: AtomicBool,
 }
 
 /// The budget is spent: 429.
@@ -71,7 +78,28 @@ impl CostlyReads {
             in_flight: AtomicUsize::new(0),
             budget,
             refused: AtomicU64::new(0),
+            trim_scheduled: AtomicBool::new(false),
         })
+    }
+
+    /// The budget is all back: give the burst's memory back to the OS a little later, on the
+    /// blocking pool (within a runtime only; tests without one skip it).
+    fn schedule_trim(self: &Arc<Self>) {
+        if self.trim_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.trim_scheduled.store(false, Ordering::Release);
+            return;
+        };
+        let reads = Arc::clone(self);
+        runtime.spawn(async move {
+            actix_rt::time::sleep(TRIM_DELAY).await;
+            reads.trim_scheduled.store(false, Ordering::Release);
+            if reads.in_flight() == 0 {
+                let _ = actix_rt::task::spawn_blocking(crate::memory::give_back_free_memory).await;
+            }
+        });
     }
 
     /// Reserves `bytes` (the most the answer can be), or `Busy`.
@@ -125,7 +153,10 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.reads.in_flight.fetch_sub(self.bytes, Ordering::AcqRel);
+        let before = self.reads.in_flight.fetch_sub(self.bytes, Ordering::AcqRel);
+        if before == self.bytes {
+            self.reads.schedule_trim();
+        }
     }
 }
 

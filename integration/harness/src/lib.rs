@@ -424,6 +424,50 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     body
 }
 
+/// A client that sends `request` `times` times in a row (pipelined) on one connection and
+/// never reads, with a receive buffer as small as the kernel allows (set before it connects,
+/// so the window the server sees is small from the start): what waits for it stays in the
+/// server once the kernel's buffers are full. Shared by the connection tests and the bench.
+pub fn non_reading_client(port: u16, request: &str, times: usize) -> Option<std::net::TcpStream> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: a fresh socket, configured and connected here, then owned by the TcpStream.
+    let mut stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return None;
+        }
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let connected = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        if connected != 0 {
+            return None;
+        }
+        stream
+    };
+    stream.write_all(request.repeat(times).as_bytes()).ok()?;
+    Some(stream)
+}
+
 /// Reads one agent's state file.
 pub fn agent_file(data_dir: &Path, id: &str) -> Value {
     let path = data_dir.join("agents").join(format!("{id}.json"));
