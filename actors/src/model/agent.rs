@@ -107,6 +107,9 @@ pub struct AgentInfo {
     pub stop_timeout_s: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_wait_s: Option<u64>,
+    /// Runs in a row that may fail before they are `running`, before the agent is `fatal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_max_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

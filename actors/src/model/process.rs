@@ -42,6 +42,8 @@ pub const MAX_STOP_TIMEOUT_S: u64 = 3600;
 pub const LOG_MAX_BYTES_RANGE: (u64, u64) = (4096, 16 << 30);
 /// The most `log_backups` kept.
 pub const MAX_LOG_BACKUPS: u32 = 100;
+/// The highest `start_retries` accepted.
+pub const MAX_START_RETRIES: u32 = 100;
 /// The highest `max_restarts` accepted.
 pub const MAX_MAX_RESTARTS: u32 = 10_000;
 /// The highest `max_cpu_percent` accepted: 1024 cores' worth.
@@ -120,6 +122,9 @@ pub struct ProcessSpec {
     pub stop_timeout: Duration,
     /// `starting` becomes `running` after this long without a heartbeat.
     pub start_wait: Duration,
+    /// Runs in a row that may fail before they are `running` (supervisord's `startretries`);
+    /// one more is `fatal`.
+    pub start_retries: u32,
     /// `data_dir/logs/<id>.log` rotates past this size.
     pub log_max_bytes: u64,
     pub log_backups: u32,
@@ -166,6 +171,7 @@ impl AgentInfo {
                 .unwrap_or(libc::SIGTERM),
             stop_timeout: Duration::from_secs(self.stop_timeout_s.unwrap_or(10)),
             start_wait: Duration::from_secs(self.start_wait_s.unwrap_or(1)),
+            start_retries: self.start_retries.unwrap_or(3),
             log_max_bytes: self.log_max_bytes.unwrap_or(10 << 20),
             log_backups: self.log_backups.unwrap_or(5),
         })
@@ -192,6 +198,7 @@ fn keys_set_without_command(info: &AgentInfo) -> Vec<&'static str> {
         ("stop_signal", info.stop_signal.is_some()),
         ("stop_timeout_s", info.stop_timeout_s.is_some()),
         ("start_wait_s", info.start_wait_s.is_some()),
+        ("start_retries", info.start_retries.is_some()),
         ("log_max_bytes", info.log_max_bytes.is_some()),
         ("log_backups", info.log_backups.is_some()),
     ];
@@ -280,6 +287,12 @@ pub fn validate_process(info: &AgentInfo) -> Result<(), String> {
     }
     check_range("stop_timeout_s", info.stop_timeout_s, 1, MAX_STOP_TIMEOUT_S)?;
     check_range("start_wait_s", info.start_wait_s, 0, MAX_STOP_TIMEOUT_S)?;
+    check_range(
+        "start_retries",
+        info.start_retries.map(u64::from),
+        0,
+        MAX_START_RETRIES.into(),
+    )?;
     check_range(
         "max_restarts",
         info.max_restarts.map(u64::from),

@@ -3,6 +3,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`machine`] | the state machine: every decision as (state, event) → (state, effects), without processes or time |
 //! | [`process`] | [`process::AgentProcess`], one actor per supervised agent (owned by the Manager): its state machine, backoff, restart intensity, limits, stop |
 //! | [`restart`] | the restart rules as plain functions: backoff with jitter, the intensity window |
 //! | [`keeper`] | the keeper process between heartbeatd and each agent's tree (both sides of its protocol) |
@@ -14,6 +15,7 @@
 
 pub mod board;
 pub mod keeper;
+pub mod machine;
 pub mod output_log;
 pub mod output_read;
 pub mod process;
