@@ -4,6 +4,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`machine`] | the state machine: every decision as (state, event) → (state, effects), without processes or time |
+//! | [`limits`] | sampling a tree's CPU and memory, and whether a limit held for `limit_for_s` |
 //! | [`process`] | [`process::AgentProcess`], one actor per supervised agent (owned by the Manager): its state machine, backoff, restart intensity, limits, stop |
 //! | [`restart`] | the restart rules as plain functions: backoff with jitter, the intensity window |
 //! | [`keeper`] | the keeper process between heartbeatd and each agent's tree (both sides of its protocol) |
@@ -15,6 +16,7 @@
 
 pub mod board;
 pub mod keeper;
+pub mod limits;
 pub mod machine;
 pub mod output_log;
 pub mod output_read;
