@@ -26,5 +26,6 @@ mod security;
 mod shutdown;
 mod status_page;
 mod supervision;
+mod supervision_intent;
 mod systemd;
 mod webhook;

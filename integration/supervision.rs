@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::daemon::{processes_with_marker, test_agent_bin, Daemon};
 
 /// A unique marker for this test's processes.
-fn marker(test: &str) -> String {
+pub(crate) fn marker(test: &str) -> String {
     format!("hbd-test-{test}-{}-{}", std::process::id(), rand_suffix())
 }
 
@@ -23,7 +23,7 @@ fn rand_suffix() -> u128 {
 }
 
 /// An `[[agents]]` entry running the test agent in `mode`, with `extra` keys.
-fn agent(id: &str, mode: &str, marker: &str, extra: &str) -> String {
+pub(crate) fn agent(id: &str, mode: &str, marker: &str, extra: &str) -> String {
     format!(
         "[[agents]]\nid = \"{id}\"\ncommand = [{:?}]\nenv = {{ TEST_AGENT_ID = \"{id}\", TEST_AGENT_MODE = \"{mode}\", TEST_MARKER = \"{marker}\", TEST_AGENT_URL = \"@URL@\" }}\n{extra}\n",
         test_agent_bin().display().to_string()
@@ -32,7 +32,7 @@ fn agent(id: &str, mode: &str, marker: &str, extra: &str) -> String {
 
 /// Starts a daemon whose agents post to it: the config's `@URL@` becomes its heartbeat URL
 /// (the port is only known once the harness has picked it).
-fn start(config: &str) -> Daemon {
+pub(crate) fn start(config: &str) -> Daemon {
     Daemon::start_with(|port| config.replace("@URL@", &format!("http://127.0.0.1:{port}/heartbeat")))
 }
 
@@ -42,12 +42,18 @@ fn get_agent(daemon: &Daemon, id: &str) -> Value {
     reply.body
 }
 
-fn process(daemon: &Daemon, id: &str) -> Value {
+pub(crate) fn process(daemon: &Daemon, id: &str) -> Value {
     get_agent(daemon, id)["process"].clone()
 }
 
 /// Waits until `check` holds for the agent's process view; panics with the log otherwise.
-fn wait_for(daemon: &Daemon, id: &str, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_for(
+    daemon: &Daemon,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         let view = process(daemon, id);
@@ -652,7 +658,7 @@ fn no_process_of_a_tree_survives_a_graceful_stop_or_a_sigkill_of_heartbeatd() {
 }
 
 /// The parent pid of `pid` (field 4 of `/proc/<pid>/stat`, after the command in parentheses).
-fn parent_of(pid: u32) -> Option<u32> {
+pub(crate) fn parent_of(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }

@@ -223,6 +223,7 @@ impl Application {
                 board: process_board.clone(),
                 alerter: alerter.clone(),
                 registry: registry_view.clone(),
+                log: log.new(o!("actor" => "process")),
             });
         let manager_counters = manager.health();
         let manager = Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| manager);

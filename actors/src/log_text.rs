@@ -29,9 +29,53 @@ pub fn clip(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A log value that may be absent: logged when it is there, left out (key and all) when it
+/// is not, instead of a bare `None` in the line.
+pub struct Present<T>(pub Option<T>);
+
+impl<T: slog::Value> slog::Value for Present<T> {
+    fn serialize(
+        &self,
+        record: &slog::Record<'_>,
+        key: slog::Key,
+        serializer: &mut dyn slog::Serializer,
+    ) -> slog::Result {
+        match &self.0 {
+            Some(value) => value.serialize(record, key, serializer),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_absent_value_leaves_its_key_out() {
+        use slog::Drain;
+        use std::sync::{Arc, Mutex};
+        let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let decorator = slog_term::PlainSyncDecorator::new(Sink(Arc::clone(&lines)));
+        let drain = slog_term::FullFormat::new(decorator).build();
+        let log = slog::Logger::root(std::sync::Mutex::new(drain).map(slog::Fuse), slog::o!());
+        slog::info!(log, "line"; "pid" => Present(None::<i64>), "code" => Present(Some(3)));
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("code: 3") && !text.contains("pid") && !text.contains("None"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn supplied_text_is_cut_and_escaped() {

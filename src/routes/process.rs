@@ -30,7 +30,7 @@ async fn control(api: web::Data<AdminApi>, id: String, action: Action) -> Result
         .await
         .map_err(unavailable)??;
     info!(api.log, "agent process control through the API"; "agent_id" => id, "action" => format!("{action:?}").to_lowercase(),
-        "state" => view.process.as_ref().map(|p| p.state.name()));
+        "state" => heartbeatd_actors::log_text::Present(view.process.as_ref().map(|p| p.state.name())));
     Ok(HttpResponse::Ok().json(view))
 }
 

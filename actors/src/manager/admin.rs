@@ -56,7 +56,9 @@ impl Manager {
     /// The view of one agent from what the Manager holds (liveness not yet joined).
     pub(super) fn view_now(&self, info: &AgentInfo) -> AgentView {
         let mut view = AgentView::new(info, self.agents.get(&info.id).map(|e| &e.state));
-        if let Some(cx) = &self.supervision {
+        // Only a supervised agent has a process (one whose command was just removed may
+        // still be on the board while its tree ends).
+        if let Some(cx) = self.supervision.as_ref().filter(|_| info.is_supervised()) {
             view.process = cx.board.view(&info.id);
         }
         view

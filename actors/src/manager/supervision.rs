@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use slog::{error, info, o};
+use slog::{error, info};
 
 use super::Manager;
 use crate::liveness::{self, WentDown};
@@ -65,8 +65,7 @@ impl Manager {
         }
         match (info.process_spec(), self.processes.get(&info.id)) {
             (Some(spec), None) => {
-                let log = self.log.new(o!("actor" => "process"));
-                let actor = AgentProcess::new(info.id.clone(), spec, cx.clone(), log).start();
+                let actor = AgentProcess::new(info.id.clone(), spec, cx.clone(), cx.log.clone()).start();
                 self.processes.insert(info.id.clone(), actor);
             }
             (Some(spec), Some(actor)) => actor.do_send(Reconfigure(spec)),

@@ -149,11 +149,19 @@ impl AgentChange {
         let serde_json::Value::Object(mut record) = serde_json::to_value(info).map_err(|e| e.to_string())? else {
             return Err("the record is not an object".into());
         };
+        // `"command": null` ends supervision: the supervision settings go with it (those the
+        // same patch sets are kept, and refused as settings without a command).
+        if self.0.get("command").is_some_and(serde_json::Value::is_null) {
+            for key in crate::model::process::SUPERVISION_KEYS {
+                if !self.0.contains_key(key) {
+                    record.remove(key);
+                }
+            }
+        }
         for (key, value) in &self.0 {
+            merge_patch(record.entry(key.clone()).or_insert(serde_json::Value::Null), value);
             if value.is_null() {
                 record.remove(key);
-            } else {
-                record.insert(key.clone(), value.clone());
             }
         }
         serde_path_to_error::deserialize(serde_json::Value::Object(record)).map_err(|e| {
@@ -165,6 +173,27 @@ impl AgentChange {
                 format!("{path}: {message}")
             }
         })
+    }
+}
+
+/// RFC 7396: an object patch merges into an object, key by key (`null` removes a key); any
+/// other value replaces the target. So `{"env": {"A": "1"}}` adds or changes `A` and keeps
+/// the other variables, and `{"env": {"B": null}}` removes `B`.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(serde_json::Map::new());
+    }
+    let Some(fields) = target.as_object_mut() else { return };
+    for (key, value) in changes {
+        if value.is_null() {
+            fields.remove(key);
+        } else {
+            merge_patch(fields.entry(key.clone()).or_insert(serde_json::Value::Null), value);
+        }
     }
 }
 
@@ -507,5 +536,39 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(129)] {
             assert!(!is_valid_agent_id(bad), "{bad:?} should be invalid");
         }
+    }
+
+    #[test]
+    fn a_patch_merges_env_and_command_null_ends_supervision_with_its_settings() {
+        let info = AgentInfo {
+            id: "a".into(),
+            command: Some(vec!["/bin/x".into()]),
+            env: Some([("A".to_owned(), "1".to_owned()), ("B".to_owned(), "2".to_owned())].into()),
+            restart: Some(crate::model::process::RestartPolicy::Always),
+            ..Default::default()
+        };
+        // RFC 7396: A changes, B goes, C comes; the others stay.
+        let patched = AgentChange::of(serde_json::json!({"env": {"A": "9", "B": null, "C": "3"}}))
+            .applied_to(&info)
+            .unwrap();
+        assert_eq!(
+            patched.env,
+            Some([("A".to_owned(), "9".to_owned()), ("C".to_owned(), "3".to_owned())].into())
+        );
+        assert_eq!(patched.command, info.command);
+        // `command: null` alone ends supervision, and its settings go with it.
+        let plain = AgentChange::of(serde_json::json!({"command": null}))
+            .applied_to(&info)
+            .unwrap();
+        assert_eq!((&plain.command, &plain.env, plain.restart), (&None, &None, None));
+        assert!(plain.validate().is_ok());
+        assert!(crate::model::process::validate_process(&plain).is_ok());
+        // …but a setting sent with it is kept, and refused as one without a command.
+        let odd = AgentChange::of(serde_json::json!({"command": null, "restart": "never"}))
+            .applied_to(&info)
+            .unwrap();
+        assert!(crate::model::process::validate_process(&odd)
+            .unwrap_err()
+            .contains("restart"));
     }
 }

@@ -32,6 +32,10 @@ pub const MAX_COMMAND_ARGS: usize = 256;
 pub const MAX_ENV_VARS: usize = 256;
 /// The longest argument, environment value or path accepted, in bytes.
 pub const MAX_ARG_LEN: usize = 4096;
+/// The most bytes `command` and `env` may take together, as JSON: what reaches `execve` (for
+/// the keeper and for the program) stays well within its limits (one string at most
+/// 128 KiB, all of them at most a quarter of the stack limit, usually 2 MiB).
+pub const MAX_COMMAND_AND_ENV_BYTES: usize = 64 << 10;
 /// The longest backoff accepted, in milliseconds: one hour.
 pub const MAX_BACKOFF_MS: u64 = 3_600_000;
 /// Seconds-valued keys are bounded to 1 s … 7 days, like the liveness timing.
@@ -178,6 +182,30 @@ impl AgentInfo {
     }
 }
 
+/// Every supervision key but `command`: they only apply with one.
+pub const SUPERVISION_KEYS: [&str; 20] = [
+    "working_dir",
+    "env",
+    "autostart",
+    "restart",
+    "restart_backoff_ms",
+    "restart_backoff_max_ms",
+    "healthy_after_s",
+    "max_restarts",
+    "restart_window_s",
+    "fatal_retry_s",
+    "restart_on_silence",
+    "max_cpu_percent",
+    "max_memory_bytes",
+    "limit_for_s",
+    "stop_signal",
+    "stop_timeout_s",
+    "start_wait_s",
+    "start_retries",
+    "log_max_bytes",
+    "log_backups",
+];
+
 /// The supervision keys set without a `command` (they would silently do nothing).
 fn keys_set_without_command(info: &AgentInfo) -> Vec<&'static str> {
     let set = [
@@ -265,6 +293,13 @@ pub fn validate_process(info: &AgentInfo) -> Result<(), String> {
             }
             check_text(&format!("env.{name}"), value)?;
         }
+    }
+    let exec_bytes = serde_json::to_string(command).map_or(usize::MAX, |t| t.len())
+        + serde_json::to_string(&info.env).map_or(usize::MAX, |t| t.len());
+    if exec_bytes > MAX_COMMAND_AND_ENV_BYTES {
+        return Err(format!(
+            "command and env: at most {MAX_COMMAND_AND_ENV_BYTES} bytes together (as JSON: what the program is started with), got {exec_bytes}"
+        ));
     }
     check_range("restart_backoff_ms", info.restart_backoff_ms, 0, MAX_BACKOFF_MS)?;
     check_range("restart_backoff_max_ms", info.restart_backoff_max_ms, 0, MAX_BACKOFF_MS)?;
@@ -561,6 +596,21 @@ mod tests {
             assert!(error.starts_with(key), "{key}: {error}");
         }
         assert!(validate_process(&supervised(&["/bin/sleep", "1"])).is_ok());
+    }
+
+    #[test]
+    fn command_and_env_together_are_bounded_by_what_exec_takes() {
+        let big = |args: usize, env: usize| AgentInfo {
+            id: "a".into(),
+            command: Some(vec!["x".repeat(4096); args]),
+            env: Some((0..env).map(|i| (format!("V{i}"), "y".repeat(4096))).collect()),
+            ..Default::default()
+        };
+        // Each within its own bound (256 arguments, 256 variables, 4 KiB each) …
+        let error = validate_process(&big(200, 0)).unwrap_err();
+        assert!(error.starts_with("command and env: at most 65536 bytes"), "{error}");
+        assert!(validate_process(&big(8, 7)).is_ok());
+        assert!(validate_process(&big(8, 8)).is_err(), "env counts too");
     }
 
     #[test]

@@ -429,17 +429,18 @@ pub struct SpawnedKeeper {
 /// the agents itself), reaped by [`super::reaper`].
 pub fn spawn_keeper(spec: &KeeperSpec) -> io::Result<SpawnedKeeper> {
     let json = serde_json::to_string(spec).map_err(io::Error::other)?;
-    let mut child = Command::new("/proc/self/exe")
-        .arg0("heartbeatd")
-        .arg(SUBCOMMAND)
-        .arg(&spec.agent_id)
-        .env(SPEC_ENV, json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0)
-        .spawn()?;
-    super::reaper::notify_spawned();
+    let mut child = super::reaper::spawn_keeper(|| {
+        Command::new("/proc/self/exe")
+            .arg0("heartbeatd")
+            .arg(SUBCOMMAND)
+            .arg(&spec.agent_id)
+            .env(SPEC_ENV, json)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+    })?;
     let reports = child
         .stdout
         .take()

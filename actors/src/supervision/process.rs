@@ -24,6 +24,7 @@ use super::procfs;
 use super::restart;
 use crate::liveness::alerter::{AlertName, Alerter, Fire, Resolve};
 use crate::liveness::webhook::{DeliverProcess, Webhook};
+use crate::log_text::Present;
 use crate::model::process::{LastExit, ProcessEvent, ProcessEventKind, ProcessSpec, ProcessState, ProcessView};
 use crate::registry::RegistrySnapshot;
 use crate::store::{AppendProcessEvent, FileMetadataStore};
@@ -44,6 +45,8 @@ pub struct SupervisionContext {
     pub alerter: Option<Addr<Alerter>>,
     /// The agent type of each agent, for alert labels: read from the registry's snapshot.
     pub registry: RegistrySnapshot,
+    /// The process actors' logger (`actor: process`).
+    pub log: Logger,
 }
 
 /// One supervised agent.
@@ -231,8 +234,8 @@ impl AgentProcess {
         if let Some(reason) = self.usage.sample(usage, Instant::now(), &self.spec) {
             let spec = &self.spec;
             warn!(self.log, "the agent's tree stayed over its limit; restarting it"; "agent_id" => &self.id,
-                "reason" => reason.name(), "memory_bytes" => usage.memory_bytes, "max_memory_bytes" => spec.max_memory_bytes,
-                "cpu_percent" => self.usage.cpu_percent.map(|c| c.round() as u64), "max_cpu_percent" => spec.max_cpu_percent,
+                "reason" => reason.name(), "memory_bytes" => usage.memory_bytes, "max_memory_bytes" => Present(spec.max_memory_bytes),
+                "cpu_percent" => Present(self.usage.cpu_percent.map(|c| c.round() as u64)), "max_cpu_percent" => Present(spec.max_cpu_percent),
                 "limit_for_s" => spec.limit_for.as_secs());
             self.feed(Event::OverLimit(reason), ctx);
         }
@@ -253,10 +256,10 @@ impl AgentProcess {
         let pid = self.machine.state().run().and_then(|r| r.agent_pid).or(self.last_pid);
         match &exit {
             Some(e) => info!(self.log, "agent process state changed"; "agent_id" => &self.id, "from" => from.name(),
-                "to" => to.name(), "pid" => pid, "exit_code" => e.code, "exit_signal" => e.signal.as_deref(),
+                "to" => to.name(), "pid" => Present(pid), "exit_code" => Present(e.code), "exit_signal" => Present(e.signal.as_deref()),
                 "reason" => e.reason.name(), "restarts" => restarts),
             None => info!(self.log, "agent process state changed"; "agent_id" => &self.id, "from" => from.name(),
-                "to" => to.name(), "pid" => pid, "restarts" => restarts),
+                "to" => to.name(), "pid" => Present(pid), "restarts" => restarts),
         }
         let event = ProcessEvent {
             kind: ProcessEventKind::Process,
@@ -328,7 +331,7 @@ impl AgentProcess {
             Note::TooManyRestarts => {
                 error!(self.log, "the agent restarted too often and is left alone (fatal)"; "agent_id" => id,
                 "max_restarts" => self.spec.max_restarts, "restart_window_s" => self.spec.restart_window.as_secs(),
-                "fatal_retry_s" => self.spec.fatal_retry.map(|d| d.as_secs()),
+                "fatal_retry_s" => Present(self.spec.fatal_retry.map(|d| d.as_secs())),
                 "what_to_do" => "read its output (heartbeatd ctl tail <id>), fix the cause, then heartbeatd ctl start <id>")
             }
             Note::StartLimited { wait } => {
@@ -377,7 +380,7 @@ impl AgentProcess {
         if !in_tree && !self.mismatch_warned {
             self.mismatch_warned = true;
             warn!(self.log, "the agent reports a pid that is not in the process tree heartbeatd runs for it (logged once per agent)";
-                "agent_id" => &self.id, "reported_pid" => pid, "supervised_pid" => agent_pid,
+                "agent_id" => &self.id, "reported_pid" => pid, "supervised_pid" => Present(agent_pid),
                 "what_to_do" => "check that the heartbeats come from the supervised program and not from another copy of it (or from inside a PID namespace)");
         }
         if was != self.pid_mismatch {

@@ -7,14 +7,19 @@
 //! to heartbeatd instead of init; [`sweep_orphans`] ends such processes.
 //!
 //! The thread blocks in `waitpid(-1)`; with no child at all it sleeps until
-//! [`notify_spawned`], so an idle heartbeatd without supervised agents never wakes up for it.
+//! [`spawn_keeper`], so an idle heartbeatd without supervised agents never wakes up for it.
 
+use std::collections::HashSet;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread;
 
 struct Spawned {
     count: Mutex<u64>,
     changed: Condvar,
+    /// The keepers heartbeatd started and has not reaped yet: how a keeper is told from
+    /// anything else re-parented to heartbeatd (its command line could be imitated by any
+    /// process of an agent's tree).
+    keepers: Mutex<HashSet<i32>>,
 }
 
 fn spawned() -> &'static Spawned {
@@ -22,6 +27,7 @@ fn spawned() -> &'static Spawned {
     SPAWNED.get_or_init(|| Spawned {
         count: Mutex::new(0),
         changed: Condvar::new(),
+        keepers: Mutex::new(HashSet::new()),
     })
 }
 
@@ -38,13 +44,24 @@ pub fn start() {
     });
 }
 
-/// Wakes the reaping thread after a child was started.
-pub fn notify_spawned() {
+/// Starts a keeper with `spawn`, records it as one, and wakes the reaping thread. The record
+/// is made before the reaping thread can see the keeper end (it waits for the same lock), so
+/// a keeper that ends at once is never left recorded.
+pub fn spawn_keeper(
+    spawn: impl FnOnce() -> std::io::Result<std::process::Child>,
+) -> std::io::Result<std::process::Child> {
     let spawned = spawned();
+    let child = {
+        let mut keepers = spawned.keepers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let child = spawn()?;
+        keepers.insert(child.id() as i32);
+        child
+    };
     if let Ok(mut count) = spawned.count.lock() {
         *count += 1;
         spawned.changed.notify_all();
     }
+    Ok(child)
 }
 
 fn reap_forever() {
@@ -55,6 +72,9 @@ fn reap_forever() {
         // SAFETY: status is a valid out-pointer.
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
         if pid > 0 {
+            if let Ok(mut keepers) = spawned.keepers.lock() {
+                keepers.remove(&pid);
+            }
             continue;
         }
         if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
@@ -85,9 +105,7 @@ pub fn sweep_orphans() -> usize {
     ended
 }
 
-/// Whether `pid` runs `heartbeatd keep …` (its second argument is the keeper's subcommand).
+/// Whether `pid` is a keeper heartbeatd started (and has not reaped).
 fn is_keeper(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmdline| cmdline.split(|b| *b == 0).nth(1) == Some(super::keeper::SUBCOMMAND.as_bytes()))
-        .unwrap_or(false)
+    spawned().keepers.lock().is_ok_and(|keepers| keepers.contains(&pid))
 }

@@ -1,0 +1,162 @@
+//! Supervision doing what the operator meant (issue 16), on the real binary with real
+//! processes: a program that can never start is given up on after its failed starts, a crash
+//! loop without backoff is held to the start limit, a process imitating a keeper is not
+//! spared, and a PATCH merges `env` and can end supervision on its own.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::daemon::processes_with_marker;
+use crate::supervision::{marker, parent_of, process, start, wait_for};
+
+/// The process events of `id` that entered `to`, oldest first, with their times.
+fn entered(daemon: &crate::daemon::Daemon, id: &str, to: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let events = daemon
+        .request("GET", &format!("/agents/{id}/events?limit=1000"), None)
+        .body;
+    let mut times: Vec<_> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "process" && e["to"] == to)
+        .map(|e| e["at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    times.reverse();
+    times
+}
+
+#[test]
+fn a_program_that_can_never_start_is_fatal_after_its_failed_starts_and_says_so() {
+    // Arrange: `sh -c 'exit 3'` on the defaults (start_retries 3, backoff 1 s doubling).
+    let daemon = start("[[agents]]\nid = \"broken\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 3\"]\n");
+
+    // Act: wait for heartbeatd to give up.
+    let fatal = wait_for(&daemon, "broken", "fatal", Duration::from_secs(60), |p| {
+        p["state"] == "fatal"
+    });
+
+    // Assert: one start and three retries, each a failed start, never running.
+    assert_eq!(fatal["restarts"], 3, "{fatal}");
+    assert_eq!(fatal["last_exit"]["code"], 3);
+    assert_eq!(entered(&daemon, "broken", "starting").len(), 4);
+    assert!(entered(&daemon, "broken", "running").is_empty());
+    let log = daemon.log();
+    assert!(log.contains("failed before it was running"), "{log}");
+    assert!(log.contains("could not start; it is left alone (fatal)"), "{log}");
+    // Before: fatal only after max_restarts (5) in restart_window_s, after 6 spawns.
+}
+
+#[test]
+fn a_crash_loop_without_backoff_is_held_to_ten_starts_in_ten_seconds() {
+    // Arrange: a program that runs for a moment and exits, restarted always, no backoff.
+    let daemon = start(
+        "[[agents]]\nid = \"loop\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 0.05; exit 1\"]\n\
+         restart = \"always\"\nrestart_backoff_ms = 0\nrestart_backoff_max_ms = 0\nmax_restarts = 10000\n\
+         start_wait_s = 0\n",
+    );
+
+    // Act: let it loop for more than the limit's window.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while entered(&daemon, "loop", "starting").len() < 15 {
+        assert!(
+            Instant::now() < deadline,
+            "it did not keep restarting: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Assert: no 11 starts within 10 s (without the limit: hundreds a second). The events'
+    // times are taken a moment after the machine's own clock: a few ms of slack.
+    let starts = entered(&daemon, "loop", "starting");
+    for window in starts.windows(11) {
+        let span = window[10] - window[0];
+        assert!(span >= chrono::Duration::milliseconds(9_900), "11 starts within {span}");
+    }
+    assert!(daemon.log().contains("restarts too fast"), "{}", daemon.log());
+}
+
+#[test]
+fn a_process_that_imitates_a_keeper_is_swept_with_the_rest_of_its_tree() {
+    // Arrange: the agent starts a grandchild that leaves its session and whose command line
+    // is `sh keep` (what a keeper's looks like: its second argument is `keep`).
+    let mark = marker("imitator");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keep"), "while :; do sleep 1; done\n").unwrap();
+    let config = format!(
+        "[[agents]]\nid = \"tree\"\ncommand = [\"/bin/sh\", \"-c\", \"setsid sh keep & exec sleep 600\"]\n\
+         working_dir = {:?}\nenv = {{ TEST_MARKER = \"{mark}\" }}\nrestart_backoff_ms = 100\n",
+        dir.path().display().to_string()
+    );
+    let daemon = start(&config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let imitator = loop {
+        let found = processes_with_marker(&mark).into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"keep"))
+        });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the imitator did not start: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let agent_pid = process(&daemon, "tree")["pid"].as_u64().unwrap() as u32;
+    let keeper = parent_of(agent_pid).unwrap();
+
+    // Act: the keeper is SIGKILLed: its tree is re-parented to heartbeatd, which sweeps it.
+    crate::daemon::send_signal(keeper, "KILL");
+
+    // Assert: the imitator is gone too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{imitator}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{imitator}/stat")).is_ok_and(|s| s.contains(") Z "))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the process imitating a keeper survived the sweep: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_patch_merges_env_and_command_null_alone_ends_supervision() {
+    // Arrange
+    let daemon = start(
+        "[[agents]]\nid = \"svc\"\ncommand = [\"/bin/sleep\", \"600\"]\nenv = { A = \"1\", B = \"2\" }\nrestart = \"always\"\n",
+    );
+    wait_for(&daemon, "svc", "running", Duration::from_secs(10), |p| {
+        p["state"] == "running"
+    });
+
+    // Act / Assert: env is merged (RFC 7396), not replaced.
+    let patched = daemon.admin("PATCH", "/agents/svc", Some(r#"{"env": {"B": null, "C": "3"}}"#));
+    assert_eq!(patched.status, 200, "{patched:?}");
+    let record = std::fs::read_to_string(daemon.data_dir().join("registry.log")).unwrap();
+    let last: Value = serde_json::from_str(record.lines().last().unwrap()).unwrap();
+    let env = last.pointer("/put/env").or_else(|| last.pointer("/Put/env")).cloned();
+    assert_eq!(env, Some(json!({"A": "1", "C": "3"})), "{last}");
+
+    // `{"command": null}` alone ends supervision (its settings go with it).
+    let plain = daemon.admin("PATCH", "/agents/svc", Some(r#"{"command": null}"#));
+    assert_eq!(plain.status, 200, "{plain:?}");
+    assert!(
+        plain.body.get("command").is_none() && plain.body.get("process").is_none(),
+        "{plain:?}"
+    );
+
+    // A command too large for exec is refused, naming why.
+    let big = json!({"command": vec!["x".repeat(4000); 20]}).to_string();
+    let refused = daemon.admin("PATCH", "/agents/svc", Some(&big));
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        refused.body["message"].as_str().unwrap().contains("command and env"),
+        "{refused:?}"
+    );
+}
