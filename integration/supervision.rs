@@ -439,7 +439,8 @@ fn ctl_status_start_stop_restart_and_tail_work_against_a_live_daemon() {
     let mark = marker("ctl");
     let config = "admin_token = \"t0ken\"\n".to_owned()
         + &agent("svc", "", &mark, "autostart = false")
-        + "[[agents]]\nid = \"passive\"\n";
+        + "[[agents]]\nid = \"passive\"\n"
+        + "[[agents]]\nid = \"broken\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 3\"]\nautostart = false\nstart_retries = 0\n";
     let daemon = start(&config);
 
     // Act + Assert: not started (autostart = false).
@@ -456,8 +457,8 @@ fn ctl_status_start_stop_restart_and_tail_work_against_a_live_daemon() {
     let (code, out, err) = ctl(&daemon, &["start", "svc"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.starts_with("svc: starting (pid ") && !out.contains("pid -"),
-        "{out}"
+        out.starts_with("svc: running (pid ") && !out.contains("pid -"),
+        "a start answers once the program is running: {out}"
     );
     let pid = process(&daemon, "svc")["pid"].as_i64().unwrap();
     wait_for(&daemon, "svc", "running", Duration::from_secs(10), |p| {
@@ -515,6 +516,38 @@ fn ctl_status_start_stop_restart_and_tail_work_against_a_live_daemon() {
     let (code, out, _) = ctl(&daemon, &["tail", "svc", "-n", "5"]);
     assert_eq!(code, 0);
     assert!(out.contains("test agent svc started"), "{out}");
+
+    // status ID: the process, how it last ended, liveness, the last output.
+    let (code, out, _) = ctl(&daemon, &["status", "svc"]);
+    assert_eq!(code, 0, "{out}");
+    for wanted in [
+        "process:      running, pid ",
+        "restarts:     1",
+        "last exit:    SIGTERM (manual)",
+        "liveness:",
+        "last output:",
+        "test agent svc started",
+    ] {
+        assert!(out.contains(wanted), "{wanted:?} in:\n{out}");
+    }
+    let (_, list, _) = ctl(&daemon, &["status"]);
+    assert!(list.lines().next().unwrap().ends_with("REASON"), "{list}");
+
+    // A program that dies before it is running: the start says so, exit 1.
+    let (code, _, err) = ctl(&daemon, &["start", "broken"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("broken: ERROR (spawn error): exited with code 3 before it was running"),
+        "{err}"
+    );
+
+    // pause and resume a passive agent's liveness.
+    let (code, out, _) = ctl(&daemon, &["pause", "passive"]);
+    assert_eq!((code, out.trim()), (0, "passive: liveness paused"));
+    let (code, out, _) = ctl(&daemon, &["resume", "passive"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("passive: liveness "), "{out}");
+    assert!(!out.contains("paused"), "{out}");
 
     let (code, out, _) = ctl(&daemon, &["stop", "svc"]);
     assert_eq!(code, 0);

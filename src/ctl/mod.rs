@@ -1,7 +1,7 @@
 //! `heartbeatd ctl`: a supervisorctl-style client of the admin API.
 //!
 //! ```text
-//! heartbeatd [--config FILE] ctl [--url URL] [--token T] [--ca FILE] status | start ID | stop ID | restart ID | tail ID [-n N] [-f]
+//! heartbeatd [--config FILE] ctl [--url URL] [--token T] [--ca FILE] status [ID] | start ID | stop ID | restart ID | pause ID | resume ID | tail ID [-n N] [-f]
 //! ```
 //!
 //! It finds the daemon as [`transport`] says: the control socket named by the daemon's own
@@ -15,8 +15,12 @@
 //! | `mod.rs` | the commands and their exit codes |
 //! | [`transport`] | finding the daemon; one HTTP exchange over the socket, TCP or TLS |
 //! | [`tls`] | trusting `--ca` or the system's certificates |
+//! | [`control`] | start, stop, restart (waiting as supervisorctl does), pause, resume |
+//! | [`status`] | the list, and one agent in detail |
 //! | [`tail`] | `tail -f` by byte offset |
 
+pub mod control;
+pub mod status;
 pub mod tail;
 pub mod tls;
 pub mod transport;
@@ -24,9 +28,7 @@ pub mod transport;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use serde_json::Value;
 
 use crate::settings::Overrides;
 use transport::{Target, Where};
@@ -55,14 +57,19 @@ pub struct CtlArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
-    /// One row per agent: id, process state, pid, uptime, liveness, last heartbeat, restarts.
-    Status,
-    /// Start a supervised agent.
+    /// One row per agent (id, process state, pid, uptime, liveness, last heartbeat, restarts,
+    /// why it last ended); with an ID, that agent in detail, with its last output.
+    Status { id: Option<String> },
+    /// Start a supervised agent; waits until it is running, or says why it is not (exit 1).
     Start { id: String },
     /// Stop a supervised agent (waits until its processes are gone).
     Stop { id: String },
-    /// Restart a supervised agent.
+    /// Restart a supervised agent; waits until it is running again.
     Restart { id: String },
+    /// Pause an agent's liveness: no late, down or alert until resumed.
+    Pause { id: String },
+    /// Resume an agent's liveness, with a full interval + grace from now.
+    Resume { id: String },
     /// Print the end of a supervised agent's output.
     Tail {
         id: String,
@@ -122,10 +129,16 @@ fn exit(error: CtlError, whom: &str) -> ExitCode {
 
 fn execute(args: &CtlArgs, target: &Target) -> Result<(), CtlError> {
     match &args.command {
-        CtlCommand::Status => status(target),
-        CtlCommand::Start { id } => control(target, id, "start"),
-        CtlCommand::Stop { id } => control(target, id, "stop"),
-        CtlCommand::Restart { id } => control(target, id, "restart"),
+        CtlCommand::Status { id: None } => status::list(target),
+        CtlCommand::Status { id: Some(id) } => {
+            check_id(id)?;
+            status::detail(target, id)
+        }
+        CtlCommand::Start { id } => control::run(target, checked(id)?, control::Action::Start),
+        CtlCommand::Stop { id } => control::run(target, checked(id)?, control::Action::Stop),
+        CtlCommand::Restart { id } => control::run(target, checked(id)?, control::Action::Restart),
+        CtlCommand::Pause { id } => control::run(target, checked(id)?, control::Action::Pause),
+        CtlCommand::Resume { id } => control::run(target, checked(id)?, control::Action::Resume),
         CtlCommand::Tail { id, lines, follow } => {
             check_id(id)?;
             tail::run(target, id, *lines, *follow)
@@ -141,121 +154,6 @@ fn check_id(id: &str) -> Result<(), CtlError> {
     }
 }
 
-fn control(target: &Target, id: &str, action: &str) -> Result<(), CtlError> {
-    check_id(id)?;
-    let view = target.call_ok("POST", &format!("/agents/{id}/{action}"))?;
-    let process = &view["process"];
-    println!(
-        "{id}: {} (pid {})",
-        process["state"].as_str().unwrap_or("-"),
-        process["pid"].as_i64().map_or("-".into(), |p| p.to_string())
-    );
-    Ok(())
-}
-
-fn status(target: &Target) -> Result<(), CtlError> {
-    let mut agents = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let path = match &after {
-            Some(id) => format!("/agents?limit=10000&after={id}"),
-            None => "/agents?limit=10000".to_owned(),
-        };
-        let page = target.call_ok("GET", &path)?;
-        let items = page["agents"].as_array().cloned().unwrap_or_default();
-        agents.extend(items);
-        match page["next_after"].as_str() {
-            Some(next) if !next.is_empty() => after = Some(next.to_owned()),
-            _ => break,
-        }
-    }
-    print!("{}", status_table(&agents, Utc::now()));
-    Ok(())
-}
-
-/// The rows of `ctl status`, aligned.
-pub fn status_table(agents: &[Value], now: DateTime<Utc>) -> String {
-    let ago = |at: Option<&str>| -> String {
-        at.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| human((now - t.with_timezone(&Utc)).num_seconds().max(0) as u64))
-            .unwrap_or_else(|| "-".into())
-    };
-    let mut rows = vec![[
-        "ID".to_owned(),
-        "PROCESS".into(),
-        "PID".into(),
-        "UPTIME".into(),
-        "LIVENESS".into(),
-        "LAST HEARTBEAT".into(),
-        "RESTARTS".into(),
-    ]];
-    for agent in agents {
-        let process = &agent["process"];
-        let running = matches!(process["state"].as_str(), Some("running" | "starting"));
-        rows.push([
-            agent["id"].as_str().unwrap_or("?").to_owned(),
-            process["state"].as_str().unwrap_or("-").to_owned(),
-            process["pid"].as_i64().map_or("-".into(), |p| p.to_string()),
-            if running {
-                ago(process["started_at"].as_str())
-            } else {
-                "-".into()
-            },
-            agent["status"].as_str().unwrap_or("-").to_owned(),
-            match agent["last_seen"].as_str() {
-                Some(_) => format!("{} ago", ago(agent["last_seen"].as_str())),
-                None => "never".into(),
-            },
-            process["restarts"].as_u64().map_or("-".into(), |r| r.to_string()),
-        ]);
-    }
-    let widths: Vec<usize> = (0..7)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// `3d4h`, `2h5m`, `4m10s`, `12s`.
-fn human(seconds: u64) -> String {
-    let (d, h, m, s) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m{s}s"),
-        (0, _, _) => format!("{h}h{m}m"),
-        _ => format!("{d}d{h}h"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_rows_are_aligned_and_say_dash_for_what_is_not_there() {
-        let now = DateTime::parse_from_rfc3339("2026-01-01T00:10:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let agents = vec![
-            serde_json::json!({"id": "web", "status": "up", "last_seen": "2026-01-01T00:09:58Z",
-                "process": {"state": "running", "pid": 4242, "started_at": "2026-01-01T00:00:00Z", "restarts": 3}}),
-            serde_json::json!({"id": "passive-agent-1", "status": "new", "last_seen": null}),
-        ];
-        let table = status_table(&agents, now);
-        let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert!(
-            lines[1].starts_with("web              running  4242  10m0s   up"),
-            "{table}"
-        );
-        assert!(lines[1].ends_with("2s ago          3"), "{table}");
-        assert!(lines[2].contains("never"), "{table}");
-        let column = lines[0].find("PROCESS").unwrap();
-        assert_eq!(&lines[2][column..column + 1], "-");
-    }
+fn checked(id: &str) -> Result<&str, CtlError> {
+    check_id(id).map(|()| id)
 }

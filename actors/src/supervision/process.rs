@@ -60,6 +60,8 @@ pub struct AgentProcess {
     /// Answered once the keeper of a new run has said whether the command started (a start
     /// or a restart), so the answer carries its pid.
     start_waiters: Vec<oneshot::Sender<()>>,
+    /// Answered once a run is no longer `starting`: `running`, or it failed to start.
+    running_waiters: Vec<oneshot::Sender<()>>,
     /// The resource sampling of the current run: its generation, timer and readings.
     limit_check: Option<(u64, SpawnHandle)>,
     usage: LimitWatch,
@@ -81,6 +83,7 @@ impl AgentProcess {
             machine: Machine::new(),
             waiters: Vec::new(),
             start_waiters: Vec::new(),
+            running_waiters: Vec::new(),
             limit_check: None,
             usage: LimitWatch::default(),
             last_pid: None,
@@ -252,6 +255,11 @@ impl AgentProcess {
             }
         }
         self.publish();
+        if to != ProcessState::Starting {
+            for waiter in self.running_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
         let restarts = self.machine.restarts();
         let pid = self.machine.state().run().and_then(|r| r.agent_pid).or(self.last_pid);
         match &exit {
@@ -459,7 +467,12 @@ pub enum Action {
     Restart,
 }
 
-/// Does `Action` and answers with the process as it is then.
+/// The longest a start waits for its program to be `running` (or to fail) before it answers.
+pub const START_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Does `Action` and answers with the process as it is then: a stop once its tree is gone; a
+/// start or a restart once the program is `running` (its first heartbeat, or `start_wait_s`)
+/// or has failed to start, or after [`START_ANSWER_WAIT`] if it is still starting.
 #[derive(Message)]
 #[rtype(result = "ProcessView")]
 pub struct Control(pub Action);
@@ -491,6 +504,7 @@ impl Handler<Control> for AgentProcess {
             list.push(tx);
             rx
         });
+        let starts = action != Action::Stop;
         Box::pin(
             async move {
                 if let Some(done) = done {
@@ -498,6 +512,20 @@ impl Handler<Control> for AgentProcess {
                 }
             }
             .into_actor(self)
+            .then(move |_, act, _| {
+                // A start is answered once the program is running or has failed to start.
+                let running = (starts && act.machine.state().name() == ProcessState::Starting).then(|| {
+                    let (tx, rx) = oneshot::channel();
+                    act.running_waiters.push(tx);
+                    rx
+                });
+                async move {
+                    if let Some(running) = running {
+                        let _ = actix::clock::timeout(START_ANSWER_WAIT, running).await;
+                    }
+                }
+                .into_actor(act)
+            })
             .map(|_, act, _| act.view()),
         )
     }
