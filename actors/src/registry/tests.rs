@@ -1,0 +1,243 @@
+//! The Registry actor's tests: changes, the file and its log, auto-registration, limits.
+use super::*;
+
+fn info(id: &str) -> AgentInfo {
+    AgentInfo {
+        id: id.into(),
+        name: format!("{id} name"),
+        agent_type: "custom".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn new_refuses_duplicates_and_invalid_ids() {
+    assert!(matches!(
+        Registry::new([info("a"), info("a")]).err(),
+        Some(RegistryError::Duplicate(id)) if id == "a"
+    ));
+    assert!(matches!(
+        Registry::new([info("a/b")]).err(),
+        Some(RegistryError::InvalidId(id)) if id == "a/b"
+    ));
+}
+
+#[actix_rt::test]
+async fn changes_are_visible_in_the_snapshot_once_answered() {
+    let registry = Registry::new([info("a")]).unwrap();
+    let snapshot = registry.snapshot();
+    let addr = registry.start();
+
+    assert!(snapshot.contains("a"));
+    assert!(!snapshot.contains("b"));
+
+    addr.send(Register(vec![info("b")])).await.unwrap().unwrap();
+    assert!(snapshot.contains("b"));
+    assert_eq!(addr.send(Count).await.unwrap(), 2);
+    assert!(addr.send(Exists("b".into())).await.unwrap());
+
+    let removed = addr.send(Unregister("a".into())).await.unwrap().unwrap();
+    assert_eq!(removed, info("a"));
+    assert!(!snapshot.contains("a"));
+    let ids: Vec<_> = addr.send(List).await.unwrap().into_iter().map(|a| a.id).collect();
+    assert_eq!(ids, ["b"]);
+    assert!(matches!(
+        addr.send(Unregister("a".into())).await.unwrap(),
+        Err(RegistryError::NotFound(id)) if id == "a"
+    ));
+}
+
+#[actix_rt::test]
+async fn a_batch_registers_all_or_none() {
+    let registry = Registry::new([info("a")]).unwrap();
+    let snapshot = registry.snapshot();
+    let addr = registry.start();
+
+    let bad = addr.send(Register(vec![info("b"), info("c d")])).await.unwrap();
+    assert!(
+        matches!(bad, Err(RegistryError::InvalidEntry { index: 1, .. })),
+        "{bad:?}"
+    );
+    let dup = addr.send(Register(vec![info("b"), info("a")])).await.unwrap();
+    assert!(matches!(dup, Err(RegistryError::Duplicate(id)) if id == "a"));
+    let twice = addr.send(Register(vec![info("b"), info("b")])).await.unwrap();
+    assert!(matches!(twice, Err(RegistryError::Duplicate(id)) if id == "b"));
+    assert!(!snapshot.contains("b"), "nothing of a refused batch is registered");
+
+    addr.send(Register(vec![info("b"), info("c")])).await.unwrap().unwrap();
+    assert_eq!(snapshot.len(), 3);
+}
+
+#[actix_rt::test]
+async fn the_file_keeps_api_changes_and_config_agents_are_imported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, report) = Registry::load(dir.path(), [info("from-config"), info("also-config")]).unwrap();
+    assert_eq!(report.imported, 2);
+    let addr = registry.start();
+    addr.send(Unregister("from-config".into())).await.unwrap().unwrap();
+    addr.send(Register(vec![info("from-api")])).await.unwrap().unwrap();
+    let renamed = UpdateInfo {
+        id: "also-config".into(),
+        change: AgentChange::of(serde_json::json!({"name": "renamed"})),
+    };
+    addr.send(renamed).await.unwrap().unwrap();
+
+    // Restart with the same config plus a new agent.
+    let (again, report) = Registry::load(dir.path(), [info("from-config"), info("also-config"), info("new")]).unwrap();
+    let snapshot = again.snapshot();
+    assert_eq!(
+        report,
+        RegistryLoad {
+            from_file: 2,
+            imported: 1,
+            moved_aside: None,
+            log_entries: 3,
+            log_damaged: 0,
+            clamped: Vec::new(),
+        },
+        "the three API changes come from registry.log"
+    );
+    assert!(
+        !snapshot.contains("from-config"),
+        "deleted through the API: stays deleted"
+    );
+    assert!(snapshot.contains("from-api") && snapshot.contains("new"));
+    assert_eq!(
+        snapshot.get("also-config").unwrap().name,
+        "renamed",
+        "the API's change wins"
+    );
+}
+
+#[actix_rt::test]
+async fn timing_out_of_bounds_is_refused_and_an_old_file_is_clamped() {
+    let registry = Registry::new([info("a")]).unwrap();
+    let addr = registry.start();
+    let huge = UpdateInfo {
+        id: "a".into(),
+        change: AgentChange::of(serde_json::json!({"heartbeat_interval_s": i64::MAX as u64})),
+    };
+    assert!(
+        matches!(addr.send(huge).await.unwrap(), Err(RegistryError::Invalid(m)) if m.starts_with("heartbeat_interval_s"))
+    );
+    let zero_grace = AgentInfo {
+        grace_s: Some(0),
+        ..info("b")
+    };
+    let refused = addr.send(Register(vec![info("c"), zero_grace])).await.unwrap();
+    assert!(
+        matches!(&refused, Err(RegistryError::InvalidEntry { index: 1, reason }) if reason.starts_with("grace_s")),
+        "{refused:?}"
+    );
+
+    // A file written before the bounds existed loads, clamped, and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let old = serde_json::json!({"format_version": 1, "imported_from_config": [],
+        "agents": [{"id": "old", "heartbeat_interval_s": 9223372036854775807u64, "grace_s": 0}]});
+    fs::write(dir.path().join(REGISTRY_FILE), old.to_string()).unwrap();
+    let (loaded, report) = Registry::load(dir.path(), []).unwrap();
+    let old = loaded.snapshot().get("old").unwrap();
+    assert_eq!(
+        (old.heartbeat_interval_s, old.grace_s),
+        (Some(crate::model::agent::MAX_TIMING_S), Some(1))
+    );
+    assert_eq!(report.clamped.len(), 1, "{report:?}");
+}
+
+#[actix_rt::test]
+async fn a_change_appends_one_line_and_the_log_is_compacted_when_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, _) = Registry::load(dir.path(), [info("a")]).unwrap();
+    let addr = registry.start();
+    let json_len = fs::metadata(dir.path().join(REGISTRY_FILE)).unwrap().len();
+    for i in 0..100 {
+        addr.send(Register(vec![info(&format!("n{i:03}"))]))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let log = fs::read_to_string(dir.path().join(REGISTRY_LOG)).unwrap();
+    assert_eq!(log.lines().count(), 100, "one line per registration");
+    assert_eq!(
+        fs::metadata(dir.path().join(REGISTRY_FILE)).unwrap().len(),
+        json_len,
+        "registry.json is not rewritten per change"
+    );
+    // A torn last line (a crash mid-append) is skipped at load.
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(REGISTRY_LOG))
+        .unwrap();
+    file.write_all(b"{\"put\":{\"id\":\"tor").unwrap();
+    drop(file);
+    let (again, report) = Registry::load(dir.path(), [info("a")]).unwrap();
+    assert_eq!(again.snapshot().len(), 101);
+    assert_eq!((report.log_entries, report.log_damaged), (100, 1));
+    assert!(!dir.path().join(REGISTRY_LOG).exists(), "compacted at load");
+
+    // Past 1024 lines (and the registry's size) the next change compacts.
+    let addr = again.start();
+    for i in 0..1100 {
+        addr.send(UpdateInfo {
+            id: "a".into(),
+            change: AgentChange::of(serde_json::json!({"name": format!("name {i}")})),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    let lines = fs::read_to_string(dir.path().join(REGISTRY_LOG))
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(lines < 1024, "{lines} lines: not compacted");
+    let (third, _) = Registry::load(dir.path(), []).unwrap();
+    assert_eq!(third.snapshot().get("a").unwrap().name, "name 1099");
+}
+
+#[actix_rt::test]
+async fn auto_registrations_are_batched_and_stop_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, _) = Registry::load(dir.path(), [info("a")]).unwrap();
+    let snapshot = registry.snapshot();
+    let addr = registry.with_auto_register_limit(50).start();
+    let requests: Vec<_> = (0..80)
+        .map(|i| addr.send(AutoRegister(format!("auto-{}", i % 70))))
+        .collect();
+    let answers = futures::future::join_all(requests).await;
+    let ok = answers.iter().filter(|a| matches!(a, Ok(Ok(())))).count();
+    let full = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(Err(RegistryError::Full(50)))))
+        .count();
+    assert_eq!(snapshot.len(), 50, "the limit counts every registered agent");
+    assert_eq!(ok + full, 80);
+    assert!(full >= 20, "{full}");
+    let log = fs::read_to_string(dir.path().join(REGISTRY_LOG)).unwrap();
+    assert_eq!(log.lines().count(), 49, "one line per new agent, none twice");
+    assert!(
+        addr.send(AutoRegister("a".into())).await.unwrap().is_ok(),
+        "known: fine"
+    );
+}
+
+#[actix_rt::test]
+async fn a_removed_registry_file_is_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, _) = Registry::load(dir.path(), [info("a")]).unwrap();
+    let addr = registry.start();
+    addr.send(Register(vec![info("from-api")])).await.unwrap().unwrap();
+    fs::remove_dir_all(dir.path()).unwrap();
+    actix_rt::time::sleep(FILE_CHECK_INTERVAL * 2).await;
+    let (again, _) = Registry::load(dir.path(), []).unwrap();
+    assert!(again.snapshot().contains("from-api"), "written again from memory");
+}
+
+#[test]
+fn a_damaged_registry_file_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join(REGISTRY_FILE), b"{\"format_version\":1,\"agen").unwrap();
+    let (registry, report) = Registry::load(dir.path(), [info("a")]).unwrap();
+    assert!(report.moved_aside.as_ref().is_some_and(|p| p.exists()), "{report:?}");
+    assert!(registry.snapshot().contains("a"));
+}
