@@ -25,4 +25,5 @@ mod shutdown;
 mod status_page;
 mod supervision;
 mod systemd;
+mod tls_pair;
 mod webhook;

@@ -44,7 +44,7 @@ fn ingest_token_guards_post_heartbeat() {
 }
 
 /// Makes a self-signed certificate for 127.0.0.1 with `cn` as its subject.
-fn make_certificate(dir: &Path, cn: &str) {
+pub(crate) fn make_certificate(dir: &Path, cn: &str) {
     let out = Command::new("openssl")
         .args([
             "req",
@@ -68,7 +68,7 @@ fn make_certificate(dir: &Path, cn: &str) {
 }
 
 /// The subject of the certificate served on `port`.
-fn served_subject(port: u16) -> String {
+pub(crate) fn served_subject(port: u16) -> String {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
