@@ -10,6 +10,7 @@ mod daemon {
 }
 
 mod admin_api;
+mod alert_backlog;
 mod alerting;
 mod config_errors;
 mod durability;
