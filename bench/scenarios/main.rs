@@ -9,7 +9,7 @@
 //!
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run); the README's figures come from a
 //! full run. Arguments name scenarios to run (`saturation fleet idle drain history
-//! scrape steady big-start supervise status-page`); none runs them all.
+//! scrape steady big-start supervise status-page alert-backlog kill-9`); none runs them all.
 //!
 //! | file | what |
 //! |---|---|
@@ -18,12 +18,16 @@
 //! | `supervise.rs` | 500 supervised programs, heartbeatd against a real supervisord |
 //! | `scrape.rs` | `/metrics` with 10k per-agent series at rest, against 10 agents |
 //! | `status_page.rs` | first paint of the status page in headless Chromium, 10k agents against 10 |
+//! | `kill_loss.rs` | the time a `kill -9` loses under load, against `flush_interval_ms` |
+//! | `alert_backlog.rs` | heartbeats while 10k agents are down and every `alertmanager_url` blackholes, against no Alertmanager |
 
+mod alert_backlog;
 mod big_start;
 mod drain;
 mod fleet;
 mod history;
 mod idle;
+mod kill_loss;
 mod measure;
 mod saturation;
 mod scrape;
@@ -186,6 +190,12 @@ fn main() {
     }
     if run("status-page") {
         status_page::status_page(&mut rows);
+    }
+    if run("kill-9") {
+        kill_loss::kill_loss(&mut rows);
+    }
+    if run("alert-backlog") {
+        alert_backlog::alert_backlog(&phases, &mut rows);
     }
     if run("supervise") {
         supervise::supervise(&phases, &mut rows);

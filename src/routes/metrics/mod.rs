@@ -51,6 +51,7 @@ const SCRAPE_BURST: f64 = 20.0;
 struct Series {
     received: IntCounter,
     processed: IntCounter,
+    synced: IntCounter,
     rejected: IntCounterVec,
     errors: IntCounter,
     store_errors: IntCounter,
@@ -142,6 +143,10 @@ impl MetricsEndpoint {
                 "heartbeatd_heartbeats_processed_total",
                 "Heartbeats applied by the manager.",
             ),
+            synced: counter(
+                "heartbeatd_heartbeats_synced_total",
+                "Heartbeats whose journal record is synced: each is on disk after a kill -9 and restart.",
+            ),
             rejected: IntCounterVec::new(
                 Opts::new(
                     "heartbeatd_heartbeats_rejected_total",
@@ -190,13 +195,14 @@ impl MetricsEndpoint {
             )?,
             alert_failures: counter(
                 "heartbeatd_alert_delivery_failures_total",
-                "Alert deliveries to Alertmanager that failed every try, or were dropped.",
+                "Requests to Alertmanager that failed (their alerts' newest state is sent again).",
             ),
         };
         let registry = Registry::new();
-        let mirrored: [Box<dyn Collector>; 13] = [
+        let mirrored: [Box<dyn Collector>; 14] = [
             Box::new(series.received.clone()),
             Box::new(series.processed.clone()),
+            Box::new(series.synced.clone()),
             Box::new(series.rejected.clone()),
             Box::new(series.errors.clone()),
             Box::new(series.store_errors.clone()),
@@ -244,6 +250,7 @@ fn render(
     let s = &endpoint.series;
     mirror(&s.received, report.total_received);
     mirror(&s.processed, report.total_processed);
+    mirror(&s.synced, report.total_synced);
     mirror(&s.errors, report.total_errors);
     mirror(&s.store_errors, report.store_errors);
     mirror(&s.webhook_failures, report.webhook_failures);
