@@ -10,7 +10,7 @@ help:
 	@echo "make test   the whole suite: format check, clippy, unit and integration tests"
 	@echo "make build  release build only (target/release/heartbeatd)"
 	@echo "make lint   cargo fmt --check and clippy with warnings as errors"
-	@echo "make bench  the performance scenarios (about 12 minutes), printed as one table"
+	@echo "make bench  the performance scenarios (about 14 minutes), printed as one table"
 	@echo "make clean  remove build output"
 
 run:

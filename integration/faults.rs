@@ -1,8 +1,11 @@
 //! Faults: `kill -9` in the middle of load, again and again; a full disk that recovers.
 //!
-//! These check the durability promise of the README: after `kill -9` at most the last
-//! `flush_interval_ms` is lost and nothing is torn; a full disk loses nothing that is still
-//! in memory once it has room again, and never panics.
+//! These check the durability promise of the README: after `kill -9` every heartbeat that
+//! `total_synced` counted before the kill is on disk, nothing on disk was never accepted, and
+//! nothing is torn; a full disk loses nothing that is still in memory once it has room again,
+//! and never panics. The promise is stated in what heartbeatd counts, not in time, so it holds
+//! however starved of CPU the machine is; how much time a kill loses on an idle machine is a
+//! `make bench` figure (`kill-9`).
 
 use std::collections::HashMap;
 use std::fs;
@@ -60,23 +63,42 @@ fn assert_nothing_torn(data: &Path) {
     }
 }
 
-/// The flush interval of the kill tests, and the slack a flush itself may take on a busy
-/// 2-core machine running the rest of the suite in parallel.
-const FLUSH_MS: i64 = 100;
-const FLUSH_SLACK_MS: i64 = 300;
+/// The flush interval of the kill tests.
+const FLUSH_MS: u64 = 100;
 
 /// What the kill rounds measured.
 #[derive(Default)]
 struct KillReport {
     accepted: u64,
     lost: u64,
-    worst_gap_ms: i64,
+    /// The last `total_synced` seen before each kill, summed over the rounds.
+    synced: u64,
 }
 
-/// One round: a daemon under load from one sequential client per agent, `kill -9` when `kill_at`
-/// returns, a restart that replays the journal and stops cleanly. Then every 200 is counted
-/// against what is on disk: the heartbeats missing are at most those answered within the flush
-/// interval before the kill, and nothing is torn.
+/// The last `total_synced` that `/heartbeat/stats` answered, polled until the daemon is gone.
+fn poll_synced(port: u16, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
+    thread::spawn(move || {
+        let mut last = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(reply) = http(port, "GET", "/heartbeat/stats", None) else {
+                break;
+            };
+            let synced = reply.body["total_synced"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no total_synced in {}", reply.body));
+            assert!(synced >= last, "total_synced went back from {last} to {synced}");
+            last = synced;
+            thread::sleep(Duration::from_millis(5));
+        }
+        last
+    })
+}
+
+/// One round: a daemon under load from one sequential client per agent, with `total_synced`
+/// polled beside them; `kill -9` when `kill_at` returns; a restart that replays the journal and
+/// stops cleanly. Then the disk is checked against what was counted: every heartbeat counted
+/// as synced is there, nothing that was never answered 200 is, the heartbeats missing are the
+/// newest ones, and nothing is torn.
 fn kill_round(
     dir: &Path,
     config: &str,
@@ -114,6 +136,7 @@ fn kill_round(
             })
         })
         .collect();
+    let poller = poll_synced(port, Arc::clone(&stop));
 
     kill_at(&daemon);
     send_signal(daemon.pid(), "KILL");
@@ -121,27 +144,27 @@ fn kill_round(
     let mut daemon = daemon;
     daemon.wait_exit(Duration::from_secs(10));
     let answered: Vec<(&str, Vec<DateTime<Utc>>)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    // Every answer it got came before the kill.
+    let synced_before_kill = poller.join().unwrap();
 
     // Restart (replays the journal) and stop cleanly, so the files are complete.
     let mut restarted = Daemon::start_with_env(dir, config, env);
     assert_eq!(restarted.stop_with("TERM").code(), Some(0), "{}", restarted.log());
 
     assert_nothing_torn(&data);
+    let mut kept_in_all = 0;
     for (id, ok_times) in answered {
         report.accepted += ok_times.len() as u64;
-        let Some(&last_200) = ok_times.last() else { continue };
+        if ok_times.is_empty() {
+            continue;
+        }
         let state = agent_file(&data, id);
         let last_seen: DateTime<Utc> = state["last_seen"].as_str().unwrap().parse().unwrap();
-        let gap = (last_200 - last_seen).num_milliseconds();
-        report.worst_gap_ms = report.worst_gap_ms.max(gap);
-        assert!(
-            gap <= FLUSH_MS + FLUSH_SLACK_MS,
-            "round {round}, {id}: last_seen {last_seen} is {gap} ms before the last 200 ({last_200})"
-        );
         // Counted: each 200 is on disk unless it was answered after the last heartbeat on disk
-        // was received (then it is one of the newest, inside the flush interval).
+        // was received (then it is one of the newest, not yet synced at the kill).
         let count = state["heartbeat_count"].as_u64().unwrap();
         let kept = count - before[id];
+        kept_in_all += kept;
         let accepted = ok_times.len() as u64;
         assert!(
             kept <= accepted,
@@ -166,10 +189,16 @@ fn kill_round(
             "{id}"
         );
     }
+    // The promise: everything counted as synced before the kill is on disk after it.
+    assert!(
+        kept_in_all >= synced_before_kill,
+        "round {round}: {kept_in_all} heartbeats on disk, but {synced_before_kill} were counted as synced before the kill"
+    );
+    report.synced += synced_before_kill;
 }
 
 #[test]
-fn kill_9_twenty_times_under_load_tears_nothing_and_loses_at_most_the_flush_interval() {
+fn kill_9_twenty_times_under_load_tears_nothing_and_loses_nothing_counted_as_synced() {
     // Arrange: short intervals, so kills land in flushes and checkpoints alike.
     let config = agents_config(&format!("flush_interval_ms = {FLUSH_MS}\ncheckpoint_interval_s = 1\n"));
     let dir = tempfile::tempdir().unwrap();
@@ -180,14 +209,15 @@ fn kill_9_twenty_times_under_load_tears_nothing_and_loses_at_most_the_flush_inte
         let wait = Duration::from_millis(300 + (round * 37) % 400);
         kill_round(dir.path(), &config, &[], round, |_| thread::sleep(wait), &mut report);
     }
+    assert!(report.synced > 0, "the promise was put to the test");
     println!(
-        "20 random kills: {} heartbeats accepted, {} lost; worst gap between the last 200 and last_seen: {} ms",
-        report.accepted, report.lost, report.worst_gap_ms
+        "20 random kills: {} heartbeats accepted, {} lost, {} counted as synced before the kills",
+        report.accepted, report.lost, report.synced
     );
 }
 
 #[test]
-fn kill_9_inside_twenty_checkpoints_loses_at_most_the_flush_interval() {
+fn kill_9_inside_twenty_checkpoints_loses_nothing_counted_as_synced() {
     // Arrange: every checkpoint pauses for 1.5 s halfway (histories appended, states not yet
     // renamed), and announces it. Heartbeats keep coming in the meantime; before the journal
     // had a thread of its own, they waited in memory for the checkpoint and a kill lost them.
@@ -215,9 +245,10 @@ fn kill_9_inside_twenty_checkpoints_loses_at_most_the_flush_interval() {
         kill_round(dir.path(), &config, &env, round, kill_at, &mut report);
     }
     assert!(report.accepted > 0);
+    assert!(report.synced > 0, "the promise was put to the test");
     println!(
-        "20 kills inside checkpoints: {} heartbeats accepted, {} lost; worst gap between the last 200 and last_seen: {} ms",
-        report.accepted, report.lost, report.worst_gap_ms
+        "20 kills inside checkpoints: {} heartbeats accepted, {} lost, {} counted as synced before the kills",
+        report.accepted, report.lost, report.synced
     );
 }
 
@@ -285,6 +316,7 @@ fn a_full_disk_loses_nothing_once_it_has_room_again() {
         failing["store_errors"].as_u64().unwrap() >= 1,
         "counted in stats: {failing}"
     );
+    assert_eq!(failing["total_synced"], 0, "nothing could be synced: {failing}");
     fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !daemon.log().contains("works again") {
@@ -296,6 +328,12 @@ fn a_full_disk_loses_nothing_once_it_has_room_again() {
     while daemon.request("GET", "/readyz", None).status != 200 {
         assert!(Instant::now() < deadline, "not ready again:\n{}", daemon.log());
         thread::sleep(Duration::from_millis(100));
+    }
+    // Every heartbeat's journal record is synced now (the journal is flushed every 100 ms).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.stats()["total_synced"] != 40 {
+        assert!(Instant::now() < deadline, "not all synced: {}", daemon.stats());
+        thread::sleep(Duration::from_millis(50));
     }
     let status = daemon.stop_with("TERM");
 

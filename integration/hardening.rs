@@ -178,8 +178,7 @@ fn after_kill_9_agents_known_only_from_the_journal_start_up_and_can_go_down() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_in(dir.path(), config);
     assert_eq!(daemon.post_heartbeat(&heartbeat("pulse", 1)).status, 200);
-    daemon.wait_processed(1);
-    thread::sleep(Duration::from_millis(300));
+    daemon.wait_synced(1);
     send_signal(daemon.pid(), "KILL");
     let mut daemon = daemon;
     daemon.wait_exit(Duration::from_secs(10));

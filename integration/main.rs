@@ -10,6 +10,7 @@ mod daemon {
 }
 
 mod admin_api;
+mod alert_backlog;
 mod alerting;
 mod browser_attacks;
 mod config_errors;
@@ -28,4 +29,5 @@ mod status_page;
 mod supervision;
 mod supervision_intent;
 mod systemd;
+mod tls_pair;
 mod webhook;

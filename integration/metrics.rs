@@ -103,10 +103,12 @@ fn metrics_are_valid_exposition_format_with_the_documented_series() {
 
 #[test]
 fn per_agent_series_stop_at_metrics_agent_limit() {
-    let daemon = Daemon::start(&format!("metrics_agent_limit = 1\n{CONFIG}"));
+    let mut daemon = Daemon::start(&format!("metrics_agent_limit = 1\n{CONFIG}"));
     let (_, text) = metrics_text(&daemon);
     assert_eq!(text.matches("heartbeatd_agent_up{").count(), 1, "{text}");
     let _ = metrics_text(&daemon);
+    // The log is written by a thread of its own: a stop flushes it, so every line is there.
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
     assert_eq!(
         daemon.log().matches("metrics_agent_limit reached").count(),
         1,

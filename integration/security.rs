@@ -68,7 +68,7 @@ pub(crate) fn make_certificate(dir: &Path, cn: &str) {
 }
 
 /// The subject of the certificate served on `port`.
-fn served_subject(port: u16) -> String {
+pub(crate) fn served_subject(port: u16) -> String {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(

@@ -14,8 +14,9 @@ use slog::{crit, warn};
 
 use crate::reload::ReloadSource;
 use crate::settings::{self, Loaded, Overrides, SettingsError};
-use crate::startup::Application;
+use crate::startup::{Application, StartupError};
 use crate::telemetry;
+use crate::tls::{self, TlsError};
 
 /// Exit code for a configuration or usage error (clap uses 2 for usage errors too).
 const EXIT_CONFIG: u8 = 2;
@@ -102,6 +103,16 @@ async fn run_daemon_system(cli: Cli) -> ExitCode {
     run_daemon(load(cli.config.clone(), &cli), &cli).await
 }
 
+/// A failed start is a runtime failure (1), except a certificate and key that do not belong
+/// together: that is the configuration's fault and no restart can mend it (2; systemd's unit
+/// does not restart after 2).
+fn startup_exit_code(error: &StartupError) -> u8 {
+    match error {
+        StartupError::Tls(TlsError::Mismatch { .. }) => EXIT_CONFIG,
+        _ => EXIT_RUNTIME,
+    }
+}
+
 fn load(file: Option<PathBuf>, cli: &Cli) -> Result<Loaded, SettingsError> {
     settings::load(file.as_deref(), std::env::vars(), &cli.overrides())
 }
@@ -111,6 +122,12 @@ fn check_config(loaded: Result<Loaded, SettingsError>) -> ExitCode {
         Ok(loaded) => {
             for name in &loaded.ignored_env {
                 eprintln!("heartbeatd: warning: {name} names no configuration key and is ignored");
+            }
+            // The certificate and key are read as the server would read them: a pair that
+            // does not match (or a file that cannot be read) is caught before a start.
+            if let Err(e) = tls::check_files(&loaded.settings) {
+                eprintln!("heartbeatd: {e}. Fix tls_cert / tls_key (PEM files) or remove both to serve plain HTTP");
+                return ExitCode::from(EXIT_CONFIG);
             }
             match toml::to_string_pretty(&loaded.settings.effective()) {
                 Ok(text) => {
@@ -155,7 +172,7 @@ async fn run_daemon(loaded: Result<Loaded, SettingsError>, cli: &Cli) -> ExitCod
         Ok(app) => app.run_until_stopped().await.exit_code(),
         Err(e) => {
             crit!(log, "heartbeatd could not start"; "error" => %e);
-            EXIT_RUNTIME
+            startup_exit_code(&e)
         }
     };
     drop(log);

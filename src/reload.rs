@@ -10,7 +10,7 @@
 //! | `[[agents]]` | ids never imported before are registered (as at start-up; changes to agents already registered are the admin API's) |
 //! | `webhook_url`, `webhook_timeout_ms`, `webhook_retries` | applied to the next delivery |
 //! | `admin_token`, `ingest_token`, `allowed_hosts`, `loopback_admin` | applied to the next request |
-//! | `tls_cert`, `tls_key` | the files are read again and used for new connections |
+//! | `tls_cert`, `tls_key` | the files are read again and used for new connections (unless unreadable or not a matching pair: the old pair stays) |
 //! | anything else | logged as needing a restart, not applied |
 
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ use slog::{error, info, warn, Logger};
 use crate::routes::auth::{Gate, GateSettings, HostRules};
 use crate::settings::{self, Overrides, Settings};
 use crate::telemetry::LevelHandle;
-use crate::tls::TlsReloader;
+use crate::tls::{TlsError, TlsReloader};
 
 /// Where the configuration came from, to read it again the same way.
 #[derive(Debug, Clone)]
@@ -134,9 +134,15 @@ impl Reloader {
                     info!(self.log, "SIGHUP: TLS certificate and key read again"; "tls_cert" => ?new.tls_cert);
                     applied.push("tls");
                 }
+                Err(e @ TlsError::Mismatch { .. }) => {
+                    error!(self.log, "SIGHUP: the TLS certificate and key do not belong together; the old ones stay in use";
+                        "error" => %e, "tls_cert" => ?new.tls_cert, "tls_key" => ?new.tls_key,
+                        "what_to_do" => "put the key the certificate was issued for in tls_key (or the certificate of that key in tls_cert), check with `heartbeatd check-config FILE`, and send SIGHUP again")
+                }
                 Err(e) => {
                     error!(self.log, "SIGHUP: could not read the TLS certificate or key; the old ones stay in use";
-                    "error" => %e, "what_to_do" => "fix tls_cert / tls_key and send SIGHUP again")
+                        "error" => %e, "tls_cert" => ?new.tls_cert, "tls_key" => ?new.tls_key,
+                        "what_to_do" => "fix tls_cert / tls_key and send SIGHUP again")
                 }
             }
         }

@@ -204,9 +204,7 @@ impl Application {
                 data_dir: settings.data_dir.clone(),
             };
             let (failures, log) = (Arc::clone(&alert_failures), log.new(o!("actor" => "alerter")));
-            let alerter = Alerter::start_in_arbiter(&manager_arbiter.handle(), move |_| {
-                Alerter::new(policy, firing, failures, log)
-            });
+            let alerter = Alerter::start_on_own_thread(policy, firing, failures, log);
             (liveness.with_alerter(alerter.clone(), down_before), Some(alerter))
         };
         let status_counts = liveness.counts();

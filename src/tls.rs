@@ -1,6 +1,10 @@
 //! HTTPS through rustls (`tls_cert` and `tls_key`, PEM). The certificate is served through a
 //! resolver that holds the current one, so a SIGHUP can read the files again and new
 //! connections get the new certificate without a restart (renewals, e.g. from ACME).
+//!
+//! A certificate is only used together with the key it was issued for: a pair that does not
+//! match would pass every check of its own and then fail every handshake, so it is refused
+//! when read (at start, by `check-config`, and on SIGHUP, where the old pair stays).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::InconsistentKeys;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -20,6 +25,14 @@ pub enum TlsError {
     Cert { path: PathBuf, reason: String },
     #[error("tls_key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
+    /// Both files are readable, but the key is not the certificate's: every handshake would
+    /// fail. A configuration error (exit 2 at start).
+    #[error(
+        "tls_cert {} and tls_key {} do not belong together: the certificate's public key is not the public half of the key (was one of them replaced without the other?)",
+        cert.display(),
+        key.display()
+    )]
+    Mismatch { cert: PathBuf, key: PathBuf },
     #[error("TLS set-up: {0}")]
     Config(String),
 }
@@ -57,7 +70,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Reads a PEM certificate chain and private key.
+/// Reads a PEM certificate chain and private key, and checks that the key is the one the
+/// (first, end-entity) certificate was issued for.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let cert_error = |reason: String| TlsError::Cert {
         path: cert.to_owned(),
@@ -79,7 +93,27 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
         .key_provider
         .load_private_key(private)
         .map_err(|e| key_error(e.to_string()))?;
-    Ok(CertifiedKey::new(chain, signing))
+    let pair = CertifiedKey::new(chain, signing);
+    match pair.keys_match() {
+        // `Unknown`: the key cannot tell its public half (no key type of the ring provider
+        // does this); nothing to compare, as rustls's own `CertifiedKey::from_der` decides.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(pair),
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(TlsError::Mismatch {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        }),
+        // The end-entity certificate is PEM but not a certificate rustls can read.
+        Err(e) => Err(cert_error(format!("not a usable X.509 certificate: {e}"))),
+    }
+}
+
+/// Reads the pair `settings` names, as the server would (`check-config`); nothing when HTTPS
+/// is off.
+pub fn check_files(settings: &Settings) -> Result<(), TlsError> {
+    match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => load_certified_key(cert, key).map(drop),
+        _ => Ok(()),
+    }
 }
 
 /// The server configuration for `settings`, and the handle that reloads its certificate.

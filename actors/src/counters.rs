@@ -95,6 +95,10 @@ pub struct ManagerCounters {
     store_failing: std::sync::atomic::AtomicBool,
     /// Agents whose clock was found off by more than `max_clock_skew_s`.
     skewed_agents: AtomicU64,
+    /// Heartbeats whose journal record is written and synced (`fdatasync` returned). The
+    /// durability promise is stated in it: every heartbeat counted here before a `kill -9` is
+    /// on disk after the restart. Counted after the sync, never before.
+    synced: AtomicU64,
 }
 
 impl ManagerCounters {
@@ -134,6 +138,16 @@ impl ManagerCounters {
 
     pub fn damaged_records(&self) -> u64 {
         self.damaged_records.load(Ordering::Relaxed)
+    }
+
+    /// `heartbeats` more journal records are synced.
+    pub fn synced(&self, heartbeats: u64) {
+        self.synced.fetch_add(heartbeats, Ordering::Relaxed);
+    }
+
+    /// Heartbeats synced to the journal since start.
+    pub fn heartbeats_synced(&self) -> u64 {
+        self.synced.load(Ordering::Relaxed)
     }
 }
 

@@ -39,6 +39,9 @@ pub struct StatsReport {
     pub workers: usize,
     pub agents_registered: usize,
     pub uptime_seconds: u64,
+    /// Heartbeats whose journal record is synced since start: each one counted here is on
+    /// disk after a `kill -9` and restart.
+    pub total_synced: u64,
     /// Failed writes to `data_dir` since start (retried from memory; see the logs).
     pub store_errors: u64,
     /// Damaged records found since start (set aside; see the logs).
@@ -193,6 +196,7 @@ impl Handler<GetStats> for Stats {
             workers: self.workers,
             agents_registered: self.registry.len(),
             uptime_seconds: self.started.elapsed().as_secs(),
+            total_synced: self.store.heartbeats_synced(),
             store_errors: self.store.store_errors(),
             damaged_records: self.store.damaged_records(),
             clock_skewed_agents: self.store.skewed_agents(),

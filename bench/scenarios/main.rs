@@ -9,7 +9,8 @@
 //!
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run); the README's figures come from a
 //! full run. Arguments name scenarios to run (`saturation fleet idle drain history
-//! scrape steady big-start supervise status-page slow-readers`); none runs them all.
+//! scrape steady big-start supervise status-page slow-readers alert-backlog kill-9`); none
+//! runs them all.
 //!
 //! | file | what |
 //! |---|---|
@@ -19,12 +20,16 @@
 //! | `scrape.rs` | `/metrics` with 10k per-agent series at rest, against 10 agents |
 //! | `status_page.rs` | first paint of the status page in headless Chromium, 10k agents against 10 |
 //! | `slow_readers.rs` | 200 clients that never read and 16 log followers beside 10k heartbeats/s, against none |
+//! | `kill_loss.rs` | the time a `kill -9` loses under load, against `flush_interval_ms` |
+//! | `alert_backlog.rs` | heartbeats while 10k agents are down and every `alertmanager_url` blackholes, against no Alertmanager |
 
+mod alert_backlog;
 mod big_start;
 mod drain;
 mod fleet;
 mod history;
 mod idle;
+mod kill_loss;
 mod measure;
 mod saturation;
 mod scrape;
@@ -191,6 +196,12 @@ fn main() {
     }
     if run("status-page") {
         status_page::status_page(&mut rows);
+    }
+    if run("kill-9") {
+        kill_loss::kill_loss(&mut rows);
+    }
+    if run("alert-backlog") {
+        alert_backlog::alert_backlog(&phases, &mut rows);
     }
     if run("supervise") {
         supervise::supervise(&phases, &mut rows);

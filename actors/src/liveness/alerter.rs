@@ -7,9 +7,17 @@
 //!   the reported status.
 //! - Every firing alert is sent again every `alert_resend_s`, with `endsAt` four of those
 //!   ahead, so Alertmanager never resolves it between two sends. Recovery sends it once more
-//!   with `endsAt` = now, which resolves it.
-//! - Deliveries go to every URL (an Alertmanager cluster deduplicates), asynchronously, each
-//!   retried like the webhook's and bounded in number: they never slow ingest.
+//!   with `endsAt` = the time it was resolved, which resolves it.
+//! - Deliveries go to every URL (an Alertmanager cluster deduplicates), asynchronously. What
+//!   is still to be sent is an [`alert_backlog`](super::alert_backlog): the newest state of
+//!   each alert and, per URL, which alerts that URL has yet to be told. Each URL has at most
+//!   one request in flight, of at most [`BATCH`] alerts and its share of [`REQUEST_BYTES`];
+//!   a failed request puts its alerts back (their newest state goes next, after a backoff).
+//!   So an Alertmanager that blackholes its requests costs one entry per alert and one
+//!   request, not a queue of every resend, and once it answers it gets every alert's newest
+//!   state.
+//! - The actor runs on an arbiter of its own (see [`Alerter::start_on_own_thread`]): building
+//!   requests for a large fleet never delays the Manager or the HTTP threads.
 //! - The firing set is kept in `data_dir/alerts.json` (written atomically, at most every
 //!   0.5 s while it changes),
 //!   so after a restart the alerts still firing are sent again at once, and Liveness starts
@@ -18,8 +26,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -28,27 +36,34 @@ use serde::{Deserialize, Serialize};
 use slog::{error, info, warn, Logger};
 
 use crate::atomic_file::write_atomically;
+use crate::liveness::alert_backlog::Backlog;
+pub use crate::liveness::alert_backlog::BacklogFigures;
 use crate::liveness::delivery::{post_json, Retries};
 use crate::log_gate::LogGate;
 
 /// The file that keeps the firing alerts across restarts.
 pub const FIRING_FILE: &str = "alerts.json";
-/// Deliveries waiting or in flight, at most (past it new ones are dropped and counted).
-const MAX_PENDING: usize = 1000;
-const RETRIES: Retries = Retries {
-    tries: 4,
-    first_backoff: Duration::from_millis(200),
-    max_backoff: Duration::from_secs(2),
+/// One try per request: a failed request's alerts wait again in the backlog and go with
+/// their newest state after [`FIRST_BACKOFF`] (doubling up to [`MAX_BACKOFF`]), instead of
+/// a request retrying a state that may be stale by then.
+const ONE_TRY: Retries = Retries {
+    tries: 1,
+    first_backoff: Duration::ZERO,
+    max_backoff: Duration::ZERO,
 };
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// The most alerts in one request (a big fleet going down at once is sent in pieces).
 const BATCH: usize = 1000;
-/// Fires and resolves are sent at most this often: a fleet going down at once is sent in
-/// requests of [`BATCH`] alerts, not one request per agent (which the [`MAX_PENDING`] cap
-/// would cut short).
+/// The request bodies in flight, all URLs together, are at most this many bytes: each URL's
+/// request gets an equal share (at least one alert goes in any request).
+pub const REQUEST_BYTES: usize = 4 << 20;
+/// Fires and resolves are gathered this long before an idle URL is sent them: a fleet going
+/// down at once is sent in requests of [`BATCH`] alerts, not one request per agent.
 const SEND_DELAY: Duration = Duration::from_millis(100);
 /// `alerts.json` is written at most this often: a fleet going down at once costs one synced
-/// write, not one per agent, on the thread the Manager shares.
+/// write, not one per agent.
 const SAVE_DELAY: Duration = Duration::from_millis(500);
 
 /// Where and how alerts go.
@@ -69,16 +84,6 @@ pub struct Alert {
     pub annotations: BTreeMap<String, String>,
     #[serde(rename = "startsAt")]
     pub starts_at: DateTime<Utc>,
-}
-
-#[derive(Serialize)]
-struct Posted<'a> {
-    labels: &'a BTreeMap<String, String>,
-    annotations: &'a BTreeMap<String, String>,
-    #[serde(rename = "startsAt")]
-    starts_at: DateTime<Utc>,
-    #[serde(rename = "endsAt")]
-    ends_at: DateTime<Utc>,
 }
 
 /// The alerts an agent can have.
@@ -129,74 +134,139 @@ pub fn down_before(firing: &BTreeMap<String, Alert>) -> Vec<String> {
         .collect()
 }
 
+/// One Alertmanager URL and the pace of its requests.
+struct Lane {
+    url: String,
+    /// A send is scheduled (after [`SEND_DELAY`] or a backoff): no second one.
+    scheduled: bool,
+    /// The wait after the next failure.
+    backoff: Duration,
+}
+
 /// Pushes alerts to Alertmanager.
 pub struct Alerter {
     policy: AlerterPolicy,
-    firing: Firing,
+    /// The newest state of every alert, and what each URL has yet to be told.
+    backlog: Backlog,
+    lanes: Vec<Lane>,
+    /// Each URL's share of [`REQUEST_BYTES`].
+    request_bytes: usize,
+    timeout: Duration,
     client: Option<awc::Client>,
-    pending: Arc<AtomicUsize>,
     failures: Arc<AtomicU64>,
-    failure_log: Arc<Mutex<LogGate>>,
+    failure_log: LogGate,
     /// A save of `alerts.json` is scheduled.
     save_pending: bool,
-    /// Fires and resolves not sent yet, by alert key: the newest change of an alert wins, and
-    /// an alert fired and resolved before it was sent is never sent.
-    outbox: BTreeMap<String, Change>,
     log: Logger,
-}
-
-/// A change of an alert waiting to be sent.
-enum Change {
-    Fired(Alert),
-    Resolved(Alert),
 }
 
 impl Alerter {
     /// `firing`: what [`load_firing`] found; `failures` is shared with `/metrics`.
     pub fn new(policy: AlerterPolicy, firing: Firing, failures: Arc<AtomicU64>, log: Logger) -> Self {
+        let lanes: Vec<Lane> = policy
+            .urls
+            .iter()
+            .map(|url| Lane {
+                url: format!("{url}/api/v2/alerts"),
+                scheduled: false,
+                backoff: FIRST_BACKOFF,
+            })
+            .collect();
         Self {
+            backlog: Backlog::new(lanes.len(), firing),
+            request_bytes: REQUEST_BYTES / lanes.len().max(1),
+            lanes,
             policy,
-            firing,
+            timeout: TIMEOUT,
             client: None,
-            pending: Arc::new(AtomicUsize::new(0)),
             failures,
-            failure_log: Arc::new(Mutex::new(LogGate::new(Duration::from_secs(10)))),
+            failure_log: LogGate::new(Duration::from_secs(10)),
             save_pending: false,
-            outbox: BTreeMap::new(),
             log,
         }
     }
 
-    /// Queues a change; the outbox is sent [`SEND_DELAY`] after its first change.
-    fn queue(&mut self, key: String, change: Change, ctx: &mut Context<Self>) {
-        if self.outbox.is_empty() {
-            ctx.run_later(SEND_DELAY, |act, ctx| act.send_outbox(ctx));
-        }
-        match change {
-            // Fired and resolved before anything was sent: Alertmanager never needs to know.
-            Change::Resolved(_) if matches!(self.outbox.get(&key), Some(Change::Fired(_))) => {
-                self.outbox.remove(&key);
-            }
-            change => {
-                self.outbox.insert(key, change);
+    /// Starts an Alerter ([`Alerter::new`]'s arguments) on an arbiter (a thread) of its own,
+    /// so that building and sending requests never takes time from the actors that take
+    /// heartbeats.
+    pub fn start_on_own_thread(
+        policy: AlerterPolicy,
+        firing: Firing,
+        failures: Arc<AtomicU64>,
+        log: Logger,
+    ) -> Addr<Self> {
+        // The arbiter's thread runs until the process exits; the handle is all we keep.
+        Self::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            Self::new(policy, firing, failures, log)
+        })
+    }
+
+    /// A shorter request timeout (tests of a blackholed Alertmanager).
+    #[cfg(test)]
+    fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Every lane that is idle, has alerts waiting and no send scheduled sends after
+    /// [`SEND_DELAY`] (gathering the changes of that moment into one request).
+    fn wake(&mut self, ctx: &mut Context<Self>) {
+        for lane in 0..self.lanes.len() {
+            if !self.lanes[lane].scheduled && !self.backlog.is_busy(lane) && self.backlog.has_waiting(lane) {
+                self.schedule(lane, SEND_DELAY, ctx);
             }
         }
     }
 
-    fn send_outbox(&mut self, ctx: &mut Context<Self>) {
-        let (mut fired, mut resolved) = (Vec::new(), Vec::new());
-        for change in std::mem::take(&mut self.outbox).into_values() {
-            match change {
-                Change::Fired(alert) => fired.push(alert),
-                Change::Resolved(alert) => resolved.push(alert),
+    fn schedule(&mut self, lane: usize, after: Duration, ctx: &mut Context<Self>) {
+        self.lanes[lane].scheduled = true;
+        ctx.run_later(after, move |act, ctx| {
+            act.lanes[lane].scheduled = false;
+            act.send(lane, ctx);
+        });
+    }
+
+    /// Sends the lane's next request, if it is idle and has alerts waiting.
+    fn send(&mut self, lane: usize, ctx: &mut Context<Self>) {
+        let Some(client) = self.client.clone() else { return };
+        let ends_at = self.ends_at();
+        let Some(body) = self.backlog.take(lane, ends_at, BATCH, self.request_bytes) else {
+            return;
+        };
+        let url = self.lanes[lane].url.clone();
+        let request = async move { post_json(&client, &url, &body, ONE_TRY).await };
+        ctx.spawn(fut::wrap_future(request).map(move |result, act: &mut Self, ctx| act.answered(lane, result, ctx)));
+    }
+
+    fn answered(&mut self, lane: usize, result: Result<(), String>, ctx: &mut Context<Self>) {
+        match result {
+            Ok(()) => {
+                self.backlog.delivered(lane);
+                self.lanes[lane].backoff = FIRST_BACKOFF;
+                // A full request's worth waiting goes at once; less is gathered a moment
+                // longer, so that changes trickling in do not go one small request each.
+                if !self.lanes[lane].scheduled {
+                    if self.backlog.waiting(lane) >= BATCH {
+                        self.send(lane, ctx);
+                    } else if self.backlog.has_waiting(lane) {
+                        self.schedule(lane, SEND_DELAY, ctx);
+                    }
+                }
             }
-        }
-        if !fired.is_empty() {
-            let ends_at = self.ends_at();
-            self.send(fired, ends_at, ctx);
-        }
-        if !resolved.is_empty() {
-            self.send(resolved, Utc::now(), ctx);
+            Err(reason) => {
+                self.backlog.failed(lane);
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(not_logged) = self.failure_log.check(Instant::now()) {
+                    warn!(self.log, "alert delivery to Alertmanager failed; the alerts' newest state is sent again";
+                        "url" => &self.lanes[lane].url, "reason" => &reason, "failures_not_logged" => not_logged,
+                        "what_to_do" => "check that alertmanager_url is reachable");
+                }
+                let backoff = self.lanes[lane].backoff;
+                self.lanes[lane].backoff = (backoff * 2).min(MAX_BACKOFF);
+                if !self.lanes[lane].scheduled {
+                    self.schedule(lane, backoff, ctx);
+                }
+            }
         }
     }
 
@@ -214,59 +284,11 @@ impl Alerter {
     }
 
     fn save(&self) {
-        let bytes = serde_json::to_vec(&self.firing).unwrap_or_default();
+        let firing: BTreeMap<&str, &Alert> = self.backlog.firing().collect();
+        let bytes = serde_json::to_vec(&firing).unwrap_or_default();
         if let Err(e) = write_atomically(&self.policy.data_dir, FIRING_FILE, &bytes) {
             error!(self.log, "could not save the firing alerts; after a restart they are fired again only when their agents go down again";
                 "path" => %self.policy.data_dir.join(FIRING_FILE).display(), "error" => %e);
-        }
-    }
-
-    /// Sends `alerts` to every Alertmanager, with `ends_at`.
-    fn send(&self, alerts: Vec<Alert>, ends_at: DateTime<Utc>, ctx: &mut Context<Self>) {
-        let Some(client) = self.client.clone() else { return };
-        for chunk in alerts.chunks(BATCH) {
-            let posted: Vec<Posted> = chunk
-                .iter()
-                .map(|a| Posted {
-                    labels: &a.labels,
-                    annotations: &a.annotations,
-                    starts_at: a.starts_at,
-                    ends_at,
-                })
-                .collect();
-            let body = serde_json::to_vec(&posted).unwrap_or_default();
-            for url in &self.policy.urls {
-                if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
-                    self.pending.fetch_sub(1, Ordering::AcqRel);
-                    self.failed("too many deliveries waiting; dropped");
-                    continue;
-                }
-                let (client, body, url) = (client.clone(), body.clone(), format!("{url}/api/v2/alerts"));
-                let (pending, failures, gate, log) = (
-                    Arc::clone(&self.pending),
-                    Arc::clone(&self.failures),
-                    Arc::clone(&self.failure_log),
-                    self.log.clone(),
-                );
-                ctx.spawn(fut::wrap_future(async move {
-                    let delivered = post_json(&client, &url, &body, RETRIES).await;
-                    pending.fetch_sub(1, Ordering::AcqRel);
-                    let Err(last_error) = delivered else { return };
-                    failures.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(Some(not_logged)) = gate.lock().map(|mut g| g.check(Instant::now())) {
-                        warn!(log, "alert delivery to Alertmanager failed"; "url" => &url, "reason" => &last_error,
-                            "failures_not_logged" => not_logged,
-                            "what_to_do" => "check that alertmanager_url is reachable; firing alerts are sent again every alert_resend_s");
-                    }
-                }));
-            }
-        }
-    }
-
-    fn failed(&self, reason: &str) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        if let Ok(Some(not_logged)) = self.failure_log.lock().map(|mut g| g.check(Instant::now())) {
-            warn!(self.log, "alert delivery to Alertmanager failed"; "reason" => reason, "failures_not_logged" => not_logged);
         }
     }
 
@@ -275,11 +297,8 @@ impl Alerter {
     }
 
     fn resend_all(&mut self, ctx: &mut Context<Self>) {
-        if !self.firing.is_empty() {
-            let alerts = self.firing.values().cloned().collect();
-            let ends_at = self.ends_at();
-            self.send(alerts, ends_at, ctx);
-        }
+        self.backlog.resend();
+        self.wake(ctx);
     }
 }
 
@@ -287,11 +306,12 @@ impl Actor for Alerter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.client = Some(awc::Client::builder().timeout(TIMEOUT).finish());
-        if !self.firing.is_empty() {
+        self.client = Some(awc::Client::builder().timeout(self.timeout).finish());
+        let firing = self.backlog.figures().firing;
+        if firing > 0 {
             info!(self.log, "sending again the alerts still firing when heartbeatd last stopped";
-                "alerts" => self.firing.len());
-            self.resend_all(ctx);
+                "alerts" => firing);
+            self.wake(ctx);
         }
         ctx.run_interval(self.policy.resend, |act, ctx| act.resend_all(ctx));
     }
@@ -332,7 +352,7 @@ impl Handler<Fire> for Alerter {
 
     fn handle(&mut self, msg: Fire, ctx: &mut Context<Self>) {
         let key = key(msg.name, &msg.agent_id);
-        if self.firing.contains_key(&key) {
+        if self.backlog.is_firing(&key) {
             return;
         }
         let mut labels = BTreeMap::new();
@@ -364,9 +384,9 @@ impl Handler<Fire> for Alerter {
             annotations,
             starts_at: Utc::now(),
         };
-        self.firing.insert(key.clone(), alert.clone());
+        self.backlog.fire(&key, alert);
         self.schedule_save(ctx);
-        self.queue(key, Change::Fired(alert), ctx);
+        self.wake(ctx);
     }
 }
 
@@ -383,164 +403,26 @@ impl Handler<Resolve> for Alerter {
 
     fn handle(&mut self, msg: Resolve, ctx: &mut Context<Self>) {
         let key = key(msg.name, &msg.agent_id);
-        if let Some(alert) = self.firing.remove(&key) {
+        if self.backlog.resolve(&key, Utc::now()) {
             self.schedule_save(ctx);
-            self.queue(key, Change::Resolved(alert), ctx);
+            self.wake(ctx);
         }
+    }
+}
+
+/// What the backlog holds now.
+#[derive(Message)]
+#[rtype(result = "BacklogFigures")]
+pub struct BacklogNow;
+
+impl Handler<BacklogNow> for Alerter {
+    type Result = MessageResult<BacklogNow>;
+
+    fn handle(&mut self, _: BacklogNow, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.backlog.figures())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_firing_file_round_trips_and_names_the_agents_that_were_down() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut firing = Firing::new();
-        for (name, id) in [
-            (AlertName::HeartbeatAgentDown, "a"),
-            (AlertName::HeartbeatAgentFatal, "b"),
-        ] {
-            let labels = [("alertname", name.name()), ("agent_id", id)]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            firing.insert(
-                key(name, id),
-                Alert {
-                    labels,
-                    annotations: BTreeMap::new(),
-                    starts_at: Utc::now(),
-                },
-            );
-        }
-        write_atomically(dir.path(), FIRING_FILE, &serde_json::to_vec(&firing).unwrap()).unwrap();
-        let loaded = load_firing(dir.path());
-        assert_eq!(loaded, firing);
-        assert_eq!(down_before(&loaded), ["a"]);
-        std::fs::write(dir.path().join(FIRING_FILE), b"{torn").unwrap();
-        assert!(load_firing(dir.path()).is_empty(), "a damaged file counts as none");
-    }
-
-    /// A stand-in Alertmanager: answers 200 to every request, counting the requests and the
-    /// alerts by `endsAt` (in the future: firing; else resolved).
-    #[derive(Default)]
-    struct Received {
-        requests: AtomicUsize,
-        firing: Mutex<std::collections::HashSet<String>>,
-        resolved: Mutex<std::collections::HashSet<String>>,
-    }
-
-    fn stand_in_alertmanager() -> (u16, Arc<Received>) {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let received = Arc::new(Received::default());
-        let shared = Arc::clone(&received);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let received = Arc::clone(&shared);
-                std::thread::spawn(move || {
-                    let mut writer = stream.try_clone().unwrap();
-                    let mut reader = BufReader::new(stream);
-                    loop {
-                        let mut length = 0usize;
-                        let mut line = String::new();
-                        loop {
-                            line.clear();
-                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                                length = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                        let mut body = vec![0; length];
-                        reader.read_exact(&mut body).unwrap();
-                        received.requests.fetch_add(1, Ordering::SeqCst);
-                        let alerts: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-                        for alert in alerts {
-                            let id = alert["labels"]["agent_id"].as_str().unwrap_or_default().to_owned();
-                            let ends: DateTime<Utc> = alert["endsAt"].as_str().unwrap().parse().unwrap();
-                            let set = if ends > Utc::now() {
-                                &received.firing
-                            } else {
-                                &received.resolved
-                            };
-                            set.lock().unwrap().insert(id);
-                        }
-                        writer
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                            .unwrap();
-                    }
-                });
-            }
-        });
-        (port, received)
-    }
-
-    fn fire(id: &str) -> Fire {
-        Fire {
-            name: AlertName::HeartbeatAgentDown,
-            agent_id: id.to_owned(),
-            agent_type: String::new(),
-            last_seen: None,
-            reported_status: None,
-            detail: None,
-        }
-    }
-
-    /// A fleet going down at once: 3 000 fires reach Alertmanager in a few requests of up to
-    /// BATCH alerts, none dropped (one request each would pass MAX_PENDING and drop most).
-    /// Fired and resolved within one send window: never sent.
-    #[actix_rt::test]
-    async fn a_fleet_going_down_at_once_is_sent_in_batches_and_nothing_is_dropped() {
-        let (port, received) = stand_in_alertmanager();
-        let dir = tempfile::tempdir().unwrap();
-        let failures = Arc::new(AtomicU64::new(0));
-        let policy = AlerterPolicy {
-            urls: vec![format!("http://127.0.0.1:{port}")],
-            resend: Duration::from_secs(3600),
-            instance: "test".to_owned(),
-            data_dir: dir.path().to_owned(),
-        };
-        let alerter = Alerter::new(
-            policy,
-            Firing::new(),
-            Arc::clone(&failures),
-            slog::Logger::root(slog::Discard, slog::o!()),
-        )
-        .start();
-
-        for n in 0..3000 {
-            alerter.send(fire(&format!("agent-{n:04}"))).await.unwrap();
-        }
-        alerter.send(fire("blip")).await.unwrap();
-        alerter
-            .send(Resolve {
-                name: AlertName::HeartbeatAgentDown,
-                agent_id: "blip".to_owned(),
-            })
-            .await
-            .unwrap();
-
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while received.firing.lock().unwrap().len() < 3000 && Instant::now() < deadline {
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
-        }
-        actix_rt::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(received.firing.lock().unwrap().len(), 3000, "every alert arrived");
-        assert_eq!(failures.load(Ordering::SeqCst), 0, "none dropped or failed");
-        let requests = received.requests.load(Ordering::SeqCst);
-        assert!(requests <= 10, "{requests} requests for 3000 alerts");
-        assert!(!received.firing.lock().unwrap().contains("blip"));
-        assert!(
-            received.resolved.lock().unwrap().is_empty(),
-            "blip was never sent, so never resolved"
-        );
-    }
-}
+#[path = "alerter_tests.rs"]
+mod tests;

@@ -11,7 +11,10 @@
 //! | this one | the Liveness actor: applies heartbeats, pauses and deletions to the tracker, ticks it, reports transitions |
 //! | [`tracker`] | [`DeadlineTracker`]: states and deadlines in a heap, with an explicit clock |
 //! | [`webhook`] | the Webhook actor: POSTs transitions to `webhook_url` |
+//! | [`alerter`] | the Alerter actor: pushes alerts to `alertmanager_url` |
+//! | `alert_backlog` | what is still to reach each Alertmanager: the newest state of each alert |
 
+mod alert_backlog;
 pub mod alerter;
 mod delivery;
 #[cfg(test)]

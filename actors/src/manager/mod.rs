@@ -137,6 +137,9 @@ pub struct Manager {
     /// Answered when the next journal flush completes (write-through updates, [`Flush`]).
     flush_waiters: Vec<Waiter>,
     flush_in_flight: bool,
+    /// A flush was due while one was syncing: the next starts when that one is done, so a
+    /// slow sync does not stretch what a kill -9 can lose to two intervals.
+    flush_overdue: bool,
     /// Answered when the next checkpoint completes ([`Flush`]).
     checkpoint_waiters: Vec<Waiter>,
     checkpoint_in_flight: bool,
@@ -194,6 +197,7 @@ impl Manager {
             journal_pending: Vec::new(),
             flush_waiters: Vec::new(),
             flush_in_flight: false,
+            flush_overdue: false,
             checkpoint_waiters: Vec::new(),
             checkpoint_in_flight: false,
             retry_at: None,

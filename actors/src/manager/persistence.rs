@@ -1,9 +1,11 @@
 //! The Manager's persistence engine: the two pipelines to disk, and their retries.
 //!
 //! - **flush** (every `flush_interval`): the pending journal records go to the JournalWriter,
-//!   one append and one sync. With `flush_interval = 0` (write-through) an update is answered
-//!   only once a flush holding it is synced; updates that arrive meanwhile share the next
-//!   flush (group commit).
+//!   one append and one sync; once it is synced they count in `total_synced`. A tick that
+//!   finds the previous flush still syncing starts the next one as soon as it is done, rather
+//!   than a whole interval later. With `flush_interval = 0` (write-through) an update is
+//!   answered only once a flush holding it is synced; updates that arrive meanwhile share the
+//!   next flush (group commit).
 //! - **checkpoint** (every `checkpoint_interval`, when too many samples wait, and at
 //!   shutdown): every changed agent's state and new history samples go to the Store, with the
 //!   journal rotated in the same step, so the segments before it can go once it is durable.
@@ -62,7 +64,13 @@ impl Manager {
     /// Sends the pending journal records, unless a flush is running (the next one starts when
     /// it completes).
     pub(super) fn start_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flush_in_flight || (self.journal_pending.is_empty() && self.flush_waiters.is_empty()) {
+        if self.flush_in_flight {
+            // Remembered: the records waiting now go as soon as this flush is synced.
+            self.flush_overdue = true;
+            return;
+        }
+        self.flush_overdue = false;
+        if self.journal_pending.is_empty() && self.flush_waiters.is_empty() {
             return;
         }
         let records = std::mem::take(&mut self.journal_pending);
@@ -74,7 +82,11 @@ impl Manager {
             .map(move |result, act, ctx| {
                 act.flush_in_flight = false;
                 let outcome = match result {
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(written)) => {
+                        // After the sync: what `total_synced` promises is on disk.
+                        act.health.synced(written as u64);
+                        Ok(())
+                    }
                     Ok(Err((e, mut records))) => {
                         records.append(&mut act.journal_pending);
                         act.journal_pending = records;
@@ -88,7 +100,8 @@ impl Manager {
                 for waiter in waiters {
                     let _ = waiter.send(outcome.clone());
                 }
-                let again = !act.flush_waiters.is_empty() || (act.write_through() && !act.journal_pending.is_empty());
+                let again = !act.flush_waiters.is_empty()
+                    || ((act.write_through() || act.flush_overdue) && !act.journal_pending.is_empty());
                 if again && act.may_retry() {
                     act.start_flush(ctx);
                 }

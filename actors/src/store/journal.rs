@@ -139,12 +139,14 @@ impl Journal {
         self.current
     }
 
-    /// Appends `records` and syncs them. On error the segment is abandoned (see the module
+    /// Appends `records` and syncs them; answers how many are in the journal now (all but
+    /// those that could not be encoded). On error the segment is abandoned (see the module
     /// documentation) and the caller keeps the records to append again.
-    pub fn append(&mut self, records: &[JournalRecord]) -> io::Result<()> {
+    pub fn append(&mut self, records: &[JournalRecord]) -> io::Result<usize> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let mut written = 0;
         let mut buf = Vec::with_capacity(records.len() * 160);
         for record in records {
             // A record that cannot be encoded (a timestamp outside what 64-bit nanoseconds
@@ -157,13 +159,14 @@ impl Journal {
                 continue;
             }
             buf.push(b'\n');
+            written += 1;
         }
         let result = self.write_and_sync(&buf);
         if result.is_err() {
             self.file = None;
             self.current += 1;
         }
-        result
+        result.map(|()| written)
     }
 
     fn write_and_sync(&mut self, buf: &[u8]) -> io::Result<()> {

@@ -1,7 +1,8 @@
 //! The JournalWriter actor: owns the journal segment being appended to, on a thread of its own.
 //!
-//! Why a thread of its own: the journal is what keeps the durability promise ("after kill -9,
-//! at most `flush_interval_ms` of processed heartbeats is lost"). When it shared the Store's
+//! Why a thread of its own: the journal is what keeps the durability promise (every heartbeat
+//! counted as synced is on disk after a kill -9; on an idle machine that is all but the last
+//! `flush_interval_ms` of processed heartbeats). When it shared the Store's
 //! thread, every flush waited behind a running checkpoint (seconds of history appends and a
 //! syncfs at 20k heartbeats/s), the Manager held the heartbeats of that whole time in memory,
 //! and a kill -9 during a checkpoint lost tens of thousands of them. Here a flush waits for
@@ -37,14 +38,15 @@ impl Actor for JournalWriter {
     type Context = SyncContext<Self>;
 }
 
-/// Appends processed heartbeats to the journal. Answered once they are synced; on failure
-/// the records come back so the Manager can keep them and try again (into a new segment).
+/// Appends processed heartbeats to the journal. Answered once they are synced, with how many
+/// records were written (all but any that could not be encoded); on failure the records come
+/// back so the Manager can keep them and try again (into a new segment).
 #[derive(Message)]
-#[rtype(result = "Result<(), (StoreError, Vec<JournalRecord>)>")]
+#[rtype(result = "Result<usize, (StoreError, Vec<JournalRecord>)>")]
 pub struct AppendJournal(pub Vec<JournalRecord>);
 
 impl Handler<AppendJournal> for JournalWriter {
-    type Result = Result<(), (StoreError, Vec<JournalRecord>)>;
+    type Result = Result<usize, (StoreError, Vec<JournalRecord>)>;
 
     fn handle(&mut self, AppendJournal(records): AppendJournal, _: &mut SyncContext<Self>) -> Self::Result {
         let dir = self.journal.dir().to_owned();

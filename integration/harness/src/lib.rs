@@ -273,6 +273,21 @@ impl Daemon {
         }
     }
 
+    /// Waits until `total_synced` reaches `n`: that many heartbeats are in the synced journal,
+    /// so a `kill -9` from now on loses none of them.
+    pub fn wait_synced(&self, n: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let stats = self.stats();
+            let synced = stats["total_synced"].as_u64().expect("total_synced in the stats");
+            if synced >= n {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "only {synced} of {n} synced: {stats}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `signal` (e.g. "TERM") and waits for the process to exit.
     pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
         send_signal(self.pid(), signal);

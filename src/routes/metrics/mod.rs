@@ -54,6 +54,7 @@ const SCRAPE_BURST: f64 = 20.0;
 struct Series {
     received: IntCounter,
     processed: IntCounter,
+    synced: IntCounter,
     rejected: IntCounterVec,
     errors: IntCounter,
     store_errors: IntCounter,
@@ -163,6 +164,10 @@ impl MetricsEndpoint {
                 "heartbeatd_heartbeats_processed_total",
                 "Heartbeats applied by the manager.",
             ),
+            synced: counter(
+                "heartbeatd_heartbeats_synced_total",
+                "Heartbeats whose journal record is synced: each is on disk after a kill -9 and restart.",
+            ),
             rejected: IntCounterVec::new(
                 Opts::new(
                     "heartbeatd_heartbeats_rejected_total",
@@ -211,7 +216,7 @@ impl MetricsEndpoint {
             )?,
             alert_failures: counter(
                 "heartbeatd_alert_delivery_failures_total",
-                "Alert deliveries to Alertmanager that failed every try, or were dropped.",
+                "Requests to Alertmanager that failed (their alerts' newest state is sent again).",
             ),
             send_timeouts: counter(
                 "heartbeatd_http_send_timeouts_total",
@@ -234,9 +239,10 @@ impl MetricsEndpoint {
             ),
         };
         let registry = Registry::new();
-        let mirrored: [Box<dyn Collector>; 17] = [
+        let mirrored: [Box<dyn Collector>; 18] = [
             Box::new(series.received.clone()),
             Box::new(series.processed.clone()),
+            Box::new(series.synced.clone()),
             Box::new(series.rejected.clone()),
             Box::new(series.errors.clone()),
             Box::new(series.store_errors.clone()),
@@ -291,6 +297,7 @@ fn render(
     let s = &endpoint.series;
     mirror(&s.received, report.total_received);
     mirror(&s.processed, report.total_processed);
+    mirror(&s.synced, report.total_synced);
     mirror(&s.errors, report.total_errors);
     mirror(&s.store_errors, report.store_errors);
     mirror(&s.webhook_failures, report.webhook_failures);
