@@ -13,19 +13,19 @@ use serde_json::Value;
 
 use crate::daemon::{heartbeat, Daemon};
 
-/// What the stand-in saw, per agent: each alert received (true: firing, by `endsAt` in the
-/// future), in order, and whether it was refused.
+/// What the stand-in saw: each alert received (true: firing, by `endsAt` in the future), in
+/// order, and whether it was refused.
 #[derive(Default)]
-struct Seen {
-    /// (agent_id, firing, refused)
-    alerts: Vec<(String, bool, bool)>,
+pub(crate) struct Seen {
+    /// (agent_id, firing, refused, alertname)
+    alerts: Vec<(String, bool, bool, String)>,
 }
 
 impl Seen {
     fn refused(&self, agent: &str, firing: bool) -> usize {
         self.alerts
             .iter()
-            .filter(|(a, f, refused)| a == agent && *f == firing && *refused)
+            .filter(|(a, f, refused, _)| a == agent && *f == firing && *refused)
             .count()
     }
 
@@ -33,22 +33,31 @@ impl Seen {
     fn newest(&self) -> HashMap<String, bool> {
         self.alerts
             .iter()
-            .filter(|(_, _, refused)| !refused)
-            .map(|(a, f, _)| (a.clone(), *f))
+            .filter(|(_, _, refused, _)| !refused)
+            .map(|(a, f, _, _)| (a.clone(), *f))
             .collect()
+    }
+
+    /// The newest state accepted of alert `name` of `agent`, if it was ever received.
+    pub(crate) fn newest_of(&self, name: &str, agent: &str) -> Option<bool> {
+        self.alerts
+            .iter()
+            .rev()
+            .find(|(a, _, refused, n)| a == agent && n == name && !refused)
+            .map(|(_, firing, _, _)| *firing)
     }
 }
 
 /// A stand-in Alertmanager: refuses (503) while `refusing`, else answers 200.
-struct StandIn {
-    port: u16,
-    refusing: Arc<AtomicBool>,
+pub(crate) struct StandIn {
+    pub(crate) port: u16,
+    pub(crate) refusing: Arc<AtomicBool>,
     seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
 }
 
 impl StandIn {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -74,7 +83,8 @@ impl StandIn {
                     let ends: chrono::DateTime<chrono::Utc> =
                         alert["endsAt"].as_str().unwrap_or("").parse().unwrap_or_default();
                     let agent = alert["labels"]["agent_id"].as_str().unwrap_or("").to_owned();
-                    seen.alerts.push((agent, ends > chrono::Utc::now(), refused));
+                    let name = alert["labels"]["alertname"].as_str().unwrap_or("").to_owned();
+                    seen.alerts.push((agent, ends > chrono::Utc::now(), refused, name));
                 }
                 drop(seen);
                 let status = if refused { "503 Service Unavailable" } else { "200 OK" };
@@ -92,7 +102,12 @@ impl StandIn {
         }
     }
 
-    fn eventually(&self, what: &str, check: impl Fn(&Seen) -> bool) {
+    /// A look at what it saw so far.
+    pub(crate) fn seen<T>(&self, look: impl Fn(&Seen) -> T) -> T {
+        look(&self.seen.lock().unwrap())
+    }
+
+    pub(crate) fn eventually(&self, what: &str, check: impl Fn(&Seen) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !check(&self.seen.lock().unwrap()) {
             assert!(

@@ -206,5 +206,5 @@ fn health_endpoints_answer() {
     }
     let by_status = daemon.stats()["agents_by_status"].clone();
     let keys: Vec<&String> = by_status.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["down", "late", "new", "paused", "up"], "{by_status}");
+    assert_eq!(keys, ["down", "late", "new", "paused", "stopped", "up"], "{by_status}");
 }

@@ -72,7 +72,7 @@ fn the_status_page_shows_each_agent_in_its_state_and_follows_a_change_without_re
     let rows = browser.eval(ROWS);
     assert_eq!(
         rows,
-        json!({"steady": "up", "slow": "late", "gone": "down", "quiet": "new", "worker": "up", "crasher": "new"}),
+        json!({"steady": "up", "slow": "late", "gone": "down", "quiet": "new", "worker": "up", "crasher": "stopped"}),
         "{rows}"
     );
     let summary = browser.eval(
@@ -80,7 +80,7 @@ fn the_status_page_shows_each_agent_in_its_state_and_follows_a_change_without_re
     );
     assert_eq!(
         summary,
-        json!({"new": "2", "up": "2", "late": "1", "down": "1", "paused": "0"})
+        json!({"new": "1", "up": "2", "late": "1", "down": "1", "paused": "0", "stopped": "1"})
     );
     // Supervised agents: their process state and restarts, and a summary per process state.
     let processes = browser.eval(
@@ -142,7 +142,7 @@ fn the_status_page_shows_each_agent_in_its_state_and_follows_a_change_without_re
     browser.eval(
         "const f = document.getElementById('filter'); f.value = 'new'; f.dispatchEvent(new Event('change')); true",
     );
-    browser.wait_for("only the new agents", &format!("{ids} === '[\"crasher\",\"quiet\"]'"));
+    browser.wait_for("only the new agents", &format!("{ids} === '[\"quiet\"]'"));
     browser.eval("const g = document.getElementById('filter'); g.value = ''; g.dispatchEvent(new Event('change')); const q = document.getElementById('search'); q.value = 'st'; q.dispatchEvent(new Event('input')); true");
     browser.wait_for("only ids starting with st", &format!("{ids} === '[\"steady\"]'"));
 

@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::daemon::processes_with_marker;
-use crate::supervision::{marker, parent_of, process, start, wait_for};
+use std::sync::atomic::Ordering;
+
+use crate::alert_backlog::StandIn;
+use crate::daemon::{processes_with_marker, send_signal};
+use crate::supervision::{agent, marker, parent_of, process, start, wait_for};
 
 /// The process events of `id` that entered `to`, oldest first, with their times.
 fn entered(daemon: &crate::daemon::Daemon, id: &str, to: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
@@ -159,4 +162,119 @@ fn a_patch_merges_env_and_command_null_alone_ends_supervision() {
         refused.body["message"].as_str().unwrap().contains("command and env"),
         "{refused:?}"
     );
+}
+
+/// The agent's liveness as the API shows it.
+fn liveness(daemon: &crate::daemon::Daemon, id: &str) -> Value {
+    daemon.request("GET", &format!("/agents/{id}"), None).body["status"].clone()
+}
+
+fn wait_liveness(daemon: &crate::daemon::Daemon, id: &str, wanted: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while liveness(daemon, id) != wanted {
+        assert!(
+            Instant::now() < deadline,
+            "{id} never {wanted}: {}\n{}",
+            liveness(daemon, id),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_stop_on_purpose_pages_no_one_a_quiet_program_is_up_while_it_runs_and_fatal_alerts_end() {
+    // Arrange: an agent that heartbeats every second, one that sends no heartbeats, and one
+    // that can never start; alerts go to a stand-in Alertmanager.
+    let am = StandIn::start();
+    am.refusing.store(false, Ordering::SeqCst);
+    let mark = marker("intent");
+    let config = format!(
+        "alertmanager_url = \"http://127.0.0.1:{}\"\n{}\
+         [[agents]]\nid = \"quiet\"\ncommand = [\"/bin/sleep\", \"600\"]\nheartbeats = false\nheartbeat_interval_s = 1\ngrace_s = 1\n\
+         [[agents]]\nid = \"broken\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 3\"]\nstart_retries = 0\n",
+        am.port,
+        agent("pinger", "", &mark, "heartbeat_interval_s = 1\ngrace_s = 1"),
+    );
+    let daemon = start(&config);
+
+    // A program that sends no heartbeats is up while it runs (never `new`).
+    wait_liveness(&daemon, "quiet", "up");
+    // One that could not start is `fatal` (its own alert), and its liveness `stopped`.
+    am.eventually("HeartbeatAgentFatal for broken", |s| {
+        s.newest_of("HeartbeatAgentFatal", "broken") == Some(true)
+    });
+    wait_liveness(&daemon, "broken", "stopped");
+    wait_liveness(&daemon, "pinger", "up");
+
+    // Act: an operator stops the pinger and waits past its interval + grace (2 s).
+    let stopped = daemon.admin("POST", "/agents/pinger/stop", None);
+    assert_eq!(stopped.status, 200, "{stopped:?}");
+    wait_liveness(&daemon, "pinger", "stopped");
+    std::thread::sleep(Duration::from_secs(4));
+
+    // Assert: stopped, not down: no alert, no down event, down gauge 0.
+    assert_eq!(liveness(&daemon, "pinger"), "stopped");
+    assert_eq!(
+        am.seen(|s| s.newest_of("HeartbeatAgentDown", "pinger")),
+        None,
+        "nobody paged"
+    );
+    let events = daemon.request("GET", "/agents/pinger/events", None).body;
+    assert!(
+        !events["events"].as_array().unwrap().iter().any(|e| e["to"] == "down"),
+        "{events}"
+    );
+    let metrics = daemon.request("GET", "/metrics", None).body;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("heartbeatd_agent_down{agent_id=\"pinger\"} 0"),
+        "{metrics}"
+    );
+    // The quiet one stopped: stopped too; started again: up.
+    assert_eq!(daemon.admin("POST", "/agents/quiet/stop", None).status, 200);
+    wait_liveness(&daemon, "quiet", "stopped");
+    assert_eq!(daemon.admin("POST", "/agents/quiet/start", None).status, 200);
+    wait_liveness(&daemon, "quiet", "up");
+
+    // Deleting the fatal agent ends its alert.
+    assert_eq!(daemon.admin("DELETE", "/agents/broken", None).status, 204);
+    am.eventually("HeartbeatAgentFatal of broken resolved", |s| {
+        s.newest_of("HeartbeatAgentFatal", "broken") == Some(false)
+    });
+}
+
+#[test]
+fn a_fatal_alert_left_by_a_killed_heartbeatd_ends_when_it_starts_again() {
+    // Arrange: an agent gives up (fatal) and heartbeatd is killed with its alert firing.
+    let am = StandIn::start();
+    am.refusing.store(false, Ordering::SeqCst);
+    let alerting = format!("alertmanager_url = \"http://127.0.0.1:{}\"\n", am.port);
+    let broken = "[[agents]]\nid = \"flaky\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 3\"]\nstart_retries = 0\n";
+    let mut first = start(&(alerting.clone() + broken));
+    am.eventually("HeartbeatAgentFatal for flaky", |s| {
+        s.newest_of("HeartbeatAgentFatal", "flaky") == Some(true)
+    });
+    let alerts = first.data_dir().join("alerts.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&alerts)
+        .unwrap_or_default()
+        .contains("HeartbeatAgentFatal")
+    {
+        assert!(Instant::now() < deadline, "alerts.json never held the alert");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send_signal(first.pid(), "KILL");
+    first.wait_exit(Duration::from_secs(10));
+
+    // Act: heartbeatd starts again (the program now works).
+    let fixed = "[[agents]]\nid = \"flaky\"\ncommand = [\"/bin/sleep\", \"600\"]\n";
+    let _again = crate::daemon::Daemon::start_in(&first.dir, &(alerting + fixed));
+
+    // Assert: the old fatal alert is resolved.
+    am.eventually("HeartbeatAgentFatal of flaky resolved", |s| {
+        s.newest_of("HeartbeatAgentFatal", "flaky") == Some(false)
+    });
 }

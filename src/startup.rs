@@ -195,8 +195,14 @@ impl Application {
         let (liveness, alerter) = if alertmanager_urls.is_empty() {
             (liveness, None)
         } else {
-            let firing = alerter::load_firing(&settings.data_dir);
+            let (firing, damaged) = alerter::load_firing(&settings.data_dir);
+            if let Some(aside) = damaged {
+                error!(log, "alerts.json was damaged; the alerts firing when heartbeatd last stopped are not known";
+                    "moved_to" => %aside.display(),
+                    "what_to_do" => "nothing: alerts fire again as agents go down; silence stale ones in Alertmanager, which ends them at their endsAt");
+            }
             let down_before = alerter::down_before(&firing);
+            let ended = alerter::ended_while_away(&firing, |id| registry_view.contains(id));
             let policy = AlerterPolicy {
                 urls: alertmanager_urls,
                 resend: Duration::from_secs(settings.alert_resend_s),
@@ -205,6 +211,9 @@ impl Application {
             };
             let (failures, log) = (Arc::clone(&alert_failures), log.new(o!("actor" => "alerter")));
             let alerter = Alerter::start_on_own_thread(policy, firing, failures, log);
+            for (name, agent_id) in ended {
+                alerter.do_send(alerter::Resolve { name, agent_id });
+            }
             (liveness.with_alerter(alerter.clone(), down_before), Some(alerter))
         };
         let status_counts = liveness.counts();
@@ -222,6 +231,7 @@ impl Application {
                 alerter: alerter.clone(),
                 registry: registry_view.clone(),
                 log: log.new(o!("actor" => "process")),
+                liveness: Some(liveness.clone()),
             });
         let manager_counters = manager.health();
         let manager = Manager::start_in_arbiter(&manager_arbiter.handle(), move |_| manager);

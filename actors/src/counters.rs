@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::liveness::AgentStatus;
+use crate::model::liveness::{AgentStatus, STATUS_COUNT};
 
 /// Why a `POST /heartbeat` was not accepted (the `reason` label of the rejected counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +154,7 @@ impl ManagerCounters {
 /// Per-state agent counts, published for Stats (written by Liveness only).
 #[derive(Debug, Default)]
 pub struct StatusCounts {
-    counts: [AtomicU64; 5],
+    counts: [AtomicU64; STATUS_COUNT],
 }
 
 impl StatusCounts {
@@ -178,7 +178,7 @@ impl StatusCounts {
 /// agents: a deleted agent's counts go with it.
 #[derive(Debug, Default)]
 pub struct TransitionCounts {
-    by_agent: std::sync::Mutex<std::collections::HashMap<String, [u64; 5]>>,
+    by_agent: std::sync::Mutex<std::collections::HashMap<String, [u64; STATUS_COUNT]>>,
 }
 
 impl TransitionCounts {
@@ -191,7 +191,7 @@ impl TransitionCounts {
             match by_agent.get_mut(agent_id) {
                 Some(counts) => counts[to as usize] += 1,
                 None => {
-                    let mut counts = [0; 5];
+                    let mut counts = [0; STATUS_COUNT];
                     counts[to as usize] = 1;
                     by_agent.insert(agent_id.to_owned(), counts);
                 }
@@ -207,12 +207,12 @@ impl TransitionCounts {
 
     /// The agent's counts, by [`AgentStatus`] (in `AgentStatus::ALL` order); `None` if it never
     /// changed state.
-    pub fn of(&self, agent_id: &str) -> Option<[u64; 5]> {
+    pub fn of(&self, agent_id: &str) -> Option<[u64; STATUS_COUNT]> {
         self.by_agent.lock().ok()?.get(agent_id).copied()
     }
 
     /// [`of`](Self::of) for each of `agent_ids`, under one lock (a scrape reads 10k at once).
-    pub fn of_each<'a>(&self, agent_ids: impl Iterator<Item = &'a str>) -> Vec<Option<[u64; 5]>> {
+    pub fn of_each<'a>(&self, agent_ids: impl Iterator<Item = &'a str>) -> Vec<Option<[u64; STATUS_COUNT]>> {
         match self.by_agent.lock() {
             Ok(by_agent) => agent_ids.map(|id| by_agent.get(id).copied()).collect(),
             Err(_) => agent_ids.map(|_| None).collect(),

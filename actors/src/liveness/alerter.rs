@@ -116,13 +116,43 @@ fn key(name: AlertName, agent_id: &str) -> String {
     format!("{}/{agent_id}", name.name())
 }
 
-/// Reads the firing alerts kept by the last run; a damaged file counts as none (the alerts
-/// are then fired again when their agents go down again).
-pub fn load_firing(data_dir: &Path) -> BTreeMap<String, Alert> {
-    std::fs::read(data_dir.join(FIRING_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
+/// Reads the firing alerts kept by the last run. A damaged file counts as none (the alerts
+/// are fired again when their agents go down again): it is moved aside, and the second value
+/// says where, for the log.
+pub fn load_firing(data_dir: &Path) -> (BTreeMap<String, Alert>, Option<PathBuf>) {
+    let path = data_dir.join(FIRING_FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return (BTreeMap::new(), None);
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(firing) => (firing, None),
+        Err(_) => {
+            let aside = data_dir.join(format!("{FIRING_FILE}.corrupt-{}", Utc::now().format("%Y%m%dT%H%M%SZ")));
+            let moved = std::fs::rename(&path, &aside).is_ok();
+            (BTreeMap::new(), Some(if moved { aside } else { path }))
+        }
+    }
+}
+
+/// The alerts of the last run that ended while heartbeatd was away, to be resolved at start:
+/// every `HeartbeatAgentFatal` (its program starts afresh now, and fires again if it gives up
+/// again), and every alert of an agent no longer registered.
+pub fn ended_while_away(
+    firing: &BTreeMap<String, Alert>,
+    registered: impl Fn(&str) -> bool,
+) -> Vec<(AlertName, String)> {
+    firing
+        .values()
+        .filter_map(|alert| {
+            let name = match alert.labels.get("alertname").map(String::as_str) {
+                Some("HeartbeatAgentDown") => AlertName::HeartbeatAgentDown,
+                Some("HeartbeatAgentFatal") => AlertName::HeartbeatAgentFatal,
+                _ => return None,
+            };
+            let id = alert.labels.get("agent_id")?;
+            (name == AlertName::HeartbeatAgentFatal || !registered(id)).then(|| (name, id.clone()))
+        })
+        .collect()
 }
 
 /// The agents whose `HeartbeatAgentDown` was firing when the last run ended.

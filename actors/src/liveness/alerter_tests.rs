@@ -27,11 +27,31 @@ fn the_firing_file_round_trips_and_names_the_agents_that_were_down() {
         );
     }
     write_atomically(dir.path(), FIRING_FILE, &serde_json::to_vec(&firing).unwrap()).unwrap();
-    let loaded = load_firing(dir.path());
-    assert_eq!(loaded, firing);
+    let (loaded, damaged) = load_firing(dir.path());
+    assert_eq!((&loaded, damaged), (&firing, None));
     assert_eq!(down_before(&loaded), ["a"]);
+    // At start, a fatal alert ends (its program starts afresh), and so do those of agents no
+    // longer registered.
+    let mut ended = ended_while_away(&loaded, |id| id != "gone");
+    ended.sort();
+    let names: Vec<(AlertName, &str)> = ended.iter().map(|(n, id)| (*n, id.as_str())).collect();
+    assert!(names.contains(&(AlertName::HeartbeatAgentFatal, "b")), "{names:?}");
+    assert!(
+        !names
+            .iter()
+            .any(|(n, id)| *n == AlertName::HeartbeatAgentDown && *id == "a"),
+        "{names:?}"
+    );
     std::fs::write(dir.path().join(FIRING_FILE), b"{torn").unwrap();
-    assert!(load_firing(dir.path()).is_empty(), "a damaged file counts as none");
+    let (none, damaged) = load_firing(dir.path());
+    assert!(none.is_empty(), "a damaged file counts as none");
+    let aside = damaged.expect("the damage is reported");
+    assert!(
+        aside.display().to_string().contains("alerts.json.corrupt-"),
+        "{}",
+        aside.display()
+    );
+    assert_eq!(std::fs::read(&aside).unwrap(), b"{torn", "moved aside, not lost");
 }
 
 /// A stand-in Alertmanager: answers 200 to every request, counting the requests and the

@@ -351,6 +351,33 @@ impl Handler<SetPaused> for Liveness {
     }
 }
 
+/// What supervision says of a supervised agent's program: a program stopped on purpose is
+/// `stopped` (never `down`, no alert); with `heartbeats = false` the agent is `up` while its
+/// program runs, and judged from its last moment running once it does not.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProcessChanged {
+    pub id: String,
+    pub phase: tracker::ProcessPhase,
+}
+
+impl Handler<ProcessChanged> for Liveness {
+    type Result = ();
+
+    fn handle(&mut self, ProcessChanged { id, phase }: ProcessChanged, _: &mut Context<Self>) {
+        let (now, wall) = (Instant::now(), Utc::now());
+        let registered = self.registry.load();
+        let Some(info) = registered.get(&id) else { return };
+        let heartbeats = info.heartbeats.unwrap_or(true);
+        let timing = self.timing_of(Some(info));
+        drop(registered);
+        if let Some(t) = self.tracker.process_phase(&id, phase, heartbeats, timing, now, wall) {
+            self.publish_counts();
+            self.report(vec![t]);
+        }
+    }
+}
+
 /// The agent was unregistered.
 #[derive(Message)]
 #[rtype(result = "()")]

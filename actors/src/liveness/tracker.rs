@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::model::heartbeat::ReportedStatus;
-use crate::model::liveness::{AgentStatus, Timing, Transition};
+use crate::model::liveness::{AgentStatus, Timing, Transition, STATUS_COUNT};
 
 #[derive(Debug, Clone)]
 struct Tracked {
@@ -28,6 +28,19 @@ struct Tracked {
     reported_status: Option<ReportedStatus>,
     /// A `down` agent whose deadline asks whether it is still silent ([`DeadlineTracker::recheck_down`]).
     recheck: bool,
+    /// An agent that sends no heartbeats, kept `up` while its program runs: no deadline.
+    held: bool,
+}
+
+/// What heartbeatd's supervision says of an agent's program, for its liveness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessPhase {
+    /// It runs.
+    Running,
+    /// It is starting, stopping or waiting to be restarted: judged as usual from now.
+    Transient,
+    /// It does not run, on purpose (stopped, exited as its policy says, or `fatal`).
+    Stopped,
 }
 
 /// The deadline structure, with an explicit clock so it can be tested against a model.
@@ -38,7 +51,7 @@ pub struct DeadlineTracker {
     agents: HashMap<Arc<str>, Tracked>,
     /// Tracked agents per state, kept up to date on every change (counting them on demand
     /// would cost a pass over every agent).
-    by_status: [u64; 5],
+    by_status: [u64; STATUS_COUNT],
     /// (when, generation, id): the agent's next deadline, if its generation still matches.
     deadlines: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
     next_generation: u64,
@@ -77,13 +90,16 @@ impl DeadlineTracker {
     ) -> Option<Transition> {
         let previous = self.agents.get(id).map(|t| t.status).unwrap_or(AgentStatus::New);
         let before = self.agents.get(id).and_then(|t| t.last_seen);
+        let held = self.agents.get(id).is_some_and(|t| t.held);
         let transition = match previous {
-            AgentStatus::Paused => {
+            AgentStatus::Paused | AgentStatus::Stopped => {
                 if let Some(t) = self.agents.get_mut(id) {
                     t.reference = now;
                 }
                 None
             }
+            // Up while its program runs, whatever it sends.
+            AgentStatus::Up if held => None,
             // Stays up: only its deadline moves.
             AgentStatus::Up => {
                 self.schedule(id, timing, now);
@@ -127,6 +143,7 @@ impl DeadlineTracker {
                 last_seen: None,
                 reported_status: None,
                 recheck: false,
+                held: false,
             }
         });
         if entry.status == AgentStatus::Paused {
@@ -179,6 +196,88 @@ impl DeadlineTracker {
             last_seen,
             reported_status,
         })
+    }
+
+    /// What supervision says of the agent's program (see [`ProcessPhase`]); `heartbeats`:
+    /// whether the agent sends heartbeats (with `heartbeats = false` it is `up` while its
+    /// program runs). A paused agent stays paused. Returns the transition, if any.
+    pub fn process_phase(
+        &mut self,
+        id: &str,
+        phase: ProcessPhase,
+        heartbeats: bool,
+        timing: Timing,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> Option<Transition> {
+        let tracked = self.agents.get(id);
+        let from = tracked.map_or(AgentStatus::New, |t| t.status);
+        let (held, ever_seen) = tracked.map_or((false, false), |t| (t.held, t.last_seen.is_some()));
+        if from == AgentStatus::Paused {
+            return None;
+        }
+        let to = match (phase, heartbeats) {
+            (ProcessPhase::Stopped, _) => AgentStatus::Stopped,
+            (ProcessPhase::Running, false) => AgentStatus::Up,
+            // Judged as usual: leaving `stopped`, it is `up` from now (`new` if never seen).
+            (_, _) if from == AgentStatus::Stopped => {
+                if ever_seen || !heartbeats {
+                    AgentStatus::Up
+                } else {
+                    AgentStatus::New
+                }
+            }
+            (ProcessPhase::Transient, false) if held => AgentStatus::Up,
+            (ProcessPhase::Running | ProcessPhase::Transient, _) => return None,
+        };
+        match to {
+            AgentStatus::Stopped => self.set_without_deadline(id, to, timing, now, wall, false),
+            AgentStatus::Up if phase == ProcessPhase::Running && !heartbeats => {
+                self.set_without_deadline(id, to, timing, now, wall, true)
+            }
+            AgentStatus::New => self.forget(id),
+            // Up, judged from now.
+            _ => {
+                self.set(id, to, timing, now, wall);
+                if let Some(t) = self.agents.get_mut(id) {
+                    t.held = false;
+                }
+            }
+        }
+        (from != to).then(|| {
+            let tracked = self.agents.get(id);
+            Transition {
+                agent_id: id.to_owned(),
+                from,
+                to,
+                at: wall,
+                last_seen: tracked.and_then(|t| t.last_seen),
+                reported_status: tracked.and_then(|t| t.reported_status),
+            }
+        })
+    }
+
+    /// `status` with no deadline (stopped, or held up); `held` as given.
+    fn set_without_deadline(
+        &mut self,
+        id: &str,
+        status: AgentStatus,
+        timing: Timing,
+        now: Instant,
+        wall: DateTime<Utc>,
+        held: bool,
+    ) {
+        let unchanged = self
+            .agents
+            .get(id)
+            .is_some_and(|t| t.status == status && t.held == held);
+        if !unchanged {
+            self.set(id, status, timing, now, wall);
+        }
+        if let Some(t) = self.agents.get_mut(id) {
+            t.held = held;
+            t.generation = u64::MAX; // no scheduled deadline matches
+        }
     }
 
     pub fn forget(&mut self, id: &str) {
@@ -275,6 +374,7 @@ impl DeadlineTracker {
                     last_seen: None,
                     reported_status: None,
                     recheck: false,
+                    held: false,
                 };
                 self.agents.insert(Arc::from(id), entry);
             }
@@ -324,6 +424,58 @@ mod tests {
             interval: 10 * SECOND,
             grace: 20 * SECOND,
         }
+    }
+
+    #[test]
+    fn a_program_stopped_on_purpose_is_stopped_never_down_and_judged_again_when_it_runs() {
+        let (mut tracker, t0, wall) = (DeadlineTracker::default(), Instant::now(), Utc::now());
+        tracker.seen("a", timing(), t0, wall, None);
+        let stopped = tracker
+            .process_phase("a", ProcessPhase::Stopped, true, timing(), t0 + SECOND, wall)
+            .unwrap();
+        assert_eq!((stopped.from, stopped.to), (AgentStatus::Up, AgentStatus::Stopped));
+        assert!(tracker.tick(t0 + 3600 * SECOND, wall).is_empty(), "never late or down");
+        assert_eq!(tracker.counts()[&AgentStatus::Stopped], 1);
+        // A heartbeat while stopped changes nothing; running again: up, judged from then.
+        assert!(tracker.seen("a", timing(), t0 + 3600 * SECOND, wall, None).is_none());
+        let t1 = t0 + 4000 * SECOND;
+        let back = tracker
+            .process_phase("a", ProcessPhase::Transient, true, timing(), t1, wall)
+            .unwrap();
+        assert_eq!((back.from, back.to), (AgentStatus::Stopped, AgentStatus::Up));
+        assert_eq!(tracker.tick(t1 + 30 * SECOND, wall).len(), 2, "late, then down");
+        // A paused agent stays paused.
+        tracker.pause("a", wall);
+        assert!(tracker
+            .process_phase("a", ProcessPhase::Stopped, true, timing(), t1, wall)
+            .is_none());
+        assert_eq!(tracker.status("a").unwrap().0, AgentStatus::Paused);
+    }
+
+    #[test]
+    fn an_agent_without_heartbeats_is_up_while_its_program_runs_and_judged_once_it_does_not() {
+        let (mut tracker, t0, wall) = (DeadlineTracker::default(), Instant::now(), Utc::now());
+        let up = tracker
+            .process_phase("q", ProcessPhase::Running, false, timing(), t0, wall)
+            .unwrap();
+        assert_eq!((up.from, up.to), (AgentStatus::New, AgentStatus::Up));
+        assert!(
+            tracker.tick(t0 + 3600 * SECOND, wall).is_empty(),
+            "held up while running"
+        );
+        // It crashed: judged from now, late and down if it does not run again in time.
+        let t1 = t0 + 3600 * SECOND;
+        assert!(tracker
+            .process_phase("q", ProcessPhase::Transient, false, timing(), t1, wall)
+            .is_none());
+        assert!(tracker.tick(t1 + 19 * SECOND, wall).is_empty());
+        assert_eq!(tracker.tick(t1 + 30 * SECOND, wall).len(), 2);
+        // Running again: up, held.
+        let back = tracker
+            .process_phase("q", ProcessPhase::Running, false, timing(), t1 + 31 * SECOND, wall)
+            .unwrap();
+        assert_eq!((back.from, back.to), (AgentStatus::Down, AgentStatus::Up));
+        assert!(tracker.tick(t1 + 9999 * SECOND, wall).is_empty());
     }
 
     #[test]

@@ -110,6 +110,10 @@ pub struct AgentInfo {
     /// Runs in a row that may fail before they are `running`, before the agent is `fatal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_retries: Option<u32>,
+    /// `false`: the program sends no heartbeats; its liveness follows its process (`up` while
+    /// it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeats: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_max_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

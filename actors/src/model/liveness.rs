@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::heartbeat::ReportedStatus;
 
+/// How many liveness states there are.
+pub const STATUS_COUNT: usize = 6;
+
 /// An agent's liveness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -17,11 +20,16 @@ pub enum AgentStatus {
     Up,
     Late,
     Down,
+    /// An operator paused it: no transitions until resumed.
     Paused,
+    /// heartbeatd does not run its program on purpose (stopped by an operator, exited as its
+    /// restart policy says, or `fatal`, which has its own alert): not judged, never `down`.
+    Stopped,
 }
 
 impl AgentStatus {
-    pub const ALL: [AgentStatus; 5] = [Self::New, Self::Up, Self::Late, Self::Down, Self::Paused];
+    pub const ALL: [AgentStatus; STATUS_COUNT] =
+        [Self::New, Self::Up, Self::Late, Self::Down, Self::Paused, Self::Stopped];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -30,6 +38,7 @@ impl AgentStatus {
             Self::Late => "late",
             Self::Down => "down",
             Self::Paused => "paused",
+            Self::Stopped => "stopped",
         }
     }
 

@@ -183,7 +183,8 @@ impl AgentInfo {
 }
 
 /// Every supervision key but `command`: they only apply with one.
-pub const SUPERVISION_KEYS: [&str; 20] = [
+pub const SUPERVISION_KEYS: [&str; 21] = [
+    "heartbeats",
     "working_dir",
     "env",
     "autostart",
@@ -227,6 +228,7 @@ fn keys_set_without_command(info: &AgentInfo) -> Vec<&'static str> {
         ("stop_timeout_s", info.stop_timeout_s.is_some()),
         ("start_wait_s", info.start_wait_s.is_some()),
         ("start_retries", info.start_retries.is_some()),
+        ("heartbeats", info.heartbeats.is_some()),
         ("log_max_bytes", info.log_max_bytes.is_some()),
         ("log_backups", info.log_backups.is_some()),
     ];

@@ -19,11 +19,13 @@ use tokio::io::AsyncBufReadExt;
 use super::board::ProcessBoard;
 use super::keeper::{self, KeeperLine, KeeperSpec};
 use super::limits::{self, LimitWatch};
-use super::machine::{Effect, Event, Exit, Machine, Note, Now, Waiters};
+use super::machine::{Effect, Event, Exit, Machine, Note, Now, State, Waiters};
 use super::procfs;
 use super::restart;
 use crate::liveness::alerter::{AlertName, Alerter, Fire, Resolve};
+use crate::liveness::tracker::ProcessPhase;
 use crate::liveness::webhook::{DeliverProcess, Webhook};
+use crate::liveness::{Liveness, ProcessChanged};
 use crate::log_text::Present;
 use crate::model::process::{LastExit, ProcessEvent, ProcessEventKind, ProcessSpec, ProcessState, ProcessView};
 use crate::registry::RegistrySnapshot;
@@ -47,6 +49,9 @@ pub struct SupervisionContext {
     pub registry: RegistrySnapshot,
     /// The process actors' logger (`actor: process`).
     pub log: Logger,
+    /// Told of each program's phase: a program stopped on purpose is not `down`, and one
+    /// that sends no heartbeats is `up` while it runs.
+    pub liveness: Option<Addr<Liveness>>,
 }
 
 /// One supervised agent.
@@ -260,6 +265,10 @@ impl AgentProcess {
                 let _ = waiter.send(());
             }
         }
+        // A retirement (deleted, or heartbeatd stopping) is not a stop on purpose.
+        if *self.machine.state() != State::Removed {
+            self.tell_liveness(to);
+        }
         let restarts = self.machine.restarts();
         let pid = self.machine.state().run().and_then(|r| r.agent_pid).or(self.last_pid);
         match &exit {
@@ -309,6 +318,21 @@ impl AgentProcess {
             agent_id: self.id.clone(),
             event,
         });
+    }
+
+    /// Tells Liveness what the program's state means for the agent's liveness.
+    fn tell_liveness(&self, state: ProcessState) {
+        let phase = match state {
+            ProcessState::Running => ProcessPhase::Running,
+            ProcessState::Starting | ProcessState::Stopping | ProcessState::Backoff => ProcessPhase::Transient,
+            ProcessState::Stopped | ProcessState::Exited | ProcessState::Fatal => ProcessPhase::Stopped,
+        };
+        if let Some(liveness) = &self.cx.liveness {
+            liveness.do_send(ProcessChanged {
+                id: self.id.clone(),
+                phase,
+            });
+        }
     }
 
     /// What the machine wants said that is not a change of state.
@@ -405,6 +429,7 @@ impl Actor for AgentProcess {
             self.feed(Event::Start, ctx);
         } else {
             self.publish();
+            self.tell_liveness(ProcessState::Stopped);
         }
     }
 }

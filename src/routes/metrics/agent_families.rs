@@ -10,25 +10,28 @@
 
 use std::fmt::Write as _;
 
-use heartbeatd_actors::model::liveness::AgentStatus;
+use heartbeatd_actors::model::liveness::{AgentStatus, STATUS_COUNT};
 
 /// One agent's per-agent samples. Rows are given sorted by id, as the crate sorts them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentRow<'a> {
     pub id: &'a str,
     pub up: bool,
+    /// Liveness says `down` (not `new`, `late`, `paused` or `stopped`).
+    pub down: bool,
     /// Server receive time of the last heartbeat, Unix milliseconds (written as seconds).
     pub last_seen_ms: Option<i64>,
     pub cpu: Option<f64>,
     pub memory: Option<f64>,
     /// Liveness transitions by the state entered, in `AgentStatus::ALL` order.
-    pub transitions: Option<[u64; 5]>,
+    pub transitions: Option<[u64; STATUS_COUNT]>,
 }
 
 /// A per-agent family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentFamily {
     Cpu,
+    Down,
     LastSeen,
     Memory,
     Transitions,
@@ -37,11 +40,19 @@ pub enum AgentFamily {
 
 impl AgentFamily {
     /// In name order (the order the crate writes families in).
-    pub const ALL: [AgentFamily; 5] = [Self::Cpu, Self::LastSeen, Self::Memory, Self::Transitions, Self::Up];
+    pub const ALL: [AgentFamily; 6] = [
+        Self::Cpu,
+        Self::Down,
+        Self::LastSeen,
+        Self::Memory,
+        Self::Transitions,
+        Self::Up,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Cpu => "heartbeatd_agent_cpu_percent",
+            Self::Down => "heartbeatd_agent_down",
             Self::LastSeen => "heartbeatd_agent_last_seen_timestamp_seconds",
             Self::Memory => "heartbeatd_agent_memory_bytes",
             Self::Transitions => "heartbeatd_agent_transitions_total",
@@ -52,6 +63,7 @@ impl AgentFamily {
     pub fn help(self) -> &'static str {
         match self {
             Self::Cpu => "CPU percent in the agent's last heartbeat.",
+            Self::Down => "1 when the agent is down (silent past interval + grace), 0 otherwise (new, up, late, paused, stopped).",
             Self::LastSeen => "Server receive time of the agent's last heartbeat, Unix seconds.",
             Self::Memory => "Memory bytes in the agent's last heartbeat.",
             Self::Transitions => "Liveness transitions of an agent since heartbeatd started, by the state entered (only states it entered).",
@@ -99,6 +111,7 @@ impl AgentFamily {
         for row in rows {
             match self {
                 Self::Up => sample(out, row.id, None, Value::Float(if row.up { 1.0 } else { 0.0 })),
+                Self::Down => sample(out, row.id, None, Value::Float(if row.down { 1.0 } else { 0.0 })),
                 Self::LastSeen => {
                     if let Some(ms) = row.last_seen_ms {
                         sample(out, row.id, None, Value::Millis(ms))
@@ -201,11 +214,12 @@ fn push_integer(out: &mut String, value: i64) {
 }
 
 /// Liveness states sorted by name: the crate sorts an agent's samples by label value.
-const STATES_BY_NAME: [AgentStatus; 5] = [
+const STATES_BY_NAME: [AgentStatus; STATUS_COUNT] = [
     AgentStatus::Down,
     AgentStatus::Late,
     AgentStatus::New,
     AgentStatus::Paused,
+    AgentStatus::Stopped,
     AgentStatus::Up,
 ];
 
@@ -236,6 +250,11 @@ mod tests {
         let registry = Registry::new();
         let gauge = |f: AgentFamily| GaugeVec::new(Opts::new(f.name(), f.help()), &["agent_id"]).unwrap();
         let up = IntGaugeVec::new(Opts::new(AgentFamily::Up.name(), AgentFamily::Up.help()), &["agent_id"]).unwrap();
+        let down = IntGaugeVec::new(
+            Opts::new(AgentFamily::Down.name(), AgentFamily::Down.help()),
+            &["agent_id"],
+        )
+        .unwrap();
         let (seen, cpu, memory) = (
             gauge(AgentFamily::LastSeen),
             gauge(AgentFamily::Cpu),
@@ -247,6 +266,7 @@ mod tests {
         )
         .unwrap();
         registry.register(Box::new(up.clone())).unwrap();
+        registry.register(Box::new(down.clone())).unwrap();
         registry.register(Box::new(seen.clone())).unwrap();
         registry.register(Box::new(cpu.clone())).unwrap();
         registry.register(Box::new(memory.clone())).unwrap();
@@ -254,6 +274,7 @@ mod tests {
         for row in rows {
             let id = [row.id];
             up.with_label_values(&id).set(i64::from(row.up));
+            down.with_label_values(&id).set(i64::from(row.down));
             if let Some(ms) = row.last_seen_ms {
                 seen.with_label_values(&id).set(ms as f64 / 1000.0);
             }
@@ -300,6 +321,7 @@ mod tests {
         AgentRow {
             id,
             up: false,
+            down: false,
             last_seen_ms: None,
             cpu: None,
             memory: None,
@@ -314,6 +336,7 @@ mod tests {
             .map(|i| AgentRow {
                 id: &ids[i as usize],
                 up: i % 3 != 0,
+                down: i % 3 == 0 && i % 2 == 0,
                 // Milliseconds ending in 0, 00, 000 and neither; some far out of today's range.
                 last_seen_ms: (i % 7 != 0).then(|| match i % 5 {
                     0 => 1_795_000_000_000 + i64::from(i) * 1000,
@@ -332,7 +355,16 @@ mod tests {
                     1 => (i as f64) * 1e12,
                     _ => u64::MAX as f64 - i as f64,
                 }),
-                transitions: (i % 2 == 0).then(|| [i as u64 % 3, i as u64, 0, i as u64 % 5, u64::from(i % 11 == 0)]),
+                transitions: (i % 2 == 0).then(|| {
+                    [
+                        i as u64 % 3,
+                        i as u64,
+                        0,
+                        i as u64 % 5,
+                        u64::from(i % 11 == 0),
+                        u64::from(i % 13 == 0),
+                    ]
+                }),
             })
             .collect();
         for (id, cpu) in [
@@ -351,7 +383,7 @@ mod tests {
                 up: true,
                 cpu: Some(cpu),
                 memory: Some(u64::MAX as f64),
-                transitions: Some([1, 2, 3, 4, 5]),
+                transitions: Some([1, 2, 3, 4, 5, 6]),
                 ..row(id)
             });
         }
@@ -382,7 +414,7 @@ mod tests {
     fn empty_families_are_left_out_as_the_crate_does() {
         let rows = vec![row("only")];
         assert_eq!(ours(&rows), by_the_crate(&rows));
-        assert_eq!(ours(&rows).len(), 1, "only heartbeatd_agent_up has a sample");
+        assert_eq!(ours(&rows).len(), 2, "only heartbeatd_agent_up and _down have a sample");
         assert!(ours(&[]).is_empty());
     }
 

@@ -379,6 +379,7 @@ fn agent_rows<'a>(
         .map(|(((id, figures), status), transitions)| AgentRow {
             id,
             up: *status == AgentStatus::Up,
+            down: *status == AgentStatus::Down,
             last_seen_ms: figures.last_seen.map(|seen| seen.timestamp_millis()),
             cpu: figures.last_cpu,
             memory: figures.last_memory.map(|m| m as f64),
