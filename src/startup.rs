@@ -11,6 +11,7 @@ use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use heartbeatd_actors::counters::IngressCounters;
+use heartbeatd_actors::data_dir;
 use heartbeatd_actors::ingest::pipeline_metrics::PipelineMetrics;
 use heartbeatd_actors::ingest::queue::IngressQueue;
 use heartbeatd_actors::ingest::worker::WorkerPool;
@@ -44,6 +45,8 @@ const MAX_HTTP_GRACE: Duration = Duration::from_secs(5);
 pub enum StartupError {
     #[error("data_dir is not usable: {0}. Create it or fix its permissions, or point data_dir / --data-dir / HEARTBEATD_DATA_DIR elsewhere")]
     DataDir(#[source] StoreError),
+    #[error("data_dir is not safe to use: {0}")]
+    DataDirUnsafe(#[source] data_dir::CheckError),
     #[error("could not load agent state: {0}")]
     Load(#[source] StoreError),
     #[error("could not listen on {addr}: {source}. Is another process using the port? Choose another http_port / --http-port")]
@@ -102,9 +105,17 @@ impl Application {
             _ => None,
         };
 
+        // data_dir must be heartbeatd's own before anything in it is trusted (see data_dir).
+        data_dir::report_refusals_to(log.new(o!("actor" => "data_dir")));
+        let mut tightened = data_dir::check(&settings.data_dir).map_err(StartupError::DataDirUnsafe)?;
         let store_log = log.new(o!("actor" => "store"));
         let mut store = FileMetadataStore::open(&settings.data_dir, store_log).map_err(StartupError::DataDir)?;
         let loaded = store.load_all().map_err(StartupError::Load)?;
+        tightened.add(loaded.modes_tightened);
+        if tightened.total() > 0 {
+            info!(log, "data_dir held files or directories other users could read (made by an older version of heartbeatd); they are private now: files 0600, directories 0700";
+                "data_dir" => %settings.data_dir.display(), "files" => tightened.files, "directories" => tightened.dirs);
+        }
         if loaded.corrupt_files > 0 || loaded.temp_files_removed > 0 {
             warn!(log, "agent state loaded with repairs";
                 "corrupt_files_moved_aside" => loaded.corrupt_files, "temp_files_removed" => loaded.temp_files_removed);

@@ -114,7 +114,7 @@ fn key(name: AlertName, agent_id: &str) -> String {
 /// Reads the firing alerts kept by the last run; a damaged file counts as none (the alerts
 /// are then fired again when their agents go down again).
 pub fn load_firing(data_dir: &Path) -> BTreeMap<String, Alert> {
-    std::fs::read(data_dir.join(FIRING_FILE))
+    crate::data_dir::read(&data_dir.join(FIRING_FILE))
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default()

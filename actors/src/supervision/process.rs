@@ -32,6 +32,7 @@ use tokio::io::AsyncBufReadExt;
 
 use super::board::ProcessBoard;
 use super::keeper::{self, KeeperLine, KeeperSpec};
+use super::output_log::OutputLog;
 use super::procfs::{self, ProcessTable};
 use super::restart::{self, Intensity};
 use crate::liveness::alerter::{AlertName, Alerter, Fire, Resolve};
@@ -238,6 +239,12 @@ impl AgentProcess {
         self.cancel_timer(ctx);
         self.generation += 1;
         let generation = self.generation;
+        let log_path = self.cx.logs_dir.join(format!("{}.log", self.id));
+        // The keeper opens the output file itself. Opening it here first creates it (0600, in
+        // a 0700 logs/) in heartbeatd's process, where a refusal (a link planted at that name)
+        // is logged as an ERROR saying what to do. The keeper then refuses it too and discards
+        // the output; the agent still runs. Any other failure is the keeper's to report.
+        let _ = OutputLog::open(&log_path, self.spec.log_max_bytes, self.spec.log_backups);
         let spec = KeeperSpec {
             agent_id: self.id.clone(),
             command: self.spec.command.clone(),
@@ -245,7 +252,7 @@ impl AgentProcess {
             env: self.spec.env.clone(),
             stop_signal: self.spec.stop_signal,
             stop_timeout_ms: self.spec.stop_timeout.as_millis() as u64,
-            log_path: self.cx.logs_dir.join(format!("{}.log", self.id)),
+            log_path,
             log_max_bytes: self.spec.log_max_bytes,
             log_backups: self.spec.log_backups,
             parent_pid: std::process::id() as i32,
