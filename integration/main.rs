@@ -12,6 +12,7 @@ mod daemon {
 mod admin_api;
 mod alerting;
 mod config_errors;
+mod data_dir;
 mod durability;
 mod faults;
 mod fleet;

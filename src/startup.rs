@@ -45,8 +45,10 @@ const MAX_HTTP_GRACE: Duration = Duration::from_secs(5);
 pub enum StartupError {
     #[error("data_dir is not usable: {0}. Create it or fix its permissions, or point data_dir / --data-dir / HEARTBEATD_DATA_DIR elsewhere")]
     DataDir(#[source] StoreError),
+    #[error("data_dir is not usable: {0}. Create it or fix its permissions, or point data_dir / --data-dir / HEARTBEATD_DATA_DIR elsewhere")]
+    DataDirUnusable(#[source] data_dir::CheckError),
     #[error("data_dir is not safe to use: {0}")]
-    DataDirUnsafe(#[source] data_dir::CheckError),
+    DataDirUnsafe(#[source] data_dir::Refusal),
     #[error("could not load agent state: {0}")]
     Load(#[source] StoreError),
     #[error("could not listen on {addr}: {source}. Is another process using the port? Choose another http_port / --http-port")]
@@ -65,6 +67,22 @@ pub enum StartupError {
     Metrics(String),
     #[error("{0}. Fix tls_cert / tls_key (PEM files) or remove both to serve plain HTTP")]
     Tls(#[source] tls::TlsError),
+}
+
+impl StartupError {
+    /// A store error caused by a file [`data_dir`] refused (a link, another user's file, one
+    /// others can write: found when the Store opened it) is reported as such; any other as
+    /// `otherwise` says.
+    fn unsafe_or(e: StoreError, otherwise: fn(StoreError) -> Self) -> Self {
+        let refusal = std::error::Error::source(&e)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .and_then(data_dir::Refusal::of_io_error)
+            .cloned();
+        match refusal {
+            Some(refusal) => Self::DataDirUnsafe(refusal),
+            None => otherwise(e),
+        }
+    }
 }
 
 /// A built daemon, ready to serve.
@@ -106,11 +124,16 @@ impl Application {
         };
 
         // data_dir must be heartbeatd's own before anything in it is trusted (see data_dir).
-        data_dir::report_refusals_to(log.new(o!("actor" => "data_dir")));
-        let mut tightened = data_dir::check(&settings.data_dir).map_err(StartupError::DataDirUnsafe)?;
+        let mut tightened = data_dir::check(&settings.data_dir).map_err(|e| match e {
+            data_dir::CheckError::Refused(refusal) => StartupError::DataDirUnsafe(refusal),
+            unusable => StartupError::DataDirUnusable(unusable),
+        })?;
         let store_log = log.new(o!("actor" => "store"));
-        let mut store = FileMetadataStore::open(&settings.data_dir, store_log).map_err(StartupError::DataDir)?;
-        let loaded = store.load_all().map_err(StartupError::Load)?;
+        let mut store = FileMetadataStore::open(&settings.data_dir, store_log)
+            .map_err(|e| StartupError::unsafe_or(e, StartupError::DataDir))?;
+        let loaded = store
+            .load_all()
+            .map_err(|e| StartupError::unsafe_or(e, StartupError::Load))?;
         tightened.add(loaded.modes_tightened);
         if tightened.total() > 0 {
             info!(log, "data_dir held files or directories other users could read (made by an older version of heartbeatd); they are private now: files 0600, directories 0700";
@@ -136,6 +159,8 @@ impl Application {
                 "moved_to" => %aside.display(),
                 "what_to_do" => "re-register agents added through the API, or restore the file while heartbeatd is stopped");
         }
+        // From here on, a file refused at run time is logged (a refusal above ends the start).
+        data_dir::report_refusals_to(log.new(o!("actor" => "data_dir")));
         let registry_view = registry.snapshot();
         let registry = registry
             .with_logger(log.new(o!("actor" => "registry")))

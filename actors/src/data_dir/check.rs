@@ -57,8 +57,10 @@ impl Tightened {
 /// Why `data_dir` may not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    /// Someone else owns or could write it, or a link is where heartbeatd expects its own.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// It cannot be read or created (not a directory, no permission, …).
     #[error("could not {action} {}: {source}", path.display())]
     Io {
         action: &'static str,
@@ -113,6 +115,9 @@ pub fn check(data_dir: &Path) -> Result<Tightened, CheckError> {
         }
     };
     let meta = fs::symlink_metadata(&real).map_err(io_error("inspect", &real))?;
+    if !meta.is_dir() {
+        return Err(io_error("use", data_dir)(io::ErrorKind::NotADirectory.into()));
+    }
     if let Some(refusal) = Refusal::of_data_dir(data_dir, &meta) {
         return Err(refusal.into());
     }

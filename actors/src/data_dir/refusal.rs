@@ -135,17 +135,9 @@ impl Refusal {
         )
     }
 
-    /// The rules for `data_dir` itself (`meta` of its real directory): like any directory's,
-    /// with the advice for a directory someone else made.
+    /// The rules for `data_dir` itself (`meta` of its real directory, known to be one): like
+    /// any directory's, with the advice for a directory someone else made.
     pub(super) fn of_data_dir(path: &Path, meta: &Metadata) -> Option<Self> {
-        if !meta.is_dir() {
-            return Some(Self::new(
-                path,
-                format!("is {}, not a directory", kind_name(meta)),
-                "point data_dir (--data-dir, HEARTBEATD_DATA_DIR) at a directory, or at a path that does not exist yet"
-                    .into(),
-            ));
-        }
         if meta.uid() != me() {
             return Some(Self::new(
                 path,

@@ -121,13 +121,15 @@ fn a_fifo_where_a_file_is_expected_is_refused_without_blocking() {
 
 #[test]
 fn a_file_of_another_user_is_refused() {
-    if !is_root() {
-        // Only root can give a file away; the rule for modes is tested above.
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("registry.log");
     fs::write(&path, b"{}\n").unwrap();
+    if !is_root() {
+        // Only root can give a file away: the variant a non-root user can make.
+        chmod(&path, 0o666);
+        assert!(refusal(open_append(&path)).problem.contains("writable"));
+        return;
+    }
     chmod(&path, 0o600);
     std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
     let refusal = refusal(open_append(&path));
@@ -251,11 +253,14 @@ fn check_refuses_anything_writable_by_others() {
 
 #[test]
 fn check_refuses_a_data_dir_of_another_user_and_says_it_cannot_be_trusted() {
-    if !is_root() {
-        return; // only root can give a directory away; the mode rules are tested above
-    }
     let root = tempfile::tempdir().unwrap();
     let data = old_data_dir(root.path());
+    if !is_root() {
+        // Only root can give a directory away: the variant a non-root user can make.
+        chmod(&data, 0o757);
+        assert_eq!(refused_check(&data).path, data);
+        return;
+    }
     std::os::unix::fs::chown(&data, Some(65534), None).unwrap();
     let refusal = refused_check(&data);
     assert_eq!(refusal.path, data);
