@@ -70,6 +70,13 @@ pub enum StartupError {
 }
 
 impl StartupError {
+    fn from_check(e: data_dir::CheckError) -> Self {
+        match e {
+            data_dir::CheckError::Refused(refusal) => Self::DataDirUnsafe(refusal),
+            unusable => Self::DataDirUnusable(unusable),
+        }
+    }
+
     /// A store error caused by a file [`data_dir`] refused (a link, another user's file, one
     /// others can write: found when the Store opened it) is reported as such; any other as
     /// `otherwise` says.
@@ -124,16 +131,15 @@ impl Application {
         };
 
         // data_dir must be heartbeatd's own before anything in it is trusted (see data_dir).
-        let mut tightened = data_dir::check(&settings.data_dir).map_err(|e| match e {
-            data_dir::CheckError::Refused(refusal) => StartupError::DataDirUnsafe(refusal),
-            unusable => StartupError::DataDirUnusable(unusable),
-        })?;
+        // The walk of history/, events/, journal/ and logs/ runs while the state loads.
+        let audit = data_dir::check(&settings.data_dir).map_err(StartupError::from_check)?;
         let store_log = log.new(o!("actor" => "store"));
         let mut store = FileMetadataStore::open(&settings.data_dir, store_log)
             .map_err(|e| StartupError::unsafe_or(e, StartupError::DataDir))?;
         let loaded = store
             .load_all()
             .map_err(|e| StartupError::unsafe_or(e, StartupError::Load))?;
+        let mut tightened = audit.finish().map_err(StartupError::from_check)?;
         tightened.add(loaded.modes_tightened);
         if tightened.total() > 0 {
             info!(log, "data_dir held files or directories other users could read (made by an older version of heartbeatd); they are private now: files 0600, directories 0700";

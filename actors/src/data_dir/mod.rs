@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use slog::{error, Logger};
 
 use crate::log_gate::LogGate;
-pub use check::{audit_entry, check, CheckError, Tightened};
+pub use check::{audit_entry, check, check_all, Audit, CheckError, Tightened};
 pub use refusal::Refusal;
 
 /// The mode of every file heartbeatd creates: its own user reads and writes, no one else.
@@ -125,9 +125,20 @@ pub fn create_new(path: &Path) -> io::Result<File> {
 
 /// Reads a whole file ([`open_read`]).
 pub fn read(path: &Path) -> io::Result<Vec<u8>> {
-    let mut file = open_read(path)?;
+    let (file, meta) = open(path, OpenOptions::new().read(true))?;
+    read_rest(&file, &meta)
+}
+
+/// Reads `file` to its end, its size known from the `fstat` that checked it. Through `Take`,
+/// so that std's own size probe for a `File` (another `fstat` and an `lseek`, per file: 100k
+/// state files at start-up) is skipped.
+fn read_rest(file: &File, meta: &Metadata) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+    // One byte more than the size, so the read that finds the end needs no reallocation.
+    bytes
+        .try_reserve_exact(meta.len() as usize + 1)
+        .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
+    file.take(u64::MAX).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -135,14 +146,12 @@ pub fn read(path: &Path) -> io::Result<Vec<u8>> {
 /// read it (a file of an older version); `tightened` counts it. The `fstat` that checks the
 /// file is the one done anyway, so loading 100k state files costs no extra system call.
 pub fn read_at_load(path: &Path, tightened: &mut Tightened) -> io::Result<Vec<u8>> {
-    let (mut file, meta) = open(path, OpenOptions::new().read(true))?;
+    let (file, meta) = open(path, OpenOptions::new().read(true))?;
     if meta.mode() & OPEN_TO_OTHERS != 0 {
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(private_mode(&meta)))?;
         tightened.files += 1;
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
+    read_rest(&file, &meta)
 }
 
 /// The mode `meta`'s file or directory is tightened to: its owner's bits only.

@@ -118,6 +118,22 @@ impl Refusal {
         if meta.mode() & WRITABLE_BY_OTHERS != 0 {
             return Some(Self::writable(path, meta));
         }
+        if kind.is_file() && meta.nlink() > 1 {
+            // Another name for the same file, made while data_dir was someone else's, could be
+            // one of heartbeatd's user's own files elsewhere (for root: /etc/shadow, say):
+            // appending would write there, and tightening would change its mode.
+            return Some(Self::new(
+                path,
+                format!(
+                    "has {} hard links: the same file has another name, which heartbeatd would write to as well",
+                    meta.nlink()
+                ),
+                format!(
+                    "find the other names (find / -xdev -samefile {}); if this is a copy made with cp -l or similar, replace it with a full copy (cp --remove-destination), otherwise remove it",
+                    path.display()
+                ),
+            ));
+        }
         None
     }
 

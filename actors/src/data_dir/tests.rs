@@ -30,7 +30,7 @@ fn refusal<T: std::fmt::Debug>(result: io::Result<T>) -> Refusal {
 }
 
 fn refused_check(dir: &Path) -> Refusal {
-    match check(dir) {
+    match check_all(dir) {
         Err(CheckError::Refused(refusal)) => refusal,
         other => panic!("must be refused: {other:?}"),
     }
@@ -183,7 +183,7 @@ fn check_tightens_an_old_data_dir_but_leaves_what_is_not_heartbeatds() {
     fs::write(data.join("notes.txt"), b"the operator's").unwrap();
     chmod(&data.join("notes.txt"), 0o644);
 
-    let tightened = check(&data).unwrap();
+    let tightened = check_all(&data).unwrap();
 
     // data_dir and its 5 subdirectories; 4 files in data_dir and 5 in the walked ones
     // (agents/ is the Store's, at load).
@@ -193,14 +193,18 @@ fn check_tightens_an_old_data_dir_but_leaves_what_is_not_heartbeatds() {
     assert_eq!(mode(&data.join("registry.log")), 0o600);
     assert_eq!(mode(&data.join("logs/a.log.1")), 0o600);
     assert_eq!(mode(&data.join("notes.txt")), 0o644, "not one of heartbeatd's files");
-    assert_eq!(check(&data).unwrap(), Tightened::default(), "nothing left to tighten");
+    assert_eq!(
+        check_all(&data).unwrap(),
+        Tightened::default(),
+        "nothing left to tighten"
+    );
 }
 
 #[test]
 fn check_creates_a_missing_data_dir_0700() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("new/data");
-    assert_eq!(check(&data).unwrap(), Tightened::default());
+    assert_eq!(check_all(&data).unwrap(), Tightened::default());
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&root.path().join("new")), 0o700);
 }
@@ -287,7 +291,7 @@ fn check_refuses_a_parent_others_can_write_unless_it_is_sticky() {
     assert_eq!(refusal.path, parent, "{refusal}");
     assert!(!data.exists(), "nothing is created under a parent others can write");
     chmod(&parent, 0o1777); // like /tmp: others cannot rename what is not theirs
-    check(&data).unwrap();
+    check_all(&data).unwrap();
     if is_root() {
         chmod(&parent, 0o755);
         std::os::unix::fs::chown(&parent, Some(65534), None).unwrap();
@@ -305,7 +309,7 @@ fn check_follows_a_link_to_data_dir_and_audits_where_it_leads() {
     fs::create_dir_all(private.join("heartbeatd")).unwrap();
     let data = root.path().join("heartbeatd");
     symlink("private/heartbeatd", &data).unwrap();
-    check(&data).unwrap();
+    check_all(&data).unwrap();
     assert_eq!(mode(&private.join("heartbeatd")), 0o700);
     // The same link into a directory others can write is refused.
     chmod(&private, 0o777);
@@ -318,4 +322,21 @@ fn the_files_audited_are_the_ones_heartbeatd_writes() {
     assert!(check::FILES.contains(&crate::registry::REGISTRY_LOG));
     assert!(check::FILES.contains(&crate::liveness::alerter::FIRING_FILE));
     assert!(check::FILES.contains(&"checkpoint.json"));
+}
+
+#[test]
+fn a_file_with_another_name_is_refused() {
+    // A hard link made while data_dir was someone else's could name a file of heartbeatd's
+    // user elsewhere: appending to it would write there.
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("shadow");
+    fs::write(&elsewhere, b"root:secret\n").unwrap();
+    chmod(&elsewhere, 0o600);
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    fs::hard_link(&elsewhere, data.join("registry.log")).unwrap();
+    let refusal = refusal(open_append(&data.join("registry.log")));
+    assert!(refusal.problem.contains("2 hard links"), "{refusal}");
+    assert_eq!(refused_check(&data).path, data.join("registry.log"));
+    assert_eq!(fs::read(&elsewhere).unwrap(), b"root:secret\n");
 }
