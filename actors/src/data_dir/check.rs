@@ -87,7 +87,7 @@ fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) 
 }
 
 /// What the audit found readable by others, tightened only once all of `data_dir` has passed
-/// (a start refused by the audit changes no mode, and the start that follows reports what it
+/// (a start the audit refuses changes none of these, and the start that follows reports what it
 /// tightened).
 #[derive(Default)]
 struct ToTighten(Vec<(PathBuf, Metadata)>);

@@ -17,8 +17,8 @@
 //!    by older versions (0755, 0644) are tightened. Once `data_dir` is heartbeatd's and 0700,
 //!    no one else can plant anything in it later: this is the main defence.
 //! 2. Every open here uses `O_NOFOLLOW` (a link is refused, never followed) and checks the
-//!    opened file with `fstat`: a regular file, heartbeatd's user's, not writable by others.
-//!    A refusal at run time is logged (ERROR, with `what_to_do`) through the logger given to
+//!    opened file with `fstat`: a regular file, heartbeatd's user's, not writable by others,
+//!    with no other name (hard link). A refusal at run time is logged (ERROR, with `what_to_do`) through the logger given to
 //!    [`report_refusals_to`].
 //!
 //! Not covered: `O_NOFOLLOW` applies to the last component only; a subdirectory replaced by a
