@@ -259,7 +259,9 @@ impl Tmpfs {
     fn mount(path: PathBuf, size: &str) -> Self {
         fs::create_dir_all(&path).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            // mode=0700: a tmpfs root is 1777 by default, and heartbeatd refuses a data_dir
+            // others can write.
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
             .arg(&path)
             .output()
             .unwrap();

@@ -15,6 +15,7 @@ mod alerting;
 mod browser_attacks;
 mod config_errors;
 mod connections;
+mod data_dir;
 mod durability;
 mod faults;
 mod fleet;

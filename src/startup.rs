@@ -11,6 +11,7 @@ use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::web;
 use heartbeatd_actors::counters::IngressCounters;
+use heartbeatd_actors::data_dir;
 use heartbeatd_actors::ingest::pipeline_metrics::PipelineMetrics;
 use heartbeatd_actors::ingest::queue::IngressQueue;
 use heartbeatd_actors::ingest::worker::WorkerPool;
@@ -47,6 +48,10 @@ const MAX_HTTP_GRACE: Duration = Duration::from_secs(5);
 pub enum StartupError {
     #[error("data_dir is not usable: {0}. Create it or fix its permissions, or point data_dir / --data-dir / HEARTBEATD_DATA_DIR elsewhere")]
     DataDir(#[source] StoreError),
+    #[error("data_dir is not usable: {0}. Create it or fix its permissions, or point data_dir / --data-dir / HEARTBEATD_DATA_DIR elsewhere")]
+    DataDirUnusable(#[source] data_dir::CheckError),
+    #[error("data_dir is not safe to use: {0}")]
+    DataDirUnsafe(#[source] data_dir::Refusal),
     #[error("could not load agent state: {0}")]
     Load(#[source] StoreError),
     #[error("could not listen on {addr}: {source}. Is another process using the port? Choose another http_port / --http-port")]
@@ -67,6 +72,29 @@ pub enum StartupError {
     Tls(#[source] tls::TlsError),
     #[error(transparent)]
     ControlSocket(#[from] control_socket::ControlSocketError),
+}
+
+impl StartupError {
+    fn from_check(e: data_dir::CheckError) -> Self {
+        match e {
+            data_dir::CheckError::Refused(refusal) => Self::DataDirUnsafe(refusal),
+            unusable => Self::DataDirUnusable(unusable),
+        }
+    }
+
+    /// A store error caused by a file [`data_dir`] refused (a link, another user's file, one
+    /// others can write: found when the Store opened it) is reported as such; any other as
+    /// `otherwise` says.
+    fn unsafe_or(e: StoreError, otherwise: fn(StoreError) -> Self) -> Self {
+        let refusal = std::error::Error::source(&e)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .and_then(data_dir::Refusal::of_io_error)
+            .cloned();
+        match refusal {
+            Some(refusal) => Self::DataDirUnsafe(refusal),
+            None => otherwise(e),
+        }
+    }
 }
 
 /// A built daemon, ready to serve.
@@ -109,9 +137,21 @@ impl Application {
             _ => None,
         };
 
+        // data_dir must be heartbeatd's own before anything in it is trusted (see data_dir).
+        // The walk of history/, events/, journal/ and logs/ runs while the state loads.
+        let audit = data_dir::check(&settings.data_dir).map_err(StartupError::from_check)?;
         let store_log = log.new(o!("actor" => "store"));
-        let mut store = FileMetadataStore::open(&settings.data_dir, store_log).map_err(StartupError::DataDir)?;
-        let loaded = store.load_all().map_err(StartupError::Load)?;
+        let mut store = FileMetadataStore::open(&settings.data_dir, store_log)
+            .map_err(|e| StartupError::unsafe_or(e, StartupError::DataDir))?;
+        let loaded = store
+            .load_all()
+            .map_err(|e| StartupError::unsafe_or(e, StartupError::Load))?;
+        let mut tightened = audit.finish().map_err(StartupError::from_check)?;
+        tightened.add(loaded.modes_tightened);
+        if tightened.total() > 0 {
+            info!(log, "data_dir held files or directories other users could read (made by an older version of heartbeatd); they are private now: files 0600, directories 0700";
+                "data_dir" => %settings.data_dir.display(), "files" => tightened.files, "directories" => tightened.dirs);
+        }
         if loaded.corrupt_files > 0 || loaded.temp_files_removed > 0 {
             warn!(log, "agent state loaded with repairs";
                 "corrupt_files_moved_aside" => loaded.corrupt_files, "temp_files_removed" => loaded.temp_files_removed);
@@ -132,6 +172,8 @@ impl Application {
                 "moved_to" => %aside.display(),
                 "what_to_do" => "re-register agents added through the API, or restore the file while heartbeatd is stopped");
         }
+        // From here on, a file refused at run time is logged (a refusal above ends the start).
+        data_dir::report_refusals_to(log.new(o!("actor" => "data_dir")));
         let registry_view = registry.snapshot();
         if registry_view.len() > settings.max_agents {
             warn!(log, "more agents are registered than max_agents allows; no agent can be registered until some are deleted";

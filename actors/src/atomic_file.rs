@@ -8,12 +8,16 @@
 //! 4. fsync the directory (else the rename itself can be lost in a crash).
 //!
 //! A failed step removes the temp file. Temp files left by a crash are recognised by
-//! [`is_temp_file`] and removed at start-up.
+//! [`is_temp_file`] and removed at start-up. Temp files are created 0600 with `O_EXCL` and
+//! `O_NOFOLLOW` ([`data_dir::create_new`]); a rename replaces a link at the target itself,
+//! never what it points to.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use crate::data_dir;
 
 /// The part of a temp file's name that marks it as one.
 const TEMP_MARKER: &str = ".tmp-";
@@ -27,7 +31,7 @@ pub fn is_temp_file(file_name: &str) -> bool {
 pub fn write_atomically(dir: &Path, file_name: &str, contents: &[u8]) -> io::Result<()> {
     let temp_path = dir.join(format!(".{file_name}{TEMP_MARKER}{}", uuid::Uuid::new_v4().simple()));
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&temp_path)?;
+        let mut file = data_dir::create_new(&temp_path)?;
         file.write_all(contents)?;
         file.sync_all()?;
         drop(file);
@@ -60,7 +64,7 @@ impl StagedFile {
             target: dir.join(file_name),
             temp,
         };
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&staged.temp)?;
+        let mut file = data_dir::create_new(&staged.temp)?;
         file.write_all(contents)?;
         staged.file = Some(file);
         Ok(staged)
@@ -100,7 +104,7 @@ pub const SYNC_ONE_BY_ONE_MAX: usize = 8;
 
 /// Makes the data of every file on the filesystem holding `dir` durable: `syncfs(2)`.
 pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
-    let dir = File::open(dir)?;
+    let dir = data_dir::open_dir(dir)?;
     // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
         Ok(())
@@ -111,7 +115,7 @@ pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
 
 /// Makes renames and removals in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    data_dir::open_dir(dir)?.sync_all()
 }
 
 #[cfg(test)]

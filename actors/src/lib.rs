@@ -36,17 +36,21 @@
 //! makes the SyncArbiter's unbounded mailbox a bounded queue (actix's `try_send` never
 //! reports Full for it); [`supervision`]'s keeper (a process, not an actor), reaper thread,
 //! `/proc` reader, output files and restart rules; `atomic_file`, crash-safe file replacement for the Store and the
-//! Registry; [`log_gate`] and [`log_text`], logging that no client can flood or forge.
+//! Registry; [`data_dir`], how every file under `data_dir` is opened and created (no link
+//! followed, private modes, the start-up audit of ownership and permissions); [`log_gate`] and
+//! [`log_text`], logging that no client can flood or forge.
 //!
 //! **The dependency rule.** `model` imports nothing of this crate but itself (and
-//! [`log_text`]). The file formats (`store::journal`, `store::history_log`,
-//! `store::events_log`, `atomic_file`) import only `model`, and are private to the crate.
+//! [`log_text`]). [`data_dir`] imports only [`log_gate`]. The file formats (`store::journal`,
+//! `store::history_log`, `store::events_log`, `atomic_file`) import only `model` and
+//! [`data_dir`], and are private to the crate.
 //! Actors import `model`, the formats, `counters`, and the messages of the actors they send
 //! to; no module imports a type from a module that imports it back. `src/` (the HTTP layer)
 //! imports actors and `model`, never a file format.
 
 pub(crate) mod atomic_file;
 pub mod counters;
+pub mod data_dir;
 pub mod ingest;
 pub mod liveness;
 pub mod log_gate;

@@ -121,7 +121,7 @@ fn key(name: AlertName, agent_id: &str) -> String {
 /// says where, for the log.
 pub fn load_firing(data_dir: &Path) -> (BTreeMap<String, Alert>, Option<PathBuf>) {
     let path = data_dir.join(FIRING_FILE);
-    let Ok(bytes) = std::fs::read(&path) else {
+    let Ok(bytes) = crate::data_dir::read(&path) else {
         return (BTreeMap::new(), None);
     };
     match serde_json::from_slice(&bytes) {

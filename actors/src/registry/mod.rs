@@ -24,7 +24,7 @@
 //! stays deleted, a renamed one keeps its new name).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +38,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::{sync_dir, write_atomically};
+use crate::data_dir;
 use crate::model::agent::{is_valid_agent_id, AgentChange, AgentInfo};
 
 /// Each agent boxed: the map is cloned for every published change, and a table of 100k
@@ -304,7 +305,7 @@ impl Registry {
     ) -> Result<(Self, RegistryLoad), RegistryError> {
         let path = dir.join(REGISTRY_FILE);
         let mut report = RegistryLoad::default();
-        let file = match fs::read(&path) {
+        let file = match data_dir::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<RegistryFile>(&bytes) {
                 Ok(file) => file,
                 Err(_) => {
@@ -377,7 +378,7 @@ impl Registry {
         })
         .map_err(|e| RegistryError::save_failed(&dir.join(REGISTRY_FILE), io::Error::other(e)))?;
         let save_error = |path: &Path, e: io::Error| RegistryError::save_failed(path, e);
-        fs::create_dir_all(dir).map_err(|e| save_error(dir, e))?;
+        data_dir::create_data_dir(dir).map_err(|e| save_error(dir, e))?;
         write_atomically(dir, REGISTRY_FILE, &bytes).map_err(|e| save_error(&dir.join(REGISTRY_FILE), e))?;
         self.change_log = None;
         let log_path = dir.join(REGISTRY_LOG);
@@ -407,7 +408,7 @@ impl Registry {
         let path = dir.join(REGISTRY_LOG);
         let result = (|| {
             if self.change_log.is_none() {
-                let file = OpenOptions::new().create(true).append(true).open(&path)?;
+                let file = data_dir::open_append(&path)?;
                 sync_dir(&dir)?;
                 self.change_log = Some(file);
             }
@@ -484,7 +485,7 @@ impl Registry {
     /// Writes `registry.json` again if it vanished.
     fn check_file(&mut self) {
         let Some(dir) = self.dir.clone() else { return };
-        if dir.join(REGISTRY_FILE).exists() {
+        if fs::symlink_metadata(dir.join(REGISTRY_FILE)).is_ok() {
             return;
         }
         let current = self.agents();
@@ -511,7 +512,7 @@ fn put_all(agents: &mut AgentMap, batch: Vec<AgentInfo>) -> Vec<LogEntry> {
 /// Applies `dir/registry.log`, if any, to `map`; a damaged line (a write cut short) is skipped.
 fn apply_change_log(dir: &Path, map: &mut AgentMap, report: &mut RegistryLoad) -> Result<(), RegistryError> {
     let path = dir.join(REGISTRY_LOG);
-    let bytes = match fs::read(&path) {
+    let bytes = match data_dir::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => {

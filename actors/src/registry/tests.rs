@@ -1,5 +1,6 @@
 //! The Registry actor's tests: changes, the file and its log, auto-registration, limits.
 use super::*;
+use std::fs::OpenOptions;
 
 fn info(id: &str) -> AgentInfo {
     AgentInfo {

@@ -2,11 +2,12 @@
 //! bounded to the newest [`KEEP`] (rewritten atomically once the file holds about twice that).
 //! Transitions are rare, so each append is synced on its own.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
 use crate::atomic_file::write_atomically;
+use crate::data_dir;
 pub use crate::model::liveness::{AgentEvent, EventRecord};
 
 /// Transitions kept per agent.
@@ -22,7 +23,7 @@ pub struct EventsLog {
 
 impl EventsLog {
     pub fn open(dir: PathBuf) -> io::Result<Self> {
-        fs::create_dir_all(&dir)?;
+        data_dir::create_dir_private(&dir)?;
         Ok(Self { dir })
     }
 
@@ -32,13 +33,13 @@ impl EventsLog {
 
     /// Appends and syncs `records`; compacts the file when it has grown past the bound.
     pub fn append(&self, id: &str, records: &[AgentEvent]) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
+        data_dir::create_dir_private(&self.dir)?;
         let mut buf = Vec::with_capacity(records.len() * 128);
         for record in records {
             serde_json::to_writer(&mut buf, record).map_err(io::Error::other)?;
             buf.push(b'\n');
         }
-        let mut file = OpenOptions::new().create(true).append(true).open(self.path(id))?;
+        let mut file = data_dir::open_append(&self.path(id))?;
         file.write_all(&buf)?;
         file.sync_data()?;
         if file.metadata()?.len() > COMPACT_OVER_BYTES {
@@ -56,7 +57,7 @@ impl EventsLog {
 
     /// The newest `limit` transitions, newest first; lines that do not parse are skipped.
     pub fn read(&self, id: &str, limit: usize) -> io::Result<Vec<AgentEvent>> {
-        let bytes = match fs::read(self.path(id)) {
+        let bytes = match data_dir::read(&self.path(id)) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),

@@ -11,12 +11,13 @@
 //! whose number rises, so a batch appended twice (a flush retried after an error) counts once.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::atomic_file::write_atomically;
+use crate::data_dir;
 use crate::model::agent::ResourceSample;
 
 /// What a read found in one agent's log.
@@ -38,7 +39,7 @@ pub struct HistoryLog {
 
 impl HistoryLog {
     pub fn open(dir: PathBuf) -> io::Result<Self> {
-        fs::create_dir_all(&dir)?;
+        data_dir::create_dir_private(&dir)?;
         Ok(Self {
             dir,
             tail_checked: HashSet::new(),
@@ -55,11 +56,7 @@ impl HistoryLog {
 
     /// Appends `samples` (not yet synced); returns the file so the caller can sync it.
     pub fn append(&mut self, id: &str, samples: &[ResourceSample]) -> io::Result<File> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(self.path(id))?;
+        let mut file = data_dir::open_read_append(&self.path(id))?;
         let mut buf = Vec::with_capacity(samples.len() * 72 + 1);
         if !self.tail_checked.contains(id) {
             let len = file.metadata()?.len();
@@ -79,7 +76,7 @@ impl HistoryLog {
 
     /// Reads one agent's log; an agent with no log has an empty history.
     pub fn read(&self, id: &str) -> io::Result<HistoryRead> {
-        let text = match fs::read(self.path(id)) {
+        let text = match data_dir::read(&self.path(id)) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HistoryRead::default()),
             Err(e) => return Err(e),
@@ -100,10 +97,7 @@ impl HistoryLog {
     pub fn compact(&mut self, id: &str, keep: usize) -> io::Result<(usize, usize)> {
         let read = self.read(id)?;
         if !read.damaged.is_empty() {
-            let mut aside = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join(format!("{id}.log.corrupt")))?;
+            let mut aside = data_dir::open_append(&self.dir.join(format!("{id}.log.corrupt")))?;
             for line in &read.damaged {
                 aside.write_all(line.as_bytes())?;
                 aside.write_all(b"\n")?;
@@ -137,6 +131,7 @@ impl HistoryLog {
 mod tests {
     use super::*;
     use chrono::DateTime;
+    use std::fs::OpenOptions;
 
     fn samples(range: std::ops::Range<u64>) -> Vec<ResourceSample> {
         range

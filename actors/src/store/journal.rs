@@ -12,7 +12,7 @@
 //! failed fsync is never retried on the same descriptor. A record written twice that way is
 //! harmless, because replay skips records whose heartbeat number is not newer than the state.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::sync_dir;
+use crate::data_dir;
 use crate::model::heartbeat::{Heartbeat, ReportedStatus};
 
 /// One processed heartbeat, as the journal keeps it.
@@ -96,11 +97,11 @@ impl Journal {
     /// Opens `dir`, reads the segments numbered `from` and later, and starts a new segment
     /// after the last one (an old segment may end in a torn line, so it is never appended to).
     pub fn open(dir: PathBuf, from: u64) -> io::Result<(Self, Replay)> {
-        fs::create_dir_all(&dir)?;
+        data_dir::create_dir_private(&dir)?;
         let segments = Self::segments(&dir)?;
         let mut replay = Replay::default();
         for &seq in segments.iter().filter(|&&s| s >= from) {
-            let bytes = fs::read(dir.join(segment_name(seq)))?;
+            let bytes = data_dir::read(&dir.join(segment_name(seq)))?;
             replay.segments += 1;
             for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 match serde_json::from_slice::<JournalRecord>(line) {
@@ -173,9 +174,8 @@ impl Journal {
         if self.file.is_none() {
             // Recreates the directory if it vanished (an operator's mistake), so writing
             // resumes once it can.
-            fs::create_dir_all(&self.dir)?;
-            let path = self.dir.join(segment_name(self.current));
-            let file = OpenOptions::new().create(true).append(true).open(path)?;
+            data_dir::create_dir_private(&self.dir)?;
+            let file = data_dir::open_append(&self.dir.join(segment_name(self.current)))?;
             // The new segment's name must survive a crash too.
             sync_dir(&self.dir)?;
             self.file = Some(file);
@@ -221,6 +221,7 @@ pub fn remove_segments_before(dir: &Path, seq: u64) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn record(agent: &str, seq: u64) -> JournalRecord {
         let at = DateTime::from_timestamp(1_700_000_000 + seq as i64, 0).unwrap();

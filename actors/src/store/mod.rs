@@ -50,6 +50,7 @@ pub mod journal_writer;
 mod properties;
 
 use crate::atomic_file::{is_temp_file, sync_dir, sync_filesystem, write_atomically, StagedFile, SYNC_ONE_BY_ONE_MAX};
+use crate::data_dir::{self, Tightened};
 use crate::model::agent::{AgentState, ResourceSample};
 use crate::model::liveness::Transition;
 use crate::model::process::ProcessEvent;
@@ -118,7 +119,7 @@ impl FileMetadataStore {
         let history_dir = data_dir.join("history");
         let journal_dir = data_dir.join("journal");
         for dir in [&agents_dir, &history_dir, &journal_dir] {
-            fs::create_dir_all(dir).map_err(|e| StoreError::new("create", dir, e))?;
+            data_dir::create_dir_private(dir).map_err(|e| StoreError::new("create", dir, e))?;
             let probe = ".write-probe";
             write_atomically(dir, probe, b"probe")
                 .and_then(|()| fs::remove_file(dir.join(probe)))
@@ -126,7 +127,7 @@ impl FileMetadataStore {
         }
         let history = HistoryLog::open(history_dir.clone()).map_err(|e| StoreError::new("open", &history_dir, e))?;
         let marker_path = data_dir.join(CHECKPOINT_FILE);
-        let journal_from = match fs::read(&marker_path) {
+        let journal_from = match data_dir::read(&marker_path) {
             Ok(bytes) => {
                 serde_json::from_slice::<CheckpointMarker>(&bytes)
                     .map_err(|e| StoreError::new("parse", &marker_path, io::Error::new(io::ErrorKind::InvalidData, e)))?
@@ -187,6 +188,10 @@ impl FileMetadataStore {
 
     /// Reads every agent's state (not its history) and hands over the journal records to
     /// replay; moves unparseable files aside and removes temp files of interrupted writes.
+    /// Every entry of `agents/` is held to [`data_dir`]'s rules: a state file with the `fstat`
+    /// of the open that reads it, any other entry with one `statx`; a link, a file of another
+    /// user or one writable by others fails the load, and modes of older versions are
+    /// tightened (counted in [`LoadedAgents::modes_tightened`]).
     pub fn load_all(&mut self) -> Result<LoadedAgents, StoreError> {
         let mut loaded = LoadedAgents {
             replay: self.replay.take().unwrap_or_default(),
@@ -211,9 +216,11 @@ impl FileMetadataStore {
                 continue;
             }
             if path.extension() != Some(OsStr::new("json")) {
+                data_dir::audit_entry(&entry, &mut loaded.modes_tightened)
+                    .map_err(|e| StoreError::new("inspect", &path, e))?;
                 continue;
             }
-            match self.read(&path) {
+            match self.read(&path, Some(&mut loaded.modes_tightened)) {
                 Ok(state) if Some(state.id.as_str()) == path.file_stem().and_then(OsStr::to_str) => {
                     loaded.agents.push(state)
                 }
@@ -249,8 +256,13 @@ impl FileMetadataStore {
         fs::remove_file(path).map_err(|e| StoreError::new("remove", path, e))
     }
 
-    fn read(&self, path: &Path) -> Result<AgentState, ReadError> {
-        let bytes = fs::read(path).map_err(ReadError::Io)?;
+    /// Reads a state file; at start-up (`tightened` given) its mode is tightened if needed.
+    fn read(&self, path: &Path, tightened: Option<&mut Tightened>) -> Result<AgentState, ReadError> {
+        let bytes = match tightened {
+            Some(tightened) => data_dir::read_at_load(path, tightened),
+            None => data_dir::read(path),
+        }
+        .map_err(ReadError::Io)?;
         serde_json::from_slice(&bytes).map_err(|e| ReadError::Parse(e.to_string()))
     }
 
@@ -269,7 +281,7 @@ impl FileMetadataStore {
 
     pub fn get(&self, id: &str) -> Result<Option<AgentState>, StoreError> {
         let path = self.path(id);
-        match self.read(&path) {
+        match self.read(&path, None) {
             Ok(state) => Ok(Some(state)),
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(ReadError::Io(e)) => Err(StoreError::new("read", &path, e)),
@@ -333,7 +345,7 @@ impl FileMetadataStore {
     fn persist(&mut self, deltas: &[AgentDelta]) -> Result<PersistReport, StoreError> {
         // Recreates the directories if they vanished, so writing resumes once it can.
         for dir in [&self.agents_dir, &self.history.dir().to_owned()] {
-            fs::create_dir_all(dir).map_err(|e| StoreError::new("create", dir, e))?;
+            data_dir::create_dir_private(dir).map_err(|e| StoreError::new("create", dir, e))?;
         }
         // A few files are synced one by one through their descriptors; a larger batch is closed
         // file by file and made durable with one syncfs, so it never needs more descriptors
@@ -439,6 +451,9 @@ pub struct LoadedAgents {
     pub corrupt_files: usize,
     /// Temp files of interrupted writes that were removed.
     pub temp_files_removed: usize,
+    /// State files (and other entries of `agents/`) readable by others, left so by an older
+    /// version, made private.
+    pub modes_tightened: Tightened,
 }
 
 /// Reads every agent's state at start-up.

@@ -4,10 +4,16 @@
 //!
 //! Written by the agent's keeper, never by heartbeatd's own threads. Output is not promised
 //! durable (no fsync): it is the agent's diagnostics, not heartbeatd's records.
+//!
+//! Every open goes through [`crate::data_dir`] (the keeper's and the readers' alike): the files
+//! are created 0600, the directory 0700, and a link at `logs/<id>.log` is refused, never
+//! followed (it would send the agent's output into any file, or let a reader read any file).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use crate::data_dir;
 
 /// A line longer than this is written in pieces of this size, each ended with a newline, so a
 /// program that never writes a newline cannot make the keeper buffer without bound.
@@ -35,9 +41,9 @@ impl OutputLog {
     /// Opens (or creates) `path` for appending; its directory is created if needed.
     pub fn open(path: &Path, max_bytes: u64, backups: u32) -> io::Result<Self> {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+            data_dir::create_dir_private(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = data_dir::open_append(path)?;
         let size = file.metadata()?.len();
         Ok(Self {
             path: path.to_owned(),
@@ -155,7 +161,7 @@ impl OutputLog {
             }
         }
         fs::rename(&self.path, Self::backup_path(&self.path, 1))?;
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = data_dir::open_append(&self.path)?;
         self.size = 0;
         Ok(())
     }
@@ -178,7 +184,7 @@ pub fn tail(path: &Path, n: usize, max_bytes: u64) -> io::Result<Vec<String>> {
 
 fn tail_of(path: &Path, n: usize, max_bytes: u64) -> io::Result<Vec<String>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = File::open(path)?;
+    let mut file = data_dir::open_read(path)?;
     let len = file.metadata()?.len();
     let start = len.saturating_sub(max_bytes);
     file.seek(SeekFrom::Start(start))?;
@@ -196,6 +202,7 @@ fn tail_of(path: &Path, n: usize, max_bytes: u64) -> io::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn read(path: &Path) -> String {
         fs::read_to_string(path).unwrap_or_default()

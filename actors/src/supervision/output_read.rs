@@ -12,9 +12,9 @@
 //! a line's end when one is in reach, and never inside a UTF-8 character. Bytes that are not
 //! UTF-8 are shown as U+FFFD; offsets always count the file's own bytes.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde::Serialize;
@@ -91,13 +91,11 @@ pub struct Chunk {
     pub skipped: Option<&'static str>,
 }
 
-/// Opens without following a symbolic link: a link planted in `logs/` must not make
-/// heartbeatd read another file.
+/// Opens as every file under `data_dir` is opened: never through a symbolic link (one planted
+/// in `logs/` must not make heartbeatd read another file), and only a regular file of
+/// heartbeatd's own.
 fn open_no_follow(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
+    crate::data_dir::open_read(path)
 }
 
 /// Reads from the output file `path` (with `backups` rotations kept), at most `max_bytes` of

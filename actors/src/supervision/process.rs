@@ -20,6 +20,7 @@ use super::board::ProcessBoard;
 use super::keeper::{self, KeeperLine, KeeperSpec};
 use super::limits::{self, LimitWatch};
 use super::machine::{Effect, Event, Exit, Machine, Note, Now, State, Waiters};
+use super::output_log::OutputLog;
 use super::procfs;
 use super::restart;
 use crate::liveness::alerter::{AlertName, Alerter, Fire, Resolve};
@@ -168,6 +169,12 @@ impl AgentProcess {
 
     /// Spawns the keeper of run `generation` and reads its reports off this actor's thread.
     fn launch(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let log_path = self.cx.logs_dir.join(format!("{}.log", self.id));
+        // The keeper opens the output file itself. Opening it here first creates it (0600, in
+        // a 0700 logs/) in heartbeatd's process, where a refusal (a link planted at that name)
+        // is logged as an ERROR saying what to do. The keeper then refuses it too and discards
+        // the output; the agent still runs. Any other failure is the keeper's to report.
+        let _ = OutputLog::open(&log_path, self.spec.log_max_bytes, self.spec.log_backups);
         let spec = KeeperSpec {
             agent_id: self.id.clone(),
             command: self.spec.command.clone(),
@@ -175,7 +182,7 @@ impl AgentProcess {
             env: self.spec.env.clone(),
             stop_signal: self.spec.stop_signal,
             stop_timeout_ms: self.spec.stop_timeout.as_millis() as u64,
-            log_path: self.cx.logs_dir.join(format!("{}.log", self.id)),
+            log_path,
             log_max_bytes: self.spec.log_max_bytes,
             log_backups: self.spec.log_backups,
             parent_pid: std::process::id() as i32,
