@@ -80,14 +80,16 @@ fn registered_agents_report_and_survive_a_restart() {
 
 #[test]
 fn a_deleted_agent_is_refused_and_its_files_are_gone() {
-    // Arrange: a config agent with state on disk.
-    let mut first = Daemon::start("[[agents]]\nid = \"gone\"\n[[agents]]\nid = \"kept\"\n");
+    // Arrange: agents registered through the API, with state on disk.
+    let mut first = Daemon::start("");
+    let two = json!([{"id": "gone"}, {"id": "kept"}]);
+    assert_eq!(call(&first, "POST", "/agents", Some(&two), None).status, 201);
     assert_eq!(first.post_heartbeat(&heartbeat("gone", 1)).status, 200);
     first.wait_processed(1);
     assert_eq!(first.stop_with("TERM").code(), Some(0));
     let data = first.data_dir();
     assert!(data.join("agents/gone.json").exists() && data.join("history/gone.log").exists());
-    let mut daemon = Daemon::start_in(&first.dir, "[[agents]]\nid = \"gone\"\n[[agents]]\nid = \"kept\"\n");
+    let mut daemon = Daemon::start_in(&first.dir, "");
 
     // Act
     let deleted = call(&daemon, "DELETE", "/agents/gone", None, None);
@@ -103,9 +105,9 @@ fn a_deleted_agent_is_refused_and_its_files_are_gone() {
     assert_eq!(call(&daemon, "GET", "/agents/gone", None, None).status, 404);
     assert_eq!(call(&daemon, "DELETE", "/agents/gone", None, None).status, 404);
     assert!(!data.join("agents/gone.json").exists() && !data.join("history/gone.log").exists());
-    // The config still lists it, but the API's deletion wins at the next start.
+    // It stays deleted after a restart.
     assert_eq!(daemon.stop_with("TERM").code(), Some(0));
-    let restarted = Daemon::start_in(&first.dir, "[[agents]]\nid = \"gone\"\n[[agents]]\nid = \"kept\"\n");
+    let restarted = Daemon::start_in(&first.dir, "");
     assert_eq!(ids(&call(&restarted, "GET", "/agents", None, None).body), ["kept"]);
 }
 

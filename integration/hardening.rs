@@ -77,7 +77,8 @@ fn a_timestamp_outside_1677_2262_is_accepted_with_server_time_and_journaling_goe
 #[test]
 fn huge_interval_and_grace_are_refused_over_http_and_in_the_config() {
     // Arrange
-    let mut daemon = Daemon::start("[[agents]]\nid = \"a\"\n");
+    let mut daemon = Daemon::start("");
+    assert_eq!(daemon.admin("POST", "/agents", Some(r#"{"id": "a"}"#)).status, 201);
     let huge = 9_223_372_036_854_775_807u64;
 
     // Act / Assert: PATCH and POST answer 400 naming the key; nothing is stored.
@@ -201,8 +202,9 @@ fn after_kill_9_agents_known_only_from_the_journal_start_up_and_can_go_down() {
 #[test]
 fn a_deleted_agent_is_no_longer_watched_or_counted() {
     // Arrange
-    let config = "[[agents]]\nid = \"gone\"\nheartbeat_interval_s = 1\ngrace_s = 1\n[[agents]]\nid = \"stays\"\n";
-    let daemon = Daemon::start(config);
+    let daemon = Daemon::start("[[agents]]\nid = \"stays\"\n");
+    let gone = r#"{"id": "gone", "heartbeat_interval_s": 1, "grace_s": 1}"#;
+    assert_eq!(daemon.admin("POST", "/agents", Some(gone)).status, 201);
     assert_eq!(daemon.post_heartbeat(&heartbeat("gone", 1)).status, 200);
     eventually(Duration::from_secs(3), "gone is up", || {
         status_of(&daemon, "gone") == "up"
@@ -286,7 +288,8 @@ fn send_raw(port: u16, head: &str, body_len: usize, pace: Option<Duration>) -> O
 #[test]
 fn unauthenticated_admin_bodies_are_never_read() {
     // Arrange
-    let daemon = Daemon::start("admin_token = \"s3cret\"\n[[agents]]\nid = \"a\"\n");
+    let daemon = Daemon::start("admin_token = \"s3cret\"\n");
+    assert_eq!(daemon.admin("POST", "/agents", Some(r#"{"id": "a"}"#)).status, 201);
     let before = peak_rss(daemon.pid());
     const BODY: usize = 60 * 1024 * 1024;
 

@@ -62,11 +62,12 @@ fn sighup_applies_log_level_agents_webhook_and_admin_token_and_names_what_needs_
     // Arrange
     let receiver = Receiver::start();
     let mut daemon = Daemon::start("admin_token = \"old\"\nworkers = 4\n[[agents]]\nid = \"first\"\n");
+    assert_eq!(daemon.admin("POST", "/agents", Some(r#"{"id": "api"}"#)).status, 201);
     let patch = |token: &str| {
         http_with_headers(
             daemon.port,
             "PATCH",
-            "/agents/first",
+            "/agents/api",
             Some("{\"name\":\"x\"}"),
             &[("Authorization", &format!("Bearer {token}"))],
         )
@@ -114,7 +115,8 @@ fn sighup_applies_log_level_agents_webhook_and_admin_token_and_names_what_needs_
 #[test]
 fn sighup_with_a_broken_file_keeps_the_running_configuration() {
     // Arrange
-    let mut daemon = Daemon::start("admin_token = \"keep\"\n[[agents]]\nid = \"a\"\n");
+    let mut daemon = Daemon::start("admin_token = \"keep\"\n");
+    assert_eq!(daemon.admin("POST", "/agents", Some(r#"{"id": "a"}"#)).status, 201);
 
     // Act
     rewrite_config(&daemon, "admin_token = \"other\"\nworkers = \"many\"\n");

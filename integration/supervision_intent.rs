@@ -130,10 +130,10 @@ fn a_process_that_imitates_a_keeper_is_swept_with_the_rest_of_its_tree() {
 
 #[test]
 fn a_patch_merges_env_and_command_null_alone_ends_supervision() {
-    // Arrange
-    let daemon = start(
-        "[[agents]]\nid = \"svc\"\ncommand = [\"/bin/sleep\", \"600\"]\nenv = { A = \"1\", B = \"2\" }\nrestart = \"always\"\n",
-    );
+    // Arrange: an agent registered through the API (the config file's are the file's).
+    let daemon = start("");
+    let svc = r#"{"id": "svc", "command": ["/bin/sleep", "600"], "env": {"A": "1", "B": "2"}, "restart": "always"}"#;
+    assert_eq!(daemon.admin("POST", "/agents", Some(svc)).status, 201);
     wait_for(&daemon, "svc", "running", Duration::from_secs(10), |p| {
         p["state"] == "running"
     });
@@ -239,11 +239,16 @@ fn a_stop_on_purpose_pages_no_one_a_quiet_program_is_up_while_it_runs_and_fatal_
     assert_eq!(daemon.admin("POST", "/agents/quiet/start", None).status, 200);
     wait_liveness(&daemon, "quiet", "up");
 
-    // Deleting the fatal agent ends its alert.
-    assert_eq!(daemon.admin("DELETE", "/agents/broken", None).status, 204);
+    // The fatal agent leaves the configuration (SIGHUP): its alert ends.
+    let path = daemon.dir.join("heartbeatd.toml");
+    let file = std::fs::read_to_string(&path).unwrap();
+    let broken_at = file.find("[[agents]]\nid = \"broken\"").unwrap();
+    std::fs::write(&path, &file[..broken_at]).unwrap();
+    send_signal(daemon.pid(), "HUP");
     am.eventually("HeartbeatAgentFatal of broken resolved", |s| {
         s.newest_of("HeartbeatAgentFatal", "broken") == Some(false)
     });
+    assert_eq!(daemon.request("GET", "/agents/broken", None).status, 404);
 }
 
 #[test]
@@ -277,4 +282,97 @@ fn a_fatal_alert_left_by_a_killed_heartbeatd_ends_when_it_starts_again() {
     am.eventually("HeartbeatAgentFatal of flaky resolved", |s| {
         s.newest_of("HeartbeatAgentFatal", "flaky") == Some(false)
     });
+}
+
+#[test]
+fn the_config_file_owns_its_agents_edits_are_applied_on_sighup_and_at_start() {
+    // Arrange
+    let agents = |edited: &str, extra: &str| {
+        format!(
+            "[[agents]]\nid = \"same\"\ncommand = [\"/bin/sleep\", \"600\"]\n\
+             [[agents]]\nid = \"edited\"\ncommand = [\"/bin/sleep\", \"{edited}\"]\n\
+             [[agents]]\nid = \"p\"\nname = \"passive\"\n{extra}"
+        )
+    };
+    let dropped = "[[agents]]\nid = \"dropped\"\ncommand = [\"/bin/sleep\", \"600\"]\n";
+    let mut daemon = start(&agents("600", dropped));
+    let running = |daemon: &crate::daemon::Daemon, id: &str| {
+        wait_for(daemon, id, "running", Duration::from_secs(10), |p| {
+            p["state"] == "running"
+        })["pid"]
+            .clone()
+    };
+    let (same_pid, edited_pid, dropped_pid) = (
+        running(&daemon, "same"),
+        running(&daemon, "edited"),
+        running(&daemon, "dropped"),
+    );
+
+    // The API may not change or delete the file's agents.
+    let patched = daemon.admin("PATCH", "/agents/edited", Some(r#"{"command": ["/bin/sleep", "9"]}"#));
+    assert_eq!(patched.status, 409, "{patched:?}");
+    assert!(
+        patched.body["message"].as_str().unwrap().contains("configuration file"),
+        "{patched:?}"
+    );
+    assert_eq!(daemon.admin("DELETE", "/agents/p", None).status, 409);
+
+    // Act: the file is edited (a command changed, a name changed, one agent removed, one
+    // added) and reloaded.
+    let path = daemon.dir.join("heartbeatd.toml");
+    let head: String = std::fs::read_to_string(&path)
+        .unwrap()
+        .split("[[agents]]")
+        .next()
+        .unwrap()
+        .to_owned();
+    let edited = agents(
+        "601",
+        "[[agents]]\nid = \"fresh\"\ncommand = [\"/bin/sleep\", \"600\"]\n",
+    )
+    .replace("passive", "renamed");
+    std::fs::write(&path, head.clone() + &edited).unwrap();
+    send_signal(daemon.pid(), "HUP");
+
+    // Assert: only the changed program restarted; the removed one stopped and gone; the new
+    // one started; one line per agent says what changed.
+    let restarted = wait_for(&daemon, "edited", "restarted", Duration::from_secs(15), |p| {
+        p["state"] == "running" && p["pid"] != edited_pid
+    });
+    assert!(restarted["pid"].is_i64(), "{restarted}");
+    running(&daemon, "fresh");
+    assert_eq!(process(&daemon, "same")["pid"], same_pid, "unchanged: not restarted");
+    assert_eq!(daemon.request("GET", "/agents/dropped", None).status, 404);
+    let dropped_gone = !std::path::Path::new(&format!("/proc/{dropped_pid}")).exists()
+        || std::fs::read_to_string(format!("/proc/{dropped_pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+    assert!(dropped_gone, "the removed agent's program was stopped");
+    assert_eq!(daemon.request("GET", "/agents/p", None).body["name"], "renamed");
+    let log = daemon.log();
+    for line in [
+        "agent changed in the configuration; applying it, keys: command, agent_id: edited",
+        "keys: name, agent_id: p",
+        "agent removed: it left the configuration (its program is stopped), agent_id: dropped",
+        "agent added from the configuration, agent_id: fresh",
+    ] {
+        assert!(log.contains(line), "{line:?} in:\n{log}");
+    }
+
+    // At start too: the file is edited while heartbeatd is stopped.
+    assert_eq!(daemon.stop_with("TERM").code(), Some(0));
+    let dir = daemon.dir.clone();
+    let again = crate::daemon::Daemon::start_in(&dir, &agents("602", ""));
+    let now = wait_for(&again, "edited", "running", Duration::from_secs(10), |p| {
+        p["state"] == "running"
+    });
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", now["pid"])).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("602"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert_eq!(
+        again.request("GET", "/agents/fresh", None).status,
+        404,
+        "left the file: removed at start"
+    );
 }

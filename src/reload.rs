@@ -7,7 +7,7 @@
 //! | key | on reload |
 //! |---|---|
 //! | `log_level` | applied at once |
-//! | `[[agents]]` | ids never imported before are registered (as at start-up; changes to agents already registered are the admin API's) |
+//! | `[[agents]]` | the file owns the agents it declares: new ones are registered (and started), changed ones take the file's record (restarted only if their supervision settings changed), ones that left the file are stopped and removed; one line per agent says what changed |
 //! | `webhook_url`, `webhook_timeout_ms`, `webhook_retries` | applied to the next delivery |
 //! | `admin_token`, `ingest_token`, `allowed_hosts`, `loopback_admin` | applied to the next request |
 //! | `tls_cert`, `tls_key` | the files are read again and used for new connections (unless unreadable or not a matching pair: the old pair stays) |
@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use actix::Addr;
 use heartbeatd_actors::liveness::webhook::{Reconfigure, Webhook, WebhookPolicy};
-use heartbeatd_actors::manager::{ImportConfigAgents, Manager};
+use heartbeatd_actors::manager::{Manager, SyncConfigAgents};
+use heartbeatd_actors::registry::config_owned::ConfigChanges;
 use slog::{error, info, warn, Logger};
 
 use crate::routes::auth::{Gate, GateSettings, HostRules};
@@ -147,14 +148,16 @@ impl Reloader {
             }
         }
         let agents = std::mem::take(&mut new.agents);
-        match self.manager.send(ImportConfigAgents(agents)).await {
-            Ok(Ok(added)) if !added.is_empty() => {
-                info!(self.log, "SIGHUP: agents added from the configuration"; "count" => added.len(),
-                    "first" => added.first().cloned().unwrap_or_default());
+        match self.manager.send(SyncConfigAgents(agents)).await {
+            Ok(Ok(changes)) if !changes.is_empty() => {
+                log_config_changes(&self.log, &changes);
                 applied.push("agents");
             }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => error!(self.log, "SIGHUP: could not register the configuration's new agents"; "error" => %e),
+            Ok(Err(e)) => {
+                error!(self.log, "SIGHUP: could not apply the configuration's agents; nothing of them changed"; "error" => %e,
+                "what_to_do" => "fix the file (check it with `heartbeatd check-config FILE`) and send SIGHUP again")
+            }
             Err(_) => error!(self.log, "SIGHUP: the manager is not running"),
         }
         let restart = keys_needing_restart(old, &new);
@@ -167,6 +170,42 @@ impl Reloader {
         // The agent list went to the Registry (imports go by its record of what was
         // imported); 100k entries are not worth keeping twice.
         self.current = new;
+    }
+}
+
+/// At most this many agents are named one line each; the rest are counted.
+const NAMED_AGENTS: usize = 20;
+
+/// One line per agent the configuration added, changed or removed (at start-up or on SIGHUP).
+pub fn log_config_changes(log: &Logger, changes: &ConfigChanges) {
+    let mut named = 0;
+    let mut name = |line: &dyn Fn()| {
+        named += 1;
+        if named <= NAMED_AGENTS {
+            line();
+        }
+    };
+    for id in &changes.added {
+        name(&|| info!(log, "agent added from the configuration"; "agent_id" => id));
+    }
+    for (id, keys) in &changes.changed {
+        name(
+            &|| info!(log, "agent changed in the configuration; applying it"; "agent_id" => id, "keys" => keys.join(", ")),
+        );
+    }
+    for gone in &changes.removed {
+        name(
+            &|| info!(log, "agent removed: it left the configuration (its program is stopped)"; "agent_id" => &gone.id),
+        );
+    }
+    for id in &changes.taken_over {
+        warn!(log, "an agent registered through the API is declared in the configuration file, which owns it from now on";
+            "agent_id" => id, "what_to_do" => "change it in the file from now on (the API refuses to)");
+    }
+    if named > NAMED_AGENTS {
+        info!(log, "agents of the configuration applied";
+            "added" => changes.added.len(), "changed" => changes.changed.len(), "removed" => changes.removed.len(),
+            "not_named_above" => named - NAMED_AGENTS);
     }
 }
 

@@ -143,7 +143,7 @@ impl Application {
         let store_log = log.new(o!("actor" => "store"));
         let mut store = FileMetadataStore::open(&settings.data_dir, store_log)
             .map_err(|e| StartupError::unsafe_or(e, StartupError::DataDir))?;
-        let loaded = store
+        let mut loaded = store
             .load_all()
             .map_err(|e| StartupError::unsafe_or(e, StartupError::Load))?;
         let mut tightened = audit.finish().map_err(StartupError::from_check)?;
@@ -166,6 +166,12 @@ impl Application {
             warn!(log, "registry.json holds agent timing out of bounds (saved by an older version); loaded with the nearest bound";
                 "agent_id" => id, "clamped" => changes.join(", "),
                 "what_to_do" => "check the agent's heartbeat_interval_s and grace_s (PATCH /agents/{id}); bounds are 1 s to 7 days");
+        }
+        crate::reload::log_config_changes(&log, &registry_load.config);
+        // Agents that left the configuration: their state and files go with them.
+        for gone in &registry_load.config.removed {
+            loaded.agents.retain(|state| state.id != gone.id);
+            store.do_send(heartbeatd_actors::store::Delete(gone.id.clone()));
         }
         if let Some(aside) = &registry_load.moved_aside {
             error!(log, "registry.json was damaged and was moved aside; the registry starts from the config's agents";
@@ -422,7 +428,7 @@ impl Application {
             "workers" => settings.workers, "queue_capacity" => settings.queue_capacity(),
             "http_workers" => settings.http_workers, "data_dir" => %settings.data_dir.display(),
             "agents" => registry_view.len(), "agents_with_state" => agents_with_state,
-            "agents_imported_from_config" => registry_load.imported, "auto_register" => settings.auto_register,
+            "auto_register" => settings.auto_register,
             "history_len" => settings.history_len, "flush_interval_ms" => settings.flush_interval_ms);
 
         // The configuration parser's memory, large for a big `[[agents]]` list.

@@ -111,11 +111,12 @@ fn a_target_that_does_not_listen_is_a_clear_error() {
 
 #[test]
 fn register_adds_its_agents_through_the_admin_api() {
-    // Arrange: no agents in the config, one of the simulated ones registered already.
-    let daemon = Daemon::start("");
+    // Arrange: no agents in the config, one of the simulated ones registered already; changes
+    // over TCP need the admin token.
+    let daemon = Daemon::start("admin_token = \"load-token\"\n");
     let url = format!("http://127.0.0.1:{}/heartbeat", daemon.port);
     let existing = serde_json::json!({"id": "load-000002"}).to_string();
-    assert_eq!(daemon.request("POST", "/agents", Some(&existing)).status, 201);
+    assert_eq!(daemon.admin("POST", "/agents", Some(&existing)).status, 201);
 
     // Act
     let out = load_tool(&[
@@ -128,6 +129,8 @@ fn register_adds_its_agents_through_the_admin_api() {
         "--duration",
         "1",
         "--register",
+        "--admin-token",
+        "load-token",
         "--json",
     ]);
 

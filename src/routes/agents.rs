@@ -74,6 +74,9 @@ pub enum AgentsError {
     /// `max_agents` is reached.
     #[error("{0}")]
     Full(String),
+    /// The configuration file owns the agent.
+    #[error("{0}")]
+    ConfigOwned(String),
 }
 
 impl ResponseError for AgentsError {
@@ -84,7 +87,7 @@ impl ResponseError for AgentsError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::CommandNeedsToken(_) => StatusCode::FORBIDDEN,
             Self::Busy(e) => e.status_code(),
-            Self::Full(_) => StatusCode::CONFLICT,
+            Self::Full(_) | Self::ConfigOwned(_) => StatusCode::CONFLICT,
             Self::Control(ControlError::NotFound(_)) => StatusCode::NOT_FOUND,
             Self::Control(ControlError::NotSupervised(_)) => StatusCode::CONFLICT,
             Self::Control(ControlError::NotRunning) => StatusCode::SERVICE_UNAVAILABLE,
@@ -112,6 +115,7 @@ impl From<RegistryError> for AgentsError {
                 Self::BadRequest(e.to_string())
             }
             RegistryError::Full(_) | RegistryError::AtCapacity { .. } => Self::Full(e.to_string()),
+            RegistryError::ConfigOwned(_) => Self::ConfigOwned(e.to_string()),
             RegistryError::SaveFailed { .. } | RegistryError::ReadFailed { .. } | RegistryError::NotRunning => {
                 Self::Unavailable(e.to_string())
             }
@@ -200,7 +204,9 @@ pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Res
     let status = match query.status.as_deref() {
         None => None,
         Some(text) => Some(AgentStatus::parse(text).ok_or_else(|| {
-            AgentsError::BadRequest(format!("status: {text:?} is not one of new, up, late, down, paused"))
+            AgentsError::BadRequest(format!(
+                "status: {text:?} is not one of new, up, late, down, paused, stopped"
+            ))
         })?),
     };
     let reservation = api.costly.reserve(PAGE_RESERVATION)?;

@@ -13,8 +13,9 @@ use crate::liveness;
 use crate::model::agent::AgentState;
 use crate::model::agent::{AgentChange, AgentInfo, AgentView, ResourceSample};
 use crate::model::liveness::{AgentEvent, AgentStatus};
+use crate::registry::config_owned::ConfigChanges;
 use crate::registry::{self, Registry, RegistryError};
-use crate::store::{self, StoreError};
+use crate::store::{self, FileMetadataStore, StoreError};
 use crate::supervision::process::Retire;
 
 /// Why a read of what the Store keeps (history, events) failed.
@@ -148,24 +149,64 @@ impl Handler<RegisterAgents> for Manager {
     }
 }
 
-/// Imports the `[[agents]]` of a reloaded configuration through the Registry (SIGHUP);
-/// answers the ids added.
+/// Applies `[[agents]]` of a reloaded configuration (SIGHUP): the file's agents are as it
+/// says (see `registry::config_owned`); a changed agent with a `command` is restarted only if
+/// its supervision settings changed, one that left the file is stopped and removed, a new one
+/// started. Answers what changed.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<String>, RegistryError>")]
-pub struct ImportConfigAgents(pub Vec<AgentInfo>);
+#[rtype(result = "Result<ConfigChanges, RegistryError>")]
+pub struct SyncConfigAgents(pub Vec<AgentInfo>);
 
-impl Handler<ImportConfigAgents> for Manager {
-    type Result = ResponseActFuture<Self, Result<Vec<String>, RegistryError>>;
+impl Handler<SyncConfigAgents> for Manager {
+    type Result = ResponseActFuture<Self, Result<ConfigChanges, RegistryError>>;
 
-    fn handle(&mut self, ImportConfigAgents(agents): ImportConfigAgents, _: &mut Context<Self>) -> Self::Result {
-        let import = self.forward_to_registry(registry::ImportConfigAgents(agents.clone()));
-        Box::pin(import.into_actor(self).map(move |result, act, _| {
-            let added = result?;
-            for info in agents.iter().filter(|info| added.contains(&info.id)) {
-                act.sync_process(info);
-            }
-            Ok(added)
+    fn handle(&mut self, SyncConfigAgents(agents): SyncConfigAgents, _: &mut Context<Self>) -> Self::Result {
+        let sync = self.forward_to_registry(registry::SyncConfigAgents(agents));
+        Box::pin(sync.into_actor(self).map(|result, act, _| {
+            let changes = result?;
+            act.apply_config_changes(&changes);
+            Ok(changes)
         }))
+    }
+}
+
+impl Manager {
+    /// Brings processes, liveness and files in line with what the configuration changed.
+    pub fn apply_config_changes(&mut self, changes: &ConfigChanges) {
+        let registered = self.registry_view.load();
+        let touched = changes.added.iter().chain(changes.changed.iter().map(|(id, _)| id));
+        for info in touched.filter_map(|id| registered.get(id)) {
+            self.sync_process(info);
+        }
+        drop(registered);
+        for gone in &changes.removed {
+            if let Some(actor) = self.processes.remove(&gone.id) {
+                actor.do_send(Retire);
+            }
+            let delete = self.forget_agent(&gone.id);
+            let log = self.log.clone();
+            actix::spawn(async move {
+                if let Ok(Err(e)) = delete.await {
+                    error!(log, "agent removed from the configuration, but its files could not be removed"; "error" => %e,
+                        "what_to_do" => "remove agents/<id>.json and history/<id>.log by hand");
+                }
+            });
+        }
+    }
+
+    /// Forgets an unregistered agent: no liveness, no state in memory; answers the removal of
+    /// its files.
+    fn forget_agent(&mut self, id: &str) -> actix::dev::Request<FileMetadataStore, store::Delete> {
+        // No longer watched: no late/down, no webhook, no events file, not counted.
+        if let Some(liveness) = &self.liveness {
+            liveness.do_send(liveness::Forget(id.to_owned()));
+        }
+        if let Some(entry) = self.agents.remove(id) {
+            self.samples_since_checkpoint = self
+                .samples_since_checkpoint
+                .saturating_sub(entry.since_checkpoint.len());
+        }
+        self.store.send(store::Delete(id.to_owned()))
     }
 }
 
@@ -246,18 +287,7 @@ impl Handler<DeleteAgent> for Manager {
         Box::pin(unregister.into_actor(self).then(|result, act, _| {
             let removed = result.map_err(|_| RegistryError::NotRunning).and_then(|r| r);
             // Forget the agent now; its journal records are skipped at replay (not registered).
-            let delete = removed.map(|info| {
-                // No longer watched: no late/down, no webhook, no events file, not counted.
-                if let Some(liveness) = &act.liveness {
-                    liveness.do_send(liveness::Forget(info.id.clone()));
-                }
-                if let Some(entry) = act.agents.remove(&info.id) {
-                    act.samples_since_checkpoint = act
-                        .samples_since_checkpoint
-                        .saturating_sub(entry.since_checkpoint.len());
-                }
-                act.store.send(store::Delete(info.id))
-            });
+            let delete = removed.map(|info| act.forget_agent(&info.id));
             let log = act.log.clone();
             fut::wrap_future(async move {
                 if let Ok(Err(e)) = delete?.await {

@@ -19,9 +19,16 @@
 //! If `registry.json` disappears (an operator removed `data_dir`), it is written again within
 //! a second.
 //!
-//! Agents from the config's `[[agents]]` are imported once: at start-up an id the registry has
-//! never imported is added; after that the API's changes win (an agent deleted through the API
-//! stays deleted, a renamed one keeps its new name).
+//! The agents the config's `[[agents]]` declares are the file's ([`config_owned`]): at start-up
+//! and on SIGHUP their records are the file's, and an agent that left the file is removed; the
+//! API may not change or delete them. Agents registered through the API stay the API's.
+//!
+//! | file | role |
+//! |---|---|
+//! | `mod.rs` | the Registry actor, its file and log, its messages |
+//! | [`config_owned`] | which agents the configuration owns, and applying it |
+
+pub mod config_owned;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
@@ -174,6 +181,9 @@ pub enum RegistryError {
     /// `auto_register` refused a new agent: the registry holds `auto_register_limit` agents.
     #[error("auto_register_limit reached: {0} agents are registered; register more through the admin API")]
     Full(usize),
+    /// The configuration file declares this agent: the API may not change or delete it.
+    #[error("agent {0:?} is declared in the configuration file, which owns it: change it there and reload (SIGHUP, or systemctl reload heartbeatd)")]
+    ConfigOwned(String),
     /// A registration would take the registry past `max_agents`.
     #[error("max_agents is {max}: {registered} agents are registered and {adding} more would pass it; delete agents, or raise max_agents")]
     AtCapacity {
@@ -188,8 +198,11 @@ pub enum RegistryError {
 struct RegistryFile {
     format_version: u32,
     agents: Vec<AgentInfo>,
-    /// Config agents imported once; not imported again (so API deletions stick).
-    imported_from_config: BTreeSet<String>,
+    /// The ids the configuration file declared when it was last applied: the file's agents.
+    /// (Files written before this rule have `imported_from_config` instead: read as none
+    /// owned, so nothing is removed at the first start with the rule.)
+    #[serde(default)]
+    config_owned: BTreeSet<String>,
 }
 
 /// What loading the registry found.
@@ -197,8 +210,8 @@ struct RegistryFile {
 pub struct RegistryLoad {
     /// Agents read from `registry.json`.
     pub from_file: usize,
-    /// Config agents added now (first start, or new in the config).
-    pub imported: usize,
+    /// What the configuration file's agents changed.
+    pub config: config_owned::ConfigChanges,
     /// Set when `registry.json` did not parse and was moved aside to this path.
     pub moved_aside: Option<PathBuf>,
     /// Changes read from `registry.log` (left by the previous run), and its damaged lines.
@@ -215,7 +228,8 @@ pub struct RegistryLoad {
 /// that (changes are rare admin operations; 100k agents are not worth keeping twice).
 pub struct Registry {
     published: Arc<ArcSwap<AgentSet>>,
-    imported_from_config: BTreeSet<String>,
+    /// The ids the configuration file declares (see [`config_owned`]).
+    config_owned: BTreeSet<String>,
     /// `None`: in memory only (tests).
     dir: Option<PathBuf>,
     /// `registry.log`, open for appending; `None` until the first change after a compaction.
@@ -252,10 +266,10 @@ impl Registry {
         ))
     }
 
-    fn with_parts(set: AgentSet, imported_from_config: BTreeSet<String>, dir: Option<PathBuf>) -> Self {
+    fn with_parts(set: AgentSet, config_owned: BTreeSet<String>, dir: Option<PathBuf>) -> Self {
         Self {
             published: Arc::new(ArcSwap::from_pointee(set)),
-            imported_from_config,
+            config_owned,
             dir,
             change_log: None,
             change_log_lines: 0,
@@ -297,8 +311,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Loads `dir/registry.json` (if any), imports the config agents it has never imported,
-    /// and saves the result.
+    /// Loads `dir/registry.json` (if any), applies the configuration's agents (see
+    /// [`config_owned`]), and saves the result.
     pub fn load(
         dir: &Path,
         config_agents: impl IntoIterator<Item = AgentInfo>,
@@ -336,14 +350,9 @@ impl Registry {
         }
         let mut map = build_map(agents)?;
         apply_change_log(dir, &mut map, &mut report)?;
-        let mut imported = file.imported_from_config;
-        for info in config_agents {
-            if imported.insert(info.id.clone()) && !map.contains_key(&info.id) {
-                map.insert(info.id.clone(), Arc::new(info));
-                report.imported += 1;
-            }
-        }
-        let mut registry = Self::with_parts(AgentSet::default(), imported, Some(dir.to_owned()));
+        let (owned, changes) = config_owned::apply(&mut map, &file.config_owned, config_agents.into_iter().collect());
+        report.config = changes;
+        let mut registry = Self::with_parts(AgentSet::default(), owned, Some(dir.to_owned()));
         registry.compact(&map)?;
         registry.published.store(Arc::new(AgentSet::new(map)));
         Ok((registry, report))
@@ -369,12 +378,12 @@ impl Registry {
         struct Out<'a> {
             format_version: u32,
             agents: Vec<&'a AgentInfo>,
-            imported_from_config: &'a BTreeSet<String>,
+            config_owned: &'a BTreeSet<String>,
         }
         let bytes = serde_json::to_vec(&Out {
             format_version: 1,
             agents,
-            imported_from_config: &self.imported_from_config,
+            config_owned: &self.config_owned,
         })
         .map_err(|e| RegistryError::save_failed(&dir.join(REGISTRY_FILE), io::Error::other(e)))?;
         let save_error = |path: &Path, e: io::Error| RegistryError::save_failed(path, e);
@@ -629,6 +638,9 @@ impl Handler<UpdateInfo> for Registry {
     type Result = Result<AgentInfo, RegistryError>;
 
     fn handle(&mut self, msg: UpdateInfo, _: &mut Context<Self>) -> Self::Result {
+        if self.config_owned.contains(&msg.id) {
+            return Err(RegistryError::ConfigOwned(msg.id));
+        }
         let Some(info) = self.agents().get(&msg.id).map(|current| msg.change.applied_to(current)) else {
             return Err(RegistryError::NotFound(msg.id));
         };
@@ -643,43 +655,38 @@ impl Handler<UpdateInfo> for Registry {
     }
 }
 
-/// Imports `[[agents]]` of a reloaded configuration (SIGHUP): as at start-up, an id the
-/// registry has never imported is added; answers the ids added. Entries are validated like
-/// every registration (the settings did that already).
+/// Applies `[[agents]]` of a reloaded configuration (SIGHUP), as at start-up (see
+/// [`config_owned`]); answers what changed. Entries are validated like every registration
+/// (the settings did that already); nothing changes on error.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<String>, RegistryError>")]
-pub struct ImportConfigAgents(pub Vec<AgentInfo>);
+#[rtype(result = "Result<config_owned::ConfigChanges, RegistryError>")]
+pub struct SyncConfigAgents(pub Vec<AgentInfo>);
 
-impl Handler<ImportConfigAgents> for Registry {
-    type Result = Result<Vec<String>, RegistryError>;
+impl Handler<SyncConfigAgents> for Registry {
+    type Result = Result<config_owned::ConfigChanges, RegistryError>;
 
-    fn handle(&mut self, ImportConfigAgents(agents): ImportConfigAgents, _: &mut Context<Self>) -> Self::Result {
-        let current = self.agents();
-        let new: Vec<AgentInfo> = agents
-            .into_iter()
-            .filter(|info| !self.imported_from_config.contains(&info.id) && !current.contains_key(&info.id))
-            .collect();
-        for info in &new {
+    fn handle(&mut self, SyncConfigAgents(agents): SyncConfigAgents, _: &mut Context<Self>) -> Self::Result {
+        for info in &agents {
             info.validate().map_err(RegistryError::Invalid)?;
         }
-        if new.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.check_room(current.len(), new.len())?;
-        let ids: Vec<String> = new.iter().map(|i| i.id.clone()).collect();
+        let current = self.agents();
         let mut next = current.by_id.clone();
-        for info in new {
-            next.insert(info.id.clone(), Arc::new(info));
+        let (owned, changes) = config_owned::apply(&mut next, &self.config_owned, agents);
+        if changes.is_empty() && owned == self.config_owned {
+            return Ok(changes);
         }
-        let before = self.imported_from_config.clone();
-        self.imported_from_config.extend(ids.iter().cloned());
-        // The imported set lives in registry.json only: write it whole.
+        let added = next.len().saturating_sub(current.len());
+        if added > 0 {
+            self.check_room(current.len(), added)?;
+        }
+        let before = std::mem::replace(&mut self.config_owned, owned);
+        // The owned set lives in registry.json only: write it whole.
         if let Err(e) = self.compact(&next) {
-            self.imported_from_config = before;
+            self.config_owned = before;
             return Err(e);
         }
         self.published.store(Arc::new(AgentSet::new(next)));
-        Ok(ids)
+        Ok(changes)
     }
 }
 
@@ -692,6 +699,9 @@ impl Handler<Unregister> for Registry {
     type Result = Result<AgentInfo, RegistryError>;
 
     fn handle(&mut self, Unregister(id): Unregister, _: &mut Context<Self>) -> Self::Result {
+        if self.config_owned.contains(&id) {
+            return Err(RegistryError::ConfigOwned(id));
+        }
         if !self.agents().contains_key(&id) {
             return Err(RegistryError::NotFound(id));
         }

@@ -70,44 +70,46 @@ async fn a_batch_registers_all_or_none() {
 }
 
 #[actix_rt::test]
-async fn the_file_keeps_api_changes_and_config_agents_are_imported_once() {
+async fn the_file_owns_its_agents_and_the_api_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let (registry, report) = Registry::load(dir.path(), [info("from-config"), info("also-config")]).unwrap();
-    assert_eq!(report.imported, 2);
+    assert_eq!(report.config.added, ["from-config", "also-config"]);
     let addr = registry.start();
-    addr.send(Unregister("from-config".into())).await.unwrap().unwrap();
-    addr.send(Register(vec![info("from-api")])).await.unwrap().unwrap();
+    // The API may not change or delete the file's agents, and keeps its own.
+    assert!(matches!(
+        addr.send(Unregister("from-config".into())).await.unwrap(),
+        Err(RegistryError::ConfigOwned(id)) if id == "from-config"
+    ));
     let renamed = UpdateInfo {
         id: "also-config".into(),
         change: AgentChange::of(serde_json::json!({"name": "renamed"})),
     };
-    addr.send(renamed).await.unwrap().unwrap();
+    assert!(matches!(
+        addr.send(renamed).await.unwrap(),
+        Err(RegistryError::ConfigOwned(_))
+    ));
+    addr.send(Register(vec![info("from-api")])).await.unwrap().unwrap();
 
-    // Restart with the same config plus a new agent.
-    let (again, report) = Registry::load(dir.path(), [info("from-config"), info("also-config"), info("new")]).unwrap();
+    // Restart with an edited file: one agent changed, one gone, one new.
+    let edited = AgentInfo {
+        name: "edited".into(),
+        ..info("also-config")
+    };
+    let (again, report) = Registry::load(dir.path(), [edited, info("new")]).unwrap();
     let snapshot = again.snapshot();
+    assert_eq!(report.config.added, ["new"]);
     assert_eq!(
-        report,
-        RegistryLoad {
-            from_file: 2,
-            imported: 1,
-            moved_aside: None,
-            log_entries: 3,
-            log_damaged: 0,
-            clamped: Vec::new(),
-        },
-        "the three API changes come from registry.log"
+        report.config.changed,
+        [("also-config".to_owned(), vec!["name".to_owned()])]
     );
-    assert!(
-        !snapshot.contains("from-config"),
-        "deleted through the API: stays deleted"
+    assert_eq!(
+        report.config.removed.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["from-config"]
     );
+    assert!(!snapshot.contains("from-config"), "left the file: removed");
     assert!(snapshot.contains("from-api") && snapshot.contains("new"));
-    assert_eq!(
-        snapshot.get("also-config").unwrap().name,
-        "renamed",
-        "the API's change wins"
-    );
+    assert_eq!(snapshot.get("also-config").unwrap().name, "edited", "the file's record");
+    assert_eq!(report.log_entries, 1, "the API's registration came from registry.log");
 }
 
 #[actix_rt::test]
@@ -180,7 +182,7 @@ async fn a_change_appends_one_line_and_the_log_is_compacted_when_long() {
     let addr = again.start();
     for i in 0..1100 {
         addr.send(UpdateInfo {
-            id: "a".into(),
+            id: "n000".into(),
             change: AgentChange::of(serde_json::json!({"name": format!("name {i}")})),
         })
         .await
@@ -192,8 +194,8 @@ async fn a_change_appends_one_line_and_the_log_is_compacted_when_long() {
         .lines()
         .count();
     assert!(lines < 1024, "{lines} lines: not compacted");
-    let (third, _) = Registry::load(dir.path(), []).unwrap();
-    assert_eq!(third.snapshot().get("a").unwrap().name, "name 1099");
+    let (third, _) = Registry::load(dir.path(), [info("a")]).unwrap();
+    assert_eq!(third.snapshot().get("n000").unwrap().name, "name 1099");
 }
 
 #[actix_rt::test]
