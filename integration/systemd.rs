@@ -60,3 +60,40 @@ fn ready_watchdog_and_stopping_are_sent() {
     assert!(pings >= 3, "a keep-alive every 100 ms: {running:?}");
     assert!(stopping.contains(&"STOPPING=1".to_owned()), "{stopping:?}");
 }
+
+#[test]
+fn the_shipped_unit_lets_heartbeatd_stop_its_agents_and_checks_the_config_first() {
+    // The unit as shipped: systemd signals heartbeatd alone (each agent gets its own
+    // stop_signal from heartbeatd), and a configuration error stops the start early.
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/heartbeatd.service")).unwrap();
+    let keys: Vec<(&str, &str)> = unit
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    assert!(keys.contains(&("KillMode", "mixed")), "{unit}");
+    let pre = keys
+        .iter()
+        .find(|(k, _)| *k == "ExecStartPre")
+        .expect("an ExecStartPre")
+        .1;
+    assert!(pre.contains(" check-config --quiet "), "{pre}");
+
+    // What ExecStartPre runs: silent and 0 on the shipped config, 2 with the error on a bad one.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/heartbeatd.toml");
+    let ok = std::process::Command::new(crate::daemon::BIN)
+        .args(["check-config", "--quiet", shipped])
+        .output()
+        .unwrap();
+    assert_eq!((ok.status.code(), ok.stdout.len()), (Some(0), 0));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "workers = 0\n").unwrap();
+    let refused = std::process::Command::new(crate::daemon::BIN)
+        .args(["check-config", "--quiet"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("workers"));
+}

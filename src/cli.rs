@@ -47,6 +47,9 @@ pub enum Command {
     CheckConfig {
         /// The configuration file to check.
         file: PathBuf,
+        /// Print nothing but errors (for a unit's ExecStartPre).
+        #[arg(long, short = 'q')]
+        quiet: bool,
     },
     /// Control supervised agents through the admin API (status, start, stop, restart, tail).
     Ctl(crate::ctl::CtlArgs),
@@ -75,7 +78,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::Keep { .. }) => heartbeatd_actors::supervision::keeper::run(),
         Some(Command::Ctl(args)) => crate::ctl::run(args, cli.config, overrides),
-        Some(Command::CheckConfig { ref file }) => check_config(load(Some(file.clone()), &cli)),
+        Some(Command::CheckConfig { ref file, quiet }) => check_config(load(Some(file.clone()), &cli), quiet),
         None => {
             limit_malloc_arenas();
             run_daemon_system(cli)
@@ -117,7 +120,7 @@ fn load(file: Option<PathBuf>, cli: &Cli) -> Result<Loaded, SettingsError> {
     settings::load(file.as_deref(), std::env::vars(), &cli.overrides())
 }
 
-fn check_config(loaded: Result<Loaded, SettingsError>) -> ExitCode {
+fn check_config(loaded: Result<Loaded, SettingsError>, quiet: bool) -> ExitCode {
     match loaded {
         Ok(loaded) => {
             for name in &loaded.ignored_env {
@@ -128,6 +131,9 @@ fn check_config(loaded: Result<Loaded, SettingsError>) -> ExitCode {
             if let Err(e) = tls::check_files(&loaded.settings) {
                 eprintln!("heartbeatd: {e}. Fix tls_cert / tls_key (PEM files) or remove both to serve plain HTTP");
                 return ExitCode::from(EXIT_CONFIG);
+            }
+            if quiet {
+                return ExitCode::SUCCESS;
             }
             match toml::to_string_pretty(&loaded.settings.effective()) {
                 Ok(text) => {
