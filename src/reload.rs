@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::Addr;
-use heartbeatd_actors::liveness::webhook::{Reconfigure, Webhook, WebhookPolicy};
 use heartbeatd_actors::manager::{Manager, SyncConfigAgents};
+use heartbeatd_actors::notify::webhook::{Reconfigure, Webhook, WebhookPolicy};
 use heartbeatd_actors::registry::config_owned::ConfigChanges;
 use slog::{error, info, warn, Logger};
 

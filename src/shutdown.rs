@@ -29,8 +29,8 @@ use actix::{Addr, Arbiter};
 use actix_web::dev::Server;
 use heartbeatd_actors::ingest::queue::IngressQueue;
 use heartbeatd_actors::ingest::worker::WorkerPool;
-use heartbeatd_actors::liveness::alerter::{Alerter, SaveNow};
 use heartbeatd_actors::manager::Manager;
+use heartbeatd_actors::notify::alerter::{Alerter, SaveNow};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 

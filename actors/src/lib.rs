@@ -25,7 +25,8 @@
 //! | [`manager::Manager`] (the seed's MultiAgentManager) | `manager/` | every agent's state in memory, samples and journal records not yet written; the addresses of Registry, Liveness, JournalWriter and Store |
 //! | [`registry::Registry`] (AgentRegistry) | `registry.rs` | every rule about who may report, `registry.json` and `registry.log`; publishes a read-only [`registry::RegistrySnapshot`] |
 //! | [`liveness::Liveness`] | `liveness/` | each agent's liveness state and deadline ([`liveness::tracker`]) |
-//! | [`liveness::webhook::Webhook`] | `liveness/webhook.rs` | the deliveries to `webhook_url` in flight |
+//! | [`notify::webhook::Webhook`] | `notify/webhook.rs` | the deliveries to `webhook_url` in flight |
+//! | [`notify::alerter::Alerter`] | `notify/alerter.rs` | the alerts pushed to `alertmanager_url`: the newest state of each, what each URL has yet to hear, `alerts.json` |
 //! | [`store::journal_writer::JournalWriter`] | `store/journal_writer.rs` | the journal segment being appended to; a thread of its own so flushes never wait behind a checkpoint |
 //! | [`store::FileMetadataStore`] (FileMetadataStore; now the checkpoint store, not the only writer) | `store/` | everything under `data_dir` but the registry files and the open journal segment: checkpoints, state files, history logs, events |
 //! | [`stats::Stats`] | `stats.rs` | the processing counters behind `GET /heartbeat/stats` |
@@ -57,6 +58,7 @@ pub mod log_gate;
 pub mod log_text;
 pub mod manager;
 pub mod model;
+pub mod notify;
 pub mod registry;
 pub(crate) mod single_thread;
 pub mod stats;

@@ -320,7 +320,7 @@ fn check_follows_a_link_to_data_dir_and_audits_where_it_leads() {
 fn the_files_audited_are_the_ones_heartbeatd_writes() {
     assert!(check::FILES.contains(&crate::registry::REGISTRY_FILE));
     assert!(check::FILES.contains(&crate::registry::REGISTRY_LOG));
-    assert!(check::FILES.contains(&crate::liveness::alerter::FIRING_FILE));
+    assert!(check::FILES.contains(&crate::notify::alerter::FIRING_FILE));
     assert!(check::FILES.contains(&"checkpoint.json"));
 }
 

@@ -10,17 +10,12 @@
 //! |---|---|
 //! | this one | the Liveness actor: applies heartbeats, pauses and deletions to the tracker, ticks it, reports transitions |
 //! | [`tracker`] | [`DeadlineTracker`]: states and deadlines in a heap, with an explicit clock |
-//! | [`webhook`] | the Webhook actor: POSTs transitions to `webhook_url` |
-//! | [`alerter`] | the Alerter actor: pushes alerts to `alertmanager_url` |
-//! | `alert_backlog` | what is still to reach each Alertmanager: the newest state of each alert |
+//!
+//! Transitions are posted and pushed by the actors of [`crate::notify`].
 
-mod alert_backlog;
-pub mod alerter;
-mod delivery;
 #[cfg(test)]
 mod properties;
 pub mod tracker;
-pub mod webhook;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,11 +29,11 @@ use crate::counters::{StatusCounts, TransitionCounts};
 use crate::model::agent::{AgentInfo, MAX_TIMING_S, MIN_TIMING_S};
 use crate::model::heartbeat::ReportedStatus;
 use crate::model::liveness::{AgentStatus, Timing, Transition};
+use crate::notify::alerter::{AlertName, Alerter, Fire, Resolve};
+use crate::notify::webhook::{Deliver, Webhook};
 use crate::registry::{AgentSet, RegistrySnapshot};
 use crate::store::{AppendEvents, FileMetadataStore};
-use alerter::{AlertName, Alerter, Fire, Resolve};
 pub use tracker::DeadlineTracker;
-use webhook::{Deliver, Webhook};
 
 /// How often the actor looks for passed deadlines: the resolution of `late` and `down`.
 pub const TICK: Duration = Duration::from_millis(250);

@@ -23,12 +23,12 @@ use super::machine::{Effect, Event, Exit, Machine, Note, Now, State, Waiters};
 use super::output_log::OutputLog;
 use super::procfs;
 use super::restart;
-use crate::liveness::alerter::{AlertName, Alerter, Fire, Resolve};
 use crate::liveness::tracker::ProcessPhase;
-use crate::liveness::webhook::{DeliverProcess, Webhook};
 use crate::liveness::{Liveness, ProcessChanged};
 use crate::log_text::Present;
 use crate::model::process::{LastExit, ProcessEvent, ProcessEventKind, ProcessSpec, ProcessState, ProcessView};
+use crate::notify::alerter::{AlertName, Alerter, Fire, Resolve};
+use crate::notify::webhook::{DeliverProcess, Webhook};
 use crate::registry::RegistrySnapshot;
 use crate::store::{AppendProcessEvent, FileMetadataStore};
 

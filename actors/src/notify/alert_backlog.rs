@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::liveness::alerter::Alert;
+use crate::notify::alerter::Alert;
 
 /// An alert's key: `<alertname>/<agent id>`.
 pub(crate) type Key = Arc<str>;

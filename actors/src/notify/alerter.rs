@@ -36,10 +36,10 @@ use serde::{Deserialize, Serialize};
 use slog::{error, info, warn, Logger};
 
 use crate::atomic_file::write_atomically;
-use crate::liveness::alert_backlog::Backlog;
-pub use crate::liveness::alert_backlog::BacklogFigures;
-use crate::liveness::delivery::{post_json, Retries};
 use crate::log_gate::LogGate;
+use crate::notify::alert_backlog::Backlog;
+pub use crate::notify::alert_backlog::BacklogFigures;
+use crate::notify::delivery::{post_json, Retries};
 
 /// The file that keeps the firing alerts across restarts.
 pub const FIRING_FILE: &str = "alerts.json";

@@ -17,11 +17,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slog::{warn, Logger};
 
-use crate::liveness::delivery::{post_json, Retries};
 use crate::log_gate::LogGate;
 use crate::model::heartbeat::ReportedStatus;
 use crate::model::liveness::{AgentStatus, Transition};
 use crate::model::process::ProcessEvent;
+use crate::notify::delivery::{post_json, Retries};
 
 /// Deliveries waiting or in flight, at most.
 pub const MAX_PENDING: usize = 10_000;
