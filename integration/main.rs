@@ -31,4 +31,5 @@ mod supervision;
 mod supervision_intent;
 mod systemd;
 mod tls_pair;
+mod upgrade;
 mod webhook;

@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand};
 use slog::{crit, warn};
 
 use crate::reload::ReloadSource;
-use crate::settings::{self, Loaded, Overrides, SettingsError};
 use crate::server::inherited::Inherited;
+use crate::settings::{self, Loaded, Overrides, SettingsError};
 use crate::startup::{Application, Handed, StartupError};
 use crate::telemetry;
 use crate::tls::{self, TlsError};

@@ -146,6 +146,10 @@ pub struct Running {
     pub connections: ConnectionCounters,
     /// What an upgrade starts, and the sockets it hands over.
     pub upgrade: Upgrades,
+    /// The TCP socket came from systemd (`heartbeatd.socket`), which keeps it open after this
+    /// process ends: connections then wait for the next heartbeatd, so a stop hands them
+    /// over as an upgrade does instead of answering 503.
+    pub socket_outlives_process: bool,
 }
 
 /// How an upgrade is started: the binary, the sockets, and requests from the API.
@@ -193,6 +197,7 @@ pub async fn run(running: Running) -> Stopped {
         alerter,
         connections,
         mut upgrade,
+        socket_outlives_process,
     } = running;
     let shutdown_timeout_s = shutdown_timeout.as_secs();
     let server_handle = server.as_ref().map(|s| s.handle());
@@ -272,7 +277,16 @@ pub async fn run(running: Running) -> Stopped {
 
     let started = Instant::now();
     let deadline = started + shutdown_timeout;
+    // Connections move on to the next heartbeatd (an upgrade's, or the one systemd starts on
+    // the socket it holds) rather than being answered 503.
+    let connections_move_on = handing_to.is_some() || socket_outlives_process;
     match handing_to {
+        None if socket_outlives_process => {
+            let _ = systemd.notify("STOPPING=1");
+            info!(log, "stopping gracefully: the listening socket is systemd's, so new connections wait there for the next heartbeatd; open ones are closed after their next answer, queued heartbeats are finished";
+                "signal" => signal_name, "queued" => queue.depth(), "shutdown_timeout_s" => shutdown_timeout_s,
+                "to_exit_at_once" => "send the signal again");
+        }
         None => {
             stopping.store(true, std::sync::atomic::Ordering::Release);
             // The watchdog keeps running through the drain: a long drain is not a hang.
@@ -315,9 +329,9 @@ pub async fn run(running: Running) -> Stopped {
     });
 
     if let Some(handle) = server_handle {
-        match handing_to {
-            None => handle.stop(true).await,
-            Some(_) => {
+        match connections_move_on {
+            false => handle.stop(true).await,
+            true => {
                 let left = server::hand_over(&handle, &connections).await;
                 // Nothing reaches this process's handlers any more.
                 stopping.store(true, std::sync::atomic::Ordering::Release);

@@ -33,18 +33,18 @@ use crate::routes::agents::AdminApi;
 use crate::routes::auth::Gate;
 use crate::routes::costly::{self, CostlyReads};
 use crate::routes::health::Readiness;
-use crate::routes::upgrade::UpgradeApi;
 use crate::routes::heartbeat::HeartbeatIngress;
 use crate::routes::metrics::{MetricsEndpoint, MetricsSources};
+use crate::routes::upgrade::UpgradeApi;
 use crate::routes::{self, AppState};
 use crate::server::inherited::{Inherited, Source};
 use crate::server::{self, control_socket, ConnectionCounters, ConnectionLimits, Listeners};
 use crate::settings::Settings;
 use crate::shutdown::{self, DrainOutcome, Running, Signals, Upgrades};
 use crate::tls;
+use crate::upgrade;
 use crate::upgrade::predecessor::Predecessor;
 use crate::upgrade::successor::{HandedSockets, Launch};
-use crate::upgrade;
 
 /// At most this long is given to open HTTP connections after a stop signal; the rest of
 /// `shutdown_timeout_s` is for the queue.
@@ -153,6 +153,8 @@ pub struct Application {
     connections: ConnectionCounters,
     /// How an upgrade is started.
     upgrades: Upgrades,
+    /// systemd holds the TCP socket too.
+    socket_held_by_systemd: bool,
 }
 
 impl Application {
@@ -401,6 +403,7 @@ impl Application {
         let handed_sockets = HandedSockets {
             tcp: listener.as_ref().map(AsRawFd::as_raw_fd),
             control: control.as_ref().map(AsRawFd::as_raw_fd),
+            tcp_held_by_systemd: inherited.tcp_held_by_systemd,
         };
         let connection_counters = ConnectionCounters::default();
         let (upgrade_requests, upgrade_queue) = upgrade::requests();
@@ -555,6 +558,7 @@ impl Application {
                 sockets: handed_sockets,
                 requests: upgrade_queue,
             },
+            socket_held_by_systemd: inherited.tcp_held_by_systemd,
         })
     }
 
@@ -583,6 +587,7 @@ impl Application {
             alerter: self.alerter,
             connections: self.connections,
             upgrade: self.upgrades,
+            socket_outlives_process: self.socket_held_by_systemd,
         };
         let stopped = shutdown::run(running).await;
         // After a hand-over the socket's file is the new process's.

@@ -36,9 +36,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
-use actix_web::http::ConnectionType;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::ConnectionType;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpResponse};
 use chrono::{SecondsFormat, Utc};
@@ -124,7 +124,10 @@ pub fn app(
             async move {
                 let mut answer = answer.await?;
                 if closing.load(Ordering::Acquire) {
-                    answer.response_mut().head_mut().set_connection_type(ConnectionType::Close);
+                    answer
+                        .response_mut()
+                        .head_mut()
+                        .set_connection_type(ConnectionType::Close);
                 }
                 Ok(answer)
             }

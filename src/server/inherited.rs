@@ -29,6 +29,8 @@ const LISTEN_FDS_START: RawFd = 3;
 const MAX_LISTEN_FDS: usize = 8;
 /// The variable an upgrading heartbeatd passes its sockets in.
 pub const UPGRADE_VARIABLE: &str = "HEARTBEATD_LISTEN_FDS";
+/// The part of [`UPGRADE_VARIABLE`] that says systemd holds the TCP socket too.
+pub const HELD_BY_SYSTEMD: &str = "tcp_owner=systemd";
 /// systemd's variables (sd_listen_fds(3)).
 const SYSTEMD_VARIABLES: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
@@ -59,6 +61,9 @@ pub struct Inherited {
     pub source: Source,
     /// Serves HTTP (or HTTPS) in place of binding `http_bind:http_port`.
     pub tcp: Option<TcpListener>,
+    /// systemd holds the TCP socket too (socket activation, possibly through upgrades): it
+    /// outlives this process, and connections wait on it for the next one.
+    pub tcp_held_by_systemd: bool,
     /// Serves as the control socket, in place of binding `control_socket`.
     pub control: Option<(UnixListener, PathBuf)>,
 }
@@ -94,6 +99,7 @@ impl Inherited {
         Self {
             source: Source::None,
             tcp: None,
+            tcp_held_by_systemd: false,
             control: None,
         }
     }
@@ -132,17 +138,24 @@ impl Inherited {
             return Err(malformed());
         }
         let fds = (0..count).map(|i| LISTEN_FDS_START + i as RawFd);
-        Self::classify(Source::Systemd, "LISTEN_FDS", fds)
+        let mut inherited = Self::classify(Source::Systemd, "LISTEN_FDS", fds)?;
+        inherited.tcp_held_by_systemd = inherited.tcp.is_some();
+        Ok(inherited)
     }
 
     fn from_upgrade(value: &str) -> Result<Self, InheritError> {
         let malformed = || InheritError::Malformed {
             variable: UPGRADE_VARIABLE,
             value: value.to_owned(),
-            expected: "tcp=FD,control=FD, either one or both",
+            expected: "tcp=FD,control=FD, either one or both, and tcp_owner=systemd",
         };
         let mut fds = Vec::new();
+        let mut held_by_systemd = false;
         for part in value.split(',').filter(|p| !p.is_empty()) {
+            if part == HELD_BY_SYSTEMD {
+                held_by_systemd = true;
+                continue;
+            }
             let (_role, fd) = part.split_once('=').ok_or_else(malformed)?;
             // The role is informative: each socket's family says what it is.
             let fd: RawFd = fd.parse().map_err(|_| malformed())?;
@@ -151,7 +164,9 @@ impl Inherited {
             }
             fds.push(fd);
         }
-        Self::classify(Source::Upgrade, UPGRADE_VARIABLE, fds.into_iter())
+        let mut inherited = Self::classify(Source::Upgrade, UPGRADE_VARIABLE, fds.into_iter())?;
+        inherited.tcp_held_by_systemd = held_by_systemd && inherited.tcp.is_some();
+        Ok(inherited)
     }
 
     /// Checks each descriptor and sorts it into TCP or control.
@@ -270,8 +285,9 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let value = format!("tcp={},control={}", tcp.into_raw_fd(), unix.into_raw_fd());
 
-        let inherited = Inherited::from_upgrade(&value).unwrap();
+        let inherited = Inherited::from_upgrade(&format!("{value},{HELD_BY_SYSTEMD}")).unwrap();
         assert_eq!(inherited.source, Source::Upgrade);
+        assert!(inherited.tcp_held_by_systemd);
         assert_eq!(inherited.tcp.unwrap().local_addr().unwrap(), addr);
         assert_eq!(inherited.control.unwrap().1, path);
     }
@@ -309,7 +325,10 @@ mod tests {
             );
         }
         for count in ["x", "-1", "9"] {
-            assert!(matches!(Inherited::from_systemd(count), Err(InheritError::Malformed { .. })));
+            assert!(matches!(
+                Inherited::from_systemd(count),
+                Err(InheritError::Malformed { .. })
+            ));
         }
         let a = TcpListener::bind("127.0.0.1:0").unwrap().into_raw_fd();
         let b = TcpListener::bind("127.0.0.1:0").unwrap().into_raw_fd();

@@ -29,8 +29,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use std::time::Duration;
+use std::time::Instant;
 
 use actix_http::{HttpService, Protocol};
 use actix_rt::net::{TcpStream, UnixStream};
@@ -163,7 +163,8 @@ where
         match listeners.tls {
             None => {
                 builder = builder.listen("heartbeatd-http", listener, move || {
-                    let (send_timeout, timeouts, open) = (limits.send_timeout, Arc::clone(&timeouts), Arc::clone(&open));
+                    let (send_timeout, timeouts, open) =
+                        (limits.send_timeout, Arc::clone(&timeouts), Arc::clone(&open));
                     fn_service(move |io: TcpStream| {
                         let peer = io.peer_addr().ok();
                         let _ = io.set_nodelay(true);
@@ -178,7 +179,8 @@ where
                 let handshakes =
                     tls_accept::Handshakes::new(tls, Arc::clone(&counters.tls_handshake_failures), log.clone());
                 builder = builder.listen("heartbeatd-https", listener, move || {
-                    let (send_timeout, timeouts, open) = (limits.send_timeout, Arc::clone(&timeouts), Arc::clone(&open));
+                    let (send_timeout, timeouts, open) =
+                        (limits.send_timeout, Arc::clone(&timeouts), Arc::clone(&open));
                     let handshakes = handshakes.clone();
                     fn_service(move |io: TcpStream| {
                         let (handshakes, timeouts) = (handshakes.clone(), Arc::clone(&timeouts));

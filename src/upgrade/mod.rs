@@ -62,7 +62,10 @@ pub enum NotQueued {
 /// A new pair of ends.
 pub fn requests() -> (UpgradeRequests, UpgradeRequestQueue) {
     let (sender, receiver) = mpsc::channel(QUEUED_REQUESTS);
-    (UpgradeRequests(Arc::new(Mutex::new(sender))), UpgradeRequestQueue(receiver))
+    (
+        UpgradeRequests(Arc::new(Mutex::new(sender))),
+        UpgradeRequestQueue(receiver),
+    )
 }
 
 impl UpgradeRequests {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use heartbeatd_actors::supervision::reaper;
 
 use super::{FROM_VARIABLE, PREPARED};
-use crate::server::inherited::UPGRADE_VARIABLE;
+use crate::server::inherited::{HELD_BY_SYSTEMD, UPGRADE_VARIABLE};
 
 /// How long the new process may take to load its configuration and check `data_dir` before
 /// it is given up (and killed). Generous: a slow disk under a big `data_dir` must not fail an
@@ -49,13 +49,16 @@ impl Launch {
 pub struct HandedSockets {
     pub tcp: Option<RawFd>,
     pub control: Option<RawFd>,
+    /// systemd holds the TCP socket too (passed on, so the next process knows it).
+    pub tcp_held_by_systemd: bool,
 }
 
 impl HandedSockets {
     fn variable(&self) -> String {
         let tcp = self.tcp.map(|fd| format!("tcp={fd}"));
         let control = self.control.map(|fd| format!("control={fd}"));
-        tcp.into_iter().chain(control).collect::<Vec<_>>().join(",")
+        let held = self.tcp_held_by_systemd.then(|| HELD_BY_SYSTEMD.to_owned());
+        tcp.into_iter().chain(control).chain(held).collect::<Vec<_>>().join(",")
     }
 
     fn fds(&self) -> impl Iterator<Item = RawFd> {
@@ -196,11 +199,13 @@ mod tests {
         let both = HandedSockets {
             tcp: Some(5),
             control: Some(6),
+            tcp_held_by_systemd: true,
         };
-        assert_eq!(both.variable(), "tcp=5,control=6");
+        assert_eq!(both.variable(), "tcp=5,control=6,tcp_owner=systemd");
         let control = HandedSockets {
             tcp: None,
             control: Some(7),
+            tcp_held_by_systemd: false,
         };
         assert_eq!(control.variable(), "control=7");
     }

@@ -175,6 +175,10 @@ mod tests {
         std::fs::write(&elsewhere, b"").unwrap();
         std::os::unix::fs::symlink(&elsewhere, dir.path().join(LOCK_FILE)).unwrap();
         assert!(matches!(DataDirLock::acquire(dir.path()), Err(LockError::Io { .. })));
-        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"", "never written through the link");
+        assert_eq!(
+            std::fs::read(&elsewhere).unwrap(),
+            b"",
+            "never written through the link"
+        );
     }
 }
