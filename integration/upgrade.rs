@@ -284,7 +284,7 @@ fn start_activated(socket: &TcpListener, dir: &Path) -> Child {
 
 fn wait_serving(port: u16, child: &mut Child, dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !http(port, "GET", "/readyz", None).is_some_and(|r| r.status == 200) {
+    while http(port, "GET", "/readyz", None).is_none_or(|r| r.status != 200) {
         if let Some(status) = child.try_wait().unwrap() {
             let log = std::fs::read_to_string(dir.join("heartbeatd.log")).unwrap_or_default();
             panic!("heartbeatd exited during start-up ({status}):\n{log}");
