@@ -352,10 +352,12 @@ impl AgentProcess {
                 "error" => reason, "what_to_do" => "check command and working_dir; the agent's log file has the same line")
             }
             Note::KeeperKilled => {
-                let orphans = super::reaper::sweep_orphans();
-                error!(self.log, "the agent's keeper was killed; its tree was killed with it";
-                    "agent_id" => id, "orphans_killed" => orphans,
-                    "what_to_do" => "do not signal `heartbeatd keep` processes; use heartbeatd ctl stop");
+                let (log, id) = (self.log.clone(), id.clone());
+                super::reaper::sweep_orphans_for_a_while(move |orphans| {
+                    error!(log, "the agent's keeper was killed; its tree was killed with it";
+                        "agent_id" => id, "orphans_killed" => orphans,
+                        "what_to_do" => "do not signal `heartbeatd keep` processes; use heartbeatd ctl stop");
+                });
             }
             Note::StartFailed { failures, allowed } => {
                 warn!(self.log, "the agent's program failed before it was running; trying again";
