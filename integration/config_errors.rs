@@ -91,7 +91,10 @@ fn check_config_prints_the_effective_configuration_or_the_error() {
         printed.contains("# grace_s is not set: each agent's grace is twice its own heartbeat_interval_s (20 s"),
         "{printed}"
     );
-    assert!(printed.contains("# not set: ") && printed.contains("webhook_url"), "{printed}");
+    assert!(
+        printed.contains("# not set: ") && printed.contains("webhook_url"),
+        "{printed}"
+    );
     fs::write(&good, "grace_s = 7\ninstance_name = \"edge-1\"\n").unwrap();
     let out = Command::new(BIN).arg("check-config").arg(&good).output().unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
