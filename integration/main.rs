@@ -12,6 +12,7 @@ mod daemon {
 mod admin_api;
 mod alert_backlog;
 mod alerting;
+mod alerting_configs;
 mod browser_attacks;
 mod config_errors;
 mod connections;
