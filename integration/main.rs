@@ -17,6 +17,7 @@ mod browser_attacks;
 mod config_errors;
 mod connections;
 mod data_dir;
+mod docs_drift;
 mod durability;
 mod faults;
 mod fleet;
