@@ -185,7 +185,7 @@ pub struct Settings {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
-    /// The agents allowed to report (imported into the registry once; see README).
+    /// The agents to register; the file owns them (see docs/configuration.md, "Agents").
     #[serde(default)]
     pub agents: Vec<AgentInfo>,
 }
