@@ -12,11 +12,7 @@ fn resolve(base: &Path, path: &str) -> Option<PathBuf> {
     let mut out = PathBuf::new();
     for component in base.join(path).components() {
         match component {
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
+            Component::ParentDir if !out.pop() => return None,
             Component::Normal(part) => out.push(part),
             _ => {}
         }

@@ -75,6 +75,9 @@ fn expression(tokens: &[(Token, usize)]) -> String {
         .collect()
 }
 
+/// What is wrong (when the code says it apart from the log message), and what to do.
+type ProblemAndAction = (Option<Text>, Text);
+
 /// A `what_to_do` that the log line takes from a value made elsewhere: where its texts are
 /// made. A new kind of indirection fails the test until it is added here.
 struct Indirect {
@@ -83,7 +86,7 @@ struct Indirect {
     /// The file of the log line.
     log_file: &'static str,
     /// The texts, read from the code that makes them: (what is wrong, what to do).
-    texts: fn(&[Source]) -> Vec<(Option<Text>, Text)>,
+    texts: fn(&[Source]) -> Vec<ProblemAndAction>,
 }
 
 const INDIRECT: [Indirect; 2] = [
@@ -100,7 +103,7 @@ const INDIRECT: [Indirect; 2] = [
 ];
 
 /// The gate's refusals: the literals of `let (gate, what_to_do) = match … { … }`.
-fn gate_refusal_texts(sources: &[Source]) -> Vec<(Option<Text>, Text)> {
+fn gate_refusal_texts(sources: &[Source]) -> Vec<ProblemAndAction> {
     let t = &file(sources, "src/routes/auth.rs").tokens;
     let start = (0..t.len())
         .find(|&i| {
@@ -128,7 +131,7 @@ fn gate_refusal_texts(sources: &[Source]) -> Vec<(Option<Text>, Text)> {
 }
 
 /// The data_dir refusals: (problem, what to do) of every `Self::new(path, problem, what_to_do)`.
-fn data_dir_refusal_texts(sources: &[Source]) -> Vec<(Option<Text>, Text)> {
+fn data_dir_refusal_texts(sources: &[Source]) -> Vec<ProblemAndAction> {
     let t = &file(sources, "actors/src/data_dir/refusal.rs").tokens;
     let mut texts = Vec::new();
     for i in 0..t.len().saturating_sub(4) {
