@@ -12,10 +12,12 @@ mod daemon {
 mod admin_api;
 mod alert_backlog;
 mod alerting;
+mod alerting_configs;
 mod browser_attacks;
 mod config_errors;
 mod connections;
 mod data_dir;
+mod docs_drift;
 mod durability;
 mod faults;
 mod fleet;

@@ -7,8 +7,8 @@
 //! numbers drift between machines and runs. Targets are printed beside the figures; nothing
 //! here asserts a time.
 //!
-//! `BENCH_QUICK=1` shortens every phase (for a smoke run); the README's figures come from a
-//! full run. Arguments name scenarios to run (`saturation fleet idle drain history
+//! `BENCH_QUICK=1` shortens every phase (for a smoke run); the figures in docs/performance.md
+//! come from a full run. Arguments name scenarios to run (`saturation fleet idle drain history
 //! scrape steady big-start supervise status-page slow-readers alert-backlog kill-9`); none
 //! runs them all.
 //!
