@@ -1,207 +1,109 @@
-//! The keeper: a small process between heartbeatd and each supervised agent, so that no
-//! process of an agent's tree outlives heartbeatd, even after a SIGKILL of heartbeatd.
-//!
-//! ```text
-//! heartbeatd ──spawns──▶ heartbeatd keep <id>   (its own binary in a hidden mode)
-//!                          │ subreaper of the tree, PR_SET_PDEATHSIG = SIGUSR2
-//!                          └──▶ the agent's command (own process group, PDEATHSIG = SIGKILL)
-//!                                 └──▶ … its children, also those that call setsid()
-//! ```
-//!
-//! Why a keeper (in the style of s6-supervise and `tini -s`) and not a PID namespace: in a
-//! namespace the agent would be pid 1, which ignores signals it has no handler for (a plain
-//! program could not be stopped with SIGTERM) and reports pid 1 in its heartbeats; creating
-//! one also needs privileges or user namespaces that many hosts disable.
-//!
-//! What the keeper does:
-//! - it is the subreaper of the tree (`PR_SET_CHILD_SUBREAPER`): a grandchild whose parent
-//!   died, or that left the group with `setsid`, is re-parented to it, so the tree is always
-//!   "the keeper's descendants", found by walking `/proc`;
-//! - it copies the agent's stdout and stderr into [`OutputLog`], whole lines, rotated;
-//! - SIGTERM from heartbeatd: `stop_signal` to the agent's group and every descendant, then
-//!   SIGKILL to every descendant after `stop_timeout`;
-//! - SIGUSR1 from heartbeatd: SIGKILL to every descendant now;
-//! - heartbeatd died (its PDEATHSIG, SIGUSR2, or its pid is no longer the parent): the stop
-//!   signal, then SIGKILL after at most one second;
-//! - when the agent's own process ends, what is left of its tree is stopped the same way: the
-//!   tree lives and dies with the agent (run programs in the foreground, as under supervisord);
-//! - it reaps every child; it exits once no descendant is left.
-//!
-//! What it does not cover: a process that leaves the tree entirely (double-forks *and* is
-//! re-parented above the keeper, which a subreaper prevents, or is started through another
-//! daemon such as `systemd-run` or `at`) is not the agent's any more. A SIGKILL of the
-//! keeper itself (not of heartbeatd) ends the agent (its PDEATHSIG) and leaves its
-//! grandchildren to heartbeatd, which is a subreaper too and ends them when it finds them.
-//!
-//! The protocol, on the keeper's stdout (a pipe to heartbeatd), one line each:
-//! `started <pid>` | `failed <reason>`, then `exit code <n>` | `exit signal <n>`.
+//! The keeper's own side: `heartbeatd keep <id>`. [`run`] reads as the story it is (as tini's
+//! `main` does); each step is a small function below it. No runtime, no threads: one loop
+//! around `poll` on a signalfd and the output pipe.
 
-use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
+use super::output::OutputCopy;
+use super::protocol::{KeeperLine, KeeperSpec, KILL_NOW, STOP};
+use super::tree::{self, Reaper};
 use crate::supervision::output_log::OutputLog;
 use crate::supervision::procfs;
 
-/// The environment variable that carries the [`KeeperSpec`] (JSON) to the keeper; removed
-/// before the agent starts.
-pub const SPEC_ENV: &str = "HEARTBEATD_KEEPER_SPEC";
-/// The subcommand that runs the keeper.
-pub const SUBCOMMAND: &str = "keep";
-/// Signal from heartbeatd: stop the tree gracefully.
-pub const STOP: i32 = libc::SIGTERM;
-/// Signal from heartbeatd: kill the tree now.
-pub const KILL_NOW: i32 = libc::SIGUSR1;
 /// The keeper's parent-death signal.
 const PARENT_DIED: i32 = libc::SIGUSR2;
+/// The signals the keeper takes through its signalfd.
+const WATCHED: [i32; 7] = [
+    libc::SIGCHLD,
+    STOP,
+    KILL_NOW,
+    PARENT_DIED,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+];
 /// How long the tree gets to stop after heartbeatd died.
 const ORPHANED_STOP_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What a keeper runs, and how.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KeeperSpec {
-    pub agent_id: String,
-    pub command: Vec<String>,
-    pub working_dir: Option<String>,
-    pub env: BTreeMap<String, String>,
-    pub stop_signal: i32,
-    pub stop_timeout_ms: u64,
-    pub log_path: PathBuf,
-    pub log_max_bytes: u64,
-    pub log_backups: u32,
-    /// heartbeatd's pid: if the keeper's parent is not this one, heartbeatd is gone.
-    pub parent_pid: i32,
-}
-
-/// What a keeper reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeeperLine {
-    Started(i64),
-    Failed(String),
-    ExitCode(i32),
-    ExitSignal(i32),
-}
-
-impl KeeperLine {
-    pub fn parse(line: &str) -> Option<Self> {
-        let (word, rest) = line.trim_end().split_once(' ')?;
-        match word {
-            "started" => rest.parse().ok().map(Self::Started),
-            "failed" => Some(Self::Failed(rest.to_owned())),
-            "exit" => match rest.split_once(' ')? {
-                ("code", n) => n.parse().ok().map(Self::ExitCode),
-                ("signal", n) => n.parse().ok().map(Self::ExitSignal),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-}
-
-fn say(line: &str) {
-    let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-fn sigset(signals: &[i32]) -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set; sigaddset takes valid signal numbers.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in signals {
-            libc::sigaddset(&mut set, *s);
-        }
-        set
-    }
-}
-
-/// Sends `signal` to every descendant of the keeper, the agent's group first; returns how
-/// many processes are left in the tree.
-fn signal_tree(me: i32, agent_pgid: Option<i32>, signal: i32) -> usize {
-    if let Some(pgid) = agent_pgid {
-        // SAFETY: kill has no memory preconditions; a gone group is ESRCH.
-        unsafe { libc::kill(-pgid, signal) };
-    }
-    let tree = procfs::descendants(me);
-    for pid in &tree {
-        // SAFETY: as above.
-        unsafe { libc::kill(*pid, signal) };
-    }
-    tree.len()
-}
-
-/// Reaps every child that has ended; returns the agent's wait status if it was among them.
-fn reap(agent: i32) -> Option<i32> {
-    let mut agent_status = None;
-    loop {
-        let mut status = 0;
-        // SAFETY: status is a valid out-pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return agent_status;
-        }
-        if pid == agent {
-            agent_status = Some(status);
-        }
-    }
-}
-
-/// The stop in progress, if any.
-struct Stopping {
-    deadline: Instant,
-    killed: bool,
-}
+/// While a tree is being stopped, it is looked at this often (a grandchild's end sends the
+/// keeper no SIGCHLD).
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// With `max_processes`, the tree is counted this often. A fork bomb fills a per-user process
+/// limit within milliseconds, whatever this is; what it bounds is how long the bomb holds
+/// the slots (other agents of the same user, and heartbeatd itself if it is that user, cannot
+/// fork meanwhile), and how far it gets where no limit applies (root): at the 10–40k forks a
+/// second of a small host, a few thousand processes, far from `pid_max`. Each count walks
+/// the tree's `/proc` entries, up to `max_processes` + 1 of them.
+pub const COUNT_INTERVAL: Duration = Duration::from_millis(50);
+/// The CPU of reaped processes is reported at most this often.
+pub const CPU_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the keeper: the `heartbeatd keep <id>` entry point. Never starts a runtime.
 pub fn run() -> ExitCode {
-    let spec: KeeperSpec = match std::env::var(SPEC_ENV).map(|text| serde_json::from_str(&text)) {
-        Ok(Ok(spec)) => spec,
-        _ => {
-            eprintln!("heartbeatd keep: this mode is started by heartbeatd itself, not by hand");
-            return ExitCode::from(2);
+    let Some(spec) = KeeperSpec::from_env() else {
+        eprintln!("heartbeatd keep: this mode is started by heartbeatd itself, not by hand");
+        return ExitCode::from(2);
+    };
+    if !become_the_trees_subreaper(&spec) {
+        return ExitCode::from(3); // heartbeatd died before we could watch it
+    }
+    let signals = match watch_signals() {
+        Ok(fd) => fd,
+        Err(e) => return give_up(format!("signalfd: {e}")),
+    };
+    let log = open_output_file(&spec);
+    let (pipe_out, pipe_in) = match pipe() {
+        Ok(ends) => ends,
+        Err(e) => return give_up(format!("pipe: {e}")),
+    };
+    let mut output = OutputCopy::new(pipe_out, log);
+    let agent = match start_agent(&spec, &pipe_in) {
+        Ok(pid) => pid,
+        Err(e) => {
+            report_failed_start(&spec, &e, &mut output);
+            return ExitCode::SUCCESS;
         }
     };
-    std::env::remove_var(SPEC_ENV);
+    drop(pipe_in);
+    say(&KeeperLine::Started(i64::from(agent)));
+    let status = Keeper::new(spec, agent, signals, output).watch_until_the_tree_is_gone();
+    report_exit(status);
+    ExitCode::SUCCESS
+}
+
+/// Subreaper of the tree, told when heartbeatd dies; `false` if heartbeatd is already gone.
+fn become_the_trees_subreaper(spec: &KeeperSpec) -> bool {
     // SAFETY: prctl with these options takes integer arguments only.
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         libc::prctl(libc::PR_SET_PDEATHSIG, PARENT_DIED, 0, 0, 0);
     }
-    // SAFETY: getppid/getpid cannot fail.
-    let (parent, me) = unsafe { (libc::getppid(), libc::getpid()) };
-    if parent != spec.parent_pid {
-        return ExitCode::from(3); // heartbeatd died before we could watch it
-    }
-    let watched = [
-        libc::SIGCHLD,
-        STOP,
-        KILL_NOW,
-        PARENT_DIED,
-        libc::SIGINT,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-    ];
-    let set = sigset(&watched);
-    // SAFETY: set is initialised; the mask is restored for the agent in pre_exec.
-    let signal_fd = unsafe {
+    // SAFETY: getppid cannot fail.
+    unsafe { libc::getppid() == spec.parent_pid }
+}
+
+/// Blocks [`WATCHED`] and returns a signalfd that reads them (the mask is undone for the
+/// agent in [`start_agent`]).
+fn watch_signals() -> io::Result<OwnedFd> {
+    let set = sigset(&WATCHED);
+    // SAFETY: set is initialised.
+    let fd = unsafe {
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
     };
-    if signal_fd < 0 {
-        say(&format!("failed signalfd: {}", io::Error::last_os_error()));
-        return ExitCode::from(1);
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: signalfd returned a new descriptor that we own.
-    let signal_fd = unsafe { OwnedFd::from_raw_fd(signal_fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
-    let mut log = match OutputLog::open(&spec.log_path, spec.log_max_bytes, spec.log_backups) {
+/// The agent's output file; `None` (the output is discarded) when it cannot be opened.
+fn open_output_file(spec: &KeeperSpec) -> Option<OutputLog> {
+    match OutputLog::open(&spec.log_path, spec.log_max_bytes, spec.log_backups) {
         Ok(log) => Some(log),
         Err(e) => {
             eprintln!(
@@ -211,249 +113,12 @@ pub fn run() -> ExitCode {
             );
             None
         }
-    };
-    let (output_read, output_write) = match pipe() {
-        Ok(ends) => ends,
-        Err(e) => {
-            say(&format!("failed pipe: {e}"));
-            return ExitCode::from(1);
-        }
-    };
-    let agent = match spawn(&spec, &output_write) {
-        Ok(pid) => pid,
-        Err(e) => {
-            let reason = match &spec.working_dir {
-                Some(dir) if !std::path::Path::new(dir).is_dir() => {
-                    format!(
-                        "cannot start {:?}: working_dir {dir:?} is not a directory",
-                        spec.command[0]
-                    )
-                }
-                _ => format!("cannot start {:?}: {e}", spec.command[0]),
-            };
-            if let Some(log) = &mut log {
-                let _ = log.note(&reason);
-            }
-            say(&format!("failed {reason}"));
-            say(&format!(
-                "exit code {}",
-                if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 }
-            ));
-            return ExitCode::SUCCESS;
-        }
-    };
-    drop(output_write);
-    say(&format!("started {agent}"));
-
-    let mut output = Some(std::fs::File::from(output_read));
-    let mut agent_status: Option<i32> = None;
-    let mut stopping: Option<Stopping> = None;
-    let stop_timeout = Duration::from_millis(spec.stop_timeout_ms);
-    let mut buffer = vec![0u8; 16 * 1024];
-    loop {
-        // Done: the agent has ended and nothing of its tree is left.
-        if agent_status.is_some() {
-            let left = procfs::descendants(me).len();
-            if left == 0 {
-                break;
-            }
-            if stopping.is_none() {
-                // The agent ended by itself but left processes behind: they go with it.
-                signal_tree(me, Some(agent), spec.stop_signal);
-                stopping = Some(Stopping {
-                    deadline: Instant::now() + stop_timeout,
-                    killed: false,
-                });
-            }
-        }
-        if let Some(stop) = &mut stopping {
-            if !stop.killed && Instant::now() >= stop.deadline {
-                signal_tree(me, Some(agent), libc::SIGKILL);
-                stop.killed = true;
-            } else if stop.killed {
-                signal_tree(me, Some(agent), libc::SIGKILL);
-            }
-        }
-        // While stopping, look at the tree again every 50 ms (a grandchild's end sends no
-        // SIGCHLD to us); otherwise sleep until a signal or output.
-        let timeout_ms = if stopping.is_some() || agent_status.is_some() {
-            50
-        } else {
-            -1
-        };
-        let mut fds = vec![libc::pollfd {
-            fd: signal_fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        if let Some(out) = &output {
-            fds.push(libc::pollfd {
-                fd: out.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        // SAFETY: fds points to fds.len() valid pollfd structs.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if ready < 0 {
-            continue; // EINTR
-        }
-        if fds.len() > 1 && fds[1].revents != 0 {
-            if let Some(out) = &mut output {
-                match out.read(&mut buffer) {
-                    Ok(0) | Err(_) => output = None,
-                    Ok(n) => {
-                        if let Some(log) = &mut log {
-                            log.write_or_count(&buffer[..n]);
-                        }
-                    }
-                }
-            }
-        }
-        if fds[0].revents != 0 {
-            for signal in read_signals(&signal_fd) {
-                match signal {
-                    libc::SIGCHLD => {}
-                    STOP if stopping.is_none() => {
-                        signal_tree(me, Some(agent), spec.stop_signal);
-                        stopping = Some(Stopping {
-                            deadline: Instant::now() + stop_timeout,
-                            killed: false,
-                        });
-                    }
-                    KILL_NOW => {
-                        signal_tree(me, Some(agent), libc::SIGKILL);
-                        stopping = Some(Stopping {
-                            deadline: Instant::now(),
-                            killed: true,
-                        });
-                    }
-                    PARENT_DIED => {
-                        let deadline = Instant::now() + stop_timeout.min(ORPHANED_STOP_TIMEOUT);
-                        match &mut stopping {
-                            Some(stop) => stop.deadline = stop.deadline.min(deadline),
-                            None => {
-                                signal_tree(me, Some(agent), spec.stop_signal);
-                                stopping = Some(Stopping {
-                                    deadline,
-                                    killed: false,
-                                });
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if let Some(status) = reap(agent) {
-            agent_status = Some(status);
-        }
-        // heartbeatd gone without the signal (it died before prctl took effect).
-        // SAFETY: getppid cannot fail.
-        if stopping.is_none() && unsafe { libc::getppid() } != spec.parent_pid {
-            signal_tree(me, Some(agent), spec.stop_signal);
-            stopping = Some(Stopping {
-                deadline: Instant::now() + ORPHANED_STOP_TIMEOUT,
-                killed: false,
-            });
-        }
     }
-    // The tree is gone: whatever is still in the pipe is the last of its output.
-    if let Some(mut out) = output {
-        let _ = set_nonblocking(&out);
-        while let Ok(n) = out.read(&mut buffer) {
-            if n == 0 {
-                break;
-            }
-            if let Some(log) = &mut log {
-                log.write_or_count(&buffer[..n]);
-            }
-        }
-    }
-    if let Some(log) = &mut log {
-        let _ = log.finish();
-    }
-    let status = agent_status.unwrap_or(0);
-    if libc::WIFSIGNALED(status) {
-        say(&format!("exit signal {}", libc::WTERMSIG(status)));
-    } else {
-        say(&format!("exit code {}", libc::WEXITSTATUS(status)));
-    }
-    ExitCode::SUCCESS
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for two descriptors.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two new descriptors that we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-fn set_nonblocking(file: &std::fs::File) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-        if libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-fn read_signals(fd: &OwnedFd) -> Vec<i32> {
-    let mut signals = Vec::new();
-    loop {
-        // SAFETY: signalfd_siginfo is plain data; read fills at most its size.
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        let n = unsafe { libc::read(fd.as_raw_fd(), &mut info as *mut _ as *mut libc::c_void, size) };
-        if n as usize != size {
-            return signals;
-        }
-        signals.push(info.ssi_signo as i32);
-    }
-}
-
-/// A keeper just started, seen from heartbeatd.
-pub struct SpawnedKeeper {
-    pub pid: i32,
-    /// The protocol lines ([`KeeperLine`]); end of file when the keeper has exited.
-    pub reports: std::process::ChildStdout,
-}
-
-/// Starts a keeper for `spec` (heartbeatd's side): heartbeatd's own binary, in its own
-/// process group (a Ctrl-C on heartbeatd's terminal reaches heartbeatd only, which stops
-/// the agents itself), reaped by [`super::reaper`].
-pub fn spawn_keeper(spec: &KeeperSpec) -> io::Result<SpawnedKeeper> {
-    let json = serde_json::to_string(spec).map_err(io::Error::other)?;
-    let mut child = super::reaper::spawn_keeper(|| {
-        Command::new("/proc/self/exe")
-            .arg0("heartbeatd")
-            .arg(SUBCOMMAND)
-            .arg(&spec.agent_id)
-            .env(SPEC_ENV, json)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .process_group(0)
-            .spawn()
-    })?;
-    let reports = child
-        .stdout
-        .take()
-        .ok_or_else(|| io::Error::other("no pipe from the keeper"))?;
-    Ok(SpawnedKeeper {
-        pid: child.id() as i32,
-        reports,
-    })
 }
 
 /// Starts the agent: its own process group, the keeper's signal mask undone, killed if the
 /// keeper dies, stdin from /dev/null, stdout and stderr into the output pipe.
-fn spawn(spec: &KeeperSpec, output: &OwnedFd) -> io::Result<i32> {
+fn start_agent(spec: &KeeperSpec, output: &OwnedFd) -> io::Result<i32> {
     let mut command = Command::new(&spec.command[0]);
     // heartbeatd's own settings (HEARTBEATD_ADMIN_TOKEN among them) are not the agent's.
     for (name, _) in std::env::vars_os() {
@@ -484,19 +149,303 @@ fn spawn(spec: &KeeperSpec, output: &OwnedFd) -> io::Result<i32> {
     Ok(child.id() as i32)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The command could not be started: said in its output file and to heartbeatd, with the
+/// exit code a shell gives (127 not found, 126 not executable).
+fn report_failed_start(spec: &KeeperSpec, e: &io::Error, output: &mut OutputCopy) {
+    let reason = match &spec.working_dir {
+        Some(dir) if !std::path::Path::new(dir).is_dir() => {
+            format!(
+                "cannot start {:?}: working_dir {dir:?} is not a directory",
+                spec.command[0]
+            )
+        }
+        _ => format!("cannot start {:?}: {e}", spec.command[0]),
+    };
+    output.note(&reason);
+    say(&KeeperLine::Failed(reason));
+    say(&KeeperLine::ExitCode(if e.kind() == io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }));
+}
 
-    #[test]
-    fn the_protocol_lines_parse() {
-        assert_eq!(KeeperLine::parse("started 42\n"), Some(KeeperLine::Started(42)));
-        assert_eq!(KeeperLine::parse("exit code 3"), Some(KeeperLine::ExitCode(3)));
-        assert_eq!(KeeperLine::parse("exit signal 9"), Some(KeeperLine::ExitSignal(9)));
-        assert_eq!(
-            KeeperLine::parse("failed cannot start \"x\": No such file"),
-            Some(KeeperLine::Failed("cannot start \"x\": No such file".into()))
-        );
-        assert_eq!(KeeperLine::parse("garbage"), None);
+/// How the agent's own process ended (its wait status), to heartbeatd.
+fn report_exit(status: i32) {
+    if libc::WIFSIGNALED(status) {
+        say(&KeeperLine::ExitSignal(libc::WTERMSIG(status)));
+    } else {
+        say(&KeeperLine::ExitCode(libc::WEXITSTATUS(status)));
+    }
+}
+
+/// A setup step failed before the agent could start: said to heartbeatd, exit 1.
+fn give_up(reason: String) -> ExitCode {
+    say(&KeeperLine::Failed(reason));
+    ExitCode::from(1)
+}
+
+fn say(line: &KeeperLine) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The stop in progress, if any.
+struct Stopping {
+    deadline: Instant,
+    killed: bool,
+}
+
+/// The keeper while the agent runs: its tree, its output, its signals.
+struct Keeper {
+    spec: KeeperSpec,
+    me: i32,
+    agent: i32,
+    signals: OwnedFd,
+    output: OutputCopy,
+    reaper: Reaper,
+    /// The agent's wait status, once it has ended.
+    agent_status: Option<i32>,
+    stopping: Option<Stopping>,
+    /// The reaped CPU last reported, and when.
+    cpu_said: (u64, Option<Instant>),
+    /// When the tree is next counted (with `max_processes`).
+    next_count: Instant,
+}
+
+impl Keeper {
+    fn new(spec: KeeperSpec, agent: i32, signals: OwnedFd, output: OutputCopy) -> Self {
+        Self {
+            spec,
+            // SAFETY: getpid cannot fail.
+            me: unsafe { libc::getpid() },
+            agent,
+            signals,
+            output,
+            reaper: Reaper::new(agent),
+            agent_status: None,
+            stopping: None,
+            cpu_said: (0, None),
+            next_count: Instant::now(),
+        }
+    }
+
+    /// The loop: until the agent has ended and nothing of its tree is left. Returns the
+    /// agent's wait status.
+    fn watch_until_the_tree_is_gone(mut self) -> i32 {
+        while !self.tree_is_gone() {
+            self.press_the_stop();
+            let (signalled, output_ready) = self.wait_for_something();
+            let now = Instant::now();
+            if output_ready {
+                self.output.copy();
+            }
+            if signalled {
+                self.obey_signals(now);
+            }
+            self.reap_children();
+            self.enforce_max_processes(now);
+            self.report_reaped_cpu(now);
+            self.output.flush_if_due(now);
+            self.notice_if_heartbeatd_is_gone(now);
+        }
+        self.output.finish();
+        self.agent_status.unwrap_or(0)
+    }
+
+    /// Whether the agent has ended and nothing of its tree is left; an agent that ended by
+    /// itself but left processes behind has them stopped with it.
+    fn tree_is_gone(&mut self) -> bool {
+        if self.agent_status.is_none() {
+            return false;
+        }
+        if procfs::descendants(self.me).is_empty() {
+            return true;
+        }
+        if self.stopping.is_none() {
+            self.stop_gracefully(Instant::now() + self.stop_timeout());
+        }
+        false
+    }
+
+    fn stop_timeout(&self) -> Duration {
+        Duration::from_millis(self.spec.stop_timeout_ms)
+    }
+
+    /// The stop signal to the tree; SIGKILL once `deadline` passes.
+    fn stop_gracefully(&mut self, deadline: Instant) {
+        tree::signal_tree(self.me, self.agent, self.spec.stop_signal);
+        self.stopping = Some(Stopping {
+            deadline,
+            killed: false,
+        });
+    }
+
+    /// SIGKILL to the tree now, and again at each look until it is gone.
+    fn kill_now(&mut self) {
+        tree::signal_tree(self.me, self.agent, libc::SIGKILL);
+        self.stopping = Some(Stopping {
+            deadline: Instant::now(),
+            killed: true,
+        });
+    }
+
+    /// A stop past its deadline becomes a kill; a kill is repeated for what is left.
+    fn press_the_stop(&mut self) {
+        if let Some(stop) = &self.stopping {
+            if stop.killed || Instant::now() >= stop.deadline {
+                self.kill_now();
+            }
+        }
+    }
+
+    /// Sleeps in `poll` until a signal, output, or the next thing due; which of the first two
+    /// are ready.
+    fn wait_for_something(&mut self) -> (bool, bool) {
+        let now = Instant::now();
+        let mut fds = vec![libc::pollfd {
+            fd: self.signals.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(fd) = self.output.readable_fd(now) {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout = match self.next_due(now) {
+            None => -1,
+            Some(due) => {
+                let wait = due.saturating_duration_since(now);
+                // Rounded up, so a wait is never a busy loop of zero-length polls.
+                wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            }
+        };
+        // SAFETY: fds points to fds.len() valid pollfd structs.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if ready <= 0 {
+            return (false, false); // timeout, or EINTR
+        }
+        (fds[0].revents != 0, fds.len() > 1 && fds[1].revents != 0)
+    }
+
+    /// The earliest thing due: a look at a tree being stopped, a flush, the output budget's
+    /// next window, a count of the tree, a CPU report.
+    fn next_due(&self, now: Instant) -> Option<Instant> {
+        let stopping = (self.stopping.is_some() || self.agent_status.is_some()).then(|| now + STOP_POLL);
+        let count = self
+            .spec
+            .max_processes
+            .filter(|_| !self.stopping.as_ref().is_some_and(|s| s.killed))
+            .map(|_| self.next_count);
+        let cpu = (self.reaper.cpu_ticks() != self.cpu_said.0)
+            .then(|| self.cpu_said.1.map_or(now, |at| at + CPU_REPORT_INTERVAL));
+        [stopping, self.output.deadline(), count, cpu]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// heartbeatd's signals: stop, kill now, or heartbeatd died.
+    fn obey_signals(&mut self, now: Instant) {
+        for signal in read_signals(&self.signals) {
+            match signal {
+                STOP if self.stopping.is_none() => self.stop_gracefully(now + self.stop_timeout()),
+                KILL_NOW => self.kill_now(),
+                PARENT_DIED => self.heartbeatd_is_gone(now),
+                _ => {} // SIGCHLD (reaped below), or a stray terminal signal
+            }
+        }
+    }
+
+    /// Stops the tree within [`ORPHANED_STOP_TIMEOUT`] at most.
+    fn heartbeatd_is_gone(&mut self, now: Instant) {
+        let deadline = now + self.stop_timeout().min(ORPHANED_STOP_TIMEOUT);
+        match &mut self.stopping {
+            Some(stop) => stop.deadline = stop.deadline.min(deadline),
+            None => self.stop_gracefully(deadline),
+        }
+    }
+
+    /// heartbeatd gone without the signal (it died before prctl took effect).
+    fn notice_if_heartbeatd_is_gone(&mut self, now: Instant) {
+        // SAFETY: getppid cannot fail.
+        if self.stopping.is_none() && unsafe { libc::getppid() } != self.spec.parent_pid {
+            self.heartbeatd_is_gone(now);
+        }
+    }
+
+    fn reap_children(&mut self) {
+        if let Some(status) = self.reaper.reap() {
+            self.agent_status = Some(status);
+        }
+    }
+
+    /// With `max_processes`: a tree with more processes is killed at once (a fork bomb does
+    /// not stop politely), and heartbeatd told why first.
+    fn enforce_max_processes(&mut self, now: Instant) {
+        let Some(max) = self.spec.max_processes else { return };
+        if now < self.next_count || self.stopping.as_ref().is_some_and(|s| s.killed) {
+            return;
+        }
+        self.next_count = now + COUNT_INTERVAL;
+        let count = tree::count(self.me, max as usize + 1);
+        if count > max as usize {
+            say(&KeeperLine::OverProcesses {
+                count: count as u64,
+                max,
+            });
+            self.kill_now();
+        }
+    }
+
+    /// The CPU of reaped processes, when it changed, at most every [`CPU_REPORT_INTERVAL`].
+    fn report_reaped_cpu(&mut self, now: Instant) {
+        let ticks = self.reaper.cpu_ticks();
+        let due = self.cpu_said.1.is_none_or(|at| now >= at + CPU_REPORT_INTERVAL);
+        if ticks != self.cpu_said.0 && due {
+            say(&KeeperLine::ReapedCpu(ticks));
+            self.cpu_said = (ticks, Some(now));
+        }
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two new descriptors that we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set; sigaddset takes valid signal numbers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        set
+    }
+}
+
+fn read_signals(fd: &OwnedFd) -> Vec<i32> {
+    let mut signals = Vec::new();
+    loop {
+        // SAFETY: signalfd_siginfo is plain data; read fills at most its size.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: info has room for `size` bytes.
+        let n = unsafe { libc::read(fd.as_raw_fd(), &mut info as *mut _ as *mut libc::c_void, size) };
+        if n as usize != size {
+            return signals;
+        }
+        signals.push(info.ssi_signo as i32);
     }
 }

@@ -5,25 +5,51 @@
 //! Written by the agent's keeper, never by heartbeatd's own threads. Output is not promised
 //! durable (no fsync): it is the agent's diagnostics, not heartbeatd's records.
 //!
+//! Whole lines are gathered in a buffer and written together: when it holds
+//! [`BUFFER_BYTES`], and at the latest [`FLUSH_INTERVAL`] after its first line (the keeper
+//! calls [`OutputLog::flush`] then). A program printing one short line at a time (`yes`) costs
+//! one write per buffer, not one per line. Where a rotation falls is decided as lines arrive,
+//! so each line still lands whole in one file.
+//!
+//! The file is checked before it is written (at most every [`PLACE_CHECK_INTERVAL`], and
+//! before every rotation): if it was removed or moved away (a full disk's reflex, logrotate
+//! without `copytruncate`), it is opened again at its path, and a line in it says so.
+//!
 //! Every open goes through [`crate::data_dir`] (the keeper's and the readers' alike): the files
 //! are created 0600, the directory 0700, and a link at `logs/<id>.log` is refused, never
 //! followed (it would send the agent's output into any file, or let a reader read any file).
 
+#[cfg(test)]
+mod tests;
+
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use memchr::{memchr, memrchr};
 
 use crate::data_dir;
 
 /// A line longer than this is written in pieces of this size, each ended with a newline, so a
 /// program that never writes a newline cannot make the keeper buffer without bound.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Whole lines wait in the buffer until it holds this many bytes …
+pub const BUFFER_BYTES: usize = 64 * 1024;
+/// … or until this long after the first of them.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// The file is checked for having been removed or moved at most this often (and before each
+/// rotation): an `fstat` and an `lstat`.
+pub const PLACE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// The line written into a file opened again because the last one was removed or moved.
+pub const REOPENED_NOTE: &str = "the output file was removed or moved; reopened";
 
 /// The output file of one agent.
 pub struct OutputLog {
     path: PathBuf,
     file: File,
-    /// Its size now.
+    /// Its size once the buffer is written.
     size: u64,
     /// Rotate before a line that would take it past this.
     max_bytes: u64,
@@ -31,6 +57,13 @@ pub struct OutputLog {
     backups: u32,
     /// The start of a line not yet ended.
     partial: Vec<u8>,
+    /// Whole lines not yet written …
+    pending: Vec<u8>,
+    /// … the offsets in them where a new file starts …
+    rotate_at: Vec<usize>,
+    /// … and when the first of them came.
+    pending_since: Option<Instant>,
+    last_place_check: Option<Instant>,
     /// Output the file refused (disk full, say) since the last write that worked: up to this
     /// many bytes, and why. Said in the file once it takes writes again.
     lost: u64,
@@ -40,10 +73,7 @@ pub struct OutputLog {
 impl OutputLog {
     /// Opens (or creates) `path` for appending; its directory is created if needed.
     pub fn open(path: &Path, max_bytes: u64, backups: u32) -> io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            data_dir::create_dir_private(dir)?;
-        }
-        let file = data_dir::open_append(path)?;
+        let file = open_at(path)?;
         let size = file.metadata()?.len();
         Ok(Self {
             path: path.to_owned(),
@@ -52,6 +82,10 @@ impl OutputLog {
             max_bytes,
             backups,
             partial: Vec::new(),
+            pending: Vec::with_capacity(BUFFER_BYTES),
+            rotate_at: Vec::new(),
+            pending_since: None,
+            last_place_check: None,
             lost: 0,
             lost_reason: String::new(),
         })
@@ -64,95 +98,251 @@ impl OutputLog {
         PathBuf::from(name)
     }
 
-    /// Takes a chunk of output: complete lines are written, the rest waits for its end.
-    pub fn write(&mut self, mut chunk: &[u8]) -> io::Result<()> {
-        while !chunk.is_empty() {
-            match chunk.iter().position(|b| *b == b'\n') {
-                Some(end) if self.partial.len() + end < MAX_LINE => {
-                    let line_end = end + 1;
-                    if self.partial.is_empty() {
-                        self.write_line(&chunk[..line_end])?;
-                    } else {
-                        let mut line = std::mem::take(&mut self.partial);
-                        line.extend_from_slice(&chunk[..line_end]);
-                        self.write_line(&line)?;
-                    }
-                    chunk = &chunk[line_end..];
+    /// Takes a chunk of output: complete lines are buffered (and written once the buffer is
+    /// full), the rest waits for its end. Never fails: what the file refuses is counted (see
+    /// [`flush`](Self::flush)); the agent is never held up by its output file.
+    pub fn write(&mut self, mut chunk: &[u8]) {
+        if !self.partial.is_empty() {
+            let room = MAX_LINE - self.partial.len();
+            let window = &chunk[..chunk.len().min(room)];
+            match memchr(b'\n', window) {
+                Some(end) => {
+                    let mut line = std::mem::take(&mut self.partial);
+                    line.extend_from_slice(&chunk[..=end]);
+                    self.buffer_lines(&line);
+                    chunk = &chunk[end + 1..];
                 }
-                _ => {
-                    let room = MAX_LINE - self.partial.len();
-                    let take = chunk.len().min(room);
-                    self.partial.extend_from_slice(&chunk[..take]);
-                    chunk = &chunk[take..];
-                    if self.partial.len() >= MAX_LINE {
-                        let mut line = std::mem::take(&mut self.partial);
-                        line.push(b'\n');
-                        self.write_line(&line)?;
-                    }
+                None if chunk.len() < room => {
+                    self.partial.extend_from_slice(chunk);
+                    return;
+                }
+                None => {
+                    let mut line = std::mem::take(&mut self.partial);
+                    line.extend_from_slice(window);
+                    line.push(b'\n');
+                    self.buffer_lines(&line);
+                    chunk = &chunk[room..];
                 }
             }
         }
-        Ok(())
+        // A window of MAX_LINE bytes at a time: every line before its last newline is shorter
+        // than MAX_LINE, so they go on together; a full window without one is cut.
+        while !chunk.is_empty() {
+            let window = &chunk[..chunk.len().min(MAX_LINE)];
+            match memrchr(b'\n', window) {
+                Some(last) => {
+                    self.buffer_lines(&chunk[..=last]);
+                    chunk = &chunk[last + 1..];
+                }
+                None if window.len() == MAX_LINE => {
+                    let mut piece = window.to_vec();
+                    piece.push(b'\n');
+                    self.buffer_lines(&piece);
+                    chunk = &chunk[MAX_LINE..];
+                }
+                None => {
+                    self.partial.extend_from_slice(window);
+                    return;
+                }
+            }
+        }
     }
 
-    /// Writes what is left of an unfinished line (the output ended), with a newline.
-    pub fn finish(&mut self) -> io::Result<()> {
+    /// Writes what is left of an unfinished line (the output ended), with a newline, and
+    /// everything buffered.
+    pub fn finish(&mut self) {
         if !self.partial.is_empty() {
             let mut line = std::mem::take(&mut self.partial);
             line.push(b'\n');
-            self.write_line(&line)?;
+            self.buffer_lines(&line);
         }
-        Ok(())
+        self.flush();
     }
 
-    /// Takes a chunk of output and never fails: what the file refuses is counted, said once on
-    /// the keeper's stderr (heartbeatd's), and noted in the file (`heartbeatd: up to N bytes
-    /// of output lost: <why>`) when it takes writes again. The agent is never held up by its
-    /// output.
-    pub fn write_or_count(&mut self, chunk: &[u8]) {
-        if self.lost > 0 {
-            let note = format!("up to {} bytes of output lost: {}", self.lost, self.lost_reason);
-            if self.note(&note).is_err() {
-                self.lost += chunk.len() as u64;
-                return;
+    /// Writes a line of heartbeatd's own (a start failure, say), marked as such, at once.
+    pub fn note(&mut self, text: &str) {
+        if !self.partial.is_empty() {
+            let mut line = std::mem::take(&mut self.partial);
+            line.push(b'\n');
+            self.buffer_lines(&line);
+        }
+        self.buffer_lines(format!("heartbeatd: {text}\n").as_bytes());
+        self.flush();
+    }
+
+    /// When the buffered lines must be written: [`FLUSH_INTERVAL`] after the first of them.
+    pub fn flush_due(&self) -> Option<Instant> {
+        self.pending_since.map(|since| since + FLUSH_INTERVAL)
+    }
+
+    /// Writes every buffered line, rotating where they were planned to; first checks that the
+    /// file is still in place. Never fails: what the file refuses is counted, said once on the
+    /// keeper's stderr (heartbeatd's), and noted in the file (`heartbeatd: up to N bytes of
+    /// output lost: <why>`) when it takes writes again.
+    pub fn flush(&mut self) {
+        self.flush_checking(true);
+    }
+
+    /// `check_place`: check that the file is in place even if it was checked less than
+    /// [`PLACE_CHECK_INTERVAL`] ago (a flush on time does; one of a full buffer need not).
+    fn flush_checking(&mut self, check_place: bool) {
+        self.pending_since = None;
+        if self.pending.is_empty() && self.rotate_at.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let check_due = self
+            .last_place_check
+            .is_none_or(|at| now.saturating_duration_since(at) >= PLACE_CHECK_INTERVAL);
+        if check_place || check_due || !self.rotate_at.is_empty() {
+            self.last_place_check = Some(now);
+            match self.reopen_if_moved() {
+                Ok(false) => {}
+                // A new file: its rotations are planned afresh from its own size.
+                Ok(true) => {
+                    self.size = self.file.metadata().map_or(0, |m| m.len());
+                    let pending = std::mem::take(&mut self.pending);
+                    self.rotate_at.clear();
+                    self.buffer_lines(&pending);
+                    self.pending_since = None;
+                }
+                Err(e) => {
+                    let unwritten = self.pending.len() as u64;
+                    self.pending.clear();
+                    self.rotate_at.clear();
+                    self.count_lost(unwritten, &e);
+                    return;
+                }
             }
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let rotate_at = std::mem::take(&mut self.rotate_at);
+        if let Err((e, unwritten)) = self.write_out(&pending, &rotate_at) {
+            self.count_lost(unwritten, &e);
+        }
+        // The plan was made for the file as it was; what it is now is what counts.
+        if let Ok(meta) = self.file.metadata() {
+            self.size = meta.len();
+        }
+        // The buffer's allocation is kept for the next lines.
+        self.pending = pending;
+        self.pending.clear();
+    }
+
+    /// Writes `pending`, rotating at each offset of `rotate_at`; on failure, the error and
+    /// how many bytes of `pending` were not written.
+    fn write_out(&mut self, pending: &[u8], rotate_at: &[usize]) -> Result<(), (io::Error, u64)> {
+        let unwritten_from = |from: usize| (pending.len() - from) as u64;
+        if self.lost > 0 {
+            let note = format!(
+                "heartbeatd: up to {} bytes of output lost: {}\n",
+                self.lost, self.lost_reason
+            );
+            self.file
+                .write_all(note.as_bytes())
+                .map_err(|e| (e, unwritten_from(0)))?;
             self.lost = 0;
         }
-        if let Err(e) = self.write(chunk) {
-            if self.lost == 0 {
-                eprintln!(
-                    "heartbeatd keep: cannot write {}: {e}; the agent's output is dropped until it can (free space in data_dir)",
-                    self.path.display()
-                );
+        let mut from = 0;
+        for &at in rotate_at {
+            self.file
+                .write_all(&pending[from..at])
+                .map_err(|e| (e, unwritten_from(from)))?;
+            self.rotate().map_err(|e| (e, unwritten_from(at)))?;
+            from = at;
+        }
+        self.file
+            .write_all(&pending[from..])
+            .map_err(|e| (e, unwritten_from(from)))
+    }
+
+    fn count_lost(&mut self, bytes: u64, e: &io::Error) {
+        if self.lost == 0 {
+            let dir = self.path.parent().unwrap_or(Path::new(".")).display().to_string();
+            eprintln!(
+                "heartbeatd keep: cannot write {}: {e}; the agent's output is dropped until it can (check free space in data_dir, and that {dir} exists and is writable)",
+                self.path.display()
+            );
+        }
+        // What was not written is counted; it is not tried again.
+        self.lost += bytes;
+        self.lost_reason = e.to_string();
+    }
+
+    /// Lines for the buffer, rotations planned between them: a line that would take the file
+    /// past `max_bytes` starts a new one (unless the file is empty: it goes in whole anyway).
+    fn buffer_lines(&mut self, mut lines: &[u8]) {
+        while !lines.is_empty() {
+            let room = self.max_bytes.saturating_sub(self.size);
+            if lines.len() as u64 <= room {
+                self.buffer(lines);
+                return;
             }
-            // What was not written is counted; a partial line waiting is dropped with it.
-            self.lost += (chunk.len() + self.partial.len()) as u64;
-            self.partial.clear();
-            self.lost_reason = e.to_string();
+            // As many whole lines as fit.
+            let fit = memrchr(b'\n', &lines[..room as usize]).map_or(0, |i| i + 1);
+            if fit > 0 {
+                self.buffer(&lines[..fit]);
+                lines = &lines[fit..];
+            } else if self.size > 0 {
+                self.rotate_at.push(self.pending.len());
+                self.size = 0;
+            } else {
+                let end = memchr(b'\n', lines).map_or(lines.len(), |i| i + 1);
+                self.buffer(&lines[..end]);
+                lines = &lines[end..];
+            }
         }
     }
 
-    /// Writes a line of heartbeatd's own (a start failure, say), marked as such.
-    pub fn note(&mut self, text: &str) -> io::Result<()> {
-        self.finish()?;
-        self.write_line(format!("heartbeatd: {text}\n").as_bytes())
+    fn buffer(&mut self, bytes: &[u8]) {
+        if self.pending_since.is_none() {
+            self.pending_since = Some(Instant::now());
+        }
+        self.pending.extend_from_slice(bytes);
+        self.size += bytes.len() as u64;
+        if self.pending.len() >= BUFFER_BYTES {
+            self.flush_checking(false);
+        }
     }
 
-    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
-        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
-            self.rotate()?;
+    /// Whether the open file is no longer the one at the path: removed (no link left) or
+    /// moved (the path names another file, or nothing).
+    fn moved_or_removed(&self) -> bool {
+        let Ok(open) = self.file.metadata() else { return false };
+        if open.nlink() == 0 {
+            return true;
         }
-        self.file.write_all(line)?;
-        self.size += line.len() as u64;
-        Ok(())
+        match fs::symlink_metadata(&self.path) {
+            Ok(at) => (at.dev(), at.ino()) != (open.dev(), open.ino()),
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        }
+    }
+
+    /// Opens the file again at its path if it was removed or moved, with a line saying so;
+    /// whether it did.
+    fn reopen_if_moved(&mut self) -> io::Result<bool> {
+        if !self.moved_or_removed() {
+            return Ok(false);
+        }
+        self.file = open_at(&self.path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("the output file was removed or moved, and opening it again failed: {e}"),
+            )
+        })?;
+        eprintln!(
+            "heartbeatd keep: {} was removed or moved; opened it again (output written meanwhile went to the old file)",
+            self.path.display()
+        );
+        self.file
+            .write_all(format!("heartbeatd: {REOPENED_NOTE}\n").as_bytes())?;
+        Ok(true)
     }
 
     /// `<id>.log` becomes `<id>.log.1`, `.1` becomes `.2`, …; the oldest past `backups` goes.
     fn rotate(&mut self) -> io::Result<()> {
         if self.backups == 0 {
-            self.file.set_len(0)?;
-            self.size = 0;
-            return Ok(());
+            return self.file.set_len(0);
         }
         for n in (1..self.backups).rev() {
             match fs::rename(Self::backup_path(&self.path, n), Self::backup_path(&self.path, n + 1)) {
@@ -160,11 +350,22 @@ impl OutputLog {
                 _ => {}
             }
         }
-        fs::rename(&self.path, Self::backup_path(&self.path, 1))?;
+        match fs::rename(&self.path, Self::backup_path(&self.path, 1)) {
+            // Gone since the check: there is nothing to rotate, only a file to open.
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         self.file = data_dir::open_append(&self.path)?;
-        self.size = 0;
         Ok(())
     }
+}
+
+/// Opens `path` for appending, creating it and its directory (0600, 0700) if needed.
+fn open_at(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        data_dir::create_dir_private(dir)?;
+    }
+    data_dir::open_append(path)
 }
 
 /// The last `n` lines of an agent's output (from its current file, and the newest rotated one
@@ -197,78 +398,4 @@ fn tail_of(path: &Path, n: usize, max_bytes: u64) -> io::Result<Vec<String>> {
     }
     let skip = lines.len().saturating_sub(n);
     Ok(lines[skip..].iter().map(|l| l.to_string()).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs::OpenOptions;
-
-    fn read(path: &Path) -> String {
-        fs::read_to_string(path).unwrap_or_default()
-    }
-
-    #[test]
-    fn lines_are_kept_whole_across_chunks_and_rotation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("logs/a.log");
-        let mut log = OutputLog::open(&path, 4096, 2).unwrap();
-        // 100-byte lines delivered in awkward chunks: 50 lines = 5000 bytes, past 4096.
-        let line = format!("{}\n", "x".repeat(99));
-        let all = line.repeat(50);
-        for chunk in all.as_bytes().chunks(37) {
-            log.write(chunk).unwrap();
-        }
-        log.finish().unwrap();
-        let (current, older) = (read(&path), read(&OutputLog::backup_path(&path, 1)));
-        assert!(older.len() <= 4096 && current.len() <= 4096);
-        assert_eq!(older.len() + current.len(), 5000, "nothing lost");
-        for text in [&current, &older] {
-            assert!(text.lines().all(|l| l.len() == 99), "whole lines only");
-        }
-        assert_eq!(tail(&path, 3, 1 << 20).unwrap().len(), 3);
-    }
-
-    #[test]
-    fn only_backups_files_are_kept_and_an_endless_line_is_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.log");
-        let mut log = OutputLog::open(&path, 4096, 2).unwrap();
-        for _ in 0..20 {
-            log.write(&[b'y'; 3000]).unwrap();
-            log.write(b"\n").unwrap();
-        }
-        assert!(OutputLog::backup_path(&path, 2).exists());
-        assert!(!OutputLog::backup_path(&path, 3).exists());
-        log.write(&vec![b'z'; MAX_LINE * 2 + 10]).unwrap();
-        log.finish().unwrap();
-        let last = tail(&path, 1, 1 << 20).unwrap();
-        assert_eq!(last[0].len(), 10, "pieces of at most MAX_LINE");
-    }
-
-    #[test]
-    fn output_the_disk_refuses_is_counted_and_noted_once_the_disk_takes_writes_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.log");
-        let mut log = OutputLog::open(&path, 1 << 20, 1).unwrap();
-        log.write_or_count(b"before\n");
-        // The disk fills up: /dev/full refuses every write with ENOSPC.
-        let real = std::mem::replace(
-            &mut log.file,
-            OpenOptions::new().append(true).open("/dev/full").unwrap(),
-        );
-        log.write_or_count(b"lost one\n");
-        log.write_or_count(b"lost two\n");
-        // Space again.
-        log.file = real;
-        log.write_or_count(b"after\n");
-        let text = fs::read_to_string(&path).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "before");
-        assert!(
-            lines[1].starts_with("heartbeatd: up to 18 bytes of output lost: ") && lines[1].contains("No space left"),
-            "{text}"
-        );
-        assert_eq!(lines[2..], ["after"]);
-    }
 }
