@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::output::OutputCopy;
 use super::protocol::{KeeperLine, KeeperSpec, KILL_NOW, STOP};
-use super::tree::{self, Reaper};
+use super::tree::{self, ProcessLimit, Reaper};
 use crate::supervision::output_log::OutputLog;
 use crate::supervision::procfs;
 
@@ -31,12 +31,13 @@ const ORPHANED_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// While a tree is being stopped, it is looked at this often (a grandchild's end sends the
 /// keeper no SIGCHLD).
 const STOP_POLL: Duration = Duration::from_millis(50);
-/// With `max_processes`, the tree is counted this often. A fork bomb fills a per-user process
+/// With `max_processes`, the tree is checked this often. A fork bomb fills a per-user process
 /// limit within milliseconds, whatever this is; what it bounds is how long the bomb holds
 /// the slots (other agents of the same user, and heartbeatd itself if it is that user, cannot
 /// fork meanwhile), and how far it gets where no limit applies (root): at the 10–40k forks a
-/// second of a small host, a few thousand processes, far from `pid_max`. Each count walks
-/// the tree's `/proc` entries, up to `max_processes` + 1 of them.
+/// second of a small host, a few thousand processes, far from `pid_max`. A check reads
+/// `/proc/loadavg`, and walks the tree (up to `max_processes` + 1 processes) only when enough
+/// pids were handed out since the last walk ([`ProcessLimit`]).
 pub const COUNT_INTERVAL: Duration = Duration::from_millis(50);
 /// The CPU of reaped processes is reported at most this often.
 pub const CPU_REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -210,13 +211,15 @@ struct Keeper {
     stopping: Option<Stopping>,
     /// The reaped CPU last reported, and when.
     cpu_said: (u64, Option<Instant>),
-    /// When the tree is next counted (with `max_processes`).
+    /// `max_processes`, and when the tree is next checked against it.
+    process_limit: Option<ProcessLimit>,
     next_count: Instant,
 }
 
 impl Keeper {
     fn new(spec: KeeperSpec, agent: i32, signals: OwnedFd, output: OutputCopy) -> Self {
         Self {
+            process_limit: spec.max_processes.map(ProcessLimit::new),
             spec,
             // SAFETY: getpid cannot fail.
             me: unsafe { libc::getpid() },
@@ -337,8 +340,8 @@ impl Keeper {
     fn next_due(&self, now: Instant) -> Option<Instant> {
         let stopping = (self.stopping.is_some() || self.agent_status.is_some()).then(|| now + STOP_POLL);
         let count = self
-            .spec
-            .max_processes
+            .process_limit
+            .as_ref()
             .filter(|_| !self.stopping.as_ref().is_some_and(|s| s.killed))
             .map(|_| self.next_count);
         let cpu = (self.reaper.cpu_ticks() != self.cpu_said.0)
@@ -387,13 +390,14 @@ impl Keeper {
     /// With `max_processes`: a tree with more processes is killed at once (a fork bomb does
     /// not stop politely), and heartbeatd told why first.
     fn enforce_max_processes(&mut self, now: Instant) {
-        let Some(max) = self.spec.max_processes else { return };
+        let (Some(limit), Some(max)) = (&mut self.process_limit, self.spec.max_processes) else {
+            return;
+        };
         if now < self.next_count || self.stopping.as_ref().is_some_and(|s| s.killed) {
             return;
         }
         self.next_count = now + COUNT_INTERVAL;
-        let count = tree::count(self.me, max as usize + 1);
-        if count > max as usize {
+        if let Some(count) = limit.over(self.me) {
             say(&KeeperLine::OverProcesses {
                 count: count as u64,
                 max,
