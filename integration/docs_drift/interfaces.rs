@@ -68,7 +68,7 @@ const EXIT_CODE_TABLES: [(&str, &str, &str); 4] = [
     ("src/ctl/", "docs/supervision.md", "exit-codes-of-heartbeatd-ctl"),
     ("src/", "docs/operations.md", "exit-codes"),
     (
-        "actors/src/supervision/keeper.rs",
+        "actors/src/supervision/keeper/",
         "docs/architecture.md",
         "exit-codes-of-the-keeper",
     ),
