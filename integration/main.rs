@@ -13,6 +13,7 @@ mod admin_api;
 mod alert_backlog;
 mod alerting;
 mod browser_attacks;
+mod cli_docs;
 mod config_errors;
 mod connections;
 mod data_dir;
