@@ -22,6 +22,7 @@ mod faults;
 mod fleet;
 mod hardening;
 mod http_contract;
+mod install;
 mod liveness;
 mod metrics;
 mod reload;

@@ -1,0 +1,104 @@
+# make install / make uninstall / make deb / make test-deb, included by the Makefile.
+#
+# make install lays out, under $(DESTDIR)$(PREFIX) (PREFIX=/usr/local by default):
+#   bin/heartbeatd                                   the binary
+#   lib/systemd/system/heartbeatd.service            every configs/*.service and *.socket, with
+#                                                    /usr/local/bin/heartbeatd made $(BINDIR)/heartbeatd
+#   lib/sysusers.d/heartbeatd.conf                   the heartbeatd system user
+#   share/man/man1/heartbeatd.1, heartbeatd-*.1      written by the binary (heartbeatd man --out)
+#   share/bash-completion/completions/heartbeatd     written by the binary (heartbeatd completions)
+#   share/zsh/site-functions/_heartbeatd
+#   share/fish/vendor_completions.d/heartbeatd.fish
+#   share/doc/heartbeatd/                            README.md, docs/*.md, the licenses, examples/
+# and $(DESTDIR)/etc/heartbeatd/heartbeatd.toml, the example config with data_dir set to the
+# unit's /var/lib/heartbeatd, only if there is none (an existing one is never overwritten).
+# Without DESTDIR it then runs systemd-sysusers to create the heartbeatd user.
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+DOCDIR ?= $(DATADIR)/doc/heartbeatd
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+# zsh's own default (site-functions); Debian's zsh also reads vendor-completions, where the .deb puts it.
+ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+# The unit names /etc/heartbeatd/heartbeatd.toml whatever PREFIX is.
+SYSCONFDIR ?= /etc
+
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+# The binary make install copies. Empty: the release build, built first (cargo does nothing when
+# it is fresh). BIN=path: that file, without building: the install test's debug binary, or
+# `sudo make install BIN=target/release/heartbeatd` where root has no cargo.
+BIN ?=
+INSTALL_BIN = $(or $(BIN),$(TARGET_DIR)/release/heartbeatd)
+UNITS = $(wildcard configs/*.service configs/*.socket)
+DOCS = README.md $(wildcard docs/*.md)
+
+# The example config as installed: data_dir is the unit's StateDirectory, so that `heartbeatd
+# --config /etc/heartbeatd/heartbeatd.toml ctl status` finds the control socket the service
+# made; the file's comments name its installed path.
+EXAMPLE_CONFIG_SED = -e 's|^data_dir = .*|data_dir = "/var/lib/heartbeatd"|' \
+  -e 's|configs/heartbeatd\.toml|$(SYSCONFDIR)/heartbeatd/heartbeatd.toml|g'
+UNIT_SED = -e 's|/usr/local/bin/heartbeatd|$(BINDIR)/heartbeatd|g' \
+  -e 's|/usr/local/share/doc/heartbeatd|$(DOCDIR)|g'
+
+install: $(if $(BIN),,build)
+	@test -x "$(INSTALL_BIN)" || { echo "make install: no binary at $(INSTALL_BIN) (make build, or BIN=path)" >&2; exit 1; }
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	install -d -m 0755 "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(UNITDIR)" "$(DESTDIR)$(SYSUSERSDIR)" \
+	  "$(DESTDIR)$(MANDIR)/man1" "$(DESTDIR)$(BASHCOMPDIR)" "$(DESTDIR)$(ZSHCOMPDIR)" "$(DESTDIR)$(FISHCOMPDIR)" \
+	  "$(DESTDIR)$(DOCDIR)/examples/prometheus" "$(DESTDIR)$(SYSCONFDIR)/heartbeatd"; \
+	install -m 0755 "$(INSTALL_BIN)" "$(DESTDIR)$(BINDIR)/heartbeatd"; \
+	for unit in $(UNITS); do \
+	  sed $(UNIT_SED) "$$unit" > "$$tmp/unit"; \
+	  install -m 0644 "$$tmp/unit" "$(DESTDIR)$(UNITDIR)/$$(basename "$$unit")"; \
+	done; \
+	install -m 0644 configs/heartbeatd.sysusers.conf "$(DESTDIR)$(SYSUSERSDIR)/heartbeatd.conf"; \
+	"$(INSTALL_BIN)" man --out "$$tmp/man1"; \
+	install -m 0644 "$$tmp"/man1/*.1 "$(DESTDIR)$(MANDIR)/man1/"; \
+	"$(INSTALL_BIN)" completions bash > "$$tmp/bash"; \
+	"$(INSTALL_BIN)" completions zsh > "$$tmp/zsh"; \
+	"$(INSTALL_BIN)" completions fish > "$$tmp/fish"; \
+	install -m 0644 "$$tmp/bash" "$(DESTDIR)$(BASHCOMPDIR)/heartbeatd"; \
+	install -m 0644 "$$tmp/zsh" "$(DESTDIR)$(ZSHCOMPDIR)/_heartbeatd"; \
+	install -m 0644 "$$tmp/fish" "$(DESTDIR)$(FISHCOMPDIR)/heartbeatd.fish"; \
+	install -m 0644 LICENSE-MIT LICENSE-APACHE "$(DESTDIR)$(DOCDIR)/"; \
+	install -m 0644 README.md "$(DESTDIR)$(DOCDIR)/"; \
+	if [ -n "$(wildcard docs/*.md)" ]; then \
+	  install -d -m 0755 "$(DESTDIR)$(DOCDIR)/docs"; \
+	  install -m 0644 $(wildcard docs/*.md) "$(DESTDIR)$(DOCDIR)/docs/"; \
+	fi; \
+	install -m 0644 configs/supervise-example.toml "$(DESTDIR)$(DOCDIR)/examples/"; \
+	install -m 0644 configs/prometheus/heartbeatd.rules.yml "$(DESTDIR)$(DOCDIR)/examples/prometheus/"; \
+	sed $(EXAMPLE_CONFIG_SED) configs/heartbeatd.toml > "$$tmp/heartbeatd.toml"; \
+	install -m 0644 "$$tmp/heartbeatd.toml" "$(DESTDIR)$(DOCDIR)/examples/heartbeatd.toml"; \
+	if [ -e "$(DESTDIR)$(SYSCONFDIR)/heartbeatd/heartbeatd.toml" ]; then \
+	  echo "kept the existing $(DESTDIR)$(SYSCONFDIR)/heartbeatd/heartbeatd.toml (the new example is $(DESTDIR)$(DOCDIR)/examples/heartbeatd.toml)"; \
+	else \
+	  install -m 0644 "$$tmp/heartbeatd.toml" "$(DESTDIR)$(SYSCONFDIR)/heartbeatd/heartbeatd.toml"; \
+	fi
+	@if [ -z "$(DESTDIR)" ]; then \
+	  if command -v systemd-sysusers >/dev/null 2>&1; then systemd-sysusers "$(SYSUSERSDIR)/heartbeatd.conf"; \
+	  else echo "no systemd-sysusers: create the heartbeatd user yourself (useradd --system --home-dir /var/lib/heartbeatd --shell /usr/sbin/nologin heartbeatd)"; fi; \
+	  echo "installed; start it with: systemctl daemon-reload && systemctl enable --now heartbeatd"; \
+	fi
+
+# Removes what make install installed, with the same PREFIX and DESTDIR. The config stays if it
+# differs from the example (it is the operator's), and so do data_dir and the heartbeatd user.
+uninstall:
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	rm -f "$(DESTDIR)$(BINDIR)/heartbeatd" "$(DESTDIR)$(SYSUSERSDIR)/heartbeatd.conf" \
+	  "$(DESTDIR)$(MANDIR)/man1/heartbeatd.1" "$(DESTDIR)$(MANDIR)"/man1/heartbeatd-*.1 \
+	  "$(DESTDIR)$(BASHCOMPDIR)/heartbeatd" "$(DESTDIR)$(ZSHCOMPDIR)/_heartbeatd" "$(DESTDIR)$(FISHCOMPDIR)/heartbeatd.fish"; \
+	for unit in $(UNITS); do rm -f "$(DESTDIR)$(UNITDIR)/$$(basename "$$unit")"; done; \
+	rm -rf "$(DESTDIR)$(DOCDIR)"; \
+	config="$(DESTDIR)$(SYSCONFDIR)/heartbeatd/heartbeatd.toml"; \
+	sed $(EXAMPLE_CONFIG_SED) configs/heartbeatd.toml > "$$tmp/heartbeatd.toml"; \
+	if [ -e "$$config" ] && cmp -s "$$config" "$$tmp/heartbeatd.toml"; then rm -f "$$config"; fi; \
+	rmdir "$(DESTDIR)$(SYSCONFDIR)/heartbeatd" 2>/dev/null || \
+	  echo "kept $(DESTDIR)$(SYSCONFDIR)/heartbeatd/ (a changed config or an env file is in it)"; \
+	echo "kept /var/lib/heartbeatd and the heartbeatd user, if any: remove them by hand"
