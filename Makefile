@@ -28,10 +28,12 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The supervision tests run the test agent (integration/harness/src/bin), a binary of its
-# own: built with every other binary first.
+# own: built with every other binary first. Then the .deb is built (a release build) and
+# installed, checked and purged on this machine (test-deb, packaging/install.mk).
 test: lint test-tools
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+	$(MAKE) test-deb
 
 # The /metrics and fleet tests validate with promtool and scrape with a real Prometheus
 # server (Debian's prometheus package); the alerting tests push to a real Alertmanager

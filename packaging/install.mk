@@ -102,3 +102,31 @@ uninstall:
 	rmdir "$(DESTDIR)$(SYSCONFDIR)/heartbeatd" 2>/dev/null || \
 	  echo "kept $(DESTDIR)$(SYSCONFDIR)/heartbeatd/ (a changed config or an env file is in it)"; \
 	echo "kept /var/lib/heartbeatd and the heartbeatd user, if any: remove them by hand"
+
+# make deb: the release binary, the tree make install stages for /usr (target/deb-root; zsh's
+# completion where Debian's zsh reads vendor completions), then cargo deb on it (Cargo.toml,
+# [package.metadata.deb]): target/debian/heartbeatd_<version>-1_<arch>.deb. The sysusers.d
+# file is not packaged: the postinst makes the user with adduser, which needs no systemd.
+#
+# cargo-deb is pinned: the one on PATH if it is this version, else this version built once
+# into $(CARGO_DEB_ROOT) (under target/, so nothing outside the tree is touched and `make clean`
+# removes it; about 4 minutes on 2 cores, with its own Cargo.lock: --locked).
+CARGO_DEB_VERSION = 3.8.0
+CARGO_DEB_ROOT = $(TARGET_DIR)/tools/cargo-deb-$(CARGO_DEB_VERSION)
+DEB_ROOT = target/deb-root
+deb: build
+	@if [ "$$(cargo-deb --version 2>/dev/null)" != "cargo-deb $(CARGO_DEB_VERSION)" ] \
+	  && [ ! -x "$(CARGO_DEB_ROOT)/bin/cargo-deb" ]; then \
+	  echo "building cargo-deb $(CARGO_DEB_VERSION) into $(CARGO_DEB_ROOT)"; \
+	  $(CARGO) install cargo-deb --version "$(CARGO_DEB_VERSION)" --locked --root "$(CARGO_DEB_ROOT)"; \
+	fi
+	rm -rf "$(DEB_ROOT)" target/debian
+	$(MAKE) -s install DESTDIR="$(CURDIR)/$(DEB_ROOT)" PREFIX=/usr BIN="$(TARGET_DIR)/release/heartbeatd" \
+	  ZSHCOMPDIR=/usr/share/zsh/vendor-completions
+	PATH="$(abspath $(CARGO_DEB_ROOT))/bin:$$PATH" $(CARGO) deb --no-build --output target/debian/
+
+# make test-deb: installs the .deb on this machine with dpkg, checks it, removes and purges it
+# (packaging/test-deb.sh). Root, or sudo. One at a time (flock): dpkg has one database.
+test-deb: deb
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO flock /tmp/heartbeatd-test-deb.lock packaging/test-deb.sh target/debian/heartbeatd_*.deb "$(DEB_ROOT)"
