@@ -38,19 +38,21 @@ test: lint test-tools
 # The /metrics and fleet tests validate with promtool and scrape with a real Prometheus
 # server (Debian's prometheus package); the alerting tests push to a real Alertmanager
 # (prometheus-alertmanager). The TLS tests make certificates with openssl and talk HTTPS
-# with curl. The status page is tested in a headless Chromium (Debian's chromium). The man
-# pages are rendered with groff (groff-base); the unit is checked with systemd-analyze and the
-# install's user with systemd-sysusers (systemd; no running systemd needed); the .deb's
-# maintainer scripts need adduser.
+# with curl. The status page is tested in a headless Chromium (Debian's chromium). Socket
+# activation is tested with systemd's own launcher, systemd-socket-activate (Debian's systemd).
+# The man pages are rendered with groff (groff-base); the unit is checked with systemd-analyze
+# and the install's user with systemd-sysusers (systemd; no running systemd needed); the .deb's
+# maintainer scripts need adduser, and its test looks the pages up with man (man-db).
 test-tools:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
 	  && command -v prometheus-alertmanager >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 \
 	  && command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 \
 	  && command -v groff >/dev/null 2>&1 && command -v systemd-analyze >/dev/null 2>&1 \
-	  && command -v systemd-sysusers >/dev/null 2>&1 && command -v adduser >/dev/null 2>&1 || { \
-	  echo "installing prometheus, prometheus-alertmanager, chromium, openssl, curl, groff-base, systemd and adduser (Debian packages) for the tests"; \
+	  && command -v systemd-sysusers >/dev/null 2>&1 && command -v systemd-socket-activate >/dev/null 2>&1 \
+	  && command -v adduser >/dev/null 2>&1 && command -v man >/dev/null 2>&1 || { \
+	  echo "installing prometheus, prometheus-alertmanager, chromium, openssl, curl, groff-base, systemd, adduser and man-db (Debian packages) for the tests"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus prometheus-alertmanager chromium openssl curl groff-base systemd adduser >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus prometheus-alertmanager chromium openssl curl groff-base systemd adduser man-db >/dev/null; }
 
 # wrk checks heartbeatd-load against an independent load generator; supervisord is the peer
 # the supervision scenario measures against; chromium times the status page's first paint

@@ -5,10 +5,23 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use clap::CommandFactory;
+
 use crate::daemon::BIN;
 
-/// ctl's commands, as a user types them after `heartbeatd ctl`.
-const CTL_COMMANDS: [&str; 7] = ["status", "start", "stop", "restart", "pause", "resume", "tail"];
+/// ctl's commands, as a user types them after `heartbeatd ctl`: read from the clap
+/// definitions, so a command added to ctl must get its completion and its page.
+fn ctl_commands() -> Vec<String> {
+    let cli = heartbeatd::cli::Cli::command();
+    let ctl = cli.find_subcommand("ctl").expect("a ctl subcommand");
+    let commands: Vec<String> = ctl
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    assert!(commands.len() >= 7, "{commands:?}");
+    commands
+}
 
 fn heartbeatd(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
@@ -26,7 +39,11 @@ fn each_shell_gets_a_script_naming_ctl_commands_and_no_hidden_ones() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(script.len() > 1000, "{shell}: {script}");
-        for command in CTL_COMMANDS.iter().chain(&["check-config", "ctl", "completions"]) {
+        for command in ctl_commands()
+            .iter()
+            .map(String::as_str)
+            .chain(["check-config", "ctl", "completions"])
+        {
             assert!(script.contains(command), "{shell} script does not name {command}");
         }
         // The keeper and the man-page writer are hidden: not offered to a user.
@@ -59,8 +76,8 @@ fn bash_completes_ctl_commands() {
 
     assert_eq!(complete("heartbeatd ctl st", 2), "status start stop");
     let all: Vec<String> = complete("heartbeatd ctl ''", 2).split(' ').map(str::to_owned).collect();
-    for command in CTL_COMMANDS {
-        assert!(all.iter().any(|c| c == command), "{command} not offered: {all:?}");
+    for command in ctl_commands() {
+        assert!(all.iter().any(|c| *c == command), "{command} not offered: {all:?}");
     }
 }
 
@@ -93,7 +110,7 @@ fn man_pages_cover_every_command_and_render_without_warnings() {
     ]
     .iter()
     .map(|p| format!("{p}.1"))
-    .chain(CTL_COMMANDS.iter().map(|c| format!("heartbeatd-ctl-{c}.1")))
+    .chain(ctl_commands().iter().map(|c| format!("heartbeatd-ctl-{c}.1")))
     .collect();
     expected.sort();
     assert_eq!(pages, expected);
@@ -112,7 +129,7 @@ fn man_pages_cover_every_command_and_render_without_warnings() {
     }
     assert!(main.contains("/etc/heartbeatd/heartbeatd.toml"), "{main}");
     let ctl = render(&out_dir.join("heartbeatd-ctl.1"));
-    for command in CTL_COMMANDS {
+    for command in ctl_commands() {
         assert!(
             ctl.contains(&format!("heartbeatd-ctl-{command}(1)")),
             "{command} not in heartbeatd-ctl(1): {ctl}"
