@@ -8,7 +8,7 @@ CONFIG ?= configs/heartbeatd.toml
 help:
 	@echo "make run        build (release) and run heartbeatd on $(CONFIG) (127.0.0.1:8080)"
 	@echo "make test       the whole suite: format check, clippy, unit and integration tests, the .deb"
-	@echo "make build      release build only (target/release/heartbeatd)"
+	@echo "make build      release build only (target/release/heartbeatd, and its keeper once there is one)"
 	@echo "make install    install the binary, unit, man pages, completions and /etc/heartbeatd/heartbeatd.toml"
 	@echo "                (PREFIX=$(PREFIX), DESTDIR=; BIN=path installs that binary without building)"
 	@echo "make uninstall  remove what make install installed (a changed config and data_dir stay)"
@@ -20,8 +20,9 @@ help:
 run:
 	$(CARGO) run --release --bin heartbeatd -- --config $(CONFIG)
 
+# heartbeatd and the other programs it needs installed beside it (packaging/install.mk).
 build:
-	$(CARGO) build --release --bin heartbeatd
+	$(CARGO) build --release $(DAEMON_BIN_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -77,7 +77,7 @@ fn bash_completes_ctl_commands() {
     assert_eq!(complete("heartbeatd ctl st", 2), "status start stop");
     let all: Vec<String> = complete("heartbeatd ctl ''", 2).split(' ').map(str::to_owned).collect();
     for command in ctl_commands() {
-        assert!(all.iter().any(|c| *c == command), "{command} not offered: {all:?}");
+        assert!(all.contains(&command), "{command} not offered: {all:?}");
     }
 }
 

@@ -16,14 +16,22 @@ use crate::daemon::BIN;
 
 /// The source tree (the Makefile's directory).
 const TREE: &str = env!("CARGO_MANIFEST_DIR");
+/// The keeper's own binary, which heartbeatd starts from its own directory once the workspace
+/// builds it: make install and the .deb install it beside heartbeatd when it is there.
+const KEEPER: &str = "heartbeatd-keep";
 
 /// `make TARGET DESTDIR=dir PREFIX=/usr BIN=<the test binary>`, without the variables of a
 /// `make test` this may run under (MAKEFLAGS would pass its command-line variables on).
 pub fn make(target: &str, destdir: &Path) -> Output {
+    make_with(target, destdir, Path::new(BIN))
+}
+
+/// [`make`] installing the heartbeatd at `bin` (and what is beside it).
+fn make_with(target: &str, destdir: &Path, bin: &Path) -> Output {
     Command::new("make")
         .args(["-s", "-C", TREE, target, "PREFIX=/usr"])
         .arg(format!("DESTDIR={}", destdir.display()))
-        .arg(format!("BIN={BIN}"))
+        .arg(format!("BIN={}", bin.display()))
         .env_remove("MAKEFLAGS")
         .env_remove("MFLAGS")
         .env_remove("MAKELEVEL")
@@ -102,6 +110,10 @@ fn expected_files() -> BTreeMap<String, u32> {
     .into_iter()
     .map(|(path, mode)| (path.to_owned(), mode))
     .collect();
+    // The keeper goes beside heartbeatd wherever the build made one beside it.
+    if Path::new(BIN).with_file_name(KEEPER).exists() {
+        files.insert(format!("usr/bin/{KEEPER}"), 0o755);
+    }
     for page in man_pages() {
         files.insert(format!("usr/share/man/man1/{page}"), 0o644);
     }
@@ -147,6 +159,53 @@ fn make_install_lays_out_every_file_with_its_mode() {
 }
 
 #[test]
+fn the_keeper_beside_heartbeatd_is_installed_beside_it_and_uninstalled() {
+    // A build directory with heartbeatd and a keeper (any executable stands in for it), and
+    // one with heartbeatd alone.
+    let dir = tempfile::tempdir().unwrap();
+    let with_keeper = dir.path().join("with");
+    let alone = dir.path().join("alone");
+    for build in [&with_keeper, &alone] {
+        std::fs::create_dir(build).unwrap();
+        // A link, not a copy: install copies what it points to, and the debug binary is large.
+        std::os::unix::fs::symlink(BIN, build.join("heartbeatd")).unwrap();
+    }
+    std::fs::write(with_keeper.join(KEEPER), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(with_keeper.join(KEEPER), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let root_with = dir.path().join("root-with");
+    let root_alone = dir.path().join("root-alone");
+
+    let installed = make_with("install", &root_with, &with_keeper.join("heartbeatd"));
+    let installed_alone = make_with("install", &root_alone, &alone.join("heartbeatd"));
+
+    assert!(
+        installed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    assert!(installed_alone.status.success());
+    let keeper = root_with.join("usr/bin").join(KEEPER);
+    assert_eq!(std::fs::read(&keeper).unwrap(), b"#!/bin/sh\nexit 0\n");
+    assert_eq!(std::fs::metadata(&keeper).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert!(!root_alone.join("usr/bin").join(KEEPER).exists());
+    let bins = |root: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(root.join("usr/bin"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(bins(&root_with), vec!["heartbeatd".to_owned(), KEEPER.to_owned()]);
+    assert_eq!(bins(&root_alone), vec!["heartbeatd".to_owned()]);
+    // uninstall takes the keeper too.
+    assert!(make_with("uninstall", &root_with, &with_keeper.join("heartbeatd"))
+        .status
+        .success());
+    assert!(bins(&root_with).is_empty());
+}
+
+#[test]
 fn the_installed_unit_and_config_name_the_installed_paths_and_the_binary_runs_on_them() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
@@ -169,7 +228,7 @@ fn the_installed_unit_and_config_name_the_installed_paths_and_the_binary_runs_on
     assert!(
         settings
             .clone()
-            .any(|l| l == "Documentation=man:heartbeatd(1) file:///usr/share/doc/heartbeatd/README.md"),
+            .any(|l| l == "Documentation=man:heartbeatd(1) file:///usr/share/doc/heartbeatd/docs/operations.md"),
         "{unit}"
     );
 

@@ -112,22 +112,72 @@ fn systemd_analyze(args: &[&std::ffi::OsStr], env: &[(&str, &std::path::Path)]) 
 }
 
 #[test]
-fn the_installed_unit_passes_systemd_analyze_verify() {
-    // The unit as make install writes it (PREFIX=/usr), verified against the installed files:
-    // its binary paths moved under the install root, since verify checks that ExecStart exists
-    // on this machine, and MANPATH naming the installed pages, since it runs
-    // `man heartbeatd(1)` for Documentation=. The .deb test verifies the unit at its real place.
+fn the_installed_units_pass_systemd_analyze_verify() {
+    // The units as make install writes them (PREFIX=/usr), verified against the installed
+    // files: the service's binary paths moved under the install root, since verify checks that
+    // ExecStart exists on this machine, and MANPATH naming the installed pages, since it runs
+    // `man heartbeatd(1)` for Documentation=. The socket beside it, as installed: verify
+    // loads the service it starts. The .deb test verifies both at their real place.
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     crate::install::install_into(&root);
     let unit = crate::install::unit_rooted_at(&root);
+    let socket = unit.with_file_name("heartbeatd.socket");
+    std::fs::copy(root.join("usr/lib/systemd/system/heartbeatd.socket"), &socket).unwrap();
     let manpath = root.join("usr/share/man");
 
-    let out = systemd_analyze(&["verify".as_ref(), unit.as_os_str()], &[("MANPATH", &manpath)]);
+    for checked in [&unit, &socket] {
+        let out = systemd_analyze(&["verify".as_ref(), checked.as_os_str()], &[("MANPATH", &manpath)]);
 
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // verify exits 0 on an unknown key and only warns: any output is a failure.
-    assert!(out.status.success() && stderr.is_empty(), "{stderr}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // verify exits 0 on an unknown key and only warns: any output is a failure.
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "{}: {stderr}",
+            checked.display()
+        );
+    }
+
+    // The socket check can fail: alone, without the service it starts, verify refuses it.
+    let alone = dir.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(&socket, alone.join("heartbeatd.socket")).unwrap();
+    let out = systemd_analyze(&["verify".as_ref(), alone.join("heartbeatd.socket").as_os_str()], &[]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_shipped_unit_takes_the_upgrades_notifications_and_lets_it_run_the_new_binary() {
+    // The in-place upgrade: the old process sends MAINPID= for the new one, which then sends
+    // READY=1 and WATCHDOG=1 as the main process. NotifyAccess=none would drop them all.
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/heartbeatd.service")).unwrap();
+    let keys: Vec<(&str, &str)> = unit
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let value = |key: &str| keys.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).next_back();
+
+    assert_eq!(value("Type"), Some("notify"), "{unit}");
+    assert!(
+        matches!(value("NotifyAccess"), Some("main" | "exec" | "all")),
+        "NotifyAccess must be main or wider: {:?}",
+        value("NotifyAccess")
+    );
+    // The new binary is started from the path the old one runs from: nothing in the sandbox
+    // may make the binary's directory unexecutable or hidden.
+    let binary = value("ExecStart").unwrap().split_whitespace().next().unwrap();
+    let directory = std::path::Path::new(binary).parent().unwrap().to_str().unwrap();
+    for key in ["NoExecPaths", "InaccessiblePaths", "TemporaryFileSystem"] {
+        if let Some(paths) = value(key) {
+            assert!(
+                !paths
+                    .split_whitespace()
+                    .any(|p| directory.starts_with(p.trim_start_matches(['-', '+']))),
+                "{key}={paths} covers {directory}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -2,6 +2,7 @@
 #
 # make install lays out, under $(DESTDIR)$(PREFIX) (PREFIX=/usr/local by default):
 #   bin/heartbeatd                                   the binary
+#   bin/heartbeatd-keep                              the keeper, where the workspace builds one
 #   lib/systemd/system/heartbeatd.service            every configs/*.service and *.socket, with
 #                                                    /usr/local/bin/heartbeatd made $(BINDIR)/heartbeatd
 #   lib/sysusers.d/heartbeatd.conf                   the heartbeatd system user
@@ -35,6 +36,15 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # `sudo make install BIN=target/release/heartbeatd` where root has no cargo.
 BIN ?=
 INSTALL_BIN = $(or $(BIN),$(TARGET_DIR)/release/heartbeatd)
+# The daemon's programs, installed side by side in BINDIR: heartbeatd, and every other one that
+# exists beside INSTALL_BIN (the keeper, heartbeatd-keep, once the workspace builds it: heartbeatd
+# starts it from its own directory). `make build` builds each one the workspace defines.
+DAEMON_BINS = heartbeatd heartbeatd-keep
+# The binaries the workspace defines (cargo metadata; no network, no build).
+WORKSPACE_BINS = $(shell $(CARGO) metadata --no-deps --format-version 1 2>/dev/null \
+  | grep -o '"kind":\["bin"\],"crate_types":\["bin"\],"name":"[^"]*"' | sed 's/.*"name":"//; s/"$$//')
+# `--bin NAME` for heartbeatd and each other daemon program the workspace defines.
+DAEMON_BIN_ARGS = --bin heartbeatd $(foreach bin,$(filter $(filter-out heartbeatd,$(DAEMON_BINS)),$(WORKSPACE_BINS)),--bin $(bin))
 UNITS = $(wildcard configs/*.service configs/*.socket)
 DOCS = README.md $(wildcard docs/*.md)
 
@@ -53,6 +63,10 @@ install: $(if $(BIN),,build)
 	  "$(DESTDIR)$(MANDIR)/man1" "$(DESTDIR)$(BASHCOMPDIR)" "$(DESTDIR)$(ZSHCOMPDIR)" "$(DESTDIR)$(FISHCOMPDIR)" \
 	  "$(DESTDIR)$(DOCDIR)/examples/prometheus" "$(DESTDIR)$(SYSCONFDIR)/heartbeatd"; \
 	install -m 0755 "$(INSTALL_BIN)" "$(DESTDIR)$(BINDIR)/heartbeatd"; \
+	for bin in $(filter-out heartbeatd,$(DAEMON_BINS)); do \
+	  source="$$(dirname "$(INSTALL_BIN)")/$$bin"; \
+	  if [ -e "$$source" ]; then install -m 0755 "$$source" "$(DESTDIR)$(BINDIR)/$$bin"; fi; \
+	done; \
 	for unit in $(UNITS); do \
 	  sed $(UNIT_SED) "$$unit" > "$$tmp/unit"; \
 	  install -m 0644 "$$tmp/unit" "$(DESTDIR)$(UNITDIR)/$$(basename "$$unit")"; \
@@ -91,7 +105,7 @@ install: $(if $(BIN),,build)
 # differs from the example (it is the operator's), and so do data_dir and the heartbeatd user.
 uninstall:
 	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
-	rm -f "$(DESTDIR)$(BINDIR)/heartbeatd" "$(DESTDIR)$(SYSUSERSDIR)/heartbeatd.conf" \
+	rm -f $(foreach bin,$(DAEMON_BINS),"$(DESTDIR)$(BINDIR)/$(bin)") "$(DESTDIR)$(SYSUSERSDIR)/heartbeatd.conf" \
 	  "$(DESTDIR)$(MANDIR)/man1/heartbeatd.1" "$(DESTDIR)$(MANDIR)"/man1/heartbeatd-*.1 \
 	  "$(DESTDIR)$(BASHCOMPDIR)/heartbeatd" "$(DESTDIR)$(ZSHCOMPDIR)/_heartbeatd" "$(DESTDIR)$(FISHCOMPDIR)/heartbeatd.fish"; \
 	for unit in $(UNITS); do rm -f "$(DESTDIR)$(UNITDIR)/$$(basename "$$unit")"; done; \

@@ -8,7 +8,8 @@
 #   packaging/test-deb.sh PACKAGE.deb STAGED_ROOT
 #
 # STAGED_ROOT is the tree `make install DESTDIR=… PREFIX=/usr` staged for the package: the
-# package must hold the same files (man pages gzipped, no sysusers.d file, plus the copyright).
+# package must hold the same files (the keeper too where it was built and staged; man pages
+# gzipped, no sysusers.d file, plus the copyright).
 # It refuses to run where heartbeatd is already installed, by the package or by hand: it would
 # replace and then delete it. The user it creates it deletes again at the end (dpkg -P leaves
 # it, as Debian's packages do).
@@ -86,7 +87,7 @@ rm -f "$before.expected" "$before.installed"
 for path in $installed; do
     mode=$(stat -c '%a %U:%G' "$path")
     case "$path" in
-        /usr/bin/heartbeatd) want="755 root:root" ;;
+        /usr/bin/*) want="755 root:root" ;;
         *) want="644 root:root" ;;
     esac
     [ "$mode" = "$want" ] || fail "$path is $mode, not $want"
@@ -112,10 +113,14 @@ check "the zsh completion is where Debian's zsh looks" test -s /usr/share/zsh/ve
 check "the fish completion is where fish looks" test -s /usr/share/fish/vendor_completions.d/heartbeatd.fish
 
 unit=/usr/lib/systemd/system/heartbeatd.service
+socket=/usr/lib/systemd/system/heartbeatd.socket
 check "the unit runs /usr/bin/heartbeatd" grep -qx 'ExecStart=/usr/bin/heartbeatd --config /etc/heartbeatd/heartbeatd.toml' "$unit"
-verify=$(systemd-analyze verify "$unit" 2>&1) && [ -z "$verify" ] && pass "systemd-analyze verify $unit" \
-    || fail "systemd-analyze verify $unit: $verify"
+for checked in "$unit" "$socket"; do
+    verify=$(systemd-analyze verify "$checked" 2>&1) && [ -z "$verify" ] && pass "systemd-analyze verify $checked" \
+        || fail "systemd-analyze verify $checked: $verify"
+done
 check "the unit is enabled (multi-user.target wants it)" test -L /etc/systemd/system/multi-user.target.wants/heartbeatd.service
+check "the socket is installed but not enabled (it is optional)" sh -c "test -f $socket && ! test -e /etc/systemd/system/sockets.target.wants/heartbeatd.socket"
 running_installed() {
     for exe in /proc/[0-9]*/exe; do
         [ "$(readlink "$exe" 2>/dev/null)" = /usr/bin/heartbeatd ] && return 0
@@ -147,6 +152,18 @@ kill -TERM $daemon 2>/dev/null || true
 wait $daemon && pass "it stopped with exit code 0 on SIGTERM" || fail "it exited $? on SIGTERM: $(cat "$log")"
 check "its state is in /var/lib/heartbeatd, heartbeatd's" sh -c "find /var/lib/heartbeatd -mindepth 1 | grep -q . && [ -z \"\$(find /var/lib/heartbeatd ! -user heartbeatd)\" ]"
 rm -f "$log"
+
+# An upgrade (the same package again): the operator's changes stay: an edited conffile, and the
+# socket they enabled (as systemctl enable does, without a running systemd).
+echo "== dpkg -i again, as an upgrade"
+echo "# changed by the operator" >> /etc/heartbeatd/heartbeatd.toml
+systemctl enable heartbeatd.socket >/dev/null 2>&1
+check "the operator enabled the socket" test -L /etc/systemd/system/sockets.target.wants/heartbeatd.socket
+DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" >/dev/null
+check "the upgrade keeps the changed conffile" grep -qx "# changed by the operator" /etc/heartbeatd/heartbeatd.toml
+check "the upgrade keeps the socket enabled" test -L /etc/systemd/system/sockets.target.wants/heartbeatd.socket
+check "the upgrade keeps the service enabled" test -L /etc/systemd/system/multi-user.target.wants/heartbeatd.service
+check "the upgrade keeps the user" test "$(getent passwd heartbeatd)" = "$passwd"
 
 echo "== dpkg -r heartbeatd"
 dpkg -r heartbeatd
