@@ -139,6 +139,15 @@ deb: build
 	  ZSHCOMPDIR=/usr/share/zsh/vendor-completions
 	PATH="$(abspath $(CARGO_DEB_ROOT))/bin:$$PATH" $(CARGO) deb --no-build --output target/debian/
 
+# make test runs the package test where it can: dpkg (Debian and its kind) and root, or sudo
+# without a password (CI runs as root). Elsewhere it says loudly that it skipped it.
+test-deb-if-possible:
+	@if ! command -v dpkg >/dev/null 2>&1; then \
+	  echo "*** make test: the package test (make test-deb) was SKIPPED: no dpkg on this machine"; \
+	elif [ "$$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; then \
+	  echo "*** make test: the package test (make test-deb) was SKIPPED: it needs root (dpkg -i); run sudo make test-deb"; \
+	else $(MAKE) test-deb; fi
+
 # make test-deb: installs the .deb on this machine with dpkg, checks it, removes and purges it
 # (packaging/test-deb.sh). Root, or sudo. One at a time (flock): dpkg has one database.
 test-deb: deb
