@@ -65,7 +65,7 @@ install: $(if $(BIN),,build)
 	install -m 0755 "$(INSTALL_BIN)" "$(DESTDIR)$(BINDIR)/heartbeatd"; \
 	for bin in $(filter-out heartbeatd,$(DAEMON_BINS)); do \
 	  source="$$(dirname "$(INSTALL_BIN)")/$$bin"; \
-	  if [ -e "$$source" ]; then install -m 0755 "$$source" "$(DESTDIR)$(BINDIR)/$$bin"; fi; \
+	  if [ -f "$$source" ]; then install -m 0755 "$$source" "$(DESTDIR)$(BINDIR)/$$bin"; fi; \
 	done; \
 	for unit in $(UNITS); do \
 	  sed $(UNIT_SED) "$$unit" > "$$tmp/unit"; \
