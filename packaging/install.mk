@@ -124,7 +124,7 @@ uninstall:
 #
 # cargo-deb is pinned: the one on PATH if it is this version, else this version built once
 # into $(CARGO_DEB_ROOT) (under target/, so nothing outside the tree is touched and `make clean`
-# removes it; about 4 minutes on 2 cores, with its own Cargo.lock: --locked).
+# removes it; about 2 CPU-minutes, measured, with its own Cargo.lock: --locked).
 CARGO_DEB_VERSION = 3.8.0
 CARGO_DEB_ROOT = $(TARGET_DIR)/tools/cargo-deb-$(CARGO_DEB_VERSION)
 DEB_ROOT = target/deb-root
