@@ -1,7 +1,8 @@
 //! The command line: `heartbeatd [--config FILE] [--http-port N] [--data-dir DIR]` runs the
 //! daemon; `heartbeatd check-config FILE` prints the effective configuration or the error;
-//! `heartbeatd ctl …` is the admin client ([`crate::ctl`]); `heartbeatd keep ID` (hidden) is
-//! a supervised agent's keeper.
+//! `heartbeatd ctl …` is the admin client ([`crate::ctl`]); `heartbeatd completions SHELL`
+//! prints a shell completion script and `heartbeatd man --out DIR` (hidden) writes the man
+//! pages ([`crate::cli_docs`]); `heartbeatd keep ID` (hidden) is a supervised agent's keeper.
 //!
 //! Exit codes: 0 success (a stop that drained, or a hand-over to an upgrade); 1 runtime
 //! failure (port in use, data_dir in use by another heartbeatd or unusable, drain not
@@ -11,7 +12,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueHint};
 use slog::{crit, warn};
 
 use crate::reload::ReloadSource;
@@ -24,22 +25,27 @@ use crate::upgrade::predecessor::Predecessor;
 use crate::upgrade::successor::Launch;
 
 /// Exit code for a configuration or usage error (clap uses 2 for usage errors too).
-const EXIT_CONFIG: u8 = 2;
+pub(crate) const EXIT_CONFIG: u8 = 2;
 /// Exit code for a failure at run time.
-const EXIT_RUNTIME: u8 = 1;
+pub(crate) const EXIT_RUNTIME: u8 = 1;
 
 /// heartbeatd: receives agent heartbeats over HTTP and keeps each agent's state on disk.
 #[derive(Debug, Parser)]
-#[command(name = "heartbeatd", version, about)]
+#[command(
+    name = "heartbeatd",
+    version,
+    about = "Receive agent heartbeats over HTTP, keep each agent's state on disk, and supervise agents' programs",
+    long_about = "Receive agent heartbeats over HTTP, keep each agent's state on disk, and supervise agents' programs.\n\nWithout a subcommand, heartbeatd runs the daemon on the configuration given with --config (under systemd: /etc/heartbeatd/heartbeatd.toml); SIGTERM or SIGINT stop it gracefully, SIGHUP reloads the configuration."
+)]
 pub struct Cli {
     /// TOML configuration file (see configs/heartbeatd.toml).
-    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    #[arg(long, short = 'c', value_name = "FILE", global = true, value_hint = ValueHint::FilePath)]
     pub config: Option<PathBuf>,
     /// HTTP port; overrides http_port from the file and HEARTBEATD_HTTP_PORT.
     #[arg(long, value_name = "N", global = true)]
     pub http_port: Option<u16>,
     /// Data directory; overrides data_dir from the file and HEARTBEATD_DATA_DIR.
-    #[arg(long, value_name = "DIR", global = true)]
+    #[arg(long, value_name = "DIR", global = true, value_hint = ValueHint::DirPath)]
     pub data_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -51,13 +57,28 @@ pub enum Command {
     /// TOML and exit 0, or print the error and exit 2.
     CheckConfig {
         /// The configuration file to check.
+        #[arg(value_hint = ValueHint::FilePath)]
         file: PathBuf,
         /// Print nothing but errors (for a unit's ExecStartPre).
         #[arg(long, short = 'q')]
         quiet: bool,
     },
-    /// Control supervised agents through the admin API (status, start, stop, restart, tail).
+    /// Control supervised agents through the admin API (status, start, stop, restart, pause,
+    /// resume, tail).
     Ctl(crate::ctl::CtlArgs),
+    /// Print a shell completion script to standard output (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (heartbeatd.1 and one per subcommand) into a directory (make install
+    /// and make deb run it).
+    #[command(hide = true)]
+    Man {
+        /// The directory to write into (created if missing).
+        #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+        out: PathBuf,
+    },
     /// The keeper of one supervised agent (started by heartbeatd itself; not for use by hand).
     #[command(hide = true)]
     Keep {
@@ -83,6 +104,8 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::Keep { .. }) => heartbeatd_actors::supervision::keeper::run(),
         Some(Command::Ctl(args)) => crate::ctl::run(args, cli.config, overrides),
+        Some(Command::Completions { shell }) => crate::cli_docs::print_completions(shell),
+        Some(Command::Man { ref out }) => crate::cli_docs::write_man_pages_command(out),
         Some(Command::CheckConfig { ref file, quiet }) => check_config(load(Some(file.clone()), &cli), quiet),
         None => {
             limit_malloc_arenas();
