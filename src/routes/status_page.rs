@@ -1,6 +1,7 @@
 //! `GET /`: the status page for the person on call. One self-contained HTML file (no external
-//! assets, works offline, well under 100 KB) that reads only the JSON API; see
-//! `status_page.html`.
+//! assets, works offline, at most 100 KB) that reads only the JSON API from its own origin:
+//! the fleet worst first (`GET /agents?sort=…`), and one agent's history chart, events,
+//! process and output; see `status_page.html`.
 
 use actix_web::http::header;
 use actix_web::HttpResponse;
@@ -35,6 +36,17 @@ mod tests {
                 "{external} in the page"
             );
         }
-        assert!(!PAGE.contains(".innerHTML"), "agent data is set as text only");
+        // Agent data and the URL reach the page as text only: nothing in it parses HTML or
+        // runs a string.
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+        ] {
+            assert!(!PAGE.contains(sink), "{sink} in the page");
+        }
     }
 }

@@ -205,6 +205,32 @@ impl Browser {
         self.wait_for(what, expression)
     }
 
+    /// Decodes `png` in this browser (call it on a blank page) and measures it: `width`,
+    /// `height`, `spread` (the standard deviation of its brightness, 0 for a blank image) and
+    /// `near` (how many pixels are within 24 of `rgb` in each channel).
+    pub fn measure_png(&mut self, png: &[u8], rgb: [u8; 3]) -> Value {
+        let data = base64::engine::general_purpose::STANDARD.encode(png);
+        let [r, g, b] = rgb;
+        self.eval(&format!(
+            r#"(async () => {{
+  const bytes = Uint8Array.from(atob("{data}"), c => c.charCodeAt(0));
+  const image = await createImageBitmap(new Blob([bytes], {{type: "image/png"}}));
+  const canvas = new OffscreenCanvas(image.width, image.height);
+  const g = canvas.getContext("2d");
+  g.drawImage(image, 0, 0);
+  const px = g.getImageData(0, 0, image.width, image.height).data;
+  let n = 0, sum = 0, sq = 0, near = 0;
+  for (let i = 0; i < px.length; i += 4) {{
+    const l = 0.299 * px[i] + 0.587 * px[i + 1] + 0.114 * px[i + 2];
+    n++; sum += l; sq += l * l;
+    if (Math.abs(px[i] - {r}) < 24 && Math.abs(px[i + 1] - {g}) < 24 && Math.abs(px[i + 2] - {b}) < 24) near++;
+  }}
+  const mean = sum / n;
+  return {{width: image.width, height: image.height, spread: Math.sqrt(sq / n - mean * mean), near}};
+}})()"#
+        ))
+    }
+
     /// A PNG of the page as it is now.
     pub fn screenshot(&mut self) -> Vec<u8> {
         let shot = self.call("Page.captureScreenshot", json!({"format": "png"}));
