@@ -345,6 +345,19 @@ fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each
         json!({"pwned": null, "images": 0, "scripts": 1, "logChildren": 0, "title": "<img src=x onerror=\"window.pwned=1\">"})
     );
 
+    // And were markup ever to get in, the page's policy would not run it: only the page's own
+    // script (by its hash) may run, so an inline handler is refused.
+    browser.eval(
+        "window.violations = []; document.addEventListener('securitypolicyviolation', e => window.violations.push(e.violatedDirective));
+         document.body.insertAdjacentHTML('beforeend', '<img id=injected src=x onerror=\"window.csp = 1\">'); true",
+    );
+    browser.wait_for(
+        "the policy to refuse the handler",
+        "window.violations.some(d => d.startsWith('script-src'))",
+    );
+    assert_eq!(browser.eval("window.csp ?? null"), Value::Null);
+    browser.eval("document.getElementById('injected').remove(); true");
+
     // Back to the list: it follows a change without reloading (`gone` comes back).
     browser.eval("window.loadedOnce = 'yes'; location.hash = ''; true");
     let deadline = Instant::now() + Duration::from_secs(20);
