@@ -32,14 +32,16 @@ test: lint test-tools
 # The /metrics and fleet tests validate with promtool and scrape with a real Prometheus
 # server (Debian's prometheus package); the alerting tests push to a real Alertmanager
 # (prometheus-alertmanager). The TLS tests make certificates with openssl and talk HTTPS
-# with curl. The status page is tested in a headless Chromium (Debian's chromium).
+# with curl. The status page is tested in a headless Chromium (Debian's chromium). Socket
+# activation is tested with systemd's own launcher, systemd-socket-activate (Debian's systemd).
 test-tools:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
 	  && command -v prometheus-alertmanager >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 \
-	  && command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
-	  echo "installing prometheus, prometheus-alertmanager, chromium, openssl and curl (Debian packages) for the tests"; \
+	  && command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 \
+	  && command -v systemd-socket-activate >/dev/null 2>&1 || { \
+	  echo "installing prometheus, prometheus-alertmanager, chromium, openssl, curl and systemd (Debian packages) for the tests"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus prometheus-alertmanager chromium openssl curl >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus prometheus-alertmanager chromium openssl curl systemd >/dev/null; }
 
 # wrk checks heartbeatd-load against an independent load generator; supervisord is the peer
 # the supervision scenario measures against; chromium times the status page's first paint

@@ -108,7 +108,11 @@ fn fleet() -> Daemon {
         || get("waiting")["process"]["state"] != "backoff"
         || get("talker")["status"] != "up"
     {
-        assert!(Instant::now() < deadline, "the fleet never reached its states");
+        assert!(
+            Instant::now() < deadline,
+            "the fleet never reached its states:\n{}",
+            daemon.log()
+        );
         thread::sleep(Duration::from_millis(100));
     }
     daemon.wait_processed(103);

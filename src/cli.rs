@@ -3,8 +3,10 @@
 //! `heartbeatd ctl …` is the admin client ([`crate::ctl`]); `heartbeatd keep ID` (hidden) is
 //! a supervised agent's keeper.
 //!
-//! Exit codes: 0 success; 1 runtime failure (port in use, unusable data_dir, drain not
-//! finished in time); 2 configuration or usage error.
+//! Exit codes: 0 success (a stop that drained, or a hand-over to an upgrade); 1 runtime
+//! failure (port in use, data_dir in use by another heartbeatd or unusable, drain not
+//! finished in time); 2 configuration or usage error (including sockets handed over that
+//! cannot be served).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,10 +15,13 @@ use clap::{Parser, Subcommand};
 use slog::{crit, warn};
 
 use crate::reload::ReloadSource;
+use crate::server::inherited::Inherited;
 use crate::settings::{self, Loaded, Overrides, SettingsError};
-use crate::startup::{Application, StartupError};
+use crate::startup::{Application, Handed, StartupError};
 use crate::telemetry;
 use crate::tls::{self, TlsError};
+use crate::upgrade::predecessor::Predecessor;
+use crate::upgrade::successor::Launch;
 
 /// Exit code for a configuration or usage error (clap uses 2 for usage errors too).
 const EXIT_CONFIG: u8 = 2;
@@ -81,9 +86,29 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::CheckConfig { ref file, quiet }) => check_config(load(Some(file.clone()), &cli), quiet),
         None => {
             limit_malloc_arenas();
-            run_daemon_system(cli)
+            match take_handed() {
+                Ok(handed) => run_daemon_system(cli, handed),
+                Err(message) => {
+                    eprintln!("heartbeatd: {message}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
         }
     }
+}
+
+/// What the process was handed besides its configuration: sockets (systemd, an upgrade), the
+/// heartbeatd it replaces, and its own binary's path. Read here, before any thread starts,
+/// because the variables are removed from the environment (keepers and programs must not
+/// see them).
+fn take_handed() -> Result<Handed, String> {
+    let sockets = Inherited::take_from_env().map_err(|e| e.to_string())?;
+    let predecessor = Predecessor::take_from_env().map_err(|e| e.to_string())?;
+    Ok(Handed {
+        sockets,
+        predecessor,
+        launch: Launch::of_this_process().ok(),
+    })
 }
 
 /// At most two malloc arenas (glibc's default is 8 per core: 16 on two cores). Memory freed by
@@ -102,8 +127,8 @@ fn limit_malloc_arenas() {
 }
 
 #[actix_web::main]
-async fn run_daemon_system(cli: Cli) -> ExitCode {
-    run_daemon(load(cli.config.clone(), &cli), &cli).await
+async fn run_daemon_system(cli: Cli, handed: Handed) -> ExitCode {
+    run_daemon(load(cli.config.clone(), &cli), &cli, handed).await
 }
 
 /// A failed start is a runtime failure (1), except a certificate and key that do not belong
@@ -135,7 +160,7 @@ fn check_config(loaded: Result<Loaded, SettingsError>, quiet: bool) -> ExitCode 
             if quiet {
                 return ExitCode::SUCCESS;
             }
-            match toml::to_string_pretty(&loaded.settings.effective()) {
+            match loaded.settings.effective_toml() {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS
@@ -153,7 +178,7 @@ fn check_config(loaded: Result<Loaded, SettingsError>, quiet: bool) -> ExitCode 
     }
 }
 
-async fn run_daemon(loaded: Result<Loaded, SettingsError>, cli: &Cli) -> ExitCode {
+async fn run_daemon(loaded: Result<Loaded, SettingsError>, cli: &Cli, handed: Handed) -> ExitCode {
     let loaded = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -174,7 +199,7 @@ async fn run_daemon(loaded: Result<Loaded, SettingsError>, cli: &Cli) -> ExitCod
     for name in &loaded.ignored_env {
         warn!(log, "environment variable names no configuration key and is ignored"; "variable" => name);
     }
-    let code = match Application::build(settings, log.clone(), source).await {
+    let code = match Application::build(settings, log.clone(), source, handed).await {
         Ok(app) => app.run_until_stopped().await.exit_code(),
         Err(e) => {
             crit!(log, "heartbeatd could not start"; "error" => %e);

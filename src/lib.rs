@@ -14,7 +14,8 @@
 //! | [`shutdown`] | signals and the graceful drain |
 //! | [`reload`] | SIGHUP: what a configuration reload applies |
 //! | [`tls`] | HTTPS through rustls, certificate reloaded on SIGHUP |
-//! | [`systemd`] | `READY=1`, `STOPPING=1`, `WATCHDOG=1` when run as a `Type=notify` unit |
+//! | [`systemd`] | `READY=1`, `STOPPING=1`, `WATCHDOG=1`, `MAINPID=` when run as a `Type=notify` unit |
+//! | [`upgrade`] | in-place upgrade: the new binary started, the sockets and `data_dir` handed over |
 //!
 //! The actors live in the `heartbeatd-actors` crate (`actors/`); the load tool, the ceiling
 //! server and the bench in `heartbeatd-bench` (`bench/`); the harness that starts this binary
@@ -33,3 +34,4 @@ pub mod startup;
 pub mod systemd;
 pub mod telemetry;
 pub mod tls;
+pub mod upgrade;

@@ -1,6 +1,9 @@
 //! Signals and the graceful drain.
 //!
 //! SIGHUP reloads the configuration (see [`crate::reload`]) and never stops heartbeatd.
+//! SIGUSR2 (or `POST /upgrade`, `heartbeatd ctl upgrade`) starts an upgrade (see
+//! [`crate::upgrade`]): if the new process is prepared, this one hands over and then drains
+//! as below; if not, it says why and keeps serving.
 //!
 //! SIGTERM and SIGINT both stop gracefully, in this order:
 //! 1. new heartbeats get 503 "heartbeat receiver is stopped";
@@ -11,6 +14,10 @@
 //!    stop signal, then SIGKILL after its `stop_timeout_s`), and waited for;
 //! 5. the Manager flushes every changed agent (state and history) to disk, and the Alerter
 //!    its firing alerts.
+//!
+//! In a hand-over, step 1 comes after step 2, and step 2 is [`crate::server::hand_over`]:
+//! no new connection is accepted (the new process will), and open ones are answered with
+//! `Connection: close` for a moment, so no heartbeat is refused.
 //!
 //! Steps 2–5 share one deadline, `shutdown_timeout_s`; past it heartbeatd says what is left
 //! and exits 1. A second signal during the drain exits at once (exit 1), for an operator who
@@ -35,16 +42,21 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::reload::Reloader;
+use crate::server::{self, ConnectionCounters};
 use crate::systemd::Notifier;
+use crate::upgrade::successor::{HandedSockets, Launch, Successor};
+use crate::upgrade::{self, UpgradeReply, UpgradeRequestQueue};
 
 /// How often the drain looks at the queue depth.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
-/// The signals heartbeatd handles: stop (SIGTERM, SIGINT) and reload (SIGHUP).
+/// The signals heartbeatd handles: stop (SIGTERM, SIGINT), reload (SIGHUP) and upgrade
+/// (SIGUSR2).
 pub struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr2: Signal,
 }
 
 /// A signal that arrived.
@@ -52,6 +64,7 @@ pub struct Signals {
 pub enum Received {
     Stop(&'static str),
     Reload,
+    Upgrade,
 }
 
 impl Signals {
@@ -61,6 +74,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
@@ -69,14 +83,17 @@ impl Signals {
         let term = Box::pin(self.term.recv());
         let int = Box::pin(self.int.recv());
         let hup = Box::pin(self.hup.recv());
-        match future::select(future::select(term, int), hup).await {
+        let usr2 = Box::pin(self.usr2.recv());
+        match future::select(future::select(term, int), future::select(hup, usr2)).await {
             Either::Left((Either::Left(_), _)) => Received::Stop("SIGTERM"),
             Either::Left((Either::Right(_), _)) => Received::Stop("SIGINT"),
-            Either::Right(_) => Received::Reload,
+            Either::Right((Either::Left(_), _)) => Received::Reload,
+            Either::Right((Either::Right(_), _)) => Received::Upgrade,
         }
     }
 
-    /// Waits for the next SIGTERM or SIGINT and names it (a SIGHUP meanwhile is ignored).
+    /// Waits for the next SIGTERM or SIGINT and names it (a SIGHUP or SIGUSR2 meanwhile is
+    /// ignored).
     pub async fn recv(&mut self) -> &'static str {
         loop {
             if let Received::Stop(name) = self.next().await {
@@ -125,9 +142,46 @@ pub struct Running {
     pub reloader: Reloader,
     /// Told to write its firing alerts before the arbiter stops (`alertmanager_url` set).
     pub alerter: Option<Addr<Alerter>>,
+    /// Open connections, and the flag that closes them, for a hand-over.
+    pub connections: ConnectionCounters,
+    /// What an upgrade starts, and the sockets it hands over.
+    pub upgrade: Upgrades,
+    /// The TCP socket came from systemd (`heartbeatd.socket`), which keeps it open after this
+    /// process ends: connections then wait for the next heartbeatd, so a stop hands them
+    /// over as an upgrade does instead of answering 503.
+    pub socket_outlives_process: bool,
 }
 
-pub async fn run(running: Running) -> DrainOutcome {
+/// How an upgrade is started: the binary, the sockets, and requests from the API.
+pub struct Upgrades {
+    pub launch: Option<Launch>,
+    pub sockets: HandedSockets,
+    pub requests: UpgradeRequestQueue,
+}
+
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    pub outcome: DrainOutcome,
+    /// A new heartbeatd took over: the control socket's file is its now.
+    pub handed_over: bool,
+}
+
+/// What ended the serving loop.
+enum StopKind {
+    Signal(&'static str),
+    ServerFailed,
+    HandOver(Successor),
+}
+
+/// What the serving loop waits for.
+enum Event {
+    Signal(Received),
+    UpgradeAsked(UpgradeReply),
+    ServerEnded(String),
+}
+
+pub async fn run(running: Running) -> Stopped {
     let Running {
         shutdown_timeout,
         log,
@@ -141,6 +195,9 @@ pub async fn run(running: Running) -> DrainOutcome {
         stopping,
         mut reloader,
         alerter,
+        connections,
+        mut upgrade,
+        socket_outlives_process,
     } = running;
     let shutdown_timeout_s = shutdown_timeout.as_secs();
     let server_handle = server.as_ref().map(|s| s.handle());
@@ -163,37 +220,95 @@ pub async fn run(running: Running) -> DrainOutcome {
         })
     });
 
-    let mut server_failed = false;
-    let signal_name = loop {
-        let received = match server_task.as_mut() {
-            None => signals.next().await,
-            Some(task) => match future::select(Box::pin(signals.next()), task).await {
-                Either::Left((received, _)) => received,
-                Either::Right((result, _)) => {
-                    error!(log, "the HTTP server stopped on its own; shutting down"; "result" => ?result.map(|r| r.err()));
-                    server_failed = true;
-                    server_task = None;
-                    break "none (HTTP server failure)";
-                }
-            },
+    let stop = loop {
+        let event = {
+            let signal = Box::pin(signals.next());
+            let asked = Box::pin(upgrade.requests.next());
+            let waiting = future::select(signal, asked);
+            match server_task.as_mut() {
+                None => match waiting.await {
+                    Either::Left((received, _)) => Event::Signal(received),
+                    Either::Right((reply, _)) => Event::UpgradeAsked(reply),
+                },
+                Some(task) => match future::select(waiting, task).await {
+                    Either::Left((Either::Left((received, _)), _)) => Event::Signal(received),
+                    Either::Left((Either::Right((reply, _)), _)) => Event::UpgradeAsked(reply),
+                    Either::Right((result, _)) => Event::ServerEnded(format!("{:?}", result.map(|r| r.err()))),
+                },
+            }
         };
-        match received {
-            Received::Stop(name) => break name,
-            Received::Reload => {
+        match event {
+            Event::Signal(Received::Stop(name)) => break StopKind::Signal(name),
+            Event::Signal(Received::Reload) => {
                 info!(log, "SIGHUP: reloading the configuration");
                 reloader.reload().await;
             }
+            Event::Signal(Received::Upgrade) => {
+                info!(log, "SIGUSR2: upgrading in place");
+                if let Some(successor) = try_upgrade(&upgrade, &log, None).await {
+                    break StopKind::HandOver(successor);
+                }
+            }
+            Event::UpgradeAsked(reply) => {
+                info!(log, "upgrade asked for over the API: upgrading in place");
+                if let Some(successor) = try_upgrade(&upgrade, &log, Some(reply)).await {
+                    break StopKind::HandOver(successor);
+                }
+            }
+            Event::ServerEnded(result) => {
+                error!(log, "the HTTP server stopped on its own; shutting down"; "result" => result);
+                server_task = None;
+                break StopKind::ServerFailed;
+            }
         }
     };
+    let server_failed = matches!(stop, StopKind::ServerFailed);
+    let handing_to = match stop {
+        StopKind::HandOver(successor) => Some(successor),
+        _ => None,
+    };
+    let signal_name = match stop {
+        StopKind::Signal(name) => name,
+        StopKind::ServerFailed => "none (HTTP server failure)",
+        StopKind::HandOver(_) => "none (upgrade)",
+    };
+    // No more upgrade requests: those still queued are told so.
+    upgrade.requests.close();
 
     let started = Instant::now();
     let deadline = started + shutdown_timeout;
-    stopping.store(true, std::sync::atomic::Ordering::Release);
-    // The watchdog keeps running through the drain: a long drain is not a hang.
-    let _ = systemd.notify("STOPPING=1");
-    info!(log, "stopping gracefully: new heartbeats get 503, queued ones are finished";
-        "signal" => signal_name, "queued" => queue.depth(), "shutdown_timeout_s" => shutdown_timeout_s,
-        "to_exit_at_once" => "send the signal again");
+    // Connections move on to the next heartbeatd (an upgrade's, or the one systemd starts on
+    // the socket it holds) rather than being answered 503.
+    let connections_move_on = handing_to.is_some() || socket_outlives_process;
+    match handing_to {
+        None if socket_outlives_process => {
+            let _ = systemd.notify("STOPPING=1");
+            info!(log, "stopping gracefully: the listening socket is systemd's, so new connections wait there for the next heartbeatd; open ones are closed after their next answer, queued heartbeats are finished";
+                "signal" => signal_name, "queued" => queue.depth(), "shutdown_timeout_s" => shutdown_timeout_s,
+                "to_exit_at_once" => "send the signal again");
+        }
+        None => {
+            stopping.store(true, std::sync::atomic::Ordering::Release);
+            // The watchdog keeps running through the drain: a long drain is not a hang.
+            let _ = systemd.notify("STOPPING=1");
+            info!(log, "stopping gracefully: new heartbeats get 503, queued ones are finished";
+                "signal" => signal_name, "queued" => queue.depth(), "shutdown_timeout_s" => shutdown_timeout_s,
+                "to_exit_at_once" => "send the signal again");
+        }
+        Some(successor) => {
+            // systemd follows the new process from here on; this one's exit is not the
+            // service's end.
+            if let Err(e) = systemd.notify(&format!("MAINPID={}", successor.pid)) {
+                warn!(log, "could not tell systemd the new main pid"; "error" => %e,
+                    "what_to_do" => "if heartbeatd runs under systemd, check NotifyAccess= in its unit");
+            }
+            if let Some(watchdog) = watchdog.as_ref() {
+                watchdog.abort();
+            }
+            info!(log, "handing over to the new heartbeatd: no new connection is accepted here (they wait for it), open ones are closed after their next answer, then queued heartbeats are finished";
+                "new_pid" => successor.pid, "queued" => queue.depth(), "shutdown_timeout_s" => shutdown_timeout_s);
+        }
+    }
     let finished_before = finished(&stats).await;
     let force_log = log.clone();
     let force = actix_rt::spawn(async move {
@@ -214,7 +329,15 @@ pub async fn run(running: Running) -> DrainOutcome {
     });
 
     if let Some(handle) = server_handle {
-        handle.stop(true).await;
+        match connections_move_on {
+            false => handle.stop(true).await,
+            true => {
+                let left = server::hand_over(&handle, &connections).await;
+                // Nothing reaches this process's handlers any more.
+                stopping.store(true, std::sync::atomic::Ordering::Release);
+                info!(log, "connections handed over"; "closed_while_idle" => left);
+            }
+        }
     }
     if let Some(task) = server_task {
         let _ = task.await;
@@ -243,7 +366,7 @@ pub async fn run(running: Running) -> DrainOutcome {
     }
     manager_arbiter.stop();
 
-    report(
+    let outcome = report(
         &log,
         started,
         drained,
@@ -252,7 +375,46 @@ pub async fn run(running: Running) -> DrainOutcome {
         flush,
         server_failed,
         shutdown_timeout_s,
-    )
+    );
+    Stopped {
+        outcome,
+        handed_over: handing_to.is_some(),
+    }
+}
+
+/// Starts the new process of an upgrade; `Some` once it is prepared to take over. A failure
+/// is logged (and answered, for a request over the API): this process keeps serving.
+async fn try_upgrade(upgrade: &Upgrades, log: &Logger, reply: Option<UpgradeReply>) -> Option<Successor> {
+    let Some(launch) = &upgrade.launch else {
+        let why = "heartbeatd could not tell its own binary's path at start-up".to_owned();
+        error!(log, "cannot upgrade: still serving"; "error" => &why,
+            "what_to_do" => "restart heartbeatd (systemctl restart heartbeatd)");
+        answer(reply, Err(why));
+        return None;
+    };
+    let started = Instant::now();
+    match upgrade::successor::start(launch, upgrade.sockets).await {
+        Ok(successor) => {
+            info!(log, "the new heartbeatd is prepared to take over";
+                "new_pid" => successor.pid, "binary" => %launch.exe.display(),
+                "prepared_in_ms" => started.elapsed().as_millis() as u64);
+            answer(reply, Ok(successor.pid));
+            Some(successor)
+        }
+        Err(e) => {
+            error!(log, "upgrade failed: the old heartbeatd keeps serving"; "error" => %e,
+                "binary" => %launch.exe.display(),
+                "what_to_do" => "fix what the new heartbeatd said (its lines are just above), or reinstall the binary; then upgrade again");
+            answer(reply, Err(e.to_string()));
+            None
+        }
+    }
+}
+
+fn answer(reply: Option<UpgradeReply>, result: Result<u32, String>) {
+    if let Some(reply) = reply {
+        let _ = reply.send(result);
+    }
 }
 
 /// Why the final flush did not leave everything on disk.

@@ -3,6 +3,7 @@
 //! until SIGTERM or SIGINT and then drains (see [`crate::shutdown`]).
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use actix_web::dev::Server;
 use actix_web::web;
 use heartbeatd_actors::counters::IngressCounters;
 use heartbeatd_actors::data_dir;
+use heartbeatd_actors::data_dir::lock::DataDirLock;
 use heartbeatd_actors::ingest::pipeline_metrics::PipelineMetrics;
 use heartbeatd_actors::ingest::queue::IngressQueue;
 use heartbeatd_actors::ingest::worker::WorkerPool;
@@ -33,11 +35,16 @@ use crate::routes::costly::{self, CostlyReads};
 use crate::routes::health::Readiness;
 use crate::routes::heartbeat::HeartbeatIngress;
 use crate::routes::metrics::{MetricsEndpoint, MetricsSources};
+use crate::routes::upgrade::UpgradeApi;
 use crate::routes::{self, AppState};
+use crate::server::inherited::{Inherited, Source};
 use crate::server::{self, control_socket, ConnectionCounters, ConnectionLimits, Listeners};
 use crate::settings::Settings;
-use crate::shutdown::{self, DrainOutcome, Running, Signals};
+use crate::shutdown::{self, DrainOutcome, Running, Signals, Upgrades};
 use crate::tls;
+use crate::upgrade;
+use crate::upgrade::predecessor::Predecessor;
+use crate::upgrade::successor::{HandedSockets, Launch};
 
 /// At most this long is given to open HTTP connections after a stop signal; the rest of
 /// `shutdown_timeout_s` is for the queue.
@@ -72,7 +79,31 @@ pub enum StartupError {
     Tls(#[source] tls::TlsError),
     #[error(transparent)]
     ControlSocket(#[from] control_socket::ControlSocketError),
+    #[error(transparent)]
+    Locked(#[from] data_dir::lock::LockError),
+    #[error("the previous heartbeatd (pid {pid}) could not be told this one is prepared: {source}. It keeps serving")]
+    Predecessor {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// What this process was handed when it started, besides its configuration: read from the
+/// environment before any thread started (see [`crate::cli`]).
+pub struct Handed {
+    /// Listening sockets from systemd or from the heartbeatd this one replaces.
+    pub sockets: Inherited,
+    /// The heartbeatd this one replaces, in an upgrade.
+    pub predecessor: Option<Predecessor>,
+    /// This process's binary and arguments, for its own upgrade later (`None` if the path
+    /// could not be read: upgrades are then refused with the reason).
+    pub launch: Option<Launch>,
+}
+
+/// How long a new process of an upgrade waits, beyond `shutdown_timeout_s`, for the old one
+/// to finish its drain and let go of `data_dir`.
+const HAND_OVER_WAIT_BEYOND_DRAIN: Duration = Duration::from_secs(30);
 
 impl StartupError {
     fn from_check(e: data_dir::CheckError) -> Self {
@@ -116,22 +147,50 @@ pub struct Application {
     alerter: Option<Addr<Alerter>>,
     /// Removed at a graceful stop.
     control_socket: Option<std::path::PathBuf>,
+    /// Held until the process ends: no other heartbeatd uses this `data_dir` meanwhile.
+    _lock: DataDirLock,
+    /// Open connections and the hand-over flag.
+    connections: ConnectionCounters,
+    /// How an upgrade is started.
+    upgrades: Upgrades,
+    /// systemd holds the TCP socket too.
+    socket_held_by_systemd: bool,
 }
 
 impl Application {
-    pub async fn build(mut settings: Settings, log: Logger, source: ReloadSource) -> Result<Self, StartupError> {
+    pub async fn build(
+        mut settings: Settings,
+        log: Logger,
+        source: ReloadSource,
+        handed: Handed,
+    ) -> Result<Self, StartupError> {
         // Signal handlers first: a SIGTERM during start-up then stops us gracefully too.
         let signals = Signals::install().map_err(StartupError::Signals)?;
         // The port next: a port in use is the likeliest start-up failure, and it should be
-        // found before a long journal replay, with no actor started yet.
+        // found before a long journal replay, with no actor started yet. A socket handed over
+        // (systemd, upgrade) is served as it is.
         let bind_ip = settings.bind_ip().expect("validated when the settings were loaded");
-        let listener = match settings.http_port {
-            0 => None,
-            port => {
+        let Handed {
+            sockets: inherited,
+            predecessor,
+            launch,
+        } = handed;
+        let listener = match (inherited.tcp, settings.http_port) {
+            (Some(listener), _) => Some(listener),
+            (None, 0) => None,
+            (None, port) => {
                 let addr = SocketAddr::new(bind_ip, port);
                 Some(TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })?)
             }
         };
+        if let Some(listener) = &listener {
+            deepen_backlog(listener);
+            if inherited.source != Source::None {
+                info!(log, "serving the listening socket handed over";
+                    "from" => inherited.source.as_str(),
+                    "address" => listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()));
+            }
+        }
         let tls = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key).map_err(StartupError::Tls)?),
             _ => None,
@@ -140,6 +199,21 @@ impl Application {
         // data_dir must be heartbeatd's own before anything in it is trusted (see data_dir).
         // The walk of history/, events/, journal/ and logs/ runs while the state loads.
         let audit = data_dir::check(&settings.data_dir).map_err(StartupError::from_check)?;
+        // One heartbeatd per data_dir. In an upgrade the old one holds the lock until it has
+        // drained: this one tells it that it is prepared, then waits.
+        let lock = match predecessor {
+            None => DataDirLock::acquire(&settings.data_dir)?,
+            Some(predecessor) => {
+                let pid = predecessor.pid;
+                predecessor
+                    .report_prepared()
+                    .map_err(|source| StartupError::Predecessor { pid, source })?;
+                info!(log, "upgrade: prepared; waiting for the previous heartbeatd to drain and let go of data_dir";
+                    "previous_pid" => pid);
+                let wait = Duration::from_secs(settings.shutdown_timeout_s) + HAND_OVER_WAIT_BEYOND_DRAIN;
+                DataDirLock::acquire_waiting(&settings.data_dir, std::time::Instant::now() + wait).await?
+            }
+        };
         let store_log = log.new(o!("actor" => "store"));
         let mut store = FileMetadataStore::open(&settings.data_dir, store_log)
             .map_err(|e| StartupError::unsafe_or(e, StartupError::DataDir))?;
@@ -317,9 +391,22 @@ impl Application {
                 "bind" => %bind_ip,
                 "what_to_do" => "set ingest_token (agents send Authorization: Bearer <token>) and tls_cert / tls_key, or bind to 127.0.0.1");
         }
-        // The control socket lives in data_dir, which the store has made (0700) by now.
-        let control_path = settings.control_socket_path();
-        let control = control_path.as_deref().map(control_socket::bind).transpose()?;
+        // The control socket lives in data_dir, which the store has made (0700) by now. One
+        // handed over is served as it is, at its own path.
+        let (control, control_path) = match inherited.control {
+            Some((listener, path)) => (Some(listener), Some(path)),
+            None => {
+                let path = settings.control_socket_path();
+                (path.as_deref().map(control_socket::bind).transpose()?, path)
+            }
+        };
+        let handed_sockets = HandedSockets {
+            tcp: listener.as_ref().map(AsRawFd::as_raw_fd),
+            control: control.as_ref().map(AsRawFd::as_raw_fd),
+            tcp_held_by_systemd: inherited.tcp_held_by_systemd,
+        };
+        let connection_counters = ConnectionCounters::default();
+        let (upgrade_requests, upgrade_queue) = upgrade::requests();
 
         let listening = listener.is_some() || control.is_some();
         let (server, local_addr) = if listening {
@@ -353,7 +440,6 @@ impl Application {
                     "tcp" => over_tcp);
             }
             let costly_reads = CostlyReads::new(costly::budget_bytes());
-            let connection_counters = ConnectionCounters::default();
             let metrics_endpoint = web::Data::new(
                 MetricsEndpoint::new(
                     &pipeline_metrics,
@@ -391,6 +477,11 @@ impl Application {
                     counters: Arc::clone(&manager_counters),
                 }),
                 metrics: metrics_endpoint,
+                closing: Arc::clone(&connection_counters.closing),
+                upgrade: web::Data::new(UpgradeApi {
+                    requests: upgrade_requests.clone(),
+                    started_at: chrono::Utc::now(),
+                }),
             };
             let limits = ConnectionLimits {
                 workers: settings.http_workers,
@@ -460,6 +551,14 @@ impl Application {
             stopping,
             alerter,
             control_socket: control_path,
+            _lock: lock,
+            connections: connection_counters,
+            upgrades: Upgrades {
+                launch,
+                sockets: handed_sockets,
+                requests: upgrade_queue,
+            },
+            socket_held_by_systemd: inherited.tcp_held_by_systemd,
         })
     }
 
@@ -468,9 +567,11 @@ impl Application {
         self.local_addr.map(|a| a.port())
     }
 
-    /// Serves until a stop signal, then drains. See [`shutdown::run`].
+    /// Serves until a stop signal or an upgrade's hand-over, then drains. See
+    /// [`shutdown::run`].
     pub async fn run_until_stopped(self) -> DrainOutcome {
         let control_socket = self.control_socket;
+        let lock = self._lock;
         let running = Running {
             shutdown_timeout: Duration::from_secs(self.settings.shutdown_timeout_s),
             log: self.log,
@@ -484,13 +585,31 @@ impl Application {
             stopping: self.stopping,
             reloader: self.reloader,
             alerter: self.alerter,
+            connections: self.connections,
+            upgrade: self.upgrades,
+            socket_outlives_process: self.socket_held_by_systemd,
         };
-        let outcome = shutdown::run(running).await;
-        if let Some(path) = control_socket {
+        let stopped = shutdown::run(running).await;
+        // After a hand-over the socket's file is the new process's.
+        if let (Some(path), false) = (control_socket, stopped.handed_over) {
             control_socket::remove(&path);
         }
-        outcome
+        // Everything is on disk: the next heartbeatd (an upgrade's, waiting) may take data_dir.
+        drop(lock);
+        stopped.outcome
     }
+}
+
+/// The queue of connections the kernel holds for heartbeatd while it is not accepting (an
+/// upgrade's or a restart's gap), at most; the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Raises the listening socket's queue to [`LISTEN_BACKLOG`] (std binds with 128): past the
+/// queue, connections made while no process accepts are not refused but delayed by the
+/// client's SYN retry (a second). listen(2) on a listening socket only changes its queue.
+fn deepen_backlog(listener: &TcpListener) {
+    // SAFETY: listen on a descriptor the listener owns.
+    unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
 }
 
 /// Descriptors heartbeatd needs besides its HTTP connections: the journal, state and history

@@ -1,7 +1,7 @@
 //! `heartbeatd ctl`: a supervisorctl-style client of the admin API.
 //!
 //! ```text
-//! heartbeatd [--config FILE] ctl [--url URL] [--token T] [--ca FILE] status [ID] | start ID | stop ID | restart ID | pause ID | resume ID | tail ID [-n N] [-f]
+//! heartbeatd [--config FILE] ctl [--url URL] [--token T] [--ca FILE] status [ID] | start ID | stop ID | restart ID | pause ID | resume ID | tail ID [-n N] [-f] | upgrade
 //! ```
 //!
 //! It finds the daemon as [`transport`] says: the control socket named by the daemon's own
@@ -18,12 +18,14 @@
 //! | [`control`] | start, stop, restart (waiting as supervisorctl does), pause, resume |
 //! | [`status`] | the list, and one agent in detail |
 //! | [`tail`] | `tail -f` by byte offset |
+//! | [`upgrade`] | the in-place upgrade, waited for until the new process serves |
 
 pub mod control;
 pub mod status;
 pub mod tail;
 pub mod tls;
 pub mod transport;
+pub mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +82,10 @@ pub enum CtlCommand {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// Replace the running heartbeatd with the binary now at its path (after a package
+    /// upgrade), restarting no agent and refusing no connection; waits until the new one
+    /// serves. If the new binary cannot take over, the old one keeps serving (exit 1).
+    Upgrade,
 }
 
 /// Why a call failed.
@@ -139,6 +145,7 @@ fn execute(args: &CtlArgs, target: &Target) -> Result<(), CtlError> {
         CtlCommand::Restart { id } => control::run(target, checked(id)?, control::Action::Restart),
         CtlCommand::Pause { id } => control::run(target, checked(id)?, control::Action::Pause),
         CtlCommand::Resume { id } => control::run(target, checked(id)?, control::Action::Resume),
+        CtlCommand::Upgrade => upgrade::run(target),
         CtlCommand::Tail { id, lines, follow } => {
             check_id(id)?;
             tail::run(target, id, *lines, *follow)

@@ -392,7 +392,8 @@ pub fn required_access(method: &Method, path: &str) -> Access {
         ("POST", ["", "agents"])
         | ("PATCH" | "DELETE", ["", "agents", _])
         | ("POST", ["", "agents", _, "pause" | "resume" | "start" | "stop" | "restart"])
-        | ("GET" | "HEAD", ["", "agents", _, "log"]) => Access::Admin,
+        | ("GET" | "HEAD", ["", "agents", _, "log"])
+        | ("POST", ["", "upgrade"]) => Access::Admin,
         _ => Access::Open,
     }
 }

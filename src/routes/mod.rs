@@ -11,6 +11,7 @@
 //! | `POST /agents/{id}/start`, `/stop`, `/restart`, `GET /agents/{id}/log` (supervised agents) | [`process`] |
 //! | `GET`/`HEAD /` (the status page) | [`status_page`] |
 //! | `GET`/`HEAD /healthz`, `/readyz` | [`health`] |
+//! | `POST /upgrade` (in-place upgrade), `GET /upgrade` (the process serving) | [`upgrade`] |
 //! | `GET /metrics` (Prometheus; at most 10 answered per second, else 429) | [`metrics`] |
 //! | anything else (404), wrong method (405) | [`fallback`] |
 //! | a body over its limit (413) or too slow (408), for every endpoint | [`body`] |
@@ -31,10 +32,15 @@ pub mod process;
 pub mod sorted_list;
 pub mod stats;
 pub mod status_page;
+pub mod upgrade;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::ConnectionType;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpResponse};
 use chrono::{SecondsFormat, Utc};
@@ -77,6 +83,10 @@ pub struct AppState {
     pub admin: web::Data<agents::AdminApi>,
     pub readiness: web::Data<health::Readiness>,
     pub metrics: web::Data<metrics::MetricsEndpoint>,
+    /// Set during an upgrade's hand-over: every answer carries `Connection: close` (see
+    /// [`crate::server::hand_over`]).
+    pub closing: Arc<AtomicBool>,
+    pub upgrade: web::Data<upgrade::UpgradeApi>,
 }
 
 /// The application behind a listener: every route, behind the gate.
@@ -93,12 +103,14 @@ pub fn app(
     >,
 > {
     let gate = state.gate.clone();
+    let closing = Arc::clone(&state.closing);
     App::new()
         .app_data(state.ingress.clone())
         .app_data(state.stats.clone())
         .app_data(state.admin.clone())
         .app_data(state.readiness.clone())
         .app_data(state.metrics.clone())
+        .app_data(state.upgrade.clone())
         .app_data(
             web::QueryConfig::default()
                 .error_handler(|e, _| agents::AgentsError::BadRequest(format!("invalid query: {e}")).into()),
@@ -109,6 +121,19 @@ pub fn app(
             Ok(()) => Either::Left(service.call(req)),
             Err(refused) => Either::Right(ready(Err(refused.into()))),
         })
+        .wrap_fn(move |req, service| {
+            let (answer, closing) = (service.call(req), Arc::clone(&closing));
+            async move {
+                let mut answer = answer.await?;
+                if closing.load(Ordering::Acquire) {
+                    answer
+                        .response_mut()
+                        .head_mut()
+                        .set_connection_type(ConnectionType::Close);
+                }
+                Ok(answer)
+            }
+        })
         .service(
             // HEAD too: load balancers and uptime checkers use it.
             web::resource("/")
@@ -117,6 +142,12 @@ pub fn app(
                 .default_service(web::to(fallback::expected_get)),
         )
         .route("/metrics", web::get().to(metrics::metrics))
+        .service(
+            web::resource("/upgrade")
+                .route(web::post().to(upgrade::start))
+                .route(web::get().to(upgrade::serving))
+                .default_service(web::to(fallback::expected_get_or_post)),
+        )
         .service(
             web::resource("/healthz")
                 .route(web::get().to(health::healthz))

@@ -16,21 +16,25 @@
 //! | [`send_deadline`] | the per-connection write deadline |
 //! | [`tls_accept`] | TLS handshakes, logged when they fail |
 //! | [`control_socket`] | the Unix socket `heartbeatd ctl` talks to (mode 0600) |
+//! | [`inherited`] | sockets handed over by systemd or by the previous heartbeatd (upgrade) |
+//! | [`hand_over`] | the old process's connections during an upgrade |
 
 pub mod control_socket;
+pub mod inherited;
 pub mod send_deadline;
 pub mod tls_accept;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use actix_http::{HttpService, Protocol};
 use actix_rt::net::{TcpStream, UnixStream};
-use actix_server::{GracefulShutdownSignal, Server};
+use actix_server::{GracefulShutdownSignal, Server, ServerHandle};
 use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt};
 use actix_web::body::MessageBody;
 use actix_web::dev::{AppConfig, ServiceRequest, ServiceResponse};
@@ -77,6 +81,50 @@ pub struct ConnectionCounters {
     pub send_timeouts: Arc<AtomicU64>,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: Arc<AtomicU64>,
+    /// Connections open now, on every listener.
+    pub open: Arc<AtomicUsize>,
+    /// Set during an upgrade's hand-over: every answer carries `Connection: close`, so each
+    /// client's next request goes through the listening socket to the new process.
+    pub closing: Arc<AtomicBool>,
+}
+
+/// Counts a connection as open for as long as it lives (it travels with the stream).
+#[derive(Debug)]
+pub struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(open))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long the old process of an upgrade waits for its open connections to carry one more
+/// request (answered with `Connection: close`) before it closes the idle ones. A client that
+/// sends steadily is moved over between two requests, never with one in flight; one idle
+/// longer than this is closed as keep-alive would close it.
+pub const HAND_OVER_LINGER: Duration = Duration::from_secs(1);
+
+/// The old process's connections during an upgrade: stop accepting (new connections wait in
+/// the kernel's queue for the new process), answer with `Connection: close` for up to
+/// [`HAND_OVER_LINGER`], then stop as a graceful stop does (idle connections closed, open
+/// requests finished). Returns the connections still open when the linger ended.
+pub async fn hand_over(handle: &ServerHandle, counters: &ConnectionCounters) -> usize {
+    counters.closing.store(true, Ordering::Release);
+    handle.pause().await;
+    let until = Instant::now() + HAND_OVER_LINGER;
+    while counters.open.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+        actix_rt::time::sleep(Duration::from_millis(2)).await;
+    }
+    let left = counters.open.load(Ordering::Relaxed);
+    handle.stop(true).await;
+    left
 }
 
 /// Starts serving `app` on every listener. `app` is called once per HTTP thread and listener,
@@ -111,14 +159,17 @@ where
         let local = listener.local_addr()?;
         let (app, limits, shutdown) = (app.clone(), limits.clone(), shutdown.clone());
         let timeouts = Arc::clone(&counters.send_timeouts);
+        let open = Arc::clone(&counters.open);
         match listeners.tls {
             None => {
                 builder = builder.listen("heartbeatd-http", listener, move || {
-                    let (send_timeout, timeouts) = (limits.send_timeout, Arc::clone(&timeouts));
+                    let (send_timeout, timeouts, open) =
+                        (limits.send_timeout, Arc::clone(&timeouts), Arc::clone(&open));
                     fn_service(move |io: TcpStream| {
                         let peer = io.peer_addr().ok();
                         let _ = io.set_nodelay(true);
-                        let io = SendDeadline::new(io, send_timeout, Arc::clone(&timeouts));
+                        let counted = OpenConnection::new(&open);
+                        let io = SendDeadline::new(io, send_timeout, Arc::clone(&timeouts), counted);
                         async move { Ok::<_, ()>((io, Protocol::Http1, peer)) }
                     })
                     .and_then(http(app(Transport::Tcp), &limits, local, shutdown.clone()).map_err(drop))
@@ -128,15 +179,18 @@ where
                 let handshakes =
                     tls_accept::Handshakes::new(tls, Arc::clone(&counters.tls_handshake_failures), log.clone());
                 builder = builder.listen("heartbeatd-https", listener, move || {
-                    let (send_timeout, timeouts) = (limits.send_timeout, Arc::clone(&timeouts));
+                    let (send_timeout, timeouts, open) =
+                        (limits.send_timeout, Arc::clone(&timeouts), Arc::clone(&open));
                     let handshakes = handshakes.clone();
                     fn_service(move |io: TcpStream| {
                         let (handshakes, timeouts) = (handshakes.clone(), Arc::clone(&timeouts));
+                        let counted = OpenConnection::new(&open);
                         async move {
                             let peer = io.peer_addr().ok();
                             let _ = io.set_nodelay(true);
                             let io = handshakes.accept(io, peer).await?;
-                            Ok::<_, ()>((SendDeadline::new(io, send_timeout, timeouts), Protocol::Http1, peer))
+                            let io = SendDeadline::new(io, send_timeout, timeouts, counted);
+                            Ok::<_, ()>((io, Protocol::Http1, peer))
                         }
                     })
                     .and_then(http(app(Transport::Tls), &limits, local, shutdown.clone()).map_err(drop))
@@ -149,10 +203,12 @@ where
         let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let (limits, shutdown) = (limits.clone(), shutdown.clone());
         let timeouts = Arc::clone(&counters.send_timeouts);
+        let open = Arc::clone(&counters.open);
         builder = builder.listen_uds("heartbeatd-control", listener, move || {
-            let (send_timeout, timeouts) = (limits.send_timeout, Arc::clone(&timeouts));
+            let (send_timeout, timeouts, open) = (limits.send_timeout, Arc::clone(&timeouts), Arc::clone(&open));
             fn_service(move |io: UnixStream| {
-                let io = SendDeadline::new(io, send_timeout, Arc::clone(&timeouts));
+                let counted = OpenConnection::new(&open);
+                let io = SendDeadline::new(io, send_timeout, Arc::clone(&timeouts), counted);
                 async move { Ok::<_, ()>((io, Protocol::Http1, None)) }
             })
             .and_then(http(app(Transport::ControlSocket), &limits, local, shutdown.clone()).map_err(drop))

@@ -30,15 +30,18 @@ pub struct SendDeadline<S> {
     stalled: Option<Pin<Box<Sleep>>>,
     /// Connections closed by the deadline, for `/metrics`.
     timeouts: Arc<AtomicU64>,
+    /// Counts the connection open while it lives (every connection passes through here).
+    _open: super::OpenConnection,
 }
 
 impl<S> SendDeadline<S> {
-    pub fn new(inner: S, timeout: Duration, timeouts: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: S, timeout: Duration, timeouts: Arc<AtomicU64>, open: super::OpenConnection) -> Self {
         Self {
             inner,
             timeout,
             stalled: None,
             timeouts,
+            _open: open,
         }
     }
 
@@ -121,7 +124,12 @@ mod tests {
         // Arrange: a peer that never reads; a write far larger than the socket buffers.
         let (ours, _peer) = pair();
         let timeouts = Arc::new(AtomicU64::new(0));
-        let mut stream = SendDeadline::new(ours, Duration::from_millis(200), Arc::clone(&timeouts));
+        let mut stream = SendDeadline::new(
+            ours,
+            Duration::from_millis(200),
+            Arc::clone(&timeouts),
+            super::super::OpenConnection::new(&Arc::default()),
+        );
         let answer = vec![b'x'; 64 << 20];
 
         // Act
@@ -140,7 +148,12 @@ mod tests {
         // while the whole answer takes longer than it.
         let (ours, mut peer) = pair();
         let timeouts = Arc::new(AtomicU64::new(0));
-        let mut stream = SendDeadline::new(ours, Duration::from_millis(300), Arc::clone(&timeouts));
+        let mut stream = SendDeadline::new(
+            ours,
+            Duration::from_millis(300),
+            Arc::clone(&timeouts),
+            super::super::OpenConnection::new(&Arc::default()),
+        );
         let answer = vec![b'y'; 4 << 20];
         let reader = actix_rt::spawn(async move {
             let mut got = 0usize;

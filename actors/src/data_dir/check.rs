@@ -36,7 +36,13 @@ const WALKED: [&str; 4] = ["history", "events", "journal", "logs"];
 /// heartbeatd's files directly in `data_dir` (the names the Store, the Registry and the
 /// Alerter use; a unit test holds them to those). Their temp files (`.registry.json.tmp-…`)
 /// and damaged copies set aside (`registry.json.corrupt-…`) are audited too.
-pub(super) const FILES: [&str; 4] = ["registry.json", "registry.log", "alerts.json", "checkpoint.json"];
+pub(super) const FILES: [&str; 5] = [
+    "registry.json",
+    "registry.log",
+    "alerts.json",
+    "checkpoint.json",
+    super::lock::LOCK_FILE,
+];
 /// Links followed while resolving the directories above `data_dir`, at most (as the kernel's
 /// own limit, ELOOP past it).
 const MAX_LINKS: usize = 40;

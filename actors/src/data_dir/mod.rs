@@ -26,6 +26,7 @@
 //! that once [`check`] has passed, since `data_dir` is then theirs and 0700.
 
 mod check;
+pub mod lock;
 mod refusal;
 
 use std::fs::{self, DirBuilder, File, Metadata, OpenOptions};
@@ -116,6 +117,11 @@ pub fn open_append(path: &Path) -> io::Result<File> {
 /// Opens a file for reading and appending, creating it (0600) if missing.
 pub fn open_read_append(path: &Path) -> io::Result<File> {
     open(path, OpenOptions::new().read(true).append(true).create(true)).map(|(file, _)| file)
+}
+
+/// Opens a file for reading and writing, creating it (0600) if missing; nothing is truncated.
+pub fn open_read_write(path: &Path) -> io::Result<File> {
+    open(path, OpenOptions::new().read(true).write(true).create(true)).map(|(file, _)| file)
 }
 
 /// Creates a new file (0600) for writing; fails if anything, a link included, has the name.

@@ -322,6 +322,7 @@ fn the_files_audited_are_the_ones_heartbeatd_writes() {
     assert!(check::FILES.contains(&crate::registry::REGISTRY_LOG));
     assert!(check::FILES.contains(&crate::notify::alerter::FIRING_FILE));
     assert!(check::FILES.contains(&"checkpoint.json"));
+    assert!(check::FILES.contains(&super::lock::LOCK_FILE));
 }
 
 #[test]

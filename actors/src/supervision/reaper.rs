@@ -1,15 +1,18 @@
 //! heartbeatd as a parent: it becomes a child subreaper, and one thread reaps every child
 //! that ends, so no zombie is ever left.
 //!
-//! heartbeatd's only children are keepers (see [`super::keeper`]); each keeper reports how
-//! its agent ended over its stdout, so the exit status reaped here is not needed. Being a
+//! heartbeatd's children are keepers (see [`super::keeper`]) and, during an upgrade, the new
+//! heartbeatd ([`spawn_watched`]). Each keeper reports how its agent ended over its stdout, so
+//! its exit status reaped here is not needed; a watched child's status is handed to whoever
+//! started it. Being a
 //! subreaper means that if a keeper itself is killed, what is left of its tree is re-parented
 //! to heartbeatd instead of init; [`sweep_orphans`] ends such processes.
 //!
 //! The thread blocks in `waitpid(-1)`; with no child at all it sleeps until
 //! [`spawn_keeper`], so an idle heartbeatd without supervised agents never wakes up for it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread;
 
@@ -20,6 +23,8 @@ struct Spawned {
     /// anything else re-parented to heartbeatd (its command line could be imitated by any
     /// process of an agent's tree).
     keepers: Mutex<HashSet<i32>>,
+    /// Children started with [`spawn_watched`], and where their exit status goes.
+    watched: Mutex<HashMap<i32, mpsc::Sender<i32>>>,
 }
 
 fn spawned() -> &'static Spawned {
@@ -28,6 +33,7 @@ fn spawned() -> &'static Spawned {
         count: Mutex::new(0),
         changed: Condvar::new(),
         keepers: Mutex::new(HashSet::new()),
+        watched: Mutex::new(HashMap::new()),
     })
 }
 
@@ -64,6 +70,27 @@ pub fn spawn_keeper(
     Ok(child)
 }
 
+/// Starts a child that is not a keeper (the new heartbeatd of an upgrade) with `spawn`; its
+/// raw wait status arrives on the returned channel when it ends. [`start`] must have been
+/// called: the reaping thread then owns every child's exit, so `Child::wait` must not be used.
+pub fn spawn_watched(
+    spawn: impl FnOnce() -> std::io::Result<std::process::Child>,
+) -> std::io::Result<(std::process::Child, mpsc::Receiver<i32>)> {
+    let spawned = spawned();
+    let (sender, receiver) = mpsc::channel();
+    let child = {
+        let mut watched = spawned.watched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let child = spawn()?;
+        watched.insert(child.id() as i32, sender);
+        child
+    };
+    if let Ok(mut count) = spawned.count.lock() {
+        *count += 1;
+        spawned.changed.notify_all();
+    }
+    Ok((child, receiver))
+}
+
 fn reap_forever() {
     let spawned = spawned();
     loop {
@@ -74,6 +101,10 @@ fn reap_forever() {
         if pid > 0 {
             if let Ok(mut keepers) = spawned.keepers.lock() {
                 keepers.remove(&pid);
+            }
+            let watcher = spawned.watched.lock().ok().and_then(|mut watched| watched.remove(&pid));
+            if let Some(watcher) = watcher {
+                let _ = watcher.send(status);
             }
             continue;
         }
@@ -87,14 +118,14 @@ fn reap_forever() {
     }
 }
 
-/// Ends processes re-parented to heartbeatd that are not keepers (the remains of a tree
-/// whose keeper was killed), with their descendants; returns how many were signalled.
+/// Ends processes re-parented to heartbeatd that are not its own children (the remains of a
+/// tree whose keeper was killed), with their descendants; returns how many were signalled.
 pub fn sweep_orphans() -> usize {
     let me = std::process::id() as i32;
     let table = super::procfs::ProcessTable::scan();
     let mut ended = 0;
     for child in table.descendants(me) {
-        if child.ppid == me && !is_keeper(child.pid) {
+        if child.ppid == me && !is_own_child(child.pid) {
             for p in std::iter::once(child).chain(table.descendants(child.pid)) {
                 // SAFETY: kill has no memory preconditions.
                 unsafe { libc::kill(p.pid, libc::SIGKILL) };
@@ -105,7 +136,33 @@ pub fn sweep_orphans() -> usize {
     ended
 }
 
-/// Whether `pid` is a keeper heartbeatd started (and has not reaped).
-fn is_keeper(pid: i32) -> bool {
-    spawned().keepers.lock().is_ok_and(|keepers| keepers.contains(&pid))
+/// Sweeps orphans now and a few times over the next two seconds, then hands `report` the
+/// total. Why more than once: when a keeper is killed, its agent dies of its death signal a
+/// moment later, and only then are the agent's own children (those that left its group)
+/// re-parented to heartbeatd; one sweep at once would miss them.
+pub fn sweep_orphans_for_a_while(report: impl FnOnce(usize) + Send + 'static) {
+    const PAUSES_MS: [u64; 6] = [0, 10, 50, 200, 700, 1000];
+    let sweep = move || {
+        let mut total = 0;
+        for pause in PAUSES_MS {
+            std::thread::sleep(std::time::Duration::from_millis(pause));
+            total += sweep_orphans();
+        }
+        report(total);
+    };
+    if std::thread::Builder::new()
+        .name("orphan-sweep".into())
+        .spawn(sweep)
+        .is_err()
+    {
+        // No thread to be had: one sweep now is better than none.
+        sweep_orphans();
+    }
+}
+
+/// Whether `pid` is a keeper or a watched child heartbeatd started (and has not reaped).
+fn is_own_child(pid: i32) -> bool {
+    let spawned = spawned();
+    spawned.keepers.lock().is_ok_and(|keepers| keepers.contains(&pid))
+        || spawned.watched.lock().is_ok_and(|watched| watched.contains_key(&pid))
 }

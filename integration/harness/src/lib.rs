@@ -11,6 +11,7 @@
 
 pub mod browser;
 pub mod peers;
+pub mod successor;
 
 use std::fs;
 use std::net::TcpListener;
@@ -107,6 +108,8 @@ type = "custom"
 /// A running daemon. Killed with SIGKILL if a test forgets to stop it.
 pub struct Daemon {
     child: Option<Child>,
+    /// The process that took over in an upgrade (not a child of the test: see [`successor`]).
+    successor: Option<u32>,
     pub port: u16,
     pub dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -164,6 +167,11 @@ impl Daemon {
     }
 
     fn start_configured(dir: &Path, extra: impl Fn(u16) -> String, env: &[(&str, &str)]) -> Self {
+        Self::start_binary(&heartbeatd_bin(), dir, extra, env)
+    }
+
+    /// Like [`Daemon::start_in`], running `bin` (e.g. a copy an upgrade test replaces).
+    pub fn start_binary(bin: &Path, dir: &Path, extra: impl Fn(u16) -> String, env: &[(&str, &str)]) -> Self {
         for _attempt in 0..5 {
             let port = free_port();
             let config = dir.join("heartbeatd.toml");
@@ -181,7 +189,7 @@ impl Daemon {
                 .append(true)
                 .open(dir.join("heartbeatd.log"))
                 .unwrap();
-            let mut child = Command::new(heartbeatd_bin())
+            let mut child = Command::new(bin)
                 .envs(env.iter().copied())
                 .arg("--config")
                 .arg(&config)
@@ -202,6 +210,7 @@ impl Daemon {
                 if http(port, "GET", "/heartbeat/stats", None).is_some_and(|r| r.status == 200) {
                     return Self {
                         child: Some(child),
+                        successor: None,
                         port,
                         dir: dir.to_owned(),
                         _temp: None,
@@ -218,7 +227,8 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.successor
+            .unwrap_or_else(|| self.child.as_ref().expect("running").id())
     }
 
     /// The heartbeat endpoint.
@@ -322,6 +332,10 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(pid) = self.successor.take() {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
 }
