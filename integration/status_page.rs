@@ -39,6 +39,60 @@ const TOKEN: &str = "page-test-admin-token-4711";
 const RED: [u8; 3] = [0xcf, 0x22, 0x2e];
 const CPU_LINE: [u8; 3] = [0x1b, 0x7c, 0x83];
 const LOG_BACKGROUND: [u8; 3] = [0x0d, 0x11, 0x17];
+/// The green of `up` and `running`; the border of a note.
+const GREEN: [u8; 3] = [0x1a, 0x7f, 0x37];
+const NOTE_BORDER: [u8; 3] = [0x9a, 0x67, 0x00];
+
+/// Adds `process.usage` to a supervised agent as a heartbeatd that measures its agents'
+/// trees answers it: `talker` runs (a measure), `waiting` gets values no measure can have
+/// (the page must show them as unknown), the others are not running (null).
+fn add_usage(agent: &mut Value, at: &str) {
+    let usage = match agent["id"].as_str() {
+        Some("talker") => json!({"cpu_ratio": 0.25, "memory_bytes": 48u64 << 20, "processes": 3, "at": at}),
+        Some("waiting") => json!({"cpu_ratio": "<b>x</b>", "memory_bytes": -1, "processes": null, "at": "<b>"}),
+        _ => Value::Null,
+    };
+    if let Some(process) = agent.get_mut("process").and_then(Value::as_object_mut) {
+        process.insert("usage".into(), usage);
+    }
+}
+
+/// The same answer with `process.usage` added to each agent in it (a listing or one agent).
+fn with_usage(_url: &str, body: &mut Value) {
+    let at = chrono::Utc::now().to_rfc3339();
+    if let Some(agents) = body.get_mut("agents").and_then(Value::as_array_mut) {
+        agents.iter_mut().for_each(|agent| add_usage(agent, &at));
+    } else if body.get("id").is_some() {
+        add_usage(body, &at);
+    }
+}
+
+/// Checks each screenshot: it decodes, is the window's size, is not blank, and shows at
+/// least `at_least` pixels of its colour. Leaves the browser on a blank page.
+fn check_screenshots(browser: &mut Browser, shots: &[(PathBuf, [u8; 3], u64)]) {
+    browser.open("about:blank", "a blank page", "document.readyState === 'complete'");
+    println!("screenshots in {}", screenshot_dir().display());
+    for (path, colour, at_least) in shots {
+        let m = browser.measure_png(&std::fs::read(path).unwrap(), *colour);
+        println!("{}: {m}", path.display());
+        // The window is 1400 × 900; the page's viewport is its width and most of its height.
+        assert!(
+            m["width"] == 1400 && m["height"].as_u64().unwrap() >= 600,
+            "{}: {m}",
+            path.display()
+        );
+        assert!(
+            m["spread"].as_f64().unwrap() > 15.0,
+            "{} looks blank: {m}",
+            path.display()
+        );
+        assert!(
+            m["near"].as_u64().unwrap() >= *at_least,
+            "{} lacks its colour: {m}",
+            path.display()
+        );
+    }
+}
 
 /// Clicks the middle of the first element `selector` matches, as a person would.
 fn click(browser: &mut Browser, selector: &str) {
@@ -68,7 +122,9 @@ fn shoot(browser: &mut Browser, name: &str) -> PathBuf {
 }
 
 /// The fleet: every state the order tells apart, an agent with a stored history of two hours
-/// (with a silence in it), and a supervised agent whose output is hostile.
+/// (with a silence in it), and a supervised agent whose output is hostile. `slow` is late 11 s
+/// after its heartbeat and down 10 s later: the test looks at it as late only at its start
+/// (the fleet is returned as soon as it is late).
 fn fleet() -> Daemon {
     let agent = test_agent_bin().display().to_string();
     let talker =
@@ -79,6 +135,7 @@ fn fleet() -> Daemon {
              [[agents]]\nid = \"steady\"\nname = {HOSTILE_NAME:?}\ntype = \"filebeat\"\n\
              [[agents]]\nid = \"erring\"\ntype = \"custom\"\n\
              [[agents]]\nid = \"gone\"\nheartbeat_interval_s = 1\ngrace_s = 1\n\
+             [[agents]]\nid = \"slow\"\nheartbeat_interval_s = 1\ngrace_s = 20\n\
              [[agents]]\nid = \"quiet\"\n\
              [[agents]]\nid = \"crasher\"\ncommand = [{agent:?}]\n\
              env = {{ TEST_AGENT_MODE = \"crash:3:50,quiet\" }}\n\
@@ -101,9 +158,11 @@ fn fleet() -> Daemon {
     erring["status"] = json!("error");
     assert_eq!(daemon.post_heartbeat(&erring).status, 200);
     assert_eq!(daemon.post_heartbeat(&heartbeat("gone", 8 << 20)).status, 200);
+    assert_eq!(daemon.post_heartbeat(&heartbeat("slow", 16 << 20)).status, 200);
     let deadline = Instant::now() + Duration::from_secs(20);
     let get = |id: &str| daemon.request("GET", &format!("/agents/{id}"), None).body;
     while get("gone")["status"] != "down"
+        || get("slow")["status"] != "late"
         || get("crasher")["process"]["state"] != "fatal"
         || get("waiting")["process"]["state"] != "backoff"
         || get("talker")["status"] != "up"
@@ -115,12 +174,14 @@ fn fleet() -> Daemon {
         );
         thread::sleep(Duration::from_millis(100));
     }
-    daemon.wait_processed(103);
+    daemon.wait_processed(104);
     daemon
 }
 
 #[test]
 fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each_agent() {
+    // Chromium starts while the fleet reaches its states.
+    let starting = thread::spawn(Browser::start);
     let daemon = fleet();
     let page = daemon.request("GET", "/", None);
     let html = page.body.as_str().unwrap_or_default().to_owned();
@@ -129,17 +190,19 @@ fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each
         "the page is served whole and at most 100 KB: {} bytes",
         html.len()
     );
-    let mut browser = Browser::start();
+    let mut browser = starting.join().unwrap();
     let base = format!("http://127.0.0.1:{}/", daemon.port);
     let mut shots = Vec::new();
 
-    // Worst first by default: down, fatal, backoff, reports error, new, then up by id.
+    // Worst first by default: down, fatal, late, backoff, reports error, new, then up by id.
     browser.open(
         &base,
         "the table",
-        "document.querySelectorAll('#agents tr[data-id]').length === 7",
+        "document.querySelectorAll('#agents tr[data-id]').length === 8",
     );
-    let worst = ["gone", "crasher", "waiting", "erring", "quiet", "steady", "talker"];
+    let worst = [
+        "gone", "crasher", "slow", "waiting", "erring", "quiet", "steady", "talker",
+    ];
     wait_rows(&mut browser, "worst first", &worst);
     let cells = browser.eval(
         "Object.fromEntries([...document.querySelectorAll('#agents tr[data-id]')].map(r => [r.dataset.id, {
@@ -152,6 +215,7 @@ fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each
            name: r.querySelector('.name')?.textContent ?? null }]))",
     );
     assert_eq!(cells["gone"]["liveness"], "down", "{cells}");
+    assert_eq!(cells["slow"]["liveness"], "late", "{cells}");
     assert!(
         cells["gone"]["since"].as_str().unwrap().ends_with(" s ago"),
         "since times: {cells}"
@@ -182,6 +246,12 @@ fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each
         "{cells}"
     );
     assert_eq!(cells["steady"]["name"], HOSTILE_NAME, "a name is text");
+    // This heartbeatd answers no `process.usage`: no column waits for it.
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#columns th').length"),
+        json!(11),
+        "no usage columns without the field"
+    );
     shots.push((shoot(&mut browser, "1-list-worst-first"), RED, 1000));
 
     // Sort by a column: the first click on memory puts the most first, the second reverses.
@@ -189,14 +259,18 @@ fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each
     wait_rows(
         &mut browser,
         "most memory first",
-        &["steady", "erring", "gone", "crasher", "quiet", "talker", "waiting"],
+        &[
+            "steady", "erring", "slow", "gone", "crasher", "quiet", "talker", "waiting",
+        ],
     );
     assert!(browser.eval("location.hash").as_str().unwrap().contains("sort=-memory"));
     click(&mut browser, "th button[data-sort=memory]");
     wait_rows(
         &mut browser,
         "least memory first",
-        &["gone", "erring", "steady", "crasher", "quiet", "talker", "waiting"],
+        &[
+            "gone", "slow", "erring", "steady", "crasher", "quiet", "talker", "waiting",
+        ],
     );
     assert_eq!(
         browser.eval("document.querySelector('th[aria-sort]').textContent"),
@@ -224,13 +298,26 @@ fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each
     click(&mut browser, "#liveness-summary .chip[data-state=reported-error]");
     wait_rows(&mut browser, "only the agent reporting error", &["erring"]);
     click(&mut browser, "#clear");
-    click(&mut browser, "#liveness-summary .chip[data-state=down]");
-    wait_rows(&mut browser, "only the down agent", &["gone"]);
+    click(&mut browser, "#liveness-summary .chip[data-state=new]");
+    wait_rows(
+        &mut browser,
+        "only the new agents (by memory: neither has one, so by id)",
+        &["quiet", "waiting"],
+    );
     click(&mut browser, "#clear");
 
     // Clearing the filters keeps the sort; the liveness column sorts worst first again.
     click(&mut browser, "th button[data-sort=worst]");
-    wait_rows(&mut browser, "all of them, worst first", &worst);
+    // (`slow` may be down by now: then it is second, with `gone`, by id.)
+    let slow_down = [
+        "gone", "slow", "crasher", "waiting", "erring", "quiet", "steady", "talker",
+    ];
+    let either = serde_json::to_string(&[
+        serde_json::to_string(&worst).unwrap(),
+        serde_json::to_string(&slow_down).unwrap(),
+    ])
+    .unwrap();
+    browser.wait_for("all of them, worst first", &format!("{either}.includes({ROW_IDS})"));
 
     // One agent, by a click on its row: its history as a chart with axes, its events.
     click(&mut browser, "#agents tr[data-id=steady] td:first-child");
@@ -290,6 +377,11 @@ fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each
         "{process}"
     );
     assert_eq!(process["reason"], "exited: ended by itself");
+    assert_eq!(
+        browser.eval("document.querySelectorAll('[data-field=usage]').length"),
+        json!(0),
+        "no usage line without the field"
+    );
     assert!(process["processEvents"].as_u64().unwrap() >= 3, "{process}");
     shots.push((shoot(&mut browser, "4-agent-fatal-process-and-events"), RED, 200));
 
@@ -299,6 +391,18 @@ fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each
     browser.wait_for(
         "the token form",
         "!document.getElementById('token-form').hidden && document.getElementById('token-why').textContent.includes('admin token')",
+    );
+    // A wrong token is refused with heartbeatd's reason and forgotten; the right one opens it.
+    browser.eval(
+        "document.getElementById('token').value = 'wrong'; document.getElementById('token-form').requestSubmit(); true",
+    );
+    browser.wait_for(
+        "the refusal of a wrong token",
+        "document.getElementById('token-why').textContent.includes('the admin token is wrong') && !document.getElementById('token-form').hidden",
+    );
+    assert_eq!(
+        browser.eval("sessionStorage.getItem('heartbeatd-admin-token')"),
+        Value::Null
     );
     browser.eval(&format!(
         "document.getElementById('token').value = {TOKEN:?}; document.getElementById('token-form').requestSubmit(); true"
@@ -362,6 +466,50 @@ fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each
     assert_eq!(browser.eval("window.csp ?? null"), Value::Null);
     browser.eval("document.getElementById('injected').remove(); true");
 
+    // A heartbeatd that measures each supervised agent's tree answers `process.usage`: the
+    // list grows two columns and the agent's view a line. The daemon's real answers, with the
+    // field added as such a heartbeatd would.
+    browser.eval("location.hash = ''; true");
+    browser.wait_rewriting(
+        "*/agents*",
+        &with_usage,
+        "the usage columns",
+        "document.querySelectorAll('#columns th.usage-col').length === 2 && !!document.querySelector('tr[data-id=talker] [data-usage-cpu]')",
+    );
+    let cells = browser.eval(
+        "Object.fromEntries(['talker', 'crasher', 'waiting', 'steady'].map(id => [id,
+           [...document.querySelectorAll(`tr[data-id=${id}] [data-usage-cpu], tr[data-id=${id}] [data-usage-memory]`)].map(c => c.textContent)]))",
+    );
+    assert_eq!(
+        cells,
+        json!({"talker": ["0.25", "48 MiB"], "crasher": ["–", "–"], "waiting": ["–", "–"], "steady": ["", ""]}),
+        "a measure, none (not running), values no measure can have, not supervised"
+    );
+    shots.push((shoot(&mut browser, "7-list-process-usage"), RED, 1000));
+    browser.eval("location.hash = 'agent=talker'; true");
+    let line = browser.wait_rewriting(
+        "*/agents*",
+        &with_usage,
+        "the usage line of a running agent",
+        "document.getElementById('a-id').textContent === 'talker' && document.querySelector('[data-field=usage]')?.textContent",
+    );
+    assert!(
+        line.as_str()
+            .unwrap()
+            .starts_with("0.25 cores · 48 MiB · 3 processes · measured "),
+        "{line}"
+    );
+    browser.eval("window.scrollTo(0, 0); true");
+    shots.push((shoot(&mut browser, "8-agent-process-usage"), GREEN, 200));
+    browser.eval("location.hash = 'agent=crasher'; true");
+    browser.wait_rewriting(
+        "*/agents*",
+        &with_usage,
+        "the usage line of an agent that is not running",
+        "document.getElementById('a-id').textContent === 'crasher' && document.querySelector('[data-field=usage]')?.textContent === 'not measured (not running)'",
+    );
+    browser.stop_rewriting();
+
     // Back to the list: it follows a change without reloading (`gone` comes back).
     browser.eval("window.loadedOnce = 'yes'; location.hash = ''; true");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -384,27 +532,39 @@ fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each
     );
     shots.push((shoot(&mut browser, "6-list-daemon-gone"), RED, 1000));
 
-    // Every screenshot decodes, is the window's size, is not blank, and shows its colour.
-    browser.open("about:blank", "a blank page", "document.readyState === 'complete'");
-    println!("screenshots in {}", screenshot_dir().display());
-    for (path, colour, at_least) in &shots {
-        let m = browser.measure_png(&std::fs::read(path).unwrap(), *colour);
-        println!("{}: {m}", path.display());
-        // The window is 1400 × 900; the page's viewport is its width and most of its height.
-        assert!(
-            m["width"] == 1400 && m["height"].as_u64().unwrap() >= 600,
-            "{}: {m}",
-            path.display()
-        );
-        assert!(
-            m["spread"].as_f64().unwrap() > 15.0,
-            "{} looks blank: {m}",
-            path.display()
-        );
-        assert!(
-            m["near"].as_u64().unwrap() >= *at_least,
-            "{} lacks its colour: {m}",
-            path.display()
-        );
-    }
+    check_screenshots(&mut browser, &shots);
+}
+
+#[test]
+fn without_an_admin_token_the_page_says_why_it_shows_no_output_and_where_to_read_it() {
+    // No admin_token and no loopback_admin: over TCP nothing can read an agent's output.
+    let daemon = Daemon::start(
+        "[[agents]]\nid = \"talker\"\ncommand = [\"/bin/sh\", \"-c\", \"echo hello; exec sleep 3600\"]\nheartbeats = false\n",
+    );
+    let mut browser = Browser::start();
+    browser.open(
+        &format!("http://127.0.0.1:{}/#agent=talker", daemon.port),
+        "the refusal note",
+        "!document.getElementById('log-refused').hidden",
+    );
+    let shown = browser.eval(
+        "({ note: document.getElementById('log-refused').textContent.replace(/\\s+/g, ' '),
+            form: document.getElementById('token-form').hidden,
+            log: document.getElementById('log').textContent })",
+    );
+    let note = shown["note"].as_str().unwrap();
+    assert!(
+        note.contains("no admin_token set")
+            && note.contains("heartbeatd ctl tail talker")
+            && note.contains("(heartbeatd: changes over TCP need an admin_token; none is set."),
+        "{shown}"
+    );
+    assert_eq!(
+        (&shown["form"], &shown["log"]),
+        (&json!(true), &json!("")),
+        "no token form (no token could help), no output"
+    );
+    browser.eval("document.getElementById('a-output').scrollIntoView(); true");
+    let shots = vec![(shoot(&mut browser, "9-agent-output-refused"), NOTE_BORDER, 200)];
+    check_screenshots(&mut browser, &shots);
 }

@@ -80,6 +80,16 @@ mod tests {
                 "{external} in the page"
             );
         }
+        // No inline event handler in the markup (the policy would refuse it anyway): every
+        // handler is set by the script.
+        let markup = PAGE.replace(script(PAGE), "");
+        let lower = markup.to_ascii_lowercase();
+        let handler = lower.match_indices(" on").find(|(at, _)| {
+            let rest = &lower[at + 3..];
+            let name_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+            name_len > 0 && rest[name_len..].trim_start().starts_with('=')
+        });
+        assert_eq!(handler.map(|(at, _)| &markup[at..at + 30]), None, "an inline handler");
         // Agent data and the URL reach the page as text only: nothing in it parses HTML or
         // runs a string.
         for sink in [
