@@ -15,8 +15,9 @@ const LOAD_RATE: f64 = 5000.0;
 
 /// Loads the page on a daemon with `agents` agents that reported once each, under a steady
 /// load of [`LOAD_RATE`] heartbeats/s; the page's own time from request to the first drawn
-/// table, ms (median of 3 loads, each in a new browser).
-fn first_draw_ms(agents: usize) -> f64 {
+/// table, ms (median of 3 loads, each in a new browser), and the heartbeats/s the load got
+/// answered 200 meanwhile (that the load was there).
+fn first_draw_ms(agents: usize) -> (f64, f64) {
     let daemon = start_daemon(&agents_config(agents));
     // Every agent reports once (two seconds of load reach them all).
     let _ = load(&daemon.url(), agents, 16, 2.0, 0.0, None);
@@ -33,23 +34,23 @@ fn first_draw_ms(agents: usize) -> f64 {
             drawn.as_str().and_then(|ms| ms.parse::<f64>().ok()).unwrap_or(f64::NAN)
         })
         .collect();
-    let _ = background.join();
+    let answered = background.join().unwrap()["ok_per_s"].as_f64().unwrap_or(0.0);
     stop_daemon(daemon);
     draws.sort_by(f64::total_cmp);
-    draws[1]
+    (draws[1], answered)
 }
 
 pub(crate) fn status_page(rows: &mut Vec<Row>) {
     eprintln!("status page: first paint with 10 and 10k agents in headless chromium …");
-    let small = first_draw_ms(10);
-    let large = first_draw_ms(10_000);
+    let (small, _) = first_draw_ms(10);
+    let (large, answered) = first_draw_ms(10_000);
     rows.push(
         row(
             "status",
             "first paint with data, 10k agents, under 5k heartbeats/s, ms",
             format!("{large:.0}"),
         )
-        .baseline(format!("{small:.0} (10 agents)"))
+        .baseline(format!("{small:.0} (10 agents); the load got {answered:.0}/s answered"))
         .target("≤ 1000 ms", large <= 1000.0),
     );
 }
