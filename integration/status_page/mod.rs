@@ -2,6 +2,8 @@
 //! DevTools protocol, against a live daemon with an agent in each state the person on call
 //! must tell apart. Clicks are real mouse events at the element's place on screen.
 //!
+//! `output.rs` holds the tests of the output part of the agent view.
+//!
 //! Screenshots go to `target/screenshots/` (the test prints the directory); each is decoded
 //! again by the browser and checked: its size, that it is not blank (the spread of its
 //! pixels), and that the colour it must show is there (the red of `down`, the line of the
@@ -15,6 +17,8 @@ use serde_json::{json, Value};
 
 use crate::daemon::browser::Browser;
 use crate::daemon::{heartbeat, test_agent_bin, Daemon};
+
+mod output;
 
 /// `target/screenshots/`, next to where cargo builds (the test runs from
 /// `target/<profile>/deps`).
@@ -532,39 +536,5 @@ fn the_status_page_shows_the_worst_first_sorts_filters_in_the_url_and_opens_each
     );
     shots.push((shoot(&mut browser, "6-list-daemon-gone"), RED, 1000));
 
-    check_screenshots(&mut browser, &shots);
-}
-
-#[test]
-fn without_an_admin_token_the_page_says_why_it_shows_no_output_and_where_to_read_it() {
-    // No admin_token and no loopback_admin: over TCP nothing can read an agent's output.
-    let daemon = Daemon::start(
-        "[[agents]]\nid = \"talker\"\ncommand = [\"/bin/sh\", \"-c\", \"echo hello; exec sleep 3600\"]\nheartbeats = false\n",
-    );
-    let mut browser = Browser::start();
-    browser.open(
-        &format!("http://127.0.0.1:{}/#agent=talker", daemon.port),
-        "the refusal note",
-        "!document.getElementById('log-refused').hidden",
-    );
-    let shown = browser.eval(
-        "({ note: document.getElementById('log-refused').textContent.replace(/\\s+/g, ' '),
-            form: document.getElementById('token-form').hidden,
-            log: document.getElementById('log').textContent })",
-    );
-    let note = shown["note"].as_str().unwrap();
-    assert!(
-        note.contains("no admin_token set")
-            && note.contains("heartbeatd ctl tail talker")
-            && note.contains("(heartbeatd: changes over TCP need an admin_token; none is set."),
-        "{shown}"
-    );
-    assert_eq!(
-        (&shown["form"], &shown["log"]),
-        (&json!(true), &json!("")),
-        "no token form (no token could help), no output"
-    );
-    browser.eval("document.getElementById('a-output').scrollIntoView(); true");
-    let shots = vec![(shoot(&mut browser, "9-agent-output-refused"), NOTE_BORDER, 200)];
     check_screenshots(&mut browser, &shots);
 }
