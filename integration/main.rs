@@ -30,6 +30,7 @@ mod metrics;
 mod reload;
 mod security;
 mod shutdown;
+mod sorted_list;
 mod status_page;
 mod supervision;
 mod supervision_intent;

@@ -19,7 +19,7 @@
 //! | `supervise.rs` | 500 supervised programs, heartbeatd against a real supervisord |
 //! | `output_flood.rs` | `yes` under supervision: its keeper's CPU, and ingest beside it against without |
 //! | `scrape.rs` | `/metrics` with 10k per-agent series at rest, against 10 agents |
-//! | `status_page.rs` | first paint of the status page in headless Chromium, 10k agents against 10 |
+//! | `status_page.rs` | first paint of the status page in headless Chromium, 10k agents under a steady load against 10 |
 //! | `slow_readers.rs` | 200 clients that never read and 16 log followers beside 10k heartbeats/s, against none |
 //! | `kill_loss.rs` | the time a `kill -9` loses under load, against `flush_interval_ms` |
 //! | `alert_backlog.rs` | heartbeats while 10k agents are down and every `alertmanager_url` blackholes, against no Alertmanager |

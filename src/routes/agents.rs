@@ -25,6 +25,7 @@ use slog::{info, Logger};
 use super::auth::{Admin, ProgramsNeedToken};
 use super::body::{read_limited, BodyError};
 use super::costly::{Busy, CostlyReads};
+use super::sorted_list::{list_sorted, SortedQuery};
 use super::ApiResponse;
 
 /// The largest admin request body: a bulk `POST /agents` of [`MAX_BULK`] agents is about
@@ -190,9 +191,15 @@ pub struct ListQuery {
     prefix: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
+    /// The sorted listing's ([`super::sorted_list`]).
+    sort: Option<String>,
+    process: Option<String>,
+    reported: Option<String>,
+    offset: Option<usize>,
 }
 
-/// `GET /agents[?type=T][&status=S][&prefix=P][&limit=N][&after=ID]`
+/// `GET /agents[?type=T][&status=S][&prefix=P][&limit=N][&after=ID]`, or the sorted listing
+/// (`sort`, `process`, `reported`, `offset`, several `status` values).
 pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Result<HttpResponse, AgentsError> {
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
@@ -201,6 +208,27 @@ pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Res
             "limit: must be between 1 and {MAX_PAGE}, got {limit}"
         )));
     }
+    let after = query.after;
+    let sorted = SortedQuery {
+        agent_type: query.agent_type,
+        prefix: query.prefix,
+        status: query.status,
+        process: query.process,
+        reported: query.reported,
+        sort: query.sort,
+        offset: query.offset,
+        // The Manager builds no view that could not fit the page's bytes.
+        limit: limit.min(PAGE_BYTES / MIN_VIEW_BYTES),
+    };
+    if sorted.wanted() {
+        if after.is_some() {
+            return Err(AgentsError::BadRequest(
+                "after: pages the listing by id; a sorted or process-filtered listing pages with offset".into(),
+            ));
+        }
+        return list_sorted(api, sorted).await;
+    }
+    let query = sorted;
     let status = match query.status.as_deref() {
         None => None,
         Some(text) => Some(AgentStatus::parse(text).ok_or_else(|| {
@@ -216,9 +244,8 @@ pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Res
             agent_type: query.agent_type,
             prefix: query.prefix.filter(|p| !p.is_empty()),
             status,
-            after: query.after,
-            // The Manager builds no view that could not fit the page's bytes.
-            limit: limit.min(PAGE_BYTES / MIN_VIEW_BYTES),
+            after,
+            limit: query.limit,
         })
         .await
         .map_err(unavailable)?;

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `POST /heartbeat` | [`heartbeat`] (request parsing in [`crate::heartbeat_request`]); accepted heartbeats go to the pool through `heartbeatd_actors::ingest` |
 //! | `GET /heartbeat/stats` | [`stats`] |
+//! | `GET /agents?sort=…` (worst first, by a column; process and reported-status filters) | [`sorted_list`] |
 //! | `/agents`, `/agents/{id}`, `/agents/{id}/history`, `/agents/{id}/pause`, `/resume` (admin API) | [`agents`] |
 //! | `POST /agents/{id}/start`, `/stop`, `/restart`, `GET /agents/{id}/log` (supervised agents) | [`process`] |
 //! | `GET`/`HEAD /` (the status page) | [`status_page`] |
@@ -28,6 +29,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod metrics;
 pub mod process;
+pub mod sorted_list;
 pub mod stats;
 pub mod status_page;
 pub mod upgrade;

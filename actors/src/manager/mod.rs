@@ -11,12 +11,14 @@
 //! | this one | agent state, applying heartbeats, journal replay at start-up |
 //! | [`persistence`] | the flush and checkpoint pipelines, retries, the shutdown [`Flush`] |
 //! | [`admin`] | the messages behind the admin API, SIGHUP's agent import, `auto_register` |
+//! | [`sorted_list`] | the sorted listing ([`sorted_list::ListSorted`]): worst first, or by a column, with process and reported-status filters |
 //! | [`figures`] | the per-agent figures a `/metrics` scrape reads ([`GetAgentFigures`]) |
 //! | [`supervision`] | one [`AgentProcess`] per agent with a `command`: kept in step with the registry, told of heartbeats and silence, started/stopped/restarted on request |
 
 pub mod admin;
 pub mod figures;
 pub mod persistence;
+pub mod sorted_list;
 pub mod supervision;
 
 pub use admin::*;

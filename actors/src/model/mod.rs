@@ -6,9 +6,11 @@
 //! | [`agent`] | an agent: who it is ([`agent::AgentInfo`], one record for config, registry and API), its rules (id, timing and label bounds), its state, history samples, the API's view |
 //! | [`heartbeat`] | a validated heartbeat, and the status an agent reports about itself |
 //! | [`liveness`] | liveness states, transitions and timing |
+//! | [`ordering`] | the orders of a sorted agent listing, and the worst-first severity ranking |
 //! | [`process`] | supervised processes: the keys an agent with a `command` adds, their bounds and defaults, process states, exit reasons, the API's view |
 
 pub mod agent;
 pub mod heartbeat;
 pub mod liveness;
+pub mod ordering;
 pub mod process;

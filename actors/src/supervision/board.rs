@@ -58,6 +58,17 @@ impl ProcessBoard {
         self.entries.read().ok()?.get(id).map(|e| e.view.clone())
     }
 
+    /// The process state and restarts of each of `ids` (`None` for one not on the board),
+    /// under one read of the board: what a sorted listing orders by, without cloning views.
+    pub fn states_of<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Vec<Option<(ProcessState, u64)>> {
+        match self.entries.read() {
+            Ok(entries) => ids
+                .map(|id| entries.get(id).map(|e| (e.view.state, e.view.restarts)))
+                .collect(),
+            Err(_) => ids.map(|_| None).collect(),
+        }
+    }
+
     /// Every entry, by agent id.
     pub fn entries(&self) -> Vec<(String, BoardEntry)> {
         self.entries
