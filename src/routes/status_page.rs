@@ -15,7 +15,7 @@ pub async fn status_page() -> HttpResponse {
         // Everything it needs is inline; nothing else may load or run.
         .insert_header((
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
         ))
         .body(PAGE)
 }
