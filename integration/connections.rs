@@ -331,3 +331,32 @@ fn ctl_refuses_a_socket_another_user_serves_and_never_prints_its_bytes() {
         "{stdout:?} {stderr:?}"
     );
 }
+
+#[test]
+fn ctl_with_a_relative_data_dir_says_which_socket_it_looks_for() {
+    // Arrange: the shipped form, data_dir = "./data", and ctl run from another directory.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("h.toml");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(&config, format!("http_port = {closed}\ndata_dir = \"./data\"\n")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+
+    // Act
+    let out = Command::new(BIN)
+        .current_dir(elsewhere.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["ctl", "status"])
+        .output()
+        .unwrap();
+
+    // Assert: not silent about where it looked (the old ctl fell to TCP without a word).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let looked = elsewhere.path().join("./data/heartbeatd.sock");
+    assert!(stderr.contains("data_dir is a relative path"), "{stderr}");
+    assert!(stderr.contains(&looked.display().to_string()), "{stderr}");
+}

@@ -66,6 +66,18 @@ impl Target {
         let loaded = settings::load(at.config, std::env::vars(), at.overrides)
             .map_err(|e| CtlError::Usage(format!("{e} (ctl reads the daemon's configuration to find it)")))?;
         let settings = loaded.settings;
+        if let Some(relative) = settings.control_socket_path().filter(|p| p.is_relative()) {
+            // The daemon resolves a relative data_dir from its own working directory, which
+            // ctl cannot know: say which socket this one means, so that a ctl run elsewhere
+            // does not silently talk to TCP or to another daemon's `./data`.
+            let here = std::env::current_dir()
+                .map(|cwd| cwd.join(&relative))
+                .unwrap_or(relative);
+            eprintln!(
+                "heartbeatd ctl: data_dir is a relative path: looking for the control socket at {} (from this directory; the daemon resolves it from its own working directory: run ctl there, or make data_dir absolute)",
+                super::printable(&here.display().to_string())
+            );
+        }
         if let Some(socket) = settings.control_socket_path().filter(|p| p.exists()) {
             return Ok(Self {
                 route: Route::Socket(socket),
