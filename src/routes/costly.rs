@@ -219,9 +219,12 @@ pub struct SharedAnswer(Arc<(Bytes, Reservation)>);
 
 impl SharedAnswer {
     /// Shares `bytes`, charged to `reservation` (resized to their length; `Busy` if the
-    /// budget has no room for them).
+    /// budget has no room for them). Bytes larger than the whole budget (a `/metrics` body
+    /// with `metrics_agent_limit` raised far) are charged the whole budget: such an answer is
+    /// sent only while no other large answer is, rather than never.
     pub fn new(bytes: Bytes, mut reservation: Reservation) -> Result<Self, Busy> {
-        reservation.resize_to(bytes.len())?;
+        let budget = reservation.reads.budget;
+        reservation.resize_to(bytes.len().min(budget))?;
         Ok(Self(Arc::new((bytes, reservation))))
     }
 
@@ -307,7 +310,13 @@ mod tests {
             assert_eq!(reads.in_flight(), bytes.len(), "held while a reader remains");
         }
         assert_eq!(reads.in_flight(), 0);
-        assert!(SharedAnswer::new(Bytes::from(vec![0; 2 << 20]), reads.reserve(0).unwrap()).is_err());
+        // Larger than the whole budget: charged the whole budget, so sent only alone.
+        let huge = SharedAnswer::new(Bytes::from(vec![0; 2 << 20]), reads.reserve(0).unwrap()).unwrap();
+        assert_eq!(reads.in_flight(), 1 << 20);
+        let _other = reads.reserve(0).unwrap();
+        assert!(SharedAnswer::new(Bytes::from(vec![0; 10]), reads.reserve(0).unwrap()).is_err());
+        drop(huge);
+        assert_eq!(reads.in_flight(), 0);
     }
 
     #[test]
