@@ -13,6 +13,7 @@ mod admin_api;
 mod alert_backlog;
 mod alerting;
 mod alerting_configs;
+mod bounded_reads;
 mod browser_attacks;
 mod cli_docs;
 mod config_errors;

@@ -154,12 +154,13 @@ async fn run_daemon_system(cli: Cli, handed: Handed) -> ExitCode {
     run_daemon(load(cli.config.clone(), &cli), &cli, handed).await
 }
 
-/// A failed start is a runtime failure (1), except a certificate and key that do not belong
-/// together: that is the configuration's fault and no restart can mend it (2; systemd's unit
-/// does not restart after 2).
+/// A failed start is a runtime failure (1), except a certificate or key that cannot be used
+/// (unreadable, not a regular file, too large, no PEM item, or a pair that does not belong
+/// together): that is the configuration's fault, exactly what `check-config` reports with 2,
+/// and no restart can mend it (systemd's unit does not restart after 2).
 fn startup_exit_code(error: &StartupError) -> u8 {
     match error {
-        StartupError::Tls(TlsError::Mismatch { .. }) => EXIT_CONFIG,
+        StartupError::Tls(TlsError::Mismatch { .. } | TlsError::Cert { .. } | TlsError::Key { .. }) => EXIT_CONFIG,
         _ => EXIT_RUNTIME,
     }
 }

@@ -139,20 +139,42 @@ pub fn run(args: CtlArgs, config: Option<PathBuf>, overrides: Overrides) -> Exit
 }
 
 fn exit(error: CtlError, whom: &str) -> ExitCode {
+    let (whom, printable_message) = (printable(whom), |m: &str| printable(m).into_owned());
     match error {
         CtlError::Usage(message) => {
-            eprintln!("heartbeatd ctl: {message}");
+            eprintln!("heartbeatd ctl: {}", printable_message(&message));
             ExitCode::from(EXIT_USAGE)
         }
         CtlError::Unreachable(message) => {
-            eprintln!("heartbeatd ctl: cannot reach {whom}: {message}");
+            eprintln!("heartbeatd ctl: cannot reach {whom}: {}", printable_message(&message));
             ExitCode::from(EXIT_UNREACHABLE)
         }
         CtlError::Refused(message) => {
-            eprintln!("heartbeatd ctl: {message}");
+            eprintln!("heartbeatd ctl: {}", printable_message(&message));
             ExitCode::from(EXIT_REFUSED)
         }
     }
+}
+
+/// `text` as ctl may print it to a terminal: every control character but newline and tab
+/// shown as an escape (`\x1b`), so no answer (an agent's output, a name, a message) can move
+/// the cursor, retitle the window or clear the screen.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let shown_as_is = |c: char| !c.is_control() || c == '\n' || c == '\t';
+    if text.chars().all(shown_as_is) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if shown_as_is(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn execute(args: &CtlArgs, target: &Target) -> Result<(), CtlError> {

@@ -27,7 +27,7 @@ pub fn list(target: &Target) -> Result<(), CtlError> {
             _ => break,
         }
     }
-    print!("{}", status_table(&agents, Utc::now()));
+    print!("{}", super::printable(&status_table(&agents, Utc::now())));
     Ok(())
 }
 
@@ -40,7 +40,10 @@ pub fn detail(target: &Target, id: &str) -> Result<(), CtlError> {
     } else {
         None
     };
-    print!("{}", detail_text(&agent, output.as_deref(), Utc::now()));
+    print!(
+        "{}",
+        super::printable(&detail_text(&agent, output.as_deref(), Utc::now()))
+    );
     Ok(())
 }
 

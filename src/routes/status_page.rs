@@ -46,7 +46,7 @@ fn policy() -> &'static str {
     POLICY.get_or_init(|| {
         let hash = ring::digest::digest(&ring::digest::SHA256, script(PAGE).as_bytes());
         format!(
-            "default-src 'none'; script-src 'sha256-{}'; style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'",
+            "default-src 'none'; script-src 'sha256-{}'; style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
             base64(hash.as_ref())
         )
     })

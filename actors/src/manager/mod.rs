@@ -139,6 +139,9 @@ pub struct Manager {
     /// Answered when the next journal flush completes (write-through updates, [`Flush`]).
     flush_waiters: Vec<Waiter>,
     flush_in_flight: bool,
+    /// Records of the flush in flight (back in `journal_pending` if it fails): counted with
+    /// those pending as held in memory, not yet synced.
+    flush_in_flight_records: usize,
     /// A flush was due while one was syncing: the next starts when that one is done, so a
     /// slow sync does not stretch what a kill -9 can lose to two intervals.
     flush_overdue: bool,
@@ -201,6 +204,7 @@ impl Manager {
             journal_pending: Vec::new(),
             flush_waiters: Vec::new(),
             flush_in_flight: false,
+            flush_in_flight_records: 0,
             flush_overdue: false,
             checkpoint_waiters: Vec::new(),
             checkpoint_in_flight: false,
@@ -383,6 +387,7 @@ impl Handler<UpdateHeartbeats> for Manager {
             self.samples_since_checkpoint = self.samples_since_checkpoint + 1 - dropped;
             outcome.applied += 1;
         }
+        self.publish_unsynced();
         if let (Some(liveness), false) = (&self.liveness, seen.is_empty()) {
             liveness.do_send(liveness::Seen(seen));
         }

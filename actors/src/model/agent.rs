@@ -424,7 +424,41 @@ impl AgentView {
             process: None,
         }
     }
+
+    /// At least how many bytes of JSON the view of `info` takes (every string as written, each
+    /// at least once; the fields every view has): a page stops building views once these pass
+    /// its bytes, since no more could fit.
+    pub fn json_bytes_at_least(info: &AgentInfo) -> usize {
+        let command = info
+            .command
+            .as_ref()
+            .map_or(0, |argv| argv.iter().map(|arg| arg.len() + 3).sum::<usize>() + 12);
+        MIN_VIEW_JSON_BYTES + info.id.len() + info.name.len() + info.agent_type.len() + command
+    }
+
+    /// The memory the built view holds (what a page charges to the budget for it).
+    pub fn memory_bytes(&self) -> usize {
+        let command = self.command.as_ref().map_or(0, |argv| {
+            argv.capacity() * std::mem::size_of::<String>() + argv.iter().map(String::capacity).sum::<usize>()
+        });
+        let process = self.process.as_ref().map_or(0, |p| {
+            p.last_exit
+                .as_ref()
+                .and_then(|e| e.signal.as_ref())
+                .map_or(0, String::capacity)
+        });
+        std::mem::size_of::<Self>()
+            + self.id.capacity()
+            + self.name.capacity()
+            + self.agent_type.capacity()
+            + command
+            + process
+    }
 }
+
+/// The fewest bytes the JSON of a view takes: one with empty name and type, never seen, is
+/// about 300 bytes (the field names and nulls).
+pub const MIN_VIEW_JSON_BYTES: usize = 250;
 
 #[cfg(test)]
 mod tests {
