@@ -12,7 +12,8 @@ use crate::liveness;
 #[cfg(any(test, feature = "testkit"))]
 use crate::model::agent::AgentState;
 use crate::model::agent::{AgentChange, AgentInfo, AgentView, ResourceSample};
-use crate::model::liveness::{AgentEvent, AgentStatus};
+use crate::model::events::AgentEvent;
+use crate::model::liveness::AgentStatus;
 use crate::registry::config_owned::ConfigChanges;
 use crate::registry::{self, Registry, RegistryError};
 use crate::store::{self, FileMetadataStore, StoreError};
