@@ -113,8 +113,25 @@ impl LastExit {
     }
 }
 
+/// What a supervised agent's process tree uses, as heartbeatd measured it (the tree under its
+/// keeper: the program and every descendant; see `supervision::usage` for when it is
+/// measured).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    /// CPU in cores (1.0: one core busy) between the measurement before this one (or the
+    /// run's start) and this one, counting the tree's processes that have already ended.
+    pub cpu_ratio: f64,
+    /// Memory in bytes: the proportional set size (PSS) summed over the tree, so pages shared
+    /// within it count once (RSS for a process whose PSS cannot be read).
+    pub memory_bytes: u64,
+    /// Processes in the tree.
+    pub processes: u32,
+    /// When it was measured.
+    pub at: DateTime<Utc>,
+}
+
 /// A supervised agent's process, as `GET /agents/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessView {
     pub state: ProcessState,
     /// The agent's process (the leader of its process group).
@@ -126,6 +143,9 @@ pub struct ProcessView {
     /// A pid the agent reported that is not in its process tree (warned about once).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reported_pid_mismatch: Option<i64>,
+    /// What its tree uses; `null` while it has no tree or before it is first measured.
+    #[serde(default)]
+    pub usage: Option<ProcessUsage>,
 }
 
 /// Marks a process event in `events/<id>.log` and in webhook deliveries.
