@@ -36,6 +36,7 @@ mod status_page;
 mod supervision;
 mod supervision_intent;
 mod supervision_limits;
+mod supervision_usage;
 mod systemd;
 mod tls_pair;
 mod upgrade;

@@ -84,6 +84,12 @@ fn metrics_are_valid_exposition_format_with_the_documented_series() {
     ] {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} in:\n{text}");
     }
+    assert_promtool_accepts(&text);
+}
+
+/// `promtool check metrics` finds nothing wrong with `text`.
+pub(crate) fn assert_promtool_accepts(text: &str) {
+    needs("promtool");
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -3,6 +3,8 @@
 //! Registry (which owns who may report); reads join its snapshot with the Manager's state and
 //! Liveness's view.
 
+use std::collections::HashMap;
+
 use actix::prelude::*;
 use serde::Serialize;
 use slog::error;
@@ -12,7 +14,8 @@ use crate::liveness;
 #[cfg(any(test, feature = "testkit"))]
 use crate::model::agent::AgentState;
 use crate::model::agent::{AgentChange, AgentInfo, AgentView, ResourceSample};
-use crate::model::liveness::{AgentEvent, AgentStatus};
+use crate::model::events::AgentEvent;
+use crate::model::liveness::AgentStatus;
 use crate::registry::config_owned::ConfigChanges;
 use crate::registry::{self, Candidates, Registry, RegistryError};
 use crate::store::{self, FileMetadataStore, StoreError};
@@ -28,7 +31,9 @@ pub enum ReadError {
 }
 
 impl Manager {
-    /// Views of these registered agents, with their liveness.
+    /// Views of these registered agents, with their liveness and, for supervised ones, what
+    /// their trees use (measured off this thread where the last figure is stale: see
+    /// `supervision::usage`).
     pub(super) fn views(&self, ids: Vec<String>) -> impl std::future::Future<Output = Vec<AgentView>> + 'static {
         self.views_within(ids, usize::MAX)
     }
@@ -57,6 +62,7 @@ impl Manager {
             .liveness
             .as_ref()
             .map(|l| l.send(liveness::Statuses(views.iter().map(|v| v.id.clone()).collect())));
+        let board = self.supervision.as_ref().map(|cx| cx.board.clone());
         async move {
             if let Some(Ok(statuses)) = match statuses {
                 Some(request) => Some(request.await),
@@ -65,6 +71,24 @@ impl Manager {
                 for (view, (status, since)) in views.iter_mut().zip(statuses) {
                     view.status = status;
                     view.status_since = since;
+                }
+            }
+            let supervised: Vec<String> = views
+                .iter()
+                .filter(|v| v.process.is_some())
+                .map(|v| v.id.clone())
+                .collect();
+            if let Some(board) = board.filter(|_| !supervised.is_empty()) {
+                let measuring = tokio::task::spawn_blocking(move || {
+                    let usage = board.measure(&supervised);
+                    supervised.into_iter().zip(usage).collect::<HashMap<_, _>>()
+                });
+                if let Ok(measured) = measuring.await {
+                    for view in &mut views {
+                        if let Some(process) = view.process.as_mut() {
+                            process.usage = measured.get(&view.id).copied().flatten();
+                        }
+                    }
                 }
             }
             views

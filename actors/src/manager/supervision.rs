@@ -9,8 +9,8 @@ use slog::{error, info};
 
 use super::Manager;
 use crate::liveness::{self, WentDown};
+use crate::model::agent::validate_process;
 use crate::model::agent::{AgentInfo, AgentView};
-use crate::model::process::validate_process;
 use crate::supervision::process::{Action, AgentProcess, Control, KillNow, Reconfigure, Retire, WentSilent};
 use crate::supervision::reaper;
 

@@ -13,6 +13,7 @@
 //! | [`output_log`] | `data_dir/logs/<id>.log`: whole lines, buffered, rotated, opened again when removed |
 //! | [`output_read`] | reading an output file by byte offset, across rotations |
 //! | [`board`] | each supervised agent's process view and restart counts, for the API and `/metrics` |
+//! | [`usage`] | measured use of each tree for the API and `/metrics`: when it is measured (every second with limits, on read without), CPU as a rate |
 
 pub mod board;
 pub mod keeper;
@@ -24,3 +25,4 @@ pub mod process;
 pub mod procfs;
 pub mod reaper;
 pub mod restart;
+pub mod usage;

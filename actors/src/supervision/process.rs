@@ -114,6 +114,7 @@ impl AgentProcess {
             restarts: self.machine.restarts(),
             last_exit: self.machine.last_exit().cloned(),
             reported_pid_mismatch: self.pid_mismatch,
+            usage: self.cx.board.last_usage(&self.id),
         }
     }
 
@@ -208,6 +209,7 @@ impl AgentProcess {
                 return;
             }
         };
+        self.cx.board.track(&self.id, spawned.pid);
         let addr = ctx.address();
         let reports = spawned.reports;
         actix::spawn(async move {
@@ -253,6 +255,7 @@ impl AgentProcess {
             return;
         }
         let usage = limits::sample_tree(keeper, self.reaped_cpu_ticks);
+        self.cx.board.record(&self.id, usage);
         if let Some(reason) = self.usage.sample(usage, Instant::now(), &self.spec) {
             let spec = &self.spec;
             warn!(self.log, "the agent's tree stayed over its limit; restarting it"; "agent_id" => &self.id,
@@ -272,6 +275,7 @@ impl AgentProcess {
             if let Some((_, handle)) = self.limit_check.take() {
                 ctx.cancel_future(handle);
             }
+            self.cx.board.untrack(&self.id);
         }
         self.publish();
         if to != ProcessState::Starting {
@@ -475,6 +479,7 @@ impl Handler<KeeperReported> for AgentProcess {
             KeeperLine::Failed(reason) => Event::CommandFailed { reason },
             KeeperLine::ReapedCpu(ticks) => {
                 self.reaped_cpu_ticks = self.reaped_cpu_ticks.max(ticks);
+                self.cx.board.reaped_cpu(&self.id, ticks);
                 return;
             }
             KeeperLine::OverProcesses { count, max } => {

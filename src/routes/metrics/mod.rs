@@ -26,9 +26,9 @@ use heartbeatd_actors::model::liveness::AgentStatus;
 use heartbeatd_actors::model::process::{ExitReason, ProcessState};
 use heartbeatd_actors::registry::{AgentSet, RegistrySnapshot};
 use heartbeatd_actors::stats::{GetStats, Stats, StatsReport};
-use heartbeatd_actors::supervision::board::ProcessBoard;
+use heartbeatd_actors::supervision::board::{BoardEntry, ProcessBoard};
 use prometheus::core::Collector;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use slog::{warn, Logger};
 
 use self::agent_families::{AgentFamily, AgentRow};
@@ -60,6 +60,8 @@ struct Series {
     agents: IntGaugeVec,
     restarts: IntCounterVec,
     process_state: IntGaugeVec,
+    process_cpu: GaugeVec,
+    process_memory: IntGaugeVec,
     supervised: IntGaugeVec,
     alert_failures: IntCounter,
     send_timeouts: IntCounter,
@@ -207,6 +209,20 @@ impl MetricsEndpoint {
                 ),
                 &["agent_id", "state"],
             )?,
+            process_cpu: GaugeVec::new(
+                Opts::new(
+                    "heartbeatd_agent_process_cpu_ratio",
+                    "CPU used by a supervised agent's process tree, in cores (1 = one core busy), since its previous measurement; only for a tree that is running.",
+                ),
+                &["agent_id"],
+            )?,
+            process_memory: IntGaugeVec::new(
+                Opts::new(
+                    "heartbeatd_agent_process_memory_bytes",
+                    "Memory of a supervised agent's process tree: its proportional set size (PSS) summed over the tree; only for a tree that is running.",
+                ),
+                &["agent_id"],
+            )?,
             supervised: IntGaugeVec::new(
                 Opts::new("heartbeatd_supervised_processes", "Supervised agents by process state."),
                 &["state"],
@@ -236,7 +252,7 @@ impl MetricsEndpoint {
             ),
         };
         let registry = Registry::new();
-        let mirrored: [Box<dyn Collector>; 19] = [
+        let mirrored: [Box<dyn Collector>; 21] = [
             Box::new(series.received.clone()),
             Box::new(series.processed.clone()),
             Box::new(series.synced.clone()),
@@ -250,6 +266,8 @@ impl MetricsEndpoint {
             Box::new(series.agents.clone()),
             Box::new(series.restarts.clone()),
             Box::new(series.process_state.clone()),
+            Box::new(series.process_cpu.clone()),
+            Box::new(series.process_memory.clone()),
             Box::new(series.supervised.clone()),
             Box::new(series.alert_failures.clone()),
             Box::new(series.send_timeouts.clone()),
@@ -329,7 +347,25 @@ fn render(
     // Supervised agents: few (each is a process on this host), so rebuilt at every scrape.
     s.restarts.reset();
     s.process_state.reset();
-    for (id, entry) in endpoint.board.entries().iter().take(endpoint.agent_limit) {
+    s.process_cpu.reset();
+    s.process_memory.reset();
+    let supervised: Vec<(String, BoardEntry)> = endpoint
+        .board
+        .entries()
+        .into_iter()
+        .take(endpoint.agent_limit)
+        .collect();
+    // Measured now where the last figure is stale (this runs on the blocking pool).
+    let ids: Vec<String> = supervised.iter().map(|(id, _)| id.clone()).collect();
+    for (id, usage) in ids.iter().zip(endpoint.board.measure(&ids)) {
+        if let Some(usage) = usage {
+            s.process_cpu.with_label_values(&[id]).set(usage.cpu_ratio);
+            s.process_memory
+                .with_label_values(&[id])
+                .set(i64::try_from(usage.memory_bytes).unwrap_or(i64::MAX));
+        }
+    }
+    for (id, entry) in &supervised {
         for (reason, count) in ExitReason::ALL.iter().zip(entry.restarts_by_reason) {
             s.restarts.with_label_values(&[id, reason.name()]).inc_by(count);
         }
