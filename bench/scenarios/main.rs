@@ -16,7 +16,7 @@
 //! |---|---|
 //! | `measure.rs` | the measuring tools shared by the scenarios |
 //! | `saturation.rs`, `fleet.rs`, `idle.rs`, `drain.rs`, `history.rs`, `steady.rs`, `big_start.rs` | one scenario each |
-//! | `supervise.rs` | 500 supervised programs, heartbeatd against a real supervisord |
+//! | `supervise/` | 500 supervised programs, heartbeatd against a real supervisord (`ingest.rs`: heartbeats while supervising) |
 //! | `scrape.rs` | `/metrics` with 10k per-agent series at rest, against 10 agents |
 //! | `status_page.rs` | first paint of the status page in headless Chromium, 10k agents against 10 |
 //! | `slow_readers.rs` | 200 clients that never read and 16 log followers beside 10k heartbeats/s, against none |
