@@ -1,391 +1,353 @@
-//! Supervision against a real supervisord (Debian's `supervisor`, installed by `make bench`):
-//! both run the same 500 `sleep` programs, one after the other, measured the same way from
-//! `/proc` (every program carries a marker in its environment, `BENCH_MARKER=<run>-<n>`).
+//! Supervision against three real peers: supervisord, s6 and runit (Debian's `supervisor`,
+//! `s6` and `runit`, installed by `make bench-tools`). All four run the same 500 `sleep`
+//! programs with their output logged, one supervisor after the other, in rounds whose order
+//! rotates, and are measured the same way from `/proc` (see [`procs`]: every program carries
+//! a marker in its environment).
 //!
-//! - start: from the daemon's start until all 500 programs have been exec'd, and until the
-//!   daemon itself says all are running;
-//! - idle CPU and memory once all run (heartbeatd's keepers are counted beside it: RSS of the
-//!   daemon, and the proportional set size, PSS, of daemon plus keepers);
-//! - restart latency: SIGKILL of one program until its replacement has been exec'd, 100
-//!   kills of 100 different programs (heartbeatd with `restart_backoff_ms = 0`, the floor;
-//!   supervisord restarts a RUNNING program that dies without a backoff);
-//! - ingest while supervising 500: the saturation load against heartbeatd with the 500
-//!   programs, as a ratio to the ceiling measured in the same run.
-
-use std::collections::HashSet;
-use std::fs;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+//! Each round, from a fresh start ([`round::at_rest`]):
+//! - start: until all 500 programs have been exec'd, and until the supervisor says all run;
+//! - memory once settled: PSS of the supervisor plus its per-service helpers (the parent of
+//!   each program and each logger with its parent, found from the programs, not from the
+//!   supervisor's children), and the private memory of each kind of helper;
+//! - idle CPU of the same processes over a quiet window (utime + stime, and the exact run
+//!   time from schedstat beside it);
+//! - restart latency: SIGKILL of one program until its replacement has been exec'd, for
+//!   several programs (heartbeatd with `restart_backoff_ms = 0`, the floor; the peers restart
+//!   a program that ran for more than a second at once).
+//!
+//! In the first round only ([`round::restarts`]; they are counts, the same every round): a
+//! graceful restart of the supervisor (SIGTERM, start again on the same tree), what its own
+//! graceful stop leaves behind, and a kill -9 of the supervisor then a start again.
+//!
+//! Medians over the rounds; the kills of all rounds are pooled for p50/p99, and the idle
+//! windows for the CPU (one clock tick over the pooled window is the resolution, printed).
 
 mod ingest;
+pub(crate) mod peers;
+pub(crate) mod procs;
+pub(crate) mod round;
 
 pub(crate) use ingest::ingest_while_supervising;
 
-use crate::measure::*;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::measure::clock_ticks;
 use crate::{row, Phases, Row};
+use peers::{Kind, PROGRAMS};
+use procs::{median, quantile};
+use round::{AtRest, Restarts};
 
-const PROGRAMS: usize = 500;
-const KILLS: usize = 100;
-const SLEEP: &str = "/bin/sleep";
+/// Rounds of the at-rest measures (BENCH_QUICK: 1).
+const ROUNDS: usize = 3;
+/// Programs killed per round (BENCH_QUICK: 20).
+const KILLS: usize = 50;
+/// The quiet window per round, in seconds (BENCH_QUICK: 5): three pooled make 60 s, where
+/// one clock tick (10 ms) is 0.017 % of a core.
+const IDLE_S: f64 = 20.0;
 
-/// The processes whose environment has `BENCH_MARKER=<prefix><anything>`, with their marker.
-fn marked(prefix: &str) -> Vec<(u32, String)> {
-    heartbeatd_harness::processes_with_env("BENCH_MARKER", prefix)
+/// One supervisor over all rounds.
+struct Summary {
+    kind: Kind,
+    rest: Vec<AtRest>,
+    restarts: Option<Restarts>,
+    /// Processes of its trees still alive after the bench's own clean-up (SIGKILL of each).
+    left_after_cleanup: usize,
 }
 
-fn all_pids() -> HashSet<u32> {
-    fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-                .collect()
+impl Summary {
+    fn median(&self, f: impl Fn(&AtRest) -> f64) -> f64 {
+        median(&mut self.rest.iter().map(f).collect::<Vec<_>>())
+    }
+
+    fn latencies(&self) -> Vec<f64> {
+        self.rest.iter().flat_map(|r| r.latencies_ms.iter().copied()).collect()
+    }
+
+    fn latency(&self, q: f64) -> f64 {
+        quantile(&mut self.latencies(), q)
+    }
+
+    /// Idle CPU in % of a core: (by utime + stime, exactly by schedstat), over the pooled
+    /// windows.
+    fn idle_percent(&self) -> (f64, f64) {
+        let window: f64 = self.rest.iter().map(|r| r.idle_s).sum();
+        let ticks: u64 = self.rest.iter().map(|r| r.idle.ticks).sum();
+        let nanos: u64 = self.rest.iter().map(|r| r.idle.nanoseconds).sum();
+        (
+            ticks as f64 / clock_ticks() / window * 100.0,
+            nanos as f64 / 1e9 / window * 100.0,
+        )
+    }
+
+    /// Kind of helper → median over the rounds of its median private KiB, and how many.
+    fn private(&self) -> BTreeMap<String, (usize, f64)> {
+        let mut kinds: BTreeMap<String, (usize, Vec<f64>)> = BTreeMap::new();
+        for rest in &self.rest {
+            for (kind, (count, kib)) in &rest.private {
+                let entry = kinds.entry(kind.clone()).or_default();
+                entry.0 = entry.0.max(*count);
+                entry.1.push(*kib);
+            }
+        }
+        kinds
+            .into_iter()
+            .map(|(kind, (count, mut kib))| (kind, (count, median(&mut kib))))
+            .collect()
+    }
+}
+
+/// Runs every installed supervisor for the rounds; the summaries in [`Kind::ALL`] order.
+fn measure_all(phases: &Phases) -> Vec<Summary> {
+    let quick = phases.idle_s < 30.0;
+    let (rounds, kills, idle_s) = if quick { (1, 20, 5.0) } else { (ROUNDS, KILLS, IDLE_S) };
+    let kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| k.installed()).collect();
+    let mut summaries: Vec<Summary> = kinds
+        .iter()
+        .map(|&kind| Summary {
+            kind,
+            rest: Vec::new(),
+            restarts: None,
+            left_after_cleanup: 0,
         })
-        .unwrap_or_default()
-}
-
-/// The `BENCH_MARKER` value of a process, if it has one.
-fn marker_of(pid: u32) -> Option<String> {
-    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
-    environ
-        .split(|b| *b == 0)
-        .find_map(|v| v.strip_prefix(b"BENCH_MARKER="))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
-fn pss_kib(pid: u32) -> f64 {
-    fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Pss:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    let mut all = Vec::new();
-    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            let text = fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            all.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    all
-}
-
-/// What one supervisor measured.
-struct Figures {
-    exec_all_s: f64,
-    says_running_s: f64,
-    idle_cpu_percent: f64,
-    helpers_idle_cpu_percent: f64,
-    rss_mib: f64,
-    pss_total_mib: f64,
-    restart_p50_ms: f64,
-    restart_p99_ms: f64,
-    restarts_measured: usize,
-}
-
-trait Supervisor {
-    fn pid(&self) -> u32;
-    /// How many programs the supervisor itself says are running.
-    fn running(&self) -> usize;
-    /// Helper processes beside the daemon (heartbeatd's keepers).
-    fn helpers(&self) -> Vec<u32> {
-        Vec::new()
-    }
-}
-
-struct Heartbeatd(Daemon);
-
-impl Supervisor for Heartbeatd {
-    fn pid(&self) -> u32 {
-        self.0.pid()
-    }
-    fn running(&self) -> usize {
-        get_json(self.0.port, "/agents?limit=10000")
-            .and_then(|page| {
-                page["agents"]
-                    .as_array()
-                    .map(|a| a.iter().filter(|agent| agent["process"]["state"] == "running").count())
-            })
-            .unwrap_or(0)
-    }
-    fn helpers(&self) -> Vec<u32> {
-        children(self.0.pid())
-    }
-}
-
-struct Supervisord {
-    child: Child,
-    config: std::path::PathBuf,
-}
-
-impl Supervisor for Supervisord {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    fn running(&self) -> usize {
-        Command::new("supervisorctl")
-            .arg("-c")
-            .arg(&self.config)
-            .arg("status")
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter(|l| l.contains("RUNNING"))
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Supervisord {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        .collect();
+    let run = std::process::id();
+    for round in 0..rounds {
+        // Alternate: each supervisor goes first in some round.
+        for i in 0..summaries.len() {
+            let at = (i + round) % summaries.len();
+            let summary = &mut summaries[at];
+            let prefix = format!("{}{run}r{round}-", &summary.kind.name()[..2]);
+            eprintln!(
+                "supervise: round {} of {rounds}: {} with {PROGRAMS} programs …",
+                round + 1,
+                summary.kind.name()
+            );
+            let mut sup = summary.kind.prepare(&prefix);
+            summary.rest.push(round::at_rest(sup.as_mut(), idle_s, kills));
+            if round == 0 {
+                summary.restarts = Some(round::restarts(sup.as_mut()));
+            } else {
+                sup.stop();
             }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn measure(name: &str, prefix: &str, started: Instant, sup: &dyn Supervisor, idle_s: f64) -> Figures {
-    // Start: every program exec'd, then the supervisor's own word.
-    let deadline = started + Duration::from_secs(120);
-    let mut exec_all_s = f64::NAN;
-    while Instant::now() < deadline {
-        if marked(prefix).len() >= PROGRAMS {
-            exec_all_s = started.elapsed().as_secs_f64();
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let mut says_running_s = f64::NAN;
-    while Instant::now() < deadline {
-        if sup.running() >= PROGRAMS {
-            says_running_s = started.elapsed().as_secs_f64();
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("supervise: {name}: all exec'd after {exec_all_s:.2} s, all running after {says_running_s:.2} s");
-
-    // Idle.
-    thread::sleep(Duration::from_secs(3));
-    let helpers = sup.helpers();
-    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
-    let (daemon_before, helpers_before) = (cpu_seconds(sup.pid()), cpu(&helpers));
-    thread::sleep(Duration::from_secs_f64(idle_s));
-    let idle_cpu_percent = (cpu_seconds(sup.pid()) - daemon_before) / idle_s * 100.0;
-    let helpers_idle_cpu_percent = (cpu(&helpers) - helpers_before) / idle_s * 100.0;
-    let rss_mib = memory_mib(sup.pid(), "VmRSS:");
-    let pss_total_mib = (pss_kib(sup.pid()) + helpers.iter().map(|p| pss_kib(*p)).sum::<f64>()) / 1024.0;
-
-    // Restarts: SIGKILL one program, wait for its replacement's exec.
-    let mut latencies = Vec::new();
-    let all = marked(prefix);
-    let mut victims: Vec<(u32, String)> = all.into_iter().collect();
-    victims.sort_by(|a, b| a.1.cmp(&b.1));
-    for (pid, marker) in victims.into_iter().take(KILLS) {
-        // PIDs wrap around, so "new" means not there before the kill, not a higher number.
-        let before = all_pids();
-        let killed = Instant::now();
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        let deadline = killed + Duration::from_secs(10);
-        let mut checked: HashSet<u32> = HashSet::new();
-        'wait: loop {
-            for new in all_pids().difference(&before) {
-                if !checked.contains(new) && marker_of(*new).as_deref() == Some(marker.as_str()) {
-                    latencies.push(killed.elapsed().as_secs_f64() * 1000.0);
-                    break 'wait;
-                }
-                // Checked again later: a process between fork and exec has its parent's
-                // environment until it execs.
-                if marker_of(*new).is_some() {
-                    checked.insert(*new);
-                }
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-            thread::sleep(Duration::from_micros(200));
-        }
-        // Let the supervisor settle (and stay clear of supervisord's startsecs).
-        thread::sleep(Duration::from_millis(50));
-    }
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    Figures {
-        exec_all_s,
-        says_running_s,
-        idle_cpu_percent,
-        helpers_idle_cpu_percent,
-        rss_mib,
-        pss_total_mib,
-        restart_p50_ms: pick(0.5),
-        restart_p99_ms: pick(0.99),
-        restarts_measured: latencies.len(),
-    }
-}
-
-fn heartbeatd_config(prefix: &str, backoff_ms: Option<u64>) -> String {
-    let mut config = String::from("shutdown_timeout_s = 60\n");
-    for n in 0..PROGRAMS {
-        config.push_str(&format!(
-            "[[agents]]\nid = \"p{n}\"\ncommand = [\"{SLEEP}\", \"100000\"]\nenv = {{ BENCH_MARKER = \"{prefix}{n:04}\" }}\n"
-        ));
-        if let Some(ms) = backoff_ms {
-            config.push_str(&format!("restart_backoff_ms = {ms}\n"));
+            drop(sup);
+            summary.left_after_cleanup += procs::tree(&prefix).len() + procs::marked(&prefix).len();
         }
     }
-    config
-}
-
-fn start_supervisord(dir: &Path, prefix: &str) -> Option<Supervisord> {
-    let which = Command::new("sh")
-        .args(["-c", "command -v supervisord"])
-        .output()
-        .ok()?;
-    if !which.status.success() {
-        return None;
-    }
-    fs::create_dir_all(dir.join("logs")).ok()?;
-    let d = dir.display();
-    let mut conf = format!(
-        "[supervisord]\nnodaemon=true\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\nchildlogdir={d}/logs\nminfds=8192\nloglevel=warn\n\
-         [unix_http_server]\nfile={d}/supervisor.sock\n\
-         [rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\
-         [supervisorctl]\nserverurl=unix://{d}/supervisor.sock\n"
-    );
-    for n in 0..PROGRAMS {
-        conf.push_str(&format!(
-            "[program:p{n}]\ncommand={SLEEP} 100000\nenvironment=BENCH_MARKER=\"{prefix}{n:04}\"\nautorestart=true\nstdout_logfile={d}/logs/p{n}.log\nredirect_stderr=true\n"
-        ));
-    }
-    let config = dir.join("supervisord.conf");
-    fs::write(&config, conf).ok()?;
-    let child = Command::new("supervisord")
-        .arg("-c")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    Some(Supervisord { child, config })
+    summaries
 }
 
 pub(crate) fn supervise(phases: &Phases, rows: &mut Vec<Row>) {
-    let run = std::process::id();
-    let idle_s = phases.idle_s.min(20.0);
-
-    eprintln!("supervise: supervisord with {PROGRAMS} programs …");
-    let dir = tempfile::tempdir().unwrap();
-    let prefix_s = format!("s{run}-");
     let started = Instant::now();
-    let theirs = start_supervisord(dir.path(), &prefix_s).map(|sup| {
-        let figures = measure("supervisord", &prefix_s, started, &sup, idle_s);
-        drop(sup);
-        figures
-    });
-
-    eprintln!("supervise: heartbeatd with {PROGRAMS} programs …");
-    let prefix_h = format!("h{run}-");
-    let started = Instant::now();
-    let daemon = Heartbeatd(start_daemon(&heartbeatd_config(&prefix_h, Some(0))));
-    let ours = measure("heartbeatd", &prefix_h, started, &daemon, idle_s);
-    let stopped = stop_daemon(daemon.0);
-    let left = marked(&prefix_h).len();
-
-    let Some(theirs) = theirs else {
-        rows.push(row(
-            "supervise",
-            "supervisord comparison",
-            "skipped: supervisord not installed (make bench installs it)",
-        ));
+    let summaries = measure_all(phases);
+    eprintln!("supervise: measured in {:.0} s", started.elapsed().as_secs_f64());
+    let Some(ours) = summaries.iter().find(|s| s.kind == Kind::Heartbeatd) else {
         return;
     };
-    let fmt = |v: f64, unit: &str| format!("{v:.2} {unit}");
+    let peers: Vec<&Summary> = summaries.iter().filter(|s| s.kind != Kind::Heartbeatd).collect();
+    for kind in Kind::ALL.into_iter().filter(|k| !k.installed()) {
+        rows.push(row(
+            "supervise",
+            format!("{} comparison", kind.name()),
+            "skipped: not installed (make bench-tools installs it)",
+        ));
+    }
+    let peer = |kind: Kind| peers.iter().find(|s| s.kind == kind).copied();
+    let ratio_to = |ours: f64, theirs: Option<f64>, name: &str| {
+        theirs.map_or(String::new(), |t| format!(" ({:.2} × {name})", ours / t))
+    };
+
+    // PSS of supervisor + helpers.
+    let pss = |s: &Summary| s.median(|r| r.pss_mib);
+    let runit_pss = peer(Kind::Runit).map(pss);
     rows.push(
-        row("supervise", "500 programs: all exec'd after", fmt(ours.exec_all_s, "s"))
-            .baseline(fmt(theirs.exec_all_s, "s"))
-            .target("≤ supervisord", ours.exec_all_s <= theirs.exec_all_s),
+        row(
+            "supervise",
+            format!("PSS, supervisor + per-service helpers ({PROGRAMS} programs)"),
+            format!("{:.1} MiB{}", pss(ours), ratio_to(pss(ours), runit_pss, "runit")),
+        )
+        .baseline(beside(&peers, |s| format!("{:.1}", pss(s))))
+        .target(
+            "≤ 60 MiB, < runit",
+            pss(ours) <= 60.0 && runit_pss.is_none_or(|r| pss(ours) < r),
+        ),
+    );
+    let helpers = |s: &Summary| format!("{}", s.rest.first().map_or(0, |r| r.helpers));
+    rows.push(
+        row("supervise", "  helpers counted beside the supervisor", helpers(ours))
+            .baseline(beside(&peers, |s| helpers(s))),
+    );
+    // Private memory per helper, by kind.
+    let kinds = |s: &Summary| {
+        let private = s.private();
+        if private.is_empty() {
+            return "none".to_owned();
+        }
+        private
+            .iter()
+            .map(|(kind, (count, kib))| format!("{kind} {kib:.0} (×{count})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let worst_keeper = ours.private().values().map(|(_, kib)| *kib).fold(0.0, f64::max);
+    let runsv = peer(Kind::Runit).and_then(|s| s.private().get("runsv").map(|(_, kib)| *kib));
+    rows.push(
+        row("supervise", "private memory per helper (KiB, median)", kinds(ours))
+            .baseline(beside(&peers, kinds))
+            .target(
+                "≤ 90 KiB, < runsv",
+                worst_keeper <= 90.0 && runsv.is_none_or(|r| worst_keeper < r),
+            ),
+    );
+    let rss = |s: &Summary| s.median(|r| r.rss_mib);
+    rows.push(
+        row(
+            "supervise",
+            "  RSS of the supervisor process alone",
+            format!("{:.1} MiB", rss(ours)),
+        )
+        .baseline(beside(&peers, |s| format!("{:.1}", rss(s)))),
+    );
+
+    // Restart latency of a killed program.
+    let p50 = |s: &Summary| s.latency(0.5);
+    let p99 = |s: &Summary| s.latency(0.99);
+    let s6_p50 = peer(Kind::S6).map(p50);
+    rows.push(
+        row(
+            "supervise",
+            "kill -9 of a program → new pid exec'd, p50",
+            format!("{:.1} ms{}", p50(ours), ratio_to(p50(ours), s6_p50, "s6")),
+        )
+        .baseline(beside(&peers, |s| format!("{:.1}", p50(s))))
+        .target("≤ s6", s6_p50.is_none_or(|t| p50(ours) <= t)),
+    );
+    rows.push(
+        row("supervise", "  p99", format!("{:.1} ms", p99(ours)))
+            .baseline(beside(&peers, |s| format!("{:.1}", p99(s)))),
+    );
+    let measured = |s: &Summary| {
+        format!(
+            "{}/{}",
+            s.latencies().len(),
+            s.rest.iter().map(|r| r.kills).sum::<usize>()
+        )
+    };
+    rows.push(row("supervise", "  replacements seen / kills", measured(ours)).baseline(beside(&peers, measured)));
+
+    // Idle CPU.
+    let (ticks, exact) = ours.idle_percent();
+    let window: f64 = ours.rest.iter().map(|r| r.idle_s).sum();
+    rows.push(
+        row(
+            "supervise",
+            "idle CPU, supervisor + helpers (% of a core)",
+            format!("{ticks:.3} % (exact {exact:.3} %)"),
+        )
+        .baseline(beside(&peers, |s| {
+            let (t, e) = s.idle_percent();
+            format!("{t:.3} ({e:.3})")
+        }))
+        .target("≤ 0.02 %", ticks <= 0.02 && exact <= 0.02),
+    );
+    rows.push(row(
+        "supervise",
+        "  quiet window pooled; one clock tick over it",
+        format!("{window:.0} s; {:.3} %", 100.0 / clock_ticks() / window),
+    ));
+
+    // Start.
+    let running = |s: &Summary| s.median(|r| r.says_running_s);
+    let execd = |s: &Summary| s.median(|r| r.exec_all_s);
+    let sd_running = peer(Kind::Supervisord).map(running);
+    let sd_execd = peer(Kind::Supervisord).map(execd);
+    rows.push(
+        row(
+            "supervise",
+            format!("all {PROGRAMS} running by its own word"),
+            format!("{:.2} s", running(ours)),
+        )
+        .baseline(beside(&peers, |s| format!("{:.2}", running(s))))
+        .target("≤ supervisord", sd_running.is_none_or(|t| running(ours) <= t)),
     );
     rows.push(
         row(
             "supervise",
-            "  all running, by the daemon's word",
-            fmt(ours.says_running_s, "s"),
+            format!("  all {PROGRAMS} exec'd"),
+            format!("{:.2} s", execd(ours)),
         )
-        .baseline(fmt(theirs.says_running_s, "s"))
-        .target("≤ supervisord", ours.says_running_s <= theirs.says_running_s),
+        .baseline(beside(&peers, |s| format!("{:.2}", execd(s))))
+        .target("≤ supervisord", sd_execd.is_none_or(|t| execd(ours) <= t)),
     );
-    rows.push(
-        row("supervise", "idle CPU, daemon alone", fmt(ours.idle_cpu_percent, "%"))
-            .baseline(fmt(theirs.idle_cpu_percent, "%"))
-            .target("≤ supervisord", ours.idle_cpu_percent <= theirs.idle_cpu_percent),
-    );
-    rows.push(row(
-        "supervise",
-        "  idle CPU of heartbeatd's 500 keepers",
-        fmt(ours.helpers_idle_cpu_percent, "%"),
-    ));
-    rows.push(
-        row("supervise", "RSS, daemon alone", fmt(ours.rss_mib, "MiB"))
-            .baseline(fmt(theirs.rss_mib, "MiB"))
-            .target("≤ supervisord", ours.rss_mib <= theirs.rss_mib),
-    );
-    rows.push(
-        row("supervise", "  PSS, daemon + keepers", fmt(ours.pss_total_mib, "MiB"))
-            .baseline(fmt(theirs.pss_total_mib, "MiB"))
-            .target("≤ supervisord", ours.pss_total_mib <= theirs.pss_total_mib),
-    );
-    let ratio = ours.restart_p50_ms / theirs.restart_p50_ms;
+
+    let all_clean = summaries.iter().all(|s| s.left_after_cleanup == 0);
+    restart_rows(ours, &peers, all_clean, rows);
+}
+
+/// `f` of each peer measured: "supervisord 1.0 · s6 2.0 · runit 3.0".
+fn beside(peers: &[&Summary], f: impl Fn(&Summary) -> String) -> String {
+    peers
+        .iter()
+        .map(|s| format!("{} {}", s.kind.name(), f(s)))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// The rows of the supervisor's own restarts (first round).
+fn restart_rows(ours: &Summary, peers: &[&Summary], all_clean: bool, rows: &mut Vec<Row>) {
+    let Some(our) = &ours.restarts else { return };
+    let of = |s: &Summary, f: &dyn Fn(&Restarts) -> String| s.restarts.as_ref().map_or("-".to_owned(), f);
+    let kill9 = |r: &Restarts| {
+        format!(
+            "{} / {}{}",
+            r.kill9.restarted,
+            r.kill9.duplicates(),
+            if r.kill9.incomplete { " (not all up again)" } else { "" }
+        )
+    };
     rows.push(
         row(
             "supervise",
-            "SIGKILL → replacement exec'd, p50",
-            fmt(ours.restart_p50_ms, "ms"),
+            "kill -9 of the supervisor, start again: restarted / duplicates",
+            kill9(our),
         )
-        .baseline(fmt(theirs.restart_p50_ms, "ms"))
-        .target("≤ 1/10 of supervisord", ratio <= 0.1),
+        .baseline(beside(peers, |s| of(s, &kill9)))
+        .target("0 / 0", our.kill9.restarted == 0 && our.kill9.duplicates() == 0),
     );
-    let ratio99 = ours.restart_p99_ms / theirs.restart_p99_ms;
-    rows.push(
-        row("supervise", "  p99", fmt(ours.restart_p99_ms, "ms"))
-            .baseline(fmt(theirs.restart_p99_ms, "ms"))
-            .target("≤ 1/10 of supervisord", ratio99 <= 0.1),
-    );
-    rows.push(row(
-        "supervise",
-        "  restarts measured (of 100 kills)",
-        format!("{} / {}", ours.restarts_measured, theirs.restarts_measured),
-    ));
+    let graceful = |r: &Restarts| {
+        let mut down = r.graceful.down_s.clone();
+        if down.is_empty() {
+            format!("{}", r.graceful.restarted)
+        } else {
+            format!(
+                "{} (down {:.2} s, max {:.2})",
+                r.graceful.restarted,
+                median(&mut down),
+                quantile(&mut down, 1.0)
+            )
+        }
+    };
     rows.push(
         row(
             "supervise",
-            "  programs left after heartbeatd's SIGTERM",
-            left.to_string(),
+            "graceful restart (SIGTERM, start): programs restarted",
+            graceful(our),
         )
-        .target("0", left == 0 && stopped.code == Some(0)),
+        .baseline(beside(peers, |s| of(s, &graceful)))
+        .target("0", our.graceful.restarted == 0),
     );
-    rows.push(row(
-        "supervise",
-        "  graceful stop of 500 took",
-        fmt(stopped.seconds, "s"),
-    ));
+    let left = |r: &Restarts| r.left_after_stop.to_string();
+    rows.push(
+        row("supervise", "processes left behind by its own graceful stop", left(our))
+            .baseline(beside(peers, |s| of(s, &left)))
+            .target("0", our.left_after_stop == 0),
+    );
+    let took = |r: &Restarts| format!("{:.2} s", r.stop_s);
+    rows.push(row("supervise", "  that stop took", took(our)).baseline(beside(peers, |s| of(s, &took))));
+    let cleanup = |s: &Summary| s.left_after_cleanup.to_string();
+    rows.push(
+        row("supervise", "processes left after the bench's clean-up", cleanup(ours))
+            .baseline(beside(peers, cleanup))
+            .target("0", all_clean),
+    );
 }
