@@ -80,6 +80,29 @@ fn check_config_prints_the_effective_configuration_or_the_error() {
         printed.contains("admin_token = \"<redacted>\"") && !printed.contains("hunter2"),
         "{printed}"
     );
+    // Keys whose default is derived are shown too: the host name as instance_name, and what
+    // an unset grace_s means; unset optional keys are named.
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(
+        printed.contains(&format!("instance_name = \"{}\"", host.trim())),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("# grace_s is not set: each agent's grace is twice its own heartbeat_interval_s (20 s"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("# not set: ") && printed.contains("webhook_url"),
+        "{printed}"
+    );
+    fs::write(&good, "grace_s = 7\ninstance_name = \"edge-1\"\n").unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&good).output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("grace_s = 7\n") && printed.contains("instance_name = \"edge-1\"\n"),
+        "{printed}"
+    );
+    assert!(!printed.contains("grace_s is not set"), "{printed}");
 
     let bad = dir.path().join("bad.toml");
     fs::write(&bad, "workers = -1\n").unwrap();

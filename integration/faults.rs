@@ -1,6 +1,6 @@
 //! Faults: `kill -9` in the middle of load, again and again; a full disk that recovers.
 //!
-//! These check the durability promise of the README: after `kill -9` every heartbeat that
+//! These check the durability promise of docs/durability.md: after `kill -9` every heartbeat that
 //! `total_synced` counted before the kill is on disk, nothing on disk was never accepted, and
 //! nothing is torn; a full disk loses nothing that is still in memory once it has room again,
 //! and never panics. The promise is stated in what heartbeatd counts, not in time, so it holds

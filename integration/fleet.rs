@@ -41,7 +41,7 @@ fn the_shipped_rules_pass_promtool_check_and_their_unit_tests() {
     assert!(ok, "{out}");
     let (ok, out) = promtool(&["test", "rules", "heartbeatd.rules.test.yml"]);
     assert!(ok, "{out}");
-    // Every alert the README promises is in the file and has a unit test.
+    // Every alert docs/alerting.md promises is in the file and has a unit test.
     let rules = fs::read_to_string(rules_dir().join("heartbeatd.rules.yml")).unwrap();
     let tests = fs::read_to_string(rules_dir().join("heartbeatd.rules.test.yml")).unwrap();
     for alert in [

@@ -46,7 +46,7 @@ fn the_status_page_shows_each_agent_in_its_state_and_follows_a_change_without_re
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while daemon.request("GET", "/agents/slow", None).body["status"] != "late" {
-        assert!(Instant::now() < deadline, "slow never became late");
+        assert!(Instant::now() < deadline, "slow never became late:\n{}", daemon.log());
         thread::sleep(Duration::from_millis(100));
     }
     while daemon.request("GET", "/agents/crasher", None).body["process"]["state"] != "fatal"

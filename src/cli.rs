@@ -160,7 +160,7 @@ fn check_config(loaded: Result<Loaded, SettingsError>, quiet: bool) -> ExitCode 
             if quiet {
                 return ExitCode::SUCCESS;
             }
-            match toml::to_string_pretty(&loaded.settings.effective()) {
+            match loaded.settings.effective_toml() {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS

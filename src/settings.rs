@@ -185,7 +185,7 @@ pub struct Settings {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
-    /// The agents allowed to report (imported into the registry once; see README).
+    /// The agents to register; the file owns them (see docs/configuration.md, "Agents").
     #[serde(default)]
     pub agents: Vec<AgentInfo>,
 }
@@ -335,10 +335,12 @@ impl Settings {
     }
 
     /// The settings with every default filled in and the admin token redacted, as
-    /// `check-config` prints them.
+    /// `check-config` prints them. `grace_s` stays unset when it is: its default is each
+    /// agent's own interval doubled, not one number ([`Settings::effective_toml`] says so).
     pub fn effective(&self) -> Self {
         Self {
             queue_capacity: Some(self.queue_capacity()),
+            instance_name: Some(self.instance()),
             admin_token: self.admin_token.as_ref().map(|_| "<redacted>".to_owned()),
             ingest_token: self.ingest_token.as_ref().map(|_| "<redacted>".to_owned()),
             control_socket: Some(
@@ -347,6 +349,34 @@ impl Settings {
             ),
             ..self.clone()
         }
+    }
+
+    /// What `check-config` prints: [`Settings::effective`] as TOML, after comment lines that
+    /// name the keys left unset (which TOML cannot show) and what an unset `grace_s` means.
+    pub fn effective_toml(&self) -> Result<String, String> {
+        let effective = self.effective();
+        let mut text = String::new();
+        if effective.grace_s.is_none() {
+            text.push_str(&format!(
+                "# grace_s is not set: each agent's grace is twice its own heartbeat_interval_s ({} s for heartbeat_interval_s = {})\n",
+                effective.heartbeat_interval_s.saturating_mul(2),
+                effective.heartbeat_interval_s
+            ));
+        }
+        // The keys serde writes as null are the optional ones left unset.
+        let unset: Vec<String> = match serde_json::to_value(&effective).map_err(|e| e.to_string())? {
+            serde_json::Value::Object(keys) => keys
+                .into_iter()
+                .filter(|(key, value)| value.is_null() && key != "grace_s")
+                .map(|(key, _)| key)
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !unset.is_empty() {
+            text.push_str(&format!("# not set: {}\n", unset.join(", ")));
+        }
+        text.push_str(&toml::to_string_pretty(&effective).map_err(|e| e.to_string())?);
+        Ok(text)
     }
 
     /// The Alertmanager base URLs (empty: alerting is off).

@@ -7,16 +7,17 @@
 //! numbers drift between machines and runs. Targets are printed beside the figures; nothing
 //! here asserts a time.
 //!
-//! `BENCH_QUICK=1` shortens every phase (for a smoke run); the README's figures come from a
-//! full run. Arguments name scenarios to run (`saturation fleet idle drain history
-//! scrape steady big-start supervise status-page slow-readers alert-backlog kill-9`); none
-//! runs them all.
+//! `BENCH_QUICK=1` shortens every phase (for a smoke run); the figures in docs/performance.md
+//! come from a full run. Arguments name scenarios to run (`saturation fleet idle drain history
+//! scrape steady big-start supervise output-flood status-page slow-readers alert-backlog
+//! kill-9`); none runs them all.
 //!
 //! | file | what |
 //! |---|---|
 //! | `measure.rs` | the measuring tools shared by the scenarios |
 //! | `saturation.rs`, `fleet.rs`, `idle.rs`, `drain.rs`, `history.rs`, `steady.rs`, `big_start.rs` | one scenario each |
-//! | `supervise/` | 500 supervised programs, heartbeatd against a real supervisord (`ingest.rs`: heartbeats while supervising) |
+//! | `supervise/` | 500 supervised programs, heartbeatd against supervisord, s6 and runit (`ingest.rs`: heartbeats while supervising) |
+//! | `output_flood.rs` | `yes` under supervision: its keeper's CPU, and ingest beside it against without |
 //! | `scrape.rs` | `/metrics` with 10k per-agent series at rest, against 10 agents |
 //! | `status_page.rs` | first paint of the status page in headless Chromium, 10k agents against 10 |
 //! | `slow_readers.rs` | 200 clients that never read and 16 log followers beside 10k heartbeats/s, against none |
@@ -31,6 +32,7 @@ mod history;
 mod idle;
 mod kill_loss;
 mod measure;
+mod output_flood;
 mod saturation;
 mod scrape;
 mod slow_readers;
@@ -206,6 +208,9 @@ fn main() {
     if run("supervise") {
         supervise::supervise(&phases, &mut rows);
         supervise::ingest_while_supervising(&phases, &mut rows);
+    }
+    if run("output-flood") {
+        output_flood::output_flood(&phases, &mut rows);
     }
     println!();
     println!(

@@ -145,3 +145,29 @@ fn register_adds_its_agents_through_the_admin_api() {
     let page = daemon.request("GET", "/agents", None).body;
     assert_eq!(page["agents"].as_array().unwrap().len(), 5, "{page}");
 }
+
+/// The flags table of `docs/performance.md` ("Load testing") against the tool's clap
+/// definition: a flag added to the tool and not to the table fails here.
+#[test]
+fn every_flag_is_in_the_docs_table() {
+    use clap::CommandFactory;
+
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/performance.md")).unwrap();
+    let section = docs
+        .split("## Load testing: `heartbeatd-load`")
+        .nth(1)
+        .expect("docs/performance.md has a section \"Load testing: `heartbeatd-load`\"");
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `--")).collect();
+    let flags: Vec<String> = heartbeatd_bench::load::args::LoadArgs::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    assert!(flags.len() >= 10, "{flags:?}");
+    for flag in flags {
+        assert!(
+            rows.iter()
+                .any(|row| row.starts_with(&format!("| `{flag}`")) || row.starts_with(&format!("| `{flag} "))),
+            "docs/performance.md: the flags table of heartbeatd-load has no row for {flag}"
+        );
+    }
+}

@@ -56,9 +56,10 @@ pub struct Liveness {
     events: Option<Addr<FileMetadataStore>>,
     /// Where transitions are posted (`webhook_url`), and whether a URL is set now.
     webhook: Option<(Addr<Webhook>, Arc<AtomicBool>)>,
-    /// The registry size the published counts were computed with: agents registered since
-    /// are `new` and must show in the counts without waiting for a transition.
-    counted_registry_len: usize,
+    /// The timer set for the earliest deadline, and when it fires: armed only while some
+    /// agent has a deadline, so a heartbeatd whose agents send no heartbeats never wakes up
+    /// for liveness.
+    timer: Option<(Instant, SpawnHandle)>,
     /// Told of every agent that goes `down` (the Manager, which restarts supervised agents).
     down_listener: Option<Recipient<WentDown>>,
     /// Transitions per agent, shared with `/metrics`.
@@ -87,7 +88,7 @@ impl Liveness {
             down_listener: None,
             transitions: TransitionCounts::new(),
             alerter: None,
-            counted_registry_len: 0,
+            timer: None,
             log,
         };
         let (now, wall) = (Instant::now(), Utc::now());
@@ -196,7 +197,6 @@ impl Liveness {
     }
 
     fn publish_counts(&mut self) {
-        self.counted_registry_len = self.registry.len();
         let counts = self.tracker.counts();
         let tracked: u64 = counts.values().sum();
         for status in AgentStatus::ALL {
@@ -228,30 +228,57 @@ impl Actor for Liveness {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(TICK, |act, _| {
-            let mut transitions = act.tracker.tick(Instant::now(), Utc::now());
-            // An agent unregistered while its deadline was pending is no longer watched (the
-            // Manager also says Forget; this covers a message still on its way).
-            let registered = act.registry.load();
-            transitions.retain(|t| {
-                let keep = registered.contains_key(&t.agent_id);
-                if !keep {
-                    act.tracker.forget(&t.agent_id);
-                }
-                keep
-            });
-            if !transitions.is_empty() || act.counted_registry_len != registered.len() {
-                act.publish_counts();
+        self.arm(ctx);
+    }
+}
+
+impl Liveness {
+    /// Sets the timer for the earliest deadline, unless one is set for that time or sooner.
+    /// Called after anything that may add a deadline.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        let Some(next) = self.tracker.next_deadline() else {
+            return;
+        };
+        // Deadlines closer together than TICK share one wake-up.
+        let fire_at = next + TICK;
+        if let Some((armed_for, handle)) = self.timer {
+            // Never moved later: a stream of heartbeats would otherwise keep pushing a passed
+            // deadline away and nobody would ever become late.
+            if armed_for <= fire_at {
+                return;
             }
-            if !transitions.is_empty() {
-                act.report(transitions);
-            }
-            for id in act.tracker.take_still_down() {
-                if let (Some(listener), true) = (&act.down_listener, registered.contains_key(&id)) {
-                    listener.do_send(WentDown(id));
-                }
-            }
+            ctx.cancel_future(handle);
+        }
+        let handle = ctx.run_later(fire_at.saturating_duration_since(Instant::now()), |act, ctx| {
+            act.timer = None;
+            act.apply_passed_deadlines();
+            act.arm(ctx);
         });
+        self.timer = Some((fire_at, handle));
+    }
+
+    /// Applies every deadline that has passed.
+    fn apply_passed_deadlines(&mut self) {
+        let mut transitions = self.tracker.tick(Instant::now(), Utc::now());
+        // An agent unregistered while its deadline was pending is no longer watched (the
+        // Manager also says Forget; this covers a message still on its way).
+        let registered = self.registry.load();
+        transitions.retain(|t| {
+            let keep = registered.contains_key(&t.agent_id);
+            if !keep {
+                self.tracker.forget(&t.agent_id);
+            }
+            keep
+        });
+        if !transitions.is_empty() {
+            self.publish_counts();
+            self.report(transitions);
+        }
+        for id in self.tracker.take_still_down() {
+            if let (Some(listener), true) = (&self.down_listener, registered.contains_key(&id)) {
+                listener.do_send(WentDown(id));
+            }
+        }
     }
 }
 
@@ -266,8 +293,9 @@ pub struct RecheckSilence(pub String);
 impl Handler<RecheckSilence> for Liveness {
     type Result = ();
 
-    fn handle(&mut self, RecheckSilence(id): RecheckSilence, _: &mut Context<Self>) {
+    fn handle(&mut self, RecheckSilence(id): RecheckSilence, ctx: &mut Context<Self>) {
         self.tracker.recheck_down(&id, Instant::now());
+        self.arm(ctx);
     }
 }
 
@@ -299,7 +327,7 @@ pub struct Seen(pub Vec<(String, DateTime<Utc>, Option<ReportedStatus>)>);
 impl Handler<Seen> for Liveness {
     type Result = ();
 
-    fn handle(&mut self, Seen(batch): Seen, _: &mut Context<Self>) {
+    fn handle(&mut self, Seen(batch): Seen, ctx: &mut Context<Self>) {
         let (now, wall) = (Instant::now(), Utc::now());
         let mut transitions = Vec::new();
         let registered = self.registry.load();
@@ -314,6 +342,7 @@ impl Handler<Seen> for Liveness {
             self.publish_counts();
             self.report(transitions);
         }
+        self.arm(ctx);
     }
 }
 
@@ -330,7 +359,7 @@ pub struct SetPaused {
 impl Handler<SetPaused> for Liveness {
     type Result = MessageResult<SetPaused>;
 
-    fn handle(&mut self, msg: SetPaused, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SetPaused, ctx: &mut Context<Self>) -> Self::Result {
         let (now, wall) = (Instant::now(), Utc::now());
         let transition = if msg.paused {
             self.tracker.pause(&msg.id, wall)
@@ -342,6 +371,7 @@ impl Handler<SetPaused> for Liveness {
             self.publish_counts();
             self.report(vec![t]);
         }
+        self.arm(ctx);
         MessageResult(self.tracker.status(&msg.id).unwrap_or((AgentStatus::New, wall)))
     }
 }
@@ -359,7 +389,7 @@ pub struct ProcessChanged {
 impl Handler<ProcessChanged> for Liveness {
     type Result = ();
 
-    fn handle(&mut self, ProcessChanged { id, phase }: ProcessChanged, _: &mut Context<Self>) {
+    fn handle(&mut self, ProcessChanged { id, phase }: ProcessChanged, ctx: &mut Context<Self>) {
         let (now, wall) = (Instant::now(), Utc::now());
         let registered = self.registry.load();
         let Some(info) = registered.get(&id) else { return };
@@ -370,6 +400,7 @@ impl Handler<ProcessChanged> for Liveness {
             self.publish_counts();
             self.report(vec![t]);
         }
+        self.arm(ctx);
     }
 }
 

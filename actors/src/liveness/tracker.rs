@@ -310,6 +310,12 @@ impl DeadlineTracker {
         std::mem::take(&mut self.still_down)
     }
 
+    /// The earliest deadline waiting, if any (it may belong to an agent heard from since: then
+    /// it passes without a transition).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((when, _, _))| *when)
+    }
+
     /// Applies every deadline that has passed by `now`; returns the transitions, oldest first.
     pub fn tick(&mut self, now: Instant, wall: DateTime<Utc>) -> Vec<Transition> {
         let mut transitions = Vec::new();

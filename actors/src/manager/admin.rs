@@ -241,7 +241,7 @@ impl Handler<UpdateAgent> for Manager {
             id: msg.id,
             change: msg.change,
         };
-        Box::pin(self.registry.send(update).into_actor(self).then(|result, act, _| {
+        Box::pin(self.registry.send(update).into_actor(self).then(|result, act, ctx| {
             let updated = result.map_err(|_| RegistryError::NotRunning).and_then(|r| r);
             let view = updated.map(|info| {
                 act.sync_process(&info);
@@ -253,6 +253,7 @@ impl Handler<UpdateAgent> for Manager {
                         act.dirty.push(info.id.clone());
                     }
                 }
+                act.arm_timers(ctx);
                 let id = info.id.clone();
                 (act.views(vec![info.id]), id)
             });

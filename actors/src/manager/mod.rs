@@ -161,6 +161,8 @@ pub struct Manager {
     /// The process actor of each agent with a `command`.
     processes: HashMap<String, Addr<AgentProcess>>,
     store_error_gate: LogGate,
+    /// The flush and checkpoint timers, armed only while something waits to be written.
+    timers: persistence::PersistTimers,
     log: Logger,
 }
 
@@ -211,6 +213,7 @@ impl Manager {
             supervision: None,
             processes: HashMap::new(),
             store_error_gate: LogGate::new(STORE_ERROR_LOG_INTERVAL),
+            timers: persistence::PersistTimers::default(),
             log,
         };
         manager
@@ -308,18 +311,8 @@ impl Actor for Manager {
             "history_len" => self.policy.history_len,
             "flush_interval_ms" => self.policy.flush_interval.as_millis() as u64,
             "checkpoint_interval_s" => self.policy.checkpoint_interval.as_secs());
-        if !self.write_through() {
-            ctx.run_interval(self.policy.flush_interval, |act, ctx| {
-                if act.may_retry() {
-                    act.start_flush(ctx);
-                }
-            });
-        }
-        ctx.run_interval(self.policy.checkpoint_interval, |act, ctx| {
-            if act.may_retry() {
-                act.start_checkpoint(ctx);
-            }
-        });
+        // The journal replayed at start-up may have left agents to checkpoint.
+        self.arm_timers(ctx);
         self.start_supervision(ctx);
     }
 }
@@ -399,6 +392,7 @@ impl Handler<UpdateHeartbeats> for Manager {
             self.start_flush(ctx);
             self.start_checkpoint(ctx);
         }
+        self.arm_timers(ctx);
         if !self.write_through() || outcome.applied == 0 {
             return Box::pin(fut::ready(Ok(outcome)));
         }

@@ -1,18 +1,22 @@
 //! The Manager's persistence engine: the two pipelines to disk, and their retries.
 //!
-//! - **flush** (every `flush_interval`): the pending journal records go to the JournalWriter,
+//! - **flush** (`flush_interval` after the first record waits): the pending journal records go to the JournalWriter,
 //!   one append and one sync; once it is synced they count in `total_synced`. A tick that
 //!   finds the previous flush still syncing starts the next one as soon as it is done, rather
 //!   than a whole interval later. With `flush_interval = 0` (write-through) an update is
 //!   answered only once a flush holding it is synced; updates that arrive meanwhile share the
 //!   next flush (group commit).
-//! - **checkpoint** (every `checkpoint_interval`, when too many samples wait, and at
-//!   shutdown): every changed agent's state and new history samples go to the Store, with the
+//! - **checkpoint** (`checkpoint_interval` after the first change, when too many samples
+//!   wait, and at shutdown): every changed agent's state and new history samples go to the Store, with the
 //!   journal rotated in the same step, so the segments before it can go once it is durable.
 //!
 //! A failed write keeps everything in memory and is retried with backoff (doubling up to
 //! 30 s), from memory, never by re-syncing a file whose fsync failed; errors are logged at
 //! most once per 10 s. [`Flush`] (shutdown) flushes and checkpoints now.
+//!
+//! The timers are armed only while something waits ([`PersistTimers`]): a heartbeatd at rest
+//! (no heartbeat, no change) arms none and never wakes up for them, and what a kill -9 can
+//! lose is still at most one `flush_interval` of heartbeats.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,7 +56,44 @@ pub enum PersistError {
     Abandoned,
 }
 
+/// The flush and checkpoint timers: each is armed when work arrives and none is armed, and
+/// fires once.
+#[derive(Debug, Default)]
+pub(super) struct PersistTimers {
+    flush: Option<SpawnHandle>,
+    checkpoint: Option<SpawnHandle>,
+}
+
 impl Manager {
+    /// Arms the timers for what waits: journal records (flush) and changed agents
+    /// (checkpoint), each not before the retry backoff allows. Call it after anything that
+    /// may have added work.
+    pub(super) fn arm_timers(&mut self, ctx: &mut Context<Self>) {
+        let backoff = self
+            .retry_at
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(Instant::now()));
+        if self.timers.flush.is_none() && !self.write_through() && !self.journal_pending.is_empty() {
+            let after = self.policy.flush_interval.max(backoff);
+            self.timers.flush = Some(ctx.run_later(after, |act, ctx| {
+                act.timers.flush = None;
+                if act.may_retry() {
+                    act.start_flush(ctx);
+                }
+                act.arm_timers(ctx);
+            }));
+        }
+        if self.timers.checkpoint.is_none() && !self.dirty.is_empty() {
+            let after = self.policy.checkpoint_interval.max(backoff);
+            self.timers.checkpoint = Some(ctx.run_later(after, |act, ctx| {
+                act.timers.checkpoint = None;
+                if act.may_retry() {
+                    act.start_checkpoint(ctx);
+                }
+                act.arm_timers(ctx);
+            }));
+        }
+    }
+
     pub(super) fn write_through(&self) -> bool {
         self.policy.flush_interval.is_zero()
     }
@@ -105,6 +146,7 @@ impl Manager {
                 if again && act.may_retry() {
                     act.start_flush(ctx);
                 }
+                act.arm_timers(ctx);
             })
             .spawn(ctx);
     }
@@ -162,6 +204,7 @@ impl Manager {
             if !act.checkpoint_waiters.is_empty() {
                 act.start_checkpoint(ctx);
             }
+            act.arm_timers(ctx);
         })
         .spawn(ctx);
     }

@@ -101,6 +101,9 @@ pub struct AgentInfo {
     pub max_memory_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_for_s: Option<u64>,
+    /// More processes than this in the tree and its keeper kills it (`over_processes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

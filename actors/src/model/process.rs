@@ -52,6 +52,8 @@ pub const MAX_START_RETRIES: u32 = 100;
 pub const MAX_MAX_RESTARTS: u32 = 10_000;
 /// The highest `max_cpu_percent` accepted: 1024 cores' worth.
 pub const MAX_CPU_PERCENT: u32 = 102_400;
+/// The highest `max_processes` accepted: as many as a keeper counts in one walk of its tree.
+pub const MAX_MAX_PROCESSES: u32 = 100_000;
 
 /// The signals `stop_signal` may name, with or without `SIG`.
 pub const STOP_SIGNALS: [(&str, i32); 7] = [
@@ -117,9 +119,13 @@ pub struct ProcessSpec {
     pub restart_on_silence: bool,
     /// Restart when the tree's CPU (percent of one core) stays above this for `limit_for`.
     pub max_cpu_percent: Option<u32>,
-    /// Restart when the tree's resident memory stays above this for `limit_for`.
+    /// Restart when the tree's memory (PSS summed over the tree) stays above this for
+    /// `limit_for`.
     pub max_memory_bytes: Option<u64>,
     pub limit_for: Duration,
+    /// More processes than this in the tree and its keeper kills it at once (systemd's
+    /// `TasksMax`, counted in processes).
+    pub max_processes: Option<u32>,
     /// Sent to the whole tree to stop it.
     pub stop_signal: i32,
     /// SIGKILL after this long.
@@ -168,6 +174,7 @@ impl AgentInfo {
             max_cpu_percent: self.max_cpu_percent,
             max_memory_bytes: self.max_memory_bytes,
             limit_for: Duration::from_secs(self.limit_for_s.unwrap_or(60)),
+            max_processes: self.max_processes,
             stop_signal: self
                 .stop_signal
                 .as_deref()
@@ -183,7 +190,7 @@ impl AgentInfo {
 }
 
 /// Every supervision key but `command`: they only apply with one.
-pub const SUPERVISION_KEYS: [&str; 21] = [
+pub const SUPERVISION_KEYS: [&str; 22] = [
     "heartbeats",
     "working_dir",
     "env",
@@ -199,6 +206,7 @@ pub const SUPERVISION_KEYS: [&str; 21] = [
     "max_cpu_percent",
     "max_memory_bytes",
     "limit_for_s",
+    "max_processes",
     "stop_signal",
     "stop_timeout_s",
     "start_wait_s",
@@ -224,6 +232,7 @@ fn keys_set_without_command(info: &AgentInfo) -> Vec<&'static str> {
         ("max_cpu_percent", info.max_cpu_percent.is_some()),
         ("max_memory_bytes", info.max_memory_bytes.is_some()),
         ("limit_for_s", info.limit_for_s.is_some()),
+        ("max_processes", info.max_processes.is_some()),
         ("stop_signal", info.stop_signal.is_some()),
         ("stop_timeout_s", info.stop_timeout_s.is_some()),
         ("start_wait_s", info.start_wait_s.is_some()),
@@ -344,6 +353,12 @@ pub fn validate_process(info: &AgentInfo) -> Result<(), String> {
     )?;
     check_range("max_memory_bytes", info.max_memory_bytes, 1 << 20, 1 << 50)?;
     check_range(
+        "max_processes",
+        info.max_processes.map(u64::from),
+        1,
+        MAX_MAX_PROCESSES.into(),
+    )?;
+    check_range(
         "log_max_bytes",
         info.log_max_bytes,
         LOG_MAX_BYTES_RANGE.0,
@@ -423,17 +438,20 @@ pub enum ExitReason {
     OverCpu,
     /// heartbeatd ended it: its tree's memory stayed over `max_memory_bytes`.
     OverMemory,
+    /// Its keeper killed it: its tree had more processes than `max_processes`.
+    OverProcesses,
     /// Someone asked: stop or restart over the API or `heartbeatd ctl`, a change of its
     /// settings, its deletion, or heartbeatd's own stop.
     Manual,
 }
 
 impl ExitReason {
-    pub const ALL: [ExitReason; 5] = [
+    pub const ALL: [ExitReason; 6] = [
         Self::Exited,
         Self::Silent,
         Self::OverCpu,
         Self::OverMemory,
+        Self::OverProcesses,
         Self::Manual,
     ];
 
@@ -443,6 +461,7 @@ impl ExitReason {
             Self::Silent => "silent",
             Self::OverCpu => "over_cpu",
             Self::OverMemory => "over_memory",
+            Self::OverProcesses => "over_processes",
             Self::Manual => "manual",
         }
     }
@@ -592,12 +611,39 @@ mod tests {
                 },
                 "max_restarts",
             ),
+            (
+                AgentInfo {
+                    max_processes: Some(0),
+                    ..supervised(&["x"])
+                },
+                "max_processes",
+            ),
+            (
+                AgentInfo {
+                    max_processes: Some(MAX_MAX_PROCESSES + 1),
+                    ..supervised(&["x"])
+                },
+                "max_processes",
+            ),
+            (
+                AgentInfo {
+                    max_processes: Some(10),
+                    ..AgentInfo::default()
+                },
+                "max_processes",
+            ),
         ];
         for (info, key) in cases {
             let error = validate_process(&info).expect_err(key);
             assert!(error.starts_with(key), "{key}: {error}");
         }
         assert!(validate_process(&supervised(&["/bin/sleep", "1"])).is_ok());
+        let bounded = AgentInfo {
+            max_processes: Some(MAX_MAX_PROCESSES),
+            ..supervised(&["/bin/sleep", "1"])
+        };
+        assert!(validate_process(&bounded).is_ok());
+        assert_eq!(bounded.process_spec().unwrap().max_processes, Some(MAX_MAX_PROCESSES));
     }
 
     #[test]

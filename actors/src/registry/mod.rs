@@ -16,8 +16,8 @@
 //! ([`AutoRegister`]): one log write and one publish for all that arrive within
 //! [`AUTO_REGISTER_WINDOW`], and none past `auto_register_limit` agents.
 //!
-//! If `registry.json` disappears (an operator removed `data_dir`), it is written again within
-//! a second.
+//! If `registry.json` disappears (an operator removed `data_dir`), it is written again about
+//! a second later ([`file_watch`]: an inotify watch, not a poll).
 //!
 //! The agents the config's `[[agents]]` declares are the file's ([`config_owned`]): at start-up
 //! and on SIGHUP their records are the file's, and an agent that left the file is removed; the
@@ -27,8 +27,10 @@
 //! |---|---|
 //! | `mod.rs` | the Registry actor, its file and log, its messages |
 //! | [`config_owned`] | which agents the configuration owns, and applying it |
+//! | [`file_watch`] | noticing that `registry.json` was removed |
 
 pub mod config_owned;
+pub mod file_watch;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
@@ -101,8 +103,6 @@ pub const REGISTRY_FILE: &str = "registry.json";
 pub const REGISTRY_LOG: &str = "registry.log";
 /// `auto_register` ids arriving within this window share one log write and one publish.
 pub const AUTO_REGISTER_WINDOW: Duration = Duration::from_millis(2);
-/// How often the registry checks that `registry.json` still exists.
-const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One line of `registry.log`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -244,6 +244,8 @@ pub struct Registry {
     max_agents: usize,
     /// `auto_register` ids waiting for the next batch, with whoever waits for each.
     pending_auto: Vec<(String, oneshot::Sender<Result<(), RegistryError>>)>,
+    /// A check of `registry.json` is scheduled ([`file_watch::CheckFileSoon`]).
+    file_check_pending: bool,
     log: Logger,
 }
 
@@ -277,6 +279,7 @@ impl Registry {
             auto_register_limit: usize::MAX,
             max_agents: usize::MAX,
             pending_auto: Vec::new(),
+            file_check_pending: false,
             log: Logger::root(slog::Discard, slog::o!()),
         }
     }
@@ -501,8 +504,10 @@ impl Registry {
         match self.compact(&current.by_id) {
             Ok(()) => warn!(self.log, "registry.json was missing (was data_dir removed?); written again from memory";
                 "path" => %dir.join(REGISTRY_FILE).display(), "agents" => current.len()),
-            Err(e) => warn!(self.log, "registry.json is missing and could not be written again; retrying every second";
-                "error" => %e, "what_to_do" => "check that data_dir exists and is writable"),
+            Err(e) => {
+                warn!(self.log, "registry.json is missing and could not be written again; trying again every second while data_dir is missing, else at the next change";
+                "error" => %e, "what_to_do" => "check that data_dir exists and is writable")
+            }
         }
     }
 }
@@ -566,8 +571,25 @@ impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.dir.is_some() {
-            ctx.run_interval(FILE_CHECK_INTERVAL, |act, _| act.check_file());
+        if let Some(dir) = self.dir.clone() {
+            if let Err(e) = file_watch::start(dir, ctx.address()) {
+                warn!(self.log, "could not watch data_dir for a removed registry.json; it is written again only at the next change";
+                    "error" => %e, "what_to_do" => "nothing, unless data_dir may be removed while heartbeatd runs");
+            }
+        }
+    }
+}
+
+impl Handler<file_watch::CheckFileSoon> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: file_watch::CheckFileSoon, ctx: &mut Context<Self>) {
+        if !self.file_check_pending {
+            self.file_check_pending = true;
+            ctx.run_later(file_watch::FILE_CHECK_DELAY, |act, _| {
+                act.file_check_pending = false;
+                act.check_file();
+            });
         }
     }
 }

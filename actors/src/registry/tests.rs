@@ -230,8 +230,13 @@ async fn a_removed_registry_file_is_written_again() {
     let (registry, _) = Registry::load(dir.path(), [info("a")]).unwrap();
     let addr = registry.start();
     addr.send(Register(vec![info("from-api")])).await.unwrap().unwrap();
+    // The watch is on before the removal (the actor started it when it started).
+    actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
     fs::remove_dir_all(dir.path()).unwrap();
-    actix_rt::time::sleep(FILE_CHECK_INTERVAL * 2).await;
+    let deadline = std::time::Instant::now() + file_watch::FILE_CHECK_DELAY * 10;
+    while !dir.path().join(REGISTRY_FILE).exists() && std::time::Instant::now() < deadline {
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let (again, _) = Registry::load(dir.path(), []).unwrap();
     assert!(again.snapshot().contains("from-api"), "written again from memory");
 }

@@ -12,7 +12,7 @@ use crate::model::process::{ExitReason, ProcessState, ProcessView};
 pub struct BoardEntry {
     pub view: ProcessView,
     /// Restarts by [`ExitReason`] (in [`ExitReason::ALL`] order), since heartbeatd started.
-    pub restarts_by_reason: [u64; 5],
+    pub restarts_by_reason: [u64; ExitReason::ALL.len()],
 }
 
 /// Shared, cheap to clone.
@@ -31,7 +31,7 @@ impl ProcessBoard {
                         id.to_owned(),
                         BoardEntry {
                             view,
-                            restarts_by_reason: [0; 5],
+                            restarts_by_reason: [0; ExitReason::ALL.len()],
                         },
                     );
                 }

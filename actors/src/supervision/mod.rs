@@ -4,13 +4,13 @@
 //! | module | what |
 //! |---|---|
 //! | [`machine`] | the state machine: every decision as (state, event) → (state, effects), without processes or time |
-//! | [`limits`] | sampling a tree's CPU and memory, and whether a limit held for `limit_for_s` |
+//! | [`limits`] | sampling a tree's CPU and memory (how they are counted), and whether a limit held for `limit_for_s` |
 //! | [`process`] | [`process::AgentProcess`], one actor per supervised agent (owned by the Manager): its state machine, backoff, restart intensity, limits, stop |
 //! | [`restart`] | the restart rules as plain functions: backoff with jitter, the intensity window |
-//! | [`keeper`] | the keeper process between heartbeatd and each agent's tree (both sides of its protocol) |
+//! | [`keeper`] | the keeper process between heartbeatd and each agent's tree: its protocol, heartbeatd's side, its own side |
 //! | [`reaper`] | heartbeatd as a child subreaper, and the thread that reaps its children |
-//! | [`procfs`] | reading `/proc`: process trees, CPU ticks, resident memory |
-//! | [`output_log`] | `data_dir/logs/<id>.log`: whole lines, rotation |
+//! | [`procfs`] | reading `/proc`: process trees, CPU ticks, resident and proportional memory |
+//! | [`output_log`] | `data_dir/logs/<id>.log`: whole lines, buffered, rotated, opened again when removed |
 //! | [`output_read`] | reading an output file by byte offset, across rotations |
 //! | [`board`] | each supervised agent's process view and restart counts, for the API and `/metrics` |
 

@@ -286,7 +286,8 @@ mod tests {
         let mut log = OutputLog::open(&path, 1024, 3).unwrap();
         for round in 0..40 {
             let line = format!("line {round}: {}\n", "x".repeat(round * 7 % 300));
-            log.write(line.as_bytes()).unwrap();
+            log.write(line.as_bytes());
+            log.flush();
             written.push_str(&line);
             // Act: read once per round, a little at a time.
             if round % 3 == 0 {

@@ -26,7 +26,9 @@ use super::restart;
 use crate::liveness::tracker::ProcessPhase;
 use crate::liveness::{Liveness, ProcessChanged};
 use crate::log_text::Present;
-use crate::model::process::{LastExit, ProcessEvent, ProcessEventKind, ProcessSpec, ProcessState, ProcessView};
+use crate::model::process::{
+    ExitReason, LastExit, ProcessEvent, ProcessEventKind, ProcessSpec, ProcessState, ProcessView,
+};
 use crate::notify::alerter::{AlertName, Alerter, Fire, Resolve};
 use crate::notify::webhook::{DeliverProcess, Webhook};
 use crate::registry::RegistrySnapshot;
@@ -71,6 +73,8 @@ pub struct AgentProcess {
     /// The resource sampling of the current run: its generation, timer and readings.
     limit_check: Option<(u64, SpawnHandle)>,
     usage: LimitWatch,
+    /// The CPU ticks of the current run's reaped processes, as its keeper last said.
+    reaped_cpu_ticks: u64,
     /// The pid of the last run's agent, for the events that follow its end.
     last_pid: Option<i64>,
     /// The last reported pid checked against the tree, and when.
@@ -92,6 +96,7 @@ impl AgentProcess {
             running_waiters: Vec::new(),
             limit_check: None,
             usage: LimitWatch::default(),
+            reaped_cpu_ticks: 0,
             last_pid: None,
             checked_pid: None,
             pid_mismatch: None,
@@ -185,12 +190,14 @@ impl AgentProcess {
             log_path,
             log_max_bytes: self.spec.log_max_bytes,
             log_backups: self.spec.log_backups,
+            max_processes: self.spec.max_processes,
             parent_pid: std::process::id() as i32,
         };
         self.pid_mismatch = None;
         self.checked_pid = None;
         self.last_pid = None;
         self.usage = LimitWatch::default();
+        self.reaped_cpu_ticks = 0;
         let spawned = match keeper::spawn_keeper(&spec) {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -245,7 +252,7 @@ impl AgentProcess {
         if self.machine.state().name() == ProcessState::Stopping {
             return;
         }
-        let usage = limits::sample_tree(keeper);
+        let usage = limits::sample_tree(keeper, self.reaped_cpu_ticks);
         if let Some(reason) = self.usage.sample(usage, Instant::now(), &self.spec) {
             let spec = &self.spec;
             warn!(self.log, "the agent's tree stayed over its limit; restarting it"; "agent_id" => &self.id,
@@ -352,10 +359,12 @@ impl AgentProcess {
                 "error" => reason, "what_to_do" => "check command and working_dir; the agent's log file has the same line")
             }
             Note::KeeperKilled => {
-                let orphans = super::reaper::sweep_orphans();
-                error!(self.log, "the agent's keeper was killed; its tree was killed with it";
-                    "agent_id" => id, "orphans_killed" => orphans,
-                    "what_to_do" => "do not signal `heartbeatd keep` processes; use heartbeatd ctl stop");
+                let (log, id) = (self.log.clone(), id.clone());
+                super::reaper::sweep_orphans_for_a_while(move |orphans| {
+                    error!(log, "the agent's keeper was killed; its tree was killed with it";
+                        "agent_id" => id, "orphans_killed" => orphans,
+                        "what_to_do" => "do not signal `heartbeatd keep` processes; use heartbeatd ctl stop");
+                });
             }
             Note::StartFailed { failures, allowed } => {
                 warn!(self.log, "the agent's program failed before it was running; trying again";
@@ -464,6 +473,16 @@ impl Handler<KeeperReported> for AgentProcess {
         let event = match msg.line {
             KeeperLine::Started(pid) => Event::AgentStarted { pid },
             KeeperLine::Failed(reason) => Event::CommandFailed { reason },
+            KeeperLine::ReapedCpu(ticks) => {
+                self.reaped_cpu_ticks = self.reaped_cpu_ticks.max(ticks);
+                return;
+            }
+            KeeperLine::OverProcesses { count, max } => {
+                warn!(self.log, "the agent's tree had more processes than max_processes; its keeper killed it";
+                    "agent_id" => &self.id, "processes" => count, "max_processes" => max,
+                    "what_to_do" => "find out why the program forks so much (its output: heartbeatd ctl tail <id>); raise max_processes if it needs more");
+                Event::OverLimit(ExitReason::OverProcesses)
+            }
             KeeperLine::ExitCode(code) => Event::AgentExited(Exit::Code(code)),
             KeeperLine::ExitSignal(signal) => Event::AgentExited(Exit::Signal(signal)),
         };

@@ -136,6 +136,30 @@ pub fn sweep_orphans() -> usize {
     ended
 }
 
+/// Sweeps orphans now and a few times over the next two seconds, then hands `report` the
+/// total. Why more than once: when a keeper is killed, its agent dies of its death signal a
+/// moment later, and only then are the agent's own children (those that left its group)
+/// re-parented to heartbeatd; one sweep at once would miss them.
+pub fn sweep_orphans_for_a_while(report: impl FnOnce(usize) + Send + 'static) {
+    const PAUSES_MS: [u64; 6] = [0, 10, 50, 200, 700, 1000];
+    let sweep = move || {
+        let mut total = 0;
+        for pause in PAUSES_MS {
+            std::thread::sleep(std::time::Duration::from_millis(pause));
+            total += sweep_orphans();
+        }
+        report(total);
+    };
+    if std::thread::Builder::new()
+        .name("orphan-sweep".into())
+        .spawn(sweep)
+        .is_err()
+    {
+        // No thread to be had: one sweep now is better than none.
+        sweep_orphans();
+    }
+}
+
 /// Whether `pid` is a keeper or a watched child heartbeatd started (and has not reaped).
 fn is_own_child(pid: i32) -> bool {
     let spawned = spawned();

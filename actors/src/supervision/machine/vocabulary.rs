@@ -154,7 +154,8 @@ pub enum Event {
     Heard,
     /// Liveness says it is `down`.
     Silent,
-    /// A limit held for `limit_for_s`.
+    /// A limit held for `limit_for_s` (CPU, memory), or the keeper is killing a tree that
+    /// had more processes than `max_processes`.
     OverLimit(ExitReason),
     Timer(Timer),
     /// heartbeatd's stop is out of time: kill the tree at once.

@@ -13,6 +13,11 @@
 //! | `chatty:BYTES` | writes numbered 100-byte lines to stdout until BYTES are written |
 //! | `quiet` | never heartbeats |
 //! | `quiet-after-first:PATH` | the first run (PATH does not exist yet: it creates it) behaves as the other modes say; every later run never heartbeats |
+//! | `prefork:N:MIB` | fills MIB MiB of memory, then forks N children that share it untouched and sleep (a prefork server: RSS counts it N + 1 times, PSS once) |
+//! | `busy-children:MS` | keeps a core busy with short-lived children, one after the other, each spinning for MS milliseconds; it waits for each |
+//! | `orphan-busy-children:MS` | the same, but each busy child is orphaned at once (its parent exits), so the keeper reaps it |
+//! | `fork-bomb` | forks without end, every process (run it under a process limit) |
+//! | `ticker:MS` | writes a numbered line `tick N` to stdout every MS milliseconds |
 //!
 //! Its whole output goes to stdout/stderr, which heartbeatd captures.
 
@@ -62,6 +67,9 @@ fn main() {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+    if mode == "fork-bomb" {
+        fork_bomb();
+    }
     let url = std::env::var("TEST_AGENT_URL").unwrap_or_default();
     let id = std::env::var("TEST_AGENT_ID").unwrap_or_default();
     let mut crash: Option<(i32, Duration)> = None;
@@ -70,6 +78,8 @@ fn main() {
     let mut pid = std::process::id() as i64;
     let mut chatty = 0u64;
     let mut quiet = false;
+    // Held until the end: the memory prefork children share.
+    let mut _shared: Vec<u8> = Vec::new();
     for part in mode.split(',').filter(|p| !p.is_empty()) {
         let fields: Vec<&str> = part.split(':').collect();
         match fields[0] {
@@ -101,6 +111,10 @@ fn main() {
                     std::fs::write(&path, b"first run\n").unwrap();
                 }
             }
+            "prefork" => _shared = prefork(fields[1].parse().unwrap(), fields[2].parse().unwrap()),
+            "busy-children" => busy_children(Duration::from_millis(fields[1].parse().unwrap()), false),
+            "orphan-busy-children" => busy_children(Duration::from_millis(fields[1].parse().unwrap()), true),
+            "ticker" => ticker(Duration::from_millis(fields[1].parse().unwrap())),
             other => panic!("unknown TEST_AGENT_MODE part {other:?}"),
         }
     }
@@ -138,4 +152,84 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Forks without end: every process loops on fork; a refused fork waits 10 ms and tries again.
+fn fork_bomb() -> ! {
+    println!("test agent forking without end (pid {})", std::process::id());
+    let _ = std::io::stdout().flush();
+    loop {
+        // SAFETY: single-threaded here; parent and child alike only loop on fork and sleep.
+        if unsafe { libc::fork() } < 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Fills `mib` MiB (touched, so resident), then forks `children` that keep it untouched and
+/// sleep. Returns the memory, which the caller keeps.
+fn prefork(children: usize, mib: usize) -> Vec<u8> {
+    let shared = vec![1u8; mib << 20];
+    for _ in 0..children {
+        // SAFETY: single-threaded here; the child only sleeps.
+        if unsafe { libc::fork() } == 0 {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    }
+    println!("test agent forked {children} children sharing {mib} MiB");
+    shared
+}
+
+/// Spins for `time` of wall clock, then exits (in a forked child).
+fn spin_and_exit(time: Duration) -> ! {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < time {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+    // SAFETY: _exit ends this forked child without running the parent's exit handlers.
+    unsafe { libc::_exit(0) }
+}
+
+/// A thread that keeps a core busy with short-lived children: each spins for `each`, then
+/// ends. `orphaned`: each is started through a middle process that exits at once, so the
+/// busy child is re-parented to the nearest subreaper (the keeper), which reaps it.
+fn busy_children(each: Duration, orphaned: bool) {
+    std::thread::spawn(move || loop {
+        // SAFETY: the child only spins (or forks once more) and calls _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            if orphaned {
+                // SAFETY: as above.
+                if unsafe { libc::fork() } == 0 {
+                    spin_and_exit(each);
+                }
+                // SAFETY: the middle process ends at once, leaving its child orphaned.
+                unsafe { libc::_exit(0) }
+            }
+            spin_and_exit(each);
+        }
+        if pid > 0 {
+            let mut status = 0;
+            // SAFETY: status is a valid out-pointer.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+        }
+        if orphaned || pid < 0 {
+            // Nobody waits for the busy child: start the next one when it is about done.
+            std::thread::sleep(each);
+        }
+    });
+}
+
+/// A thread that writes `tick N` every `every`.
+fn ticker(every: Duration) {
+    std::thread::spawn(move || {
+        for n in 0u64.. {
+            println!("tick {n}");
+            let _ = std::io::stdout().flush();
+            std::thread::sleep(every);
+        }
+    });
 }
