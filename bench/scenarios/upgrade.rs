@@ -94,7 +94,7 @@ fn counted(port: u16, expected: u64) -> u64 {
 }
 
 fn one_upgrade(round: usize) -> Upgrade {
-    let prefix = format!("up{}r{round}-", std::process::id());
+    let prefix = procs::prefix("up", round);
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut heartbeatd = Heartbeatd::new(dir, &prefix, None, &agents_config(AGENTS));
     heartbeatd.start();
@@ -179,6 +179,10 @@ fn one_upgrade(round: usize) -> Upgrade {
 }
 
 pub(crate) fn upgrade(phases: &Phases, rows: &mut Vec<Row>) {
+    let stale = procs::sweep_stale();
+    if stale > 0 {
+        eprintln!("upgrade: killed {stale} processes an earlier, interrupted run left behind");
+    }
     let rounds = if phases.idle_s < 30.0 { 1 } else { ROUNDS };
     let upgrades: Vec<Upgrade> = (0..rounds)
         .map(|round| {

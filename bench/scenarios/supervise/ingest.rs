@@ -23,7 +23,7 @@ pub(crate) fn ingest_while_supervising(phases: &Phases, rows: &mut Vec<Row>) {
     );
     let _ = ceiling.kill();
     let _ = ceiling.wait();
-    let prefix = format!("i{}-", std::process::id());
+    let prefix = procs::prefix("in", 0);
     let mut heartbeatd = Heartbeatd::new(
         tempfile::tempdir().expect("a temp dir"),
         &prefix,

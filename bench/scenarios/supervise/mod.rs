@@ -111,13 +111,12 @@ fn measure_all(phases: &Phases) -> Vec<Summary> {
             left_after_cleanup: 0,
         })
         .collect();
-    let run = std::process::id();
     for round in 0..rounds {
         // Alternate: each supervisor goes first in some round.
         for i in 0..summaries.len() {
             let at = (i + round) % summaries.len();
             let summary = &mut summaries[at];
-            let prefix = format!("{}{run}r{round}-", &summary.kind.name()[..2]);
+            let prefix = procs::prefix(&summary.kind.name()[..2], round);
             eprintln!(
                 "supervise: round {} of {rounds}: {} with {PROGRAMS} programs …",
                 round + 1,
@@ -138,6 +137,10 @@ fn measure_all(phases: &Phases) -> Vec<Summary> {
 }
 
 pub(crate) fn supervise(phases: &Phases, rows: &mut Vec<Row>) {
+    let stale = procs::sweep_stale();
+    if stale > 0 {
+        eprintln!("supervise: killed {stale} processes an earlier, interrupted run left behind");
+    }
     let started = Instant::now();
     let summaries = measure_all(phases);
     eprintln!("supervise: measured in {:.0} s", started.elapsed().as_secs_f64());

@@ -2,7 +2,9 @@
 //! are whose (by markers in their environment, not by parentage, which an adoption changes),
 //! what they cost (PSS, private memory, CPU), and the bench's own clean-up.
 //!
-//! Three environment markers, each `NAME=<prefix><…>` with a prefix per supervisor and round:
+//! Three environment markers, each `NAME=<prefix><…>` with a prefix per supervisor and round,
+//! `<pid of the bench>-<tag><round>-` ([`prefix`]), so that what an interrupted run left
+//! behind can be told from what this run starts ([`sweep_stale`]):
 //! - [`MARKER`] on every supervised program (`<prefix><n:04>`, one value per program);
 //! - [`LOGGER`] on every per-service logger (s6-log, svlogd), same values;
 //! - [`TREE`] (`<prefix>`) on the supervisor itself, so on everything it starts: programs,
@@ -23,6 +25,42 @@ pub(crate) const TREE: &str = "BENCH_TREE";
 /// How long after a process first appears without a marker it is looked at again: a fork
 /// whose exec (through `sh` for s6 and runit) has not happened yet.
 const EXEC_GRACE: Duration = Duration::from_secs(2);
+
+/// The prefix of the markers of one supervisor (`tag`) in one round of this run.
+pub(crate) fn prefix(tag: &str, round: usize) -> String {
+    format!("{}-{tag}{round}-", std::process::id())
+}
+
+/// The bench run that set a marker value: the pid before its first `-`.
+fn run_of(value: &str) -> Option<u32> {
+    value.split('-').next()?.parse().ok()
+}
+
+/// Whether `pid` is a live run of the bench (the `scenarios` binary).
+fn is_bench(pid: u32) -> bool {
+    pid == std::process::id() || comm(pid).starts_with("scenarios")
+}
+
+/// Kills what an earlier run of the bench left behind: a run stopped before its clean-up
+/// (Ctrl-C, a kill) leaves its trees, and runit's and s6's helpers, or supervisord's programs
+/// after its kill -9, outlive their supervisor. A marker is stale when the run named in it is
+/// no longer alive. Returns how many processes were killed.
+pub(crate) fn sweep_stale() -> usize {
+    let mut runs = BTreeSet::new();
+    for name in [MARKER, LOGGER, TREE] {
+        for (_, value) in heartbeatd_harness::processes_with_env(name, "") {
+            runs.extend(run_of(&value).filter(|run| !is_bench(*run)));
+        }
+    }
+    runs.into_iter()
+        .map(|run| {
+            let prefix = format!("{run}-");
+            let found = everything(&prefix).len();
+            kill_everything(&prefix);
+            found
+        })
+        .sum()
+}
 
 /// The live programs of `prefix`, with their marker (a zombie's environment reads empty).
 pub(crate) fn marked(prefix: &str) -> Vec<(u32, String)> {
@@ -48,11 +86,11 @@ pub(crate) fn loggers(prefix: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Every live process started under the supervisor of `prefix`, the supervisor included.
+/// Every live process started under the supervisor of `prefix`, the supervisor included
+/// (every prefix ends with `-`, so no prefix is the start of another).
 pub(crate) fn tree(prefix: &str) -> Vec<u32> {
     heartbeatd_harness::processes_with_env(TREE, prefix)
         .into_iter()
-        .filter(|(_, value)| value == prefix)
         .map(|(pid, _)| pid)
         .collect()
 }
@@ -262,13 +300,19 @@ impl Watcher {
     }
 }
 
+/// Every live process of `prefix`: its tree, programs and loggers.
+fn everything(prefix: &str) -> BTreeSet<u32> {
+    let mut all: BTreeSet<u32> = tree(prefix).into_iter().collect();
+    all.extend(marked(prefix).into_iter().map(|(pid, _)| pid));
+    all.extend(loggers(prefix));
+    all
+}
+
 /// SIGKILL to everything of `prefix` (its tree, programs and loggers), again until nothing is
 /// left (a supervisor still alive may start a program meanwhile); returns how many are left.
 pub(crate) fn kill_everything(prefix: &str) -> usize {
     for _ in 0..100 {
-        let mut left: BTreeSet<u32> = tree(prefix).into_iter().collect();
-        left.extend(marked(prefix).into_iter().map(|(pid, _)| pid));
-        left.extend(loggers(prefix));
+        let left = everything(prefix);
         if left.is_empty() {
             return 0;
         }
@@ -278,10 +322,7 @@ pub(crate) fn kill_everything(prefix: &str) -> usize {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut left: BTreeSet<u32> = tree(prefix).into_iter().collect();
-    left.extend(marked(prefix).into_iter().map(|(pid, _)| pid));
-    left.extend(loggers(prefix));
-    left.len()
+    everything(prefix).len()
 }
 
 /// Sends `signal` to `pid` (nothing when it is gone).
