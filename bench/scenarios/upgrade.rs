@@ -151,6 +151,12 @@ fn one_upgrade(round: usize) -> Upgrade {
     }
 
     let daemon = heartbeatd.daemon.as_mut().expect("started");
+    if ok < sent {
+        // The log says which process refused and why (a full queue, a stop).
+        for line in daemon.log().lines().filter(|l| l.contains("503")) {
+            eprintln!("upgrade: round {}: {line}", round + 1);
+        }
+    }
     if succeeded {
         daemon.stop_successor("TERM");
         heartbeatd.daemon = None;
