@@ -57,14 +57,17 @@ test-tools:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus prometheus-alertmanager chromium openssl curl groff-base systemd adduser man-db >/dev/null; }
 
-# wrk checks heartbeatd-load against an independent load generator; supervisord is the peer
-# the supervision scenario measures against; chromium times the status page's first paint
-# (Debian packages wrk, supervisor and chromium).
+# wrk checks heartbeatd-load against an independent load generator; supervisord, s6 and runit
+# are the peers the supervision scenario measures against (run as children of the bench, on
+# service trees in temp dirs, never as the system's init); chromium times the status page's
+# first paint (Debian packages wrk, supervisor, s6, runit and chromium).
 bench-tools:
-	@command -v wrk >/dev/null 2>&1 && command -v supervisord >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing wrk, supervisor and chromium (Debian packages) for the bench"; \
+	@command -v wrk >/dev/null 2>&1 && command -v supervisord >/dev/null 2>&1 \
+	  && command -v s6-svscan >/dev/null 2>&1 && command -v runsvdir >/dev/null 2>&1 \
+	  && command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing wrk, supervisor, s6, runit and chromium (Debian packages) for the bench"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk supervisor chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk supervisor s6 runit chromium >/dev/null; }
 
 # The scenarios (bench/scenarios/) start target/release/heartbeatd through the shared harness.
 bench: bench-tools
