@@ -3,21 +3,31 @@
 CARGO ?= cargo
 CONFIG ?= configs/heartbeatd.toml
 
-.PHONY: help run build test lint fmt clean bench bench-tools test-tools
+.PHONY: help run build keeper test lint fmt clean bench bench-tools test-tools
 
 help:
 	@echo "make run    build (release) and run heartbeatd on $(CONFIG) (127.0.0.1:8080)"
 	@echo "make test   the whole suite: format check, clippy, unit and integration tests"
-	@echo "make build  release build only (target/release/heartbeatd)"
+	@echo "make build  release build only (target/release/heartbeatd and target/release/heartbeatd-keep)"
 	@echo "make lint   cargo fmt --check and clippy with warnings as errors"
 	@echo "make bench  the performance scenarios (about 14 minutes), printed as one table"
 	@echo "make clean  remove build output"
 
-run:
+run: keeper
 	$(CARGO) run --release --bin heartbeatd -- --config $(CONFIG)
 
-build:
+build: keeper
 	$(CARGO) build --release --bin heartbeatd
+
+# The keeper heartbeatd runs beside each supervised agent, built small (the `keeper` profile:
+# panic = "abort", opt-level = "s", LTO, stripped) and linked statically (glibc, static-pie:
+# no shared library to load and relocate in each of them, ASLR kept). heartbeatd finds it
+# beside its own binary, so it is copied into target/release/ (install both together).
+keeper:
+	$(CARGO) rustc --profile keeper -p heartbeatd-keep --bin heartbeatd-keep -- -C target-feature=+crt-static
+	mkdir -p target/release
+	cp target/keeper/heartbeatd-keep target/release/heartbeatd-keep.new
+	mv target/release/heartbeatd-keep.new target/release/heartbeatd-keep
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -53,7 +63,7 @@ bench-tools:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk supervisor chromium >/dev/null; }
 
 # The scenarios (bench/scenarios/) start target/release/heartbeatd through the shared harness.
-bench: bench-tools
+bench: bench-tools keeper
 	$(CARGO) build --release --bin heartbeatd
 	$(CARGO) bench -p heartbeatd-bench --bench scenarios
 

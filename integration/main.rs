@@ -31,6 +31,7 @@ mod shutdown;
 mod status_page;
 mod supervision;
 mod supervision_intent;
+mod supervision_keeper;
 mod supervision_limits;
 mod systemd;
 mod tls_pair;

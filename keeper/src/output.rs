@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use crate::supervision::output_log::OutputLog;
+use crate::output_log::OutputLog;
 
 /// The most of a core the keeper spends, measured over [`BUDGET_WINDOW`] (all of its CPU
 /// counts, copying or not; the bench holds it to 20 %).
