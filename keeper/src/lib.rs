@@ -46,6 +46,7 @@
 //! | module | side | what |
 //! |---|---|---|
 //! | [`protocol`] | both | the spec, the signals and the report lines, parsed and written |
+//! | [`spec_text`] | both | the spec as the few lines of text the keeper reads |
 //! | [`run`] | keeper | its entry point, [`run()`], and its loop |
 //! | [`tree`] | keeper | signalling, reaping (with the CPU used) and counting the tree |
 //! | [`output`] | keeper | copying the output pipe into the output file, within a CPU budget |
@@ -62,6 +63,7 @@ pub mod private_file;
 pub mod procfs;
 pub mod protocol;
 pub mod run;
+pub mod spec_text;
 pub mod tree;
 
 pub use protocol::{KeeperLine, KeeperSpec, KEEPER_BINARY, KILL_NOW, SPEC_ENV, STOP, SUBCOMMAND};
