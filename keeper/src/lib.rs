@@ -10,9 +10,9 @@
 //!
 //! One runs per supervised agent, so it is a program of its own, built small: no actix, no
 //! serde, no clap, no slog (the protocol is a few lines of text), `panic = "abort"`,
-//! `opt-level = "s"`, linked statically (see docs/architecture.md, "The keeper"). Where the
-//! binary is missing, heartbeatd runs the same code from its own binary (`heartbeatd keep
-//! <id>`), which costs more memory per agent but supervises the same way.
+//! `opt-level = "s"`, linked statically and not as a PIE (see docs/architecture.md, "The
+//! keeper"). Where the binary is missing, heartbeatd runs the same code from its own binary
+//! (`heartbeatd keep <id>`), which costs more memory per agent but supervises the same way.
 //!
 //! Why a keeper (in the style of s6-supervise and `tini -s`) and not a PID namespace: in a
 //! namespace the agent would be pid 1, which ignores signals it has no handler for (a plain
