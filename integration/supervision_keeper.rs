@@ -68,12 +68,16 @@ fn an_agent_is_kept_by_heartbeatd_keep_named_after_it() {
     assert_eq!(processes_with_marker(&mark), Vec::<u32>::new());
 }
 
-#[test]
-fn without_heartbeatd_keep_beside_it_heartbeatd_keeps_agents_itself_and_says_what_to_install() {
-    // Arrange: heartbeatd copied alone into a directory: no heartbeatd-keep beside it.
+/// heartbeatd copied into a directory of its own, where `place_keeper` puts (or not) a
+/// `heartbeatd-keep`, keeps an agent: the keeper runs heartbeatd's own binary in keeper mode,
+/// and the log says why, once, with `expected_why` in it, and what to install. Nothing of the
+/// tree is left after a stop.
+fn falls_back(place_keeper: impl Fn(&Path), expected_why: &str) {
+    // Arrange
     let bins = tempfile::tempdir().unwrap();
     let alone = bins.path().join("heartbeatd");
     fs::copy(heartbeatd_bin(), &alone).unwrap();
+    place_keeper(&bins.path().join("heartbeatd-keep"));
     let dir = tempfile::tempdir().unwrap();
     let mark = marker("keeper-fallback");
     let config = agent("db-1", "", &mark, "");
@@ -87,8 +91,7 @@ fn without_heartbeatd_keep_beside_it_heartbeatd_keeps_agents_itself_and_says_wha
     );
     let (exe, argv, _) = keeper_of(&daemon, "db-1");
 
-    // Assert: the agent runs, kept by heartbeatd's own binary in keeper mode; the log says
-    // why, once, and what to do.
+    // Assert
     assert!(same_file(&exe, &alone), "keeper runs {}", exe.display());
     assert_eq!(argv, ["heartbeatd", "keep", "db-1"]);
     assert_eq!(process(&daemon, "db-1")["state"], "running");
@@ -98,18 +101,44 @@ fn without_heartbeatd_keep_beside_it_heartbeatd_keeps_agents_itself_and_says_wha
         .filter(|l| l.contains("could not run the keeper program heartbeatd-keep"))
         .collect();
     assert_eq!(said.len(), 1, "{log}");
-    assert!(said[0].contains("ERRO") || said[0].contains("ERROR"), "{}", said[0]);
+    assert!(said[0].contains("ERRO"), "{}", said[0]);
     assert!(
         said[0].contains(&bins.path().join("heartbeatd-keep").display().to_string()),
         "{}",
         said[0]
     );
+    assert!(said[0].contains(expected_why), "{}", said[0]);
     assert!(
         said[0].contains("install heartbeatd-keep in the same directory as heartbeatd"),
         "{}",
         said[0]
     );
-    // It keeps its tree as well: nothing is left after a stop.
     assert!(daemon.stop_with("TERM").success());
     assert_eq!(processes_with_marker(&mark), Vec::<u32>::new());
+}
+
+#[test]
+fn without_heartbeatd_keep_beside_it_heartbeatd_keeps_agents_itself_and_says_what_to_install() {
+    falls_back(|_| {}, "No such file");
+}
+
+#[test]
+fn a_heartbeatd_keep_others_can_write_or_that_is_no_program_is_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    // Anyone could replace what would then run every agent, often as root.
+    falls_back(
+        |path| {
+            fs::copy(keeper_bin(), path).unwrap();
+            fs::set_permissions(path, fs::Permissions::from_mode(0o777)).unwrap();
+        },
+        "writable by others",
+    );
+    // Executable, but not a program the kernel can run.
+    falls_back(
+        |path| {
+            fs::write(path, "not a program\n").unwrap();
+            fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+        },
+        "Exec format error",
+    );
 }

@@ -34,8 +34,8 @@ pub struct SpawnedKeeper {
 pub enum KeeperProgram {
     /// `heartbeatd-keep`, next to heartbeatd's executable.
     Own(PathBuf),
-    /// heartbeatd's own binary in keeper mode: `path` (where `heartbeatd-keep` was expected)
-    /// is missing or not a runnable file, for the reason given.
+    /// heartbeatd's own binary in keeper mode: `expected` (where `heartbeatd-keep` was looked
+    /// for) is missing or not a file heartbeatd runs ([`runnable`]), for the reason given.
     Fallback { expected: PathBuf, why: io::Error },
 }
 
@@ -67,16 +67,31 @@ pub fn keeper_program() -> KeeperProgram {
     }
 }
 
-/// A regular file someone may execute (the exec itself is the final word: a file on a
-/// `noexec` mount passes here and fails there, and is then fallen back from too).
+/// A regular file heartbeatd may run as its keepers (often as root): executable, owned by
+/// root or heartbeatd's own user, and writable by no one else, as heartbeatd's own binary
+/// would be installed; otherwise someone else could choose what runs every agent. The exec
+/// itself is the final word (a file on a `noexec` mount passes here and fails there, and is
+/// then fallen back from too).
 fn runnable(path: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)?;
+    let refused = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
     if !meta.is_file() {
-        return Err(io::Error::other("not a regular file"));
+        return refused("not a regular file".into());
     }
-    if meta.permissions().mode() & 0o111 == 0 {
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "not executable"));
+    if meta.mode() & 0o111 == 0 {
+        return refused("not executable".into());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return refused(format!(
+            "owned by uid {}, neither root nor heartbeatd's user",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refused(format!("writable by others (mode {:o})", meta.mode() & 0o7777));
     }
     Ok(())
 }
@@ -87,7 +102,7 @@ fn runnable(path: &std::path::Path) -> io::Result<()> {
 /// [`crate::supervision::reaper`].
 pub fn spawn_keeper(spec: &KeeperSpec) -> io::Result<SpawnedKeeper> {
     let text = spec.to_env();
-    let (mut child, first_fallback) = match keeper_path() {
+    let (mut child, first_fallback) = match keeper_path().and_then(|path| runnable(&path).map(|()| path)) {
         Ok(path) => match crate::supervision::reaper::spawn_keeper(|| own(&path, spec, &text).spawn()) {
             Ok(child) => (child, None),
             Err(e) if cannot_run(&e) => {
@@ -98,7 +113,8 @@ pub fn spawn_keeper(spec: &KeeperSpec) -> io::Result<SpawnedKeeper> {
         },
         Err(e) => {
             let child = crate::supervision::reaper::spawn_keeper(|| fallback(spec, &text).spawn())?;
-            (child, first_time().then(|| (PathBuf::from(KEEPER_BINARY), e)))
+            let expected = keeper_path().unwrap_or_else(|_| PathBuf::from(KEEPER_BINARY));
+            (child, first_time().then_some((expected, e)))
         }
     };
     let reports = child
