@@ -142,3 +142,40 @@ fn a_heartbeatd_keep_others_can_write_or_that_is_no_program_is_not_run() {
         "Exec format error",
     );
 }
+
+#[test]
+fn check_config_says_on_stderr_which_keeper_supervised_agents_would_run_under() {
+    // Arrange: a config with a supervised agent; heartbeatd as built, and a copy alone.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("heartbeatd.toml");
+    fs::write(&config, "[[agents]]\nid = \"a\"\ncommand = [\"/bin/sleep\", \"600\"]\n").unwrap();
+    let alone = dir.path().join("heartbeatd");
+    fs::copy(heartbeatd_bin(), &alone).unwrap();
+    let check = |bin: &Path| {
+        let out = std::process::Command::new(bin)
+            .arg("check-config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("\"/bin/sleep\","),
+            "stdout is the configuration"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // Act
+    let built = check(&heartbeatd_bin());
+    let copied = check(&alone);
+
+    // Assert
+    let keeper = fs::canonicalize(keeper_bin()).unwrap();
+    assert!(
+        built.contains(&format!("will run under the keeper {}", keeper_bin().display()))
+            || built.contains(&format!("will run under the keeper {}", keeper.display())),
+        "{built}"
+    );
+    assert!(copied.contains("warning: the keeper"), "{copied}");
+    assert!(copied.contains("Install heartbeatd-keep beside heartbeatd"), "{copied}");
+}
