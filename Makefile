@@ -3,12 +3,12 @@
 CARGO ?= cargo
 CONFIG ?= configs/heartbeatd.toml
 
-.PHONY: help run build test lint fmt clean bench bench-tools test-tools install uninstall deb test-deb test-deb-if-possible
+.PHONY: help run build keeper test lint fmt clean bench bench-tools test-tools install uninstall deb test-deb test-deb-if-possible
 
 help:
 	@echo "make run        build (release) and run heartbeatd on $(CONFIG) (127.0.0.1:8080)"
 	@echo "make test       the whole suite: format check, clippy, unit and integration tests, the .deb"
-	@echo "make build      release build only (target/release/heartbeatd, and its keeper once there is one)"
+	@echo "make build      release build only (target/release/heartbeatd and its keeper, heartbeatd-keep)"
 	@echo "make install    install the binary, unit, man pages, completions and /etc/heartbeatd/heartbeatd.toml"
 	@echo "                (PREFIX=$(PREFIX), DESTDIR=; BIN=path installs that binary without building)"
 	@echo "make uninstall  remove what make install installed (a changed config and data_dir stay)"
@@ -18,12 +18,27 @@ help:
 	@echo "make bench      the performance scenarios (about 14 minutes), printed as one table"
 	@echo "make clean      remove build output"
 
-run:
+run: keeper
 	$(CARGO) run --release --bin heartbeatd -- --config $(CONFIG)
 
-# heartbeatd and the other programs it needs installed beside it (packaging/install.mk).
+# heartbeatd, then its keeper built small (the keeper target last: a plain cargo build of
+# heartbeatd-keep would put the larger, dynamically linked one in its place).
 build:
-	$(CARGO) build --release $(DAEMON_BIN_ARGS)
+	$(CARGO) build --release --bin heartbeatd
+	$(MAKE) keeper
+
+# The keeper heartbeatd runs beside each supervised agent, built small (the `keeper` profile:
+# panic = "abort", opt-level = "s", LTO, stripped), linked statically (glibc) and not as a PIE:
+# no shared library to load and relocate, and nothing of its own to relocate, in each of them
+# (96 KiB private per keeper as a static PIE, 76 KiB so; docs/architecture.md "The keeper"
+# says what it costs). heartbeatd itself stays a PIE. heartbeatd finds the keeper beside its
+# own binary, so it is copied into target/release/ (install both together).
+KEEPER_RUSTFLAGS = -C target-feature=+crt-static -C relocation-model=static
+keeper:
+	$(CARGO) rustc --profile keeper -p heartbeatd-keep --bin heartbeatd-keep -- $(KEEPER_RUSTFLAGS)
+	mkdir -p target/release
+	cp target/keeper/heartbeatd-keep target/release/heartbeatd-keep.new
+	mv target/release/heartbeatd-keep.new target/release/heartbeatd-keep
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -70,7 +85,7 @@ bench-tools:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk supervisor s6 runit chromium >/dev/null; }
 
 # The scenarios (bench/scenarios/) start target/release/heartbeatd through the shared harness.
-bench: bench-tools
+bench: bench-tools keeper
 	$(CARGO) build --release --bin heartbeatd
 	$(CARGO) bench -p heartbeatd-bench --bench scenarios
 

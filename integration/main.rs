@@ -35,6 +35,7 @@ mod sorted_list;
 mod status_page;
 mod supervision;
 mod supervision_intent;
+mod supervision_keeper;
 mod supervision_limits;
 mod supervision_usage;
 mod systemd;

@@ -38,13 +38,8 @@ BIN ?=
 INSTALL_BIN = $(or $(BIN),$(TARGET_DIR)/release/heartbeatd)
 # The daemon's programs, installed side by side in BINDIR: heartbeatd, and every other one that
 # exists beside INSTALL_BIN (the keeper, heartbeatd-keep, once the workspace builds it: heartbeatd
-# starts it from its own directory). `make build` builds each one the workspace defines.
+# starts it from its own directory). `make build` builds both (the keeper small and static).
 DAEMON_BINS = heartbeatd heartbeatd-keep
-# The binaries the workspace defines (cargo metadata; no network, no build).
-WORKSPACE_BINS = $(shell $(CARGO) metadata --no-deps --format-version 1 2>/dev/null \
-  | grep -o '"kind":\["bin"\],"crate_types":\["bin"\],"name":"[^"]*"' | sed 's/.*"name":"//; s/"$$//')
-# `--bin NAME` for heartbeatd and each other daemon program the workspace defines.
-DAEMON_BIN_ARGS = --bin heartbeatd $(foreach bin,$(filter $(filter-out heartbeatd,$(DAEMON_BINS)),$(WORKSPACE_BINS)),--bin $(bin))
 UNITS = $(wildcard configs/*.service configs/*.socket)
 DOCS = README.md $(wildcard docs/*.md)
 

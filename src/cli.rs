@@ -2,7 +2,8 @@
 //! daemon; `heartbeatd check-config FILE` prints the effective configuration or the error;
 //! `heartbeatd ctl …` is the admin client ([`crate::ctl`]); `heartbeatd completions SHELL`
 //! prints a shell completion script and `heartbeatd man --out DIR` (hidden) writes the man
-//! pages ([`crate::cli_docs`]); `heartbeatd keep ID` (hidden) is a supervised agent's keeper.
+//! pages ([`crate::cli_docs`]); `heartbeatd keep ID` (hidden) is a supervised agent's keeper
+//! when `heartbeatd-keep` is missing beside heartbeatd.
 //!
 //! Exit codes: 0 success (a stop that drained, or a hand-over to an upgrade); 1 runtime
 //! failure (port in use, data_dir in use by another heartbeatd or unusable, drain not
@@ -184,6 +185,9 @@ fn check_config(loaded: Result<Loaded, SettingsError>, quiet: bool) -> ExitCode 
             if quiet {
                 return ExitCode::SUCCESS;
             }
+            if loaded.settings.agents.iter().any(|agent| agent.command.is_some()) {
+                say_which_keeper();
+            }
             match loaded.settings.effective_toml() {
                 Ok(text) => {
                     print!("{text}");
@@ -199,6 +203,18 @@ fn check_config(loaded: Result<Loaded, SettingsError>, quiet: bool) -> ExitCode 
             eprintln!("heartbeatd: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+/// On stderr (stdout is the configuration): the program that would keep supervised agents.
+fn say_which_keeper() {
+    use heartbeatd_actors::supervision::keeper::{keeper_program, KeeperProgram};
+    match keeper_program() {
+        KeeperProgram::Own(path) => eprintln!("heartbeatd: supervised agents will run under the keeper {}", path.display()),
+        KeeperProgram::Fallback { expected, why } => eprintln!(
+            "heartbeatd: warning: the keeper {} cannot be run ({why}); supervised agents would run under heartbeatd's own binary instead, at a higher memory cost. Install heartbeatd-keep beside heartbeatd",
+            expected.display()
+        ),
     }
 }
 

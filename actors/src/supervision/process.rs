@@ -20,9 +20,9 @@ use super::board::ProcessBoard;
 use super::keeper::{self, KeeperLine, KeeperSpec};
 use super::limits::{self, LimitWatch};
 use super::machine::{Effect, Event, Exit, Machine, Note, Now, State, Waiters};
-use super::output_log::OutputLog;
 use super::procfs;
 use super::restart;
+use crate::data_dir;
 use crate::liveness::tracker::ProcessPhase;
 use crate::liveness::{Liveness, ProcessChanged};
 use crate::log_text::Present;
@@ -180,7 +180,7 @@ impl AgentProcess {
         // a 0700 logs/) in heartbeatd's process, where a refusal (a link planted at that name)
         // is logged as an ERROR saying what to do. The keeper then refuses it too and discards
         // the output; the agent still runs. Any other failure is the keeper's to report.
-        let _ = OutputLog::open(&log_path, self.spec.log_max_bytes, self.spec.log_backups);
+        let _ = data_dir::create_dir_private(&self.cx.logs_dir).and_then(|()| data_dir::open_append(&log_path));
         let spec = KeeperSpec {
             agent_id: self.id.clone(),
             command: self.spec.command.clone(),
@@ -202,14 +202,19 @@ impl AgentProcess {
         let spawned = match keeper::spawn_keeper(&spec) {
             Ok(spawned) => spawned,
             Err(e) => {
-                error!(self.log, "could not start the agent's keeper (heartbeatd's own binary in keeper mode)";
+                error!(self.log, "could not start the agent's keeper";
                     "agent_id" => &self.id, "error" => %e,
-                    "what_to_do" => "check that heartbeatd's binary is still in place and that the process limit (ulimit -u) is not reached");
+                    "what_to_do" => "check that heartbeatd-keep and heartbeatd's binary are still in place and that the process limit (ulimit -u) is not reached");
                 self.feed(Event::LaunchFailed, ctx);
                 return;
             }
         };
         self.cx.board.track(&self.id, spawned.pid);
+        if let Some((expected, why)) = &spawned.first_fallback {
+            error!(self.log, "could not run the keeper program heartbeatd-keep: agents run under heartbeatd's own binary instead, which costs more memory per agent";
+                "agent_id" => &self.id, "expected" => %expected.display(), "error" => %why,
+                "what_to_do" => "install heartbeatd-keep in the same directory as heartbeatd, executable (make build puts both in target/release/); agents started from then on use it");
+        }
         let addr = ctx.address();
         let reports = spawned.reports;
         actix::spawn(async move {
@@ -367,7 +372,7 @@ impl AgentProcess {
                 super::reaper::sweep_orphans_for_a_while(move |orphans| {
                     error!(log, "the agent's keeper was killed; its tree was killed with it";
                         "agent_id" => id, "orphans_killed" => orphans,
-                        "what_to_do" => "do not signal `heartbeatd keep` processes; use heartbeatd ctl stop");
+                        "what_to_do" => "do not signal `heartbeatd-keep` processes; use heartbeatd ctl stop");
                 });
             }
             Note::StartFailed { failures, allowed } => {
