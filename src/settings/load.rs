@@ -87,7 +87,7 @@ pub fn load(
                 .set_override(key.as_str(), value)
                 .map_err(|e| fail(&origin, e.to_string()))?;
             applied_env.push(name);
-        } else if !CTL_ENV.contains(&name.as_str()) {
+        } else if !CTL_ENV.contains(&name.as_str()) && name != heartbeatd_actors::counters::MAX_UNSYNCED_ENV {
             ignored_env.push(name);
         }
     }

@@ -25,6 +25,19 @@ struct Pending {
     heartbeats: Vec<Heartbeat>,
     permit: Option<QueuePermit>,
     flush_scheduled: bool,
+    /// Where the batch goes if the thread ends before its scheduled flush ran.
+    workers: Option<WeakAddr<HeartbeatWorker>>,
+}
+
+impl Drop for Pending {
+    /// A graceful stop can end an HTTP thread between a heartbeat's 200 and the flush it
+    /// scheduled (the stop drops the thread's tasks): the batch is sent from here instead of
+    /// being dropped, so an answered heartbeat is never lost (the drain waits for its permit).
+    fn drop(&mut self) {
+        if let (Some(batch), Some(workers)) = (self.take(), self.workers.take()) {
+            send(&workers, batch);
+        }
+    }
 }
 
 impl Pending {
@@ -58,6 +71,9 @@ pub fn hand_off(
     }
     let (full, schedule) = PENDING.with_borrow_mut(|pending| {
         pending.heartbeats.push(heartbeat);
+        if pending.workers.is_none() {
+            pending.workers = Some(workers.clone());
+        }
         match pending.permit.as_mut() {
             Some(batch) => batch.merge(permit),
             None => pending.permit = Some(permit),
