@@ -275,11 +275,7 @@ fn auto_register_registers_well_formed_unknown_agents() {
     let agent = call(&daemon, "GET", "/agents/fresh-agent", None, None);
     assert_eq!(agent.status, 200);
     assert_eq!(agent.body["heartbeat_count"], 1);
-    assert!(
-        daemon.log().contains("registered by their first heartbeat"),
-        "{}",
-        daemon.log()
-    );
+    daemon.wait_for_log("registered by their first heartbeat");
 }
 
 #[test]

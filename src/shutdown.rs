@@ -245,14 +245,18 @@ pub async fn run(running: Running) -> Stopped {
             }
             Event::Signal(Received::Upgrade) => {
                 info!(log, "SIGUSR2: upgrading in place");
-                if let Some(successor) = try_upgrade(&upgrade, &log, None).await {
-                    break StopKind::HandOver(successor);
+                match upgrade_unless_stopped(&upgrade, &log, None, &mut signals).await {
+                    Upgraded::Prepared(successor) => break StopKind::HandOver(successor),
+                    Upgraded::StopInstead(name) => break StopKind::Signal(name),
+                    Upgraded::Failed => {}
                 }
             }
             Event::UpgradeAsked(reply) => {
                 info!(log, "upgrade asked for over the API: upgrading in place");
-                if let Some(successor) = try_upgrade(&upgrade, &log, Some(reply)).await {
-                    break StopKind::HandOver(successor);
+                match upgrade_unless_stopped(&upgrade, &log, Some(reply), &mut signals).await {
+                    Upgraded::Prepared(successor) => break StopKind::HandOver(successor),
+                    Upgraded::StopInstead(name) => break StopKind::Signal(name),
+                    Upgraded::Failed => {}
                 }
             }
             Event::ServerEnded(result) => {
@@ -379,6 +383,46 @@ pub async fn run(running: Running) -> Stopped {
     Stopped {
         outcome,
         handed_over: handing_to.is_some(),
+    }
+}
+
+/// How an upgrade's preparation ended.
+enum Upgraded {
+    Prepared(Successor),
+    /// A stop signal came while the new process prepared: it was killed, and this process
+    /// stops as asked (a graceful stop, not a hand-over).
+    StopInstead(&'static str),
+    /// Logged and answered: this process keeps serving.
+    Failed,
+}
+
+/// [`try_upgrade`], while still listening for signals: a stop signal abandons the upgrade
+/// (so it is never taken for a second, forcing, stop signal later); SIGHUP and SIGUSR2 during
+/// the preparation are ignored.
+async fn upgrade_unless_stopped(
+    upgrade: &Upgrades,
+    log: &Logger,
+    reply: Option<UpgradeReply>,
+    signals: &mut Signals,
+) -> Upgraded {
+    let mut preparing = Box::pin(try_upgrade(upgrade, log, reply));
+    loop {
+        match future::select(preparing, Box::pin(signals.next())).await {
+            Either::Left((Some(successor), _)) => return Upgraded::Prepared(successor),
+            Either::Left((None, _)) => return Upgraded::Failed,
+            Either::Right((Received::Stop(name), _)) => {
+                warn!(log, "a stop signal came while the new heartbeatd prepared: the upgrade is abandoned and heartbeatd stops";
+                    "signal" => name, "what_to_do" => "nothing: start heartbeatd again when you want it, then upgrade");
+                return Upgraded::StopInstead(name);
+            }
+            Either::Right((_, still_preparing)) => {
+                info!(
+                    log,
+                    "a signal came while the new heartbeatd prepared; ignored until the upgrade is decided"
+                );
+                preparing = still_preparing;
+            }
+        }
     }
 }
 

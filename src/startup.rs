@@ -30,7 +30,7 @@ use slog::{error, info, o, warn, Logger};
 
 use crate::reload::{gate_settings, webhook_policy, ReloadSource, Reloader};
 use crate::routes::agents::AdminApi;
-use crate::routes::auth::Gate;
+use crate::routes::auth::{Gate, GateSettings};
 use crate::routes::costly::{self, CostlyReads};
 use crate::routes::health::Readiness;
 use crate::routes::heartbeat::HeartbeatIngress;
@@ -379,16 +379,25 @@ impl Application {
         let stopping = Arc::new(AtomicBool::new(false));
         check_descriptor_limit(settings.max_connections, &log);
 
-        let loopback = bind_ip.is_loopback();
+        // Judged by the address really served: a socket handed over (systemd, an upgrade) may
+        // listen elsewhere than http_bind says, and loopback_admin must not reach the network.
+        let served_ip = listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(bind_ip, |a| a.ip());
+        let loopback = served_ip.is_loopback();
         let gate = Gate::new(
-            gate_settings(&settings),
+            GateSettings {
+                listens_on_loopback: loopback,
+                ..gate_settings(&settings)
+            },
             Some(Arc::clone(&counters)),
             log.new(o!("actor" => "gate")),
         );
         let tls_reloader = tls.as_ref().map(|(_, reloader)| reloader.clone());
         if !loopback && settings.ingest_token.is_none() && tls.is_none() && settings.http_port != 0 {
             warn!(log, "heartbeatd listens beyond loopback with neither ingest_token nor TLS: anyone on the network can post heartbeats for any registered agent (and register agents with auto_register), and read every heartbeat in transit";
-                "bind" => %bind_ip,
+                "bind" => %served_ip,
                 "what_to_do" => "set ingest_token (agents send Authorization: Bearer <token>) and tls_cert / tls_key, or bind to 127.0.0.1");
         }
         // The control socket lives in data_dir, which the store has made (0700) by now. One

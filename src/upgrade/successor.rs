@@ -72,6 +72,18 @@ pub struct Successor {
     pub pid: u32,
 }
 
+/// The new process, until it said it is prepared: dropped, it is killed (it has not touched
+/// `data_dir`: it waits for the lock after `prepared`).
+struct KillUnlessPrepared(u32);
+
+impl Drop for KillUnlessPrepared {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is our child, reaped only by the
+        // reaper thread, which hands its status to the watcher.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
 /// Why no new process took over; this one keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -125,8 +137,14 @@ pub async fn start(launch: &Launch, sockets: HandedSockets) -> Result<Successor,
     })?;
     let pid = child.id();
     drop(child);
+    // Killed if this future is dropped before the new process is prepared (a stop signal
+    // came meanwhile): it must not take over a heartbeatd that was told to stop.
+    let unprepared = KillUnlessPrepared(pid);
 
     let said = actix_rt::time::timeout(PREPARE_TIMEOUT, read_all(read_end)).await;
+    // Decided: from here each outcome deals with the process itself (it may be reaped already,
+    // and its pid reused).
+    std::mem::forget(unprepared);
     match said {
         Ok(Ok(said)) if said.as_slice() == PREPARED => Ok(Successor { pid }),
         Ok(_) => {

@@ -95,14 +95,27 @@ fn reap_forever() {
     let spawned = spawned();
     loop {
         let seen = spawned.count.lock().map(|c| *c).unwrap_or(0);
-        let mut status = 0;
-        // SAFETY: status is a valid out-pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid > 0 {
+        // Which child ended, without reaping it yet: a child std is starting (spawn_watched
+        // holds `watched` meanwhile) whose exec failed is reaped by std itself, which panics
+        // if it finds it already gone. So the reaping waits for a spawn under way to end.
+        // SAFETY: info is a valid out-pointer; zeroed is a valid siginfo_t.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let peeked = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if peeked == 0 {
+            // SAFETY: waitid filled info for an exited child.
+            let pid = unsafe { info.si_pid() };
+            let mut watched = spawned.watched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut status = 0;
+            // SAFETY: status is a valid out-pointer.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+                continue; // std reaped it (its exec failed), or it is not ended after all
+            }
+            let watcher = watched.remove(&pid);
+            drop(watched);
             if let Ok(mut keepers) = spawned.keepers.lock() {
                 keepers.remove(&pid);
             }
-            let watcher = spawned.watched.lock().ok().and_then(|mut watched| watched.remove(&pid));
             if let Some(watcher) = watcher {
                 let _ = watcher.send(status);
             }
