@@ -27,16 +27,22 @@
 //!
 //! | file | role |
 //! |---|---|
-//! | `mod.rs` | the Registry actor, its file and log, its messages |
+//! | `mod.rs` | the Registry actor, its errors, its messages |
+//! | `snapshot.rs` | the read view: [`AgentSet`], [`RegistrySnapshot`], listing candidates |
+//! | `load.rs` | loading at start-up: `registry.json`, then `registry.log`, repairs |
+//! | `persist.rs` | saving: appending to `registry.log`, compacting into `registry.json` |
 //! | [`config_owned`] | which agents the configuration owns, and applying it |
 //! | [`file_watch`] | noticing that `registry.json` was removed |
 
 pub mod config_owned;
 pub mod file_watch;
+mod load;
+mod persist;
+mod snapshot;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::collections::{BTreeSet, HashSet};
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,113 +52,13 @@ use slog::{info, warn, Logger};
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 
-use crate::atomic_file::{sync_dir, write_atomically};
-use crate::data_dir;
 use crate::model::agent::{is_valid_agent_id, AgentChange, AgentInfo};
-
-/// Each agent boxed: the map is cloned for every published change, and a table of 100k
-/// 400-byte entries (sized to the next power of two) would cost more than the agents.
-type AgentMap = HashMap<String, Arc<AgentInfo>>;
-
-/// The published registry: agents by id, and their ids in order (for paging without sorting
-/// 100k ids per request; rebuilt only when the registry changes).
-#[derive(Debug, Default)]
-pub struct AgentSet {
-    by_id: AgentMap,
-    sorted_ids: Vec<String>,
-}
-
-impl AgentSet {
-    fn new(by_id: AgentMap) -> Self {
-        let mut sorted_ids: Vec<String> = by_id.keys().cloned().collect();
-        sorted_ids.sort_unstable();
-        Self { by_id, sorted_ids }
-    }
-
-    pub fn get(&self, id: &str) -> Option<&AgentInfo> {
-        self.by_id.get(id).map(|info| &**info)
-    }
-
-    pub fn contains_key(&self, id: &str) -> bool {
-        self.by_id.contains_key(id)
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
-    /// Every agent, by id.
-    pub fn values(&self) -> impl Iterator<Item = &AgentInfo> {
-        self.by_id.values().map(|info| &**info)
-    }
-
-    /// Ids sorted, starting after `after` (all when `None`).
-    pub fn ids_after(&self, after: Option<&str>) -> &[String] {
-        let start = after.map_or(0, |after| self.sorted_ids.partition_point(|id| id.as_str() <= after));
-        &self.sorted_ids[start..]
-    }
-
-    /// The ids after `after` that start with `prefix` and are of `agent_type`, in order: at most
-    /// `want` of them, from at most `scan_budget` ids looked at. The run of ids with the prefix
-    /// is found by binary search; only the type is checked id by id, so one call costs at most
-    /// `scan_budget` lookups however large the registry (a `?type=nomatch` on a million agents
-    /// is a page that ends early, not a walk of the million).
-    pub fn candidates(&self, filter: &CandidateFilter<'_>, want: usize, scan_budget: usize) -> Candidates {
-        let after_start = filter
-            .after
-            .map_or(0, |after| self.sorted_ids.partition_point(|id| id.as_str() <= after));
-        let prefix_start = self.sorted_ids.partition_point(|id| id.as_str() < filter.prefix);
-        let start = after_start.max(prefix_start);
-        let mut ids = Vec::new();
-        for (looked, id) in self.sorted_ids[start..].iter().enumerate() {
-            if !id.starts_with(filter.prefix) {
-                break;
-            }
-            if looked > 0 && (ids.len() >= want || looked >= scan_budget) {
-                // Stopped with ids left: the next call goes on after the last one looked at.
-                let resume_after = self.sorted_ids[start + looked - 1].clone();
-                return Candidates {
-                    ids,
-                    resume_after: Some(resume_after),
-                };
-            }
-            let of_type = filter
-                .agent_type
-                .is_none_or(|t| self.by_id.get(id).is_some_and(|info| info.agent_type == t));
-            if of_type {
-                ids.push(id.clone());
-            }
-        }
-        Candidates {
-            ids,
-            resume_after: None,
-        }
-    }
-}
-
-/// What a listing keeps: ids after `after`, starting with `prefix` (`""`: all), of
-/// `agent_type` (`None`: any).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CandidateFilter<'a> {
-    pub after: Option<&'a str>,
-    pub prefix: &'a str,
-    pub agent_type: Option<&'a str>,
-}
-
-/// The ids a listing found, and where the next call goes on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidates {
-    pub ids: Vec<String>,
-    /// `Some(id)`: the walk stopped (enough found, or its budget spent) with ids left after
-    /// `id`; `None`: none is left.
-    pub resume_after: Option<String>,
-}
+use load::build_map;
+pub use load::RegistryLoad;
+use persist::LogEntry;
+use snapshot::AgentMap;
+pub use snapshot::{AgentSet, CandidateFilter, Candidates, RegistrySnapshot};
 
 /// The registry's file name under `data_dir`.
 pub const REGISTRY_FILE: &str = "registry.json";
@@ -160,45 +66,6 @@ pub const REGISTRY_FILE: &str = "registry.json";
 pub const REGISTRY_LOG: &str = "registry.log";
 /// `auto_register` ids arriving within this window share one log write and one publish.
 pub const AUTO_REGISTER_WINDOW: Duration = Duration::from_millis(2);
-
-/// One line of `registry.log`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum LogEntry {
-    /// The agent, as it is now (added or changed).
-    Put(Box<AgentInfo>),
-    /// The agent was removed.
-    Del(String),
-}
-
-/// A read-only view of the registry, cheap to clone and to query from any thread.
-#[derive(Debug, Clone)]
-pub struct RegistrySnapshot {
-    current: Arc<ArcSwap<AgentSet>>,
-}
-
-impl RegistrySnapshot {
-    pub fn contains(&self, id: &str) -> bool {
-        self.current.load().contains_key(id)
-    }
-
-    pub fn get(&self, id: &str) -> Option<AgentInfo> {
-        self.current.load().get(id).cloned()
-    }
-
-    pub fn len(&self) -> usize {
-        self.current.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The whole set as it is now (it never changes; a change publishes a new one).
-    pub fn load(&self) -> Arc<AgentSet> {
-        self.current.load_full()
-    }
-}
 
 /// Why a registry change was refused, or could not be made.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -248,35 +115,6 @@ pub enum RegistryError {
         registered: usize,
         adding: usize,
     },
-}
-
-/// The content of `registry.json`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct RegistryFile {
-    format_version: u32,
-    agents: Vec<AgentInfo>,
-    /// The ids the configuration file declared when it was last applied: the file's agents.
-    /// (Files written before this rule have `imported_from_config` instead: read as none
-    /// owned, so nothing is removed at the first start with the rule.)
-    #[serde(default)]
-    config_owned: BTreeSet<String>,
-}
-
-/// What loading the registry found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RegistryLoad {
-    /// Agents read from `registry.json`.
-    pub from_file: usize,
-    /// What the configuration file's agents changed.
-    pub config: config_owned::ConfigChanges,
-    /// Set when `registry.json` did not parse and was moved aside to this path.
-    pub moved_aside: Option<PathBuf>,
-    /// Changes read from `registry.log` (left by the previous run), and its damaged lines.
-    pub log_entries: usize,
-    pub log_damaged: usize,
-    /// Agents whose saved timing was out of bounds (written by an older version), with what
-    /// was clamped: loaded with the nearest bound, to be logged as a warning.
-    pub clamped: Vec<(String, Vec<String>)>,
 }
 
 /// Owns the agent set; the only writer of the snapshot and of `registry.json`.
@@ -371,132 +209,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Loads `dir/registry.json` (if any), applies the configuration's agents (see
-    /// [`config_owned`]), and saves the result.
-    pub fn load(
-        dir: &Path,
-        config_agents: impl IntoIterator<Item = AgentInfo>,
-    ) -> Result<(Self, RegistryLoad), RegistryError> {
-        let path = dir.join(REGISTRY_FILE);
-        let mut report = RegistryLoad::default();
-        let file = match data_dir::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<RegistryFile>(&bytes) {
-                Ok(file) => file,
-                Err(_) => {
-                    let aside = dir.join(format!(
-                        "{REGISTRY_FILE}.corrupt-{}",
-                        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-                    ));
-                    fs::rename(&path, &aside).map_err(|e| RegistryError::save_failed(&path, e))?;
-                    report.moved_aside = Some(aside);
-                    RegistryFile::default()
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => RegistryFile::default(),
-            Err(e) => {
-                return Err(RegistryError::ReadFailed {
-                    path,
-                    source: Arc::new(e),
-                })
-            }
-        };
-        report.from_file = file.agents.len();
-        let mut agents = file.agents;
-        for info in &mut agents {
-            let changes = info.clamp_timing();
-            if !changes.is_empty() {
-                report.clamped.push((info.id.clone(), changes));
-            }
-        }
-        let mut map = build_map(agents)?;
-        apply_change_log(dir, &mut map, &mut report)?;
-        let (owned, changes) = config_owned::apply(&mut map, &file.config_owned, config_agents.into_iter().collect());
-        report.config = changes;
-        let mut registry = Self::with_parts(AgentSet::default(), owned, Some(dir.to_owned()));
-        registry.compact(&map)?;
-        registry.published.store(Arc::new(AgentSet::new(map)));
-        Ok((registry, report))
-    }
-
-    /// The read side, for the HTTP layer and the Manager.
-    pub fn snapshot(&self) -> RegistrySnapshot {
-        RegistrySnapshot {
-            current: Arc::clone(&self.published),
-        }
-    }
-
     fn agents(&self) -> Arc<AgentSet> {
         self.published.load_full()
-    }
-
-    /// Writes the whole set to `registry.json` and removes `registry.log`.
-    fn compact(&mut self, map: &AgentMap) -> Result<(), RegistryError> {
-        let Some(dir) = &self.dir else { return Ok(()) };
-        let mut agents: Vec<&AgentInfo> = map.values().map(|info| &**info).collect();
-        agents.sort_by(|a, b| a.id.cmp(&b.id));
-        #[derive(Serialize)]
-        struct Out<'a> {
-            format_version: u32,
-            agents: Vec<&'a AgentInfo>,
-            config_owned: &'a BTreeSet<String>,
-        }
-        let bytes = serde_json::to_vec(&Out {
-            format_version: 1,
-            agents,
-            config_owned: &self.config_owned,
-        })
-        .map_err(|e| RegistryError::save_failed(&dir.join(REGISTRY_FILE), io::Error::other(e)))?;
-        let save_error = |path: &Path, e: io::Error| RegistryError::save_failed(path, e);
-        data_dir::create_data_dir(dir).map_err(|e| save_error(dir, e))?;
-        write_atomically(dir, REGISTRY_FILE, &bytes).map_err(|e| save_error(&dir.join(REGISTRY_FILE), e))?;
-        self.change_log = None;
-        let log_path = dir.join(REGISTRY_LOG);
-        match fs::remove_file(&log_path) {
-            Ok(()) => sync_dir(dir).map_err(|e| save_error(dir, e))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(save_error(&log_path, e)),
-        }
-        self.change_log_lines = 0;
-        self.compaction_due = false;
-        Ok(())
-    }
-
-    /// Saves `entries` (the change that turned the published set into `next`): one appended
-    /// and synced line each, or a compaction when the log is due for one.
-    fn save(&mut self, entries: &[LogEntry], next: &AgentMap) -> Result<(), RegistryError> {
-        let Some(dir) = self.dir.clone() else { return Ok(()) };
-        if self.compaction_due || self.change_log_lines + entries.len() > next.len().max(1024) {
-            return self.compact(next);
-        }
-        let mut buf = Vec::with_capacity(entries.len() * 96);
-        for entry in entries {
-            serde_json::to_writer(&mut buf, entry)
-                .map_err(|e| RegistryError::save_failed(&dir.join(REGISTRY_LOG), io::Error::other(e)))?;
-            buf.push(b'\n');
-        }
-        let path = dir.join(REGISTRY_LOG);
-        let result = (|| {
-            if self.change_log.is_none() {
-                let file = data_dir::open_append(&path)?;
-                sync_dir(&dir)?;
-                self.change_log = Some(file);
-            }
-            let file = self.change_log.as_mut().expect("opened above");
-            file.write_all(&buf)?;
-            file.sync_data()
-        })();
-        match result {
-            Ok(()) => {
-                self.change_log_lines += entries.len();
-                Ok(())
-            }
-            Err(e) => {
-                // Never append after a failed write or sync: the next save rewrites the file.
-                self.change_log = None;
-                self.compaction_due = true;
-                Err(RegistryError::save_failed(&path, e))
-            }
-        }
     }
 
     /// Saves and publishes the current map changed by `change`, which lists what it changed;
@@ -550,23 +264,6 @@ impl Registry {
             let _ = waiter.send(answer);
         }
     }
-
-    /// Writes `registry.json` again if it vanished.
-    fn check_file(&mut self) {
-        let Some(dir) = self.dir.clone() else { return };
-        if fs::symlink_metadata(dir.join(REGISTRY_FILE)).is_ok() {
-            return;
-        }
-        let current = self.agents();
-        match self.compact(&current.by_id) {
-            Ok(()) => warn!(self.log, "registry.json was missing (was data_dir removed?); written again from memory";
-                "path" => %dir.join(REGISTRY_FILE).display(), "agents" => current.len()),
-            Err(e) => {
-                warn!(self.log, "registry.json is missing and could not be written again; trying again every second while data_dir is missing, else at the next change";
-                "error" => %e, "what_to_do" => "check that data_dir exists and is writable")
-            }
-        }
-    }
 }
 
 /// Adds (or replaces) `batch` in `agents`; the log entries that record it.
@@ -578,50 +275,6 @@ fn put_all(agents: &mut AgentMap, batch: Vec<AgentInfo>) -> Vec<LogEntry> {
             LogEntry::Put(Box::new(info))
         })
         .collect()
-}
-
-/// Applies `dir/registry.log`, if any, to `map`; a damaged line (a write cut short) is skipped.
-fn apply_change_log(dir: &Path, map: &mut AgentMap, report: &mut RegistryLoad) -> Result<(), RegistryError> {
-    let path = dir.join(REGISTRY_LOG);
-    let bytes = match data_dir::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(RegistryError::ReadFailed {
-                path,
-                source: Arc::new(e),
-            })
-        }
-    };
-    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<LogEntry>(line) {
-            Ok(LogEntry::Put(mut info)) if is_valid_agent_id(&info.id) => {
-                info.clamp_timing();
-                map.insert(info.id.clone(), Arc::new(*info));
-                report.log_entries += 1;
-            }
-            Ok(LogEntry::Del(id)) => {
-                map.remove(&id);
-                report.log_entries += 1;
-            }
-            Ok(LogEntry::Put(_)) | Err(_) => report.log_damaged += 1,
-        }
-    }
-    Ok(())
-}
-
-fn build_map(agents: impl IntoIterator<Item = AgentInfo>) -> Result<AgentMap, RegistryError> {
-    let mut map = AgentMap::new();
-    for info in agents {
-        if !is_valid_agent_id(&info.id) {
-            return Err(RegistryError::InvalidId(info.id));
-        }
-        if map.contains_key(&info.id) {
-            return Err(RegistryError::Duplicate(info.id));
-        }
-        map.insert(info.id.clone(), Arc::new(info));
-    }
-    Ok(map)
 }
 
 impl Actor for Registry {

@@ -1,6 +1,7 @@
 //! The Registry actor's tests: changes, the file and its log, auto-registration, limits.
 use super::*;
-use std::fs::OpenOptions;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
 
 fn info(id: &str) -> AgentInfo {
     AgentInfo {
