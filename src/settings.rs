@@ -16,7 +16,7 @@ pub const ENV_PREFIX: &str = "HEARTBEATD_";
 const CTL_ENV: [&str; 2] = ["HEARTBEATD_URL", "HEARTBEATD_CA"];
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 35] = [
+pub const ENV_KEYS: [&str; 36] = [
     "http_port",
     "http_bind",
     "workers",
@@ -26,6 +26,7 @@ pub const ENV_KEYS: [&str; 35] = [
     "log_level",
     "log_format",
     "shutdown_timeout_s",
+    "adopt_timeout_s",
     "http_workers",
     "flush_interval_ms",
     "checkpoint_interval_s",
@@ -101,6 +102,10 @@ pub struct Settings {
     /// How long a graceful stop may take before heartbeatd gives up and exits 1.
     #[serde(default = "default_shutdown_timeout_s")]
     pub shutdown_timeout_s: u64,
+    /// How long supervised agents keep running without heartbeatd (a crash, a kill, an
+    /// upgrade), waiting for the next one to adopt them; 0: they end with heartbeatd.
+    #[serde(default = "default_adopt_timeout_s")]
+    pub adopt_timeout_s: u64,
     /// How often agents are expected to report (agents may set their own).
     #[serde(default = "default_heartbeat_interval_s")]
     pub heartbeat_interval_s: u64,
@@ -287,6 +292,9 @@ fn default_checkpoint_interval_s() -> u64 {
 fn default_shutdown_timeout_s() -> u64 {
     30
 }
+fn default_adopt_timeout_s() -> u64 {
+    60
+}
 fn default_request_timeout_s() -> u64 {
     10
 }
@@ -421,7 +429,7 @@ impl Settings {
 
     /// (key, value, min, max) of every numeric key but the agent timing (bounded by
     /// [`check_timing`]) and `http_port` (its type bounds it).
-    fn numeric_bounds(&self) -> [(&'static str, u64, u64, u64); 18] {
+    fn numeric_bounds(&self) -> [(&'static str, u64, u64, u64); 19] {
         const DAY_S: u64 = 86_400;
         let n = |v: usize| v as u64;
         [
@@ -432,6 +440,7 @@ impl Settings {
             ("flush_interval_ms", self.flush_interval_ms, 0, 60_000),
             ("checkpoint_interval_s", self.checkpoint_interval_s, 1, DAY_S),
             ("shutdown_timeout_s", self.shutdown_timeout_s, 1, DAY_S),
+            ("adopt_timeout_s", self.adopt_timeout_s, 0, DAY_S),
             ("request_timeout_s", self.request_timeout_s, 1, 3600),
             ("send_timeout_s", self.send_timeout_s, 1, 3600),
             ("max_agents", n(self.max_agents), 1, 10_000_000),
@@ -726,6 +735,7 @@ mod tests {
         assert_eq!(s.log_level, LogLevel::Info);
         assert_eq!(s.log_format, LogFormat::Term);
         assert_eq!(s.shutdown_timeout_s, 30);
+        assert_eq!(s.adopt_timeout_s, 60);
         assert_eq!(s.http_workers, 1);
         assert!(s.agents.is_empty());
     }
@@ -779,6 +789,7 @@ mod tests {
             ("log_level = \"loud\"", "log_level"),
             ("log_format = \"xml\"", "log_format"),
             ("shutdown_timeout_s = 0", "shutdown_timeout_s"),
+            ("adopt_timeout_s = 86401", "adopt_timeout_s"),
             ("checkpoint_interval_s = 0", "checkpoint_interval_s"),
             ("[[agents]]\nid = \"a\"\n[[agents]]\nid = \"a\"", "agents[1].id"),
             ("[[agents]]\nid = \"a/b\"", "agents[0].id"),

@@ -7,6 +7,7 @@
 //! | [`limits`] | sampling a tree's CPU and memory (how they are counted), and whether a limit held for `limit_for_s` |
 //! | [`process`] | [`process::AgentProcess`], one actor per supervised agent (owned by the Manager): its state machine, backoff, restart intensity, limits, stop |
 //! | [`restart`] | the restart rules as plain functions: backoff with jitter, the intensity window |
+//! | [`adoption`] | at start-up, taking over the keepers the previous heartbeatd left running (`adopt_timeout_s`) |
 //! | [`keeper`] | the keeper process between heartbeatd and each agent's tree: its protocol, heartbeatd's side, its own side |
 //! | [`reaper`] | heartbeatd as a child subreaper, and the thread that reaps its children |
 //! | [`procfs`] | reading `/proc`: process trees, CPU ticks, resident and proportional memory |
@@ -14,6 +15,7 @@
 //! | [`output_read`] | reading an output file by byte offset, across rotations |
 //! | [`board`] | each supervised agent's process view and restart counts, for the API and `/metrics` |
 
+pub mod adoption;
 pub mod board;
 pub mod keeper;
 pub mod limits;

@@ -16,12 +16,15 @@ use futures::channel::oneshot;
 use slog::{error, info, warn, Logger};
 use tokio::io::AsyncBufReadExt;
 
+use super::adoption::Adoptable;
 use super::board::ProcessBoard;
+use super::keeper::rendezvous::{self, AdoptionSpec};
 use super::keeper::{self, KeeperLine, KeeperSpec};
 use super::limits::{self, LimitWatch};
 use super::machine::{Effect, Event, Exit, Machine, Note, Now, State, Waiters};
 use super::output_log::OutputLog;
 use super::procfs;
+use super::reaper;
 use super::restart;
 use crate::liveness::tracker::ProcessPhase;
 use crate::liveness::{Liveness, ProcessChanged};
@@ -42,6 +45,11 @@ const PID_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 pub struct SupervisionContext {
     /// `data_dir/logs`.
     pub logs_dir: PathBuf,
+    /// `data_dir`: the keepers' sockets are under its `run/`.
+    pub data_dir: PathBuf,
+    /// `adopt_timeout_s`: how long a tree outlives heartbeatd, waiting to be adopted by the
+    /// next one; zero: it ends with heartbeatd.
+    pub adopt_timeout: std::time::Duration,
     pub store: Addr<FileMetadataStore>,
     /// The webhook, and whether a URL is set.
     pub webhook: Option<(Addr<Webhook>, Arc<AtomicBool>)>,
@@ -81,6 +89,11 @@ pub struct AgentProcess {
     checked_pid: Option<(i64, Instant)>,
     pid_mismatch: Option<i64>,
     mismatch_warned: bool,
+    /// A keeper left running by the previous heartbeatd, taken over when the actor starts.
+    adopting: Option<Adoptable>,
+    /// heartbeatd is handing over to a new one, which adopts the keeper: the actor ends
+    /// without ending the tree.
+    released: bool,
     log: Logger,
 }
 
@@ -101,7 +114,90 @@ impl AgentProcess {
             checked_pid: None,
             pid_mismatch: None,
             mismatch_warned: false,
+            adopting: None,
+            released: false,
             log,
+        }
+    }
+
+    /// The actor takes `keeper` over when it starts, instead of starting a run.
+    pub fn adopting(mut self, keeper: Option<Adoptable>) -> Self {
+        self.adopting = keeper;
+        self
+    }
+
+    /// What a keeper started now for this agent runs. With `adopt_timeout_s`, it listens
+    /// under `data_dir/run/` for the next heartbeatd.
+    fn keeper_spec(&self, started_at_ms: i64) -> KeeperSpec {
+        let mut spec = KeeperSpec {
+            agent_id: self.id.clone(),
+            command: self.spec.command.clone(),
+            working_dir: self.spec.working_dir.clone(),
+            env: self.spec.env.clone(),
+            stop_signal: self.spec.stop_signal,
+            stop_timeout_ms: self.spec.stop_timeout.as_millis() as u64,
+            log_path: self.cx.logs_dir.join(format!("{}.log", self.id)),
+            log_max_bytes: self.spec.log_max_bytes,
+            log_backups: self.spec.log_backups,
+            max_processes: self.spec.max_processes,
+            parent_pid: std::process::id() as i32,
+            adoption: None,
+        };
+        let socket = rendezvous::socket_path(&self.cx.data_dir, &self.id);
+        if let (false, Some(socket)) = (self.cx.adopt_timeout.is_zero(), socket) {
+            spec.adoption = Some(AdoptionSpec {
+                timeout_ms: self.cx.adopt_timeout.as_millis() as u64,
+                socket,
+                started_at_ms,
+                settings_digest: rendezvous::settings_digest(&spec),
+            });
+        }
+        spec
+    }
+
+    /// Takes over a keeper the previous heartbeatd left running: the run goes on as it is
+    /// (same pids, no restart counted), its reports now come on the socket. An exit during
+    /// the gap comes as its first report, and is followed by the normal policy; settings
+    /// changed meanwhile restart it with the new ones, as any change of settings does.
+    fn adopt(&mut self, keeper: Adoptable, ctx: &mut Context<Self>) {
+        let Adoptable { hello, stream } = keeper;
+        let keeper_pid = hello.keeper_pid;
+        reaper::adopted(keeper_pid);
+        let started_at = chrono::DateTime::from_timestamp_millis(hello.started_at_ms).unwrap_or_else(Utc::now);
+        self.last_pid = Some(i64::from(hello.agent_pid));
+        self.feed(
+            Event::Adopted {
+                keeper: keeper_pid,
+                pid: i64::from(hello.agent_pid),
+                started_at,
+            },
+            ctx,
+        );
+        let Some(generation) = self.machine.state().run().map(|r| r.generation) else {
+            reaper::no_longer_adopted(keeper_pid);
+            return;
+        };
+        let changed = rendezvous::settings_digest(&self.keeper_spec(0)) != hello.settings_digest;
+        info!(self.log, "adopted the agent's keeper from the previous heartbeatd: its program kept running";
+            "agent_id" => &self.id, "pid" => hello.agent_pid, "keeper_pid" => keeper_pid,
+            "exited_meanwhile" => !hello.agent_running, "settings_changed" => changed);
+        let addr = ctx.address();
+        actix::spawn(async move {
+            let socket = stream
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(stream));
+            if let Ok(socket) = socket {
+                read_reports(socket, &addr, generation).await;
+            }
+            reaper::no_longer_adopted(keeper_pid);
+            addr.do_send(KeeperEnded { generation });
+        });
+        if self.spec.has_limits() {
+            let check = ctx.run_interval(limits::SAMPLE_INTERVAL, move |act, ctx| act.sample(generation, ctx));
+            self.limit_check = Some((generation, check));
+        }
+        if changed {
+            self.feed(Event::Reconfigured, ctx);
         }
     }
 
@@ -174,25 +270,13 @@ impl AgentProcess {
 
     /// Spawns the keeper of run `generation` and reads its reports off this actor's thread.
     fn launch(&mut self, generation: u64, ctx: &mut Context<Self>) {
-        let log_path = self.cx.logs_dir.join(format!("{}.log", self.id));
+        let spec = self.keeper_spec(Utc::now().timestamp_millis());
+        let log_path = spec.log_path.clone();
         // The keeper opens the output file itself. Opening it here first creates it (0600, in
         // a 0700 logs/) in heartbeatd's process, where a refusal (a link planted at that name)
         // is logged as an ERROR saying what to do. The keeper then refuses it too and discards
         // the output; the agent still runs. Any other failure is the keeper's to report.
         let _ = OutputLog::open(&log_path, self.spec.log_max_bytes, self.spec.log_backups);
-        let spec = KeeperSpec {
-            agent_id: self.id.clone(),
-            command: self.spec.command.clone(),
-            working_dir: self.spec.working_dir.clone(),
-            env: self.spec.env.clone(),
-            stop_signal: self.spec.stop_signal,
-            stop_timeout_ms: self.spec.stop_timeout.as_millis() as u64,
-            log_path,
-            log_max_bytes: self.spec.log_max_bytes,
-            log_backups: self.spec.log_backups,
-            max_processes: self.spec.max_processes,
-            parent_pid: std::process::id() as i32,
-        };
         self.pid_mismatch = None;
         self.checked_pid = None;
         self.last_pid = None;
@@ -213,12 +297,7 @@ impl AgentProcess {
         actix::spawn(async move {
             let lines = std::os::fd::OwnedFd::from(reports);
             if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(lines) {
-                let mut lines = tokio::io::BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(line) = KeeperLine::parse(&line) {
-                        addr.do_send(KeeperReported { generation, line });
-                    }
-                }
+                read_reports(pipe, &addr, generation).await;
             }
             addr.do_send(KeeperEnded { generation });
         });
@@ -437,11 +516,24 @@ impl AgentProcess {
     }
 }
 
+/// Passes the keeper's report lines of run `generation` on to its actor, until the end of
+/// file (the keeper has exited).
+async fn read_reports(from: impl tokio::io::AsyncRead + Unpin, addr: &Addr<AgentProcess>, generation: u64) {
+    let mut lines = tokio::io::BufReader::new(from).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(line) = KeeperLine::parse(&line) {
+            addr.do_send(KeeperReported { generation, line });
+        }
+    }
+}
+
 impl Actor for AgentProcess {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.spec.autostart {
+        if let Some(keeper) = self.adopting.take() {
+            self.adopt(keeper, ctx);
+        } else if self.spec.autostart {
             self.feed(Event::Start, ctx);
         } else {
             self.publish();
@@ -674,10 +766,30 @@ impl Handler<KillNow> for AgentProcess {
     }
 }
 
+/// heartbeatd hands over to a new one that adopts the keepers: the actor ends and leaves
+/// the tree running (its keeper waits for the new heartbeatd, see
+/// [`super::keeper::adopt`]). Answers whether a tree was running.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Release;
+
+impl Handler<Release> for AgentProcess {
+    type Result = bool;
+
+    fn handle(&mut self, _: Release, ctx: &mut Context<Self>) -> bool {
+        self.released = true;
+        ctx.stop();
+        self.machine.state().run().is_some()
+    }
+}
+
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        // The actor can only go with its tree gone (Retire) or with heartbeatd itself; in the
-        // second case the keeper sees heartbeatd die and ends the tree.
-        self.signal_keeper(keeper::KILL_NOW);
+        // The actor can only go with its tree gone (Retire), released to a new heartbeatd,
+        // or with heartbeatd itself; in the last case the keeper sees heartbeatd die and ends
+        // the tree (or waits to be adopted, with adopt_timeout_s).
+        if !self.released {
+            self.signal_keeper(keeper::KILL_NOW);
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use super::adopt::{self, Rendezvous};
 use super::output::OutputCopy;
 use super::protocol::{KeeperLine, KeeperSpec, KILL_NOW, STOP};
 use super::tree::{self, ProcessLimit, Reaper};
@@ -44,6 +45,7 @@ pub const CPU_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the keeper: the `heartbeatd keep <id>` entry point. Never starts a runtime.
 pub fn run() -> ExitCode {
+    adopt::name_this_process();
     let Some(spec) = KeeperSpec::from_env() else {
         eprintln!("heartbeatd keep: this mode is started by heartbeatd itself, not by hand");
         return ExitCode::from(2);
@@ -70,7 +72,8 @@ pub fn run() -> ExitCode {
     };
     drop(pipe_in);
     say(&KeeperLine::Started(i64::from(agent)));
-    let status = Keeper::new(spec, agent, signals, output).watch_until_the_tree_is_gone();
+    let rendezvous = Rendezvous::open(&spec, agent);
+    let status = Keeper::new(spec, agent, signals, output, rendezvous).watch_until_the_tree_is_gone();
     report_exit(status);
     ExitCode::SUCCESS
 }
@@ -187,6 +190,9 @@ fn give_up(reason: String) -> ExitCode {
 }
 
 fn say(line: &KeeperLine) {
+    if adopt::say(&line.to_string()) {
+        return;
+    }
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -214,10 +220,12 @@ struct Keeper {
     /// `max_processes`, and when the tree is next checked against it.
     process_limit: Option<ProcessLimit>,
     next_count: Instant,
+    /// With `adopt_timeout_s`: the socket a new heartbeatd adopts the tree on, and the link.
+    rendezvous: Option<Rendezvous>,
 }
 
 impl Keeper {
-    fn new(spec: KeeperSpec, agent: i32, signals: OwnedFd, output: OutputCopy) -> Self {
+    fn new(spec: KeeperSpec, agent: i32, signals: OwnedFd, output: OutputCopy, rendezvous: Option<Rendezvous>) -> Self {
         Self {
             process_limit: spec.max_processes.map(ProcessLimit::new),
             spec,
@@ -231,6 +239,7 @@ impl Keeper {
             stopping: None,
             cpu_said: (0, None),
             next_count: Instant::now(),
+            rendezvous,
         }
     }
 
@@ -252,8 +261,14 @@ impl Keeper {
             self.report_reaped_cpu(now);
             self.output.flush_if_due(now);
             self.notice_if_heartbeatd_is_gone(now);
+            if self.rendezvous.as_mut().is_some_and(|r| r.gives_up(now)) {
+                self.heartbeatd_is_gone(now); // adopt_timeout_s passed: as without adoption
+            }
         }
         self.output.finish();
+        if let Some(rendezvous) = &mut self.rendezvous {
+            rendezvous.wait_to_report();
+        }
         self.agent_status.unwrap_or(0)
     }
 
@@ -312,12 +327,17 @@ impl Keeper {
             events: libc::POLLIN,
             revents: 0,
         }];
-        if let Some(fd) = self.output.readable_fd(now) {
+        let output = self.output.readable_fd(now);
+        if let Some(fd) = output {
             fds.push(libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
             });
+        }
+        let own = fds.len();
+        if let Some(rendezvous) = &self.rendezvous {
+            fds.extend(rendezvous.poll_fds());
         }
         let timeout = match self.next_due(now) {
             None => -1,
@@ -332,7 +352,10 @@ impl Keeper {
         if ready <= 0 {
             return (false, false); // timeout, or EINTR
         }
-        (fds[0].revents != 0, fds.len() > 1 && fds[1].revents != 0)
+        if let Some(rendezvous) = &mut self.rendezvous {
+            rendezvous.after_poll(&fds[own..], self.agent_status.is_none(), Instant::now());
+        }
+        (fds[0].revents != 0, output.is_some() && fds[1].revents != 0)
     }
 
     /// The earliest thing due: a look at a tree being stopped, a flush, the output budget's
@@ -346,7 +369,8 @@ impl Keeper {
             .map(|_| self.next_count);
         let cpu = (self.reaper.cpu_ticks() != self.cpu_said.0)
             .then(|| self.cpu_said.1.map_or(now, |at| at + CPU_REPORT_INTERVAL));
-        [stopping, self.output.deadline(), count, cpu]
+        let adoption = self.rendezvous.as_ref().and_then(Rendezvous::due);
+        [stopping, self.output.deadline(), count, cpu, adoption]
             .into_iter()
             .flatten()
             .min()
@@ -358,7 +382,10 @@ impl Keeper {
             match signal {
                 STOP if self.stopping.is_none() => self.stop_gracefully(now + self.stop_timeout()),
                 KILL_NOW => self.kill_now(),
-                PARENT_DIED => self.heartbeatd_is_gone(now),
+                PARENT_DIED => match &mut self.rendezvous {
+                    Some(rendezvous) => rendezvous.parent_may_be_gone(now),
+                    None => self.heartbeatd_is_gone(now),
+                },
                 _ => {} // SIGCHLD (reaped below), or a stray terminal signal
             }
         }
@@ -375,6 +402,9 @@ impl Keeper {
 
     /// heartbeatd gone without the signal (it died before prctl took effect).
     fn notice_if_heartbeatd_is_gone(&mut self, now: Instant) {
+        if let Some(rendezvous) = &mut self.rendezvous {
+            return rendezvous.parent_may_be_gone(now);
+        }
         // SAFETY: getppid cannot fail.
         if self.stopping.is_none() && unsafe { libc::getppid() } != self.spec.parent_pid {
             self.heartbeatd_is_gone(now);

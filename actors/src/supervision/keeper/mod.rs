@@ -44,12 +44,16 @@
 //! | [`main`] | keeper | its entry point, [`run`], and its loop |
 //! | [`tree`] | keeper | signalling, reaping (with the CPU used) and counting the tree |
 //! | [`output`] | keeper | copying the output pipe into the output file, within a CPU budget |
+//! | [`rendezvous`] | both | adoption's words: the socket under `data_dir/run/`, the hello, the handshake |
+//! | [`adopt`] | keeper | outliving heartbeatd for `adopt_timeout_s` and being adopted by the next one |
 //!
 //! The keeper's side uses no actix and no runtime; only the spec is read with serde.
 
+pub mod adopt;
 pub mod main;
 pub mod output;
 pub mod protocol;
+pub mod rendezvous;
 pub mod spawn;
 pub mod tree;
 

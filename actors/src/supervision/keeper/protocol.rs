@@ -49,6 +49,9 @@ pub struct KeeperSpec {
     pub max_processes: Option<u32>,
     /// heartbeatd's pid: if the keeper's parent is not this one, heartbeatd is gone.
     pub parent_pid: i32,
+    /// How the tree outlives heartbeatd and waits to be adopted; `None`: it does not.
+    #[serde(default)]
+    pub adoption: Option<super::rendezvous::AdoptionSpec>,
 }
 
 impl KeeperSpec {

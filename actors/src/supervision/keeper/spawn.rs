@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 
 #[cfg(doc)]
 use super::protocol::KeeperLine;
-use super::protocol::{KeeperSpec, SPEC_ENV, SUBCOMMAND};
+use super::protocol::{KeeperSpec, SPEC_ENV};
+use super::rendezvous::PROCESS_NAME;
 
 /// A keeper just started, seen from heartbeatd.
 pub struct SpawnedKeeper {
@@ -21,9 +22,9 @@ pub struct SpawnedKeeper {
 pub fn spawn_keeper(spec: &KeeperSpec) -> io::Result<SpawnedKeeper> {
     let json = spec.to_env()?;
     let mut child = crate::supervision::reaper::spawn_keeper(|| {
+        // Shown as `heartbeatd-keep <id>` by ps (its name, PROCESS_NAME, is set by the keeper).
         Command::new("/proc/self/exe")
-            .arg0("heartbeatd")
-            .arg(SUBCOMMAND)
+            .arg0(PROCESS_NAME)
             .arg(&spec.agent_id)
             .env(SPEC_ENV, json)
             .stdin(Stdio::null())
