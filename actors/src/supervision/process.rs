@@ -442,7 +442,7 @@ impl AgentProcess {
                 super::reaper::sweep_orphans_for_a_while(move |orphans| {
                     error!(log, "the agent's keeper was killed; its tree was killed with it";
                         "agent_id" => id, "orphans_killed" => orphans,
-                        "what_to_do" => "do not signal `heartbeatd keep` processes; use heartbeatd ctl stop");
+                        "what_to_do" => "do not signal `heartbeatd-keep` processes; use heartbeatd ctl stop");
                 });
             }
             Note::StartFailed { failures, allowed } => {

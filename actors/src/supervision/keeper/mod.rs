@@ -2,7 +2,7 @@
 //! process of an agent's tree outlives heartbeatd, even after a SIGKILL of heartbeatd.
 //!
 //! ```text
-//! heartbeatd ──spawns──▶ heartbeatd keep <id>   (its own binary in a hidden mode)
+//! heartbeatd ──spawns──▶ heartbeatd-keep <id>   (its own binary in a hidden mode)
 //!                          │ subreaper of the tree, PR_SET_PDEATHSIG = SIGUSR2
 //!                          └──▶ the agent's command (own process group, PDEATHSIG = SIGKILL)
 //!                                 └──▶ … its children, also those that call setsid()
@@ -23,7 +23,8 @@
 //!   SIGKILL to every descendant after `stop_timeout`;
 //! - SIGUSR1 from heartbeatd: SIGKILL to every descendant now;
 //! - heartbeatd died (its PDEATHSIG, SIGUSR2, or its pid is no longer the parent): the stop
-//!   signal, then SIGKILL after at most one second;
+//!   signal, then SIGKILL after at most one second; with `adopt_timeout_s`, only once that has
+//!   passed without a new heartbeatd adopting the tree (see [`adopt`]);
 //! - when the agent's own process ends, what is left of its tree is stopped the same way: the
 //!   tree lives and dies with the agent (run programs in the foreground, as under supervisord);
 //! - it reaps every child, and reports the CPU they used (`/proc` no longer shows it);
