@@ -26,7 +26,7 @@ use heartbeatd_actors::stats::Stats;
 use heartbeatd_actors::store::{FileMetadataStore, StoreError};
 use heartbeatd_actors::supervision::adoption;
 use heartbeatd_actors::supervision::board::ProcessBoard;
-use heartbeatd_actors::supervision::keeper::rendezvous::RUN_DIR;
+use heartbeatd_actors::supervision::keeper::rendezvous::{self, RUN_DIR};
 use heartbeatd_actors::supervision::process::SupervisionContext;
 use slog::{error, info, o, warn, Logger};
 
@@ -265,6 +265,12 @@ impl Application {
                 warn!(log, "cannot make data_dir/run: supervised agents will end with heartbeatd instead of waiting adopt_timeout_s to be adopted";
                     "path" => %run.display(), "error" => %e,
                     "what_to_do" => "make data_dir/run a directory of heartbeatd's user, mode 0700, then restart heartbeatd");
+            }
+            let longest_id = "x".repeat(heartbeatd_actors::model::agent::MAX_AGENT_ID_LEN);
+            if rendezvous::socket_path(&settings.data_dir, &longest_id).is_none() {
+                warn!(log, "data_dir's path is too long for the keepers' sockets (107 bytes at most): some supervised agents will end with heartbeatd instead of waiting adopt_timeout_s to be adopted";
+                    "data_dir" => %settings.data_dir.display(),
+                    "what_to_do" => "use a data_dir path of at most 81 bytes (a symbolic link to it will do), or set adopt_timeout_s = 0");
             }
         }
         let registry_view = registry.snapshot();
