@@ -332,7 +332,7 @@ pub async fn run(running: Running) -> Stopped {
         .saturating_sub(Duration::from_secs(1));
     // In a hand-over with adopt_timeout_s set, they are left running: the new heartbeatd
     // adopts their keepers (same pids, no restart).
-    let keep_agents = handing_to.is_some() && agents_outlive_process;
+    let keep_agents = handing_to.is_some_and(|s| s.adopts) && agents_outlive_process;
     let releasing = keep_agents.then(|| manager.send(manager::ReleaseAll));
     let retiring = (!keep_agents).then(|| {
         manager.send(manager::RetireAll {

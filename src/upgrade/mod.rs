@@ -28,6 +28,11 @@ pub mod successor;
 pub const FROM_VARIABLE: &str = "HEARTBEATD_UPGRADE_FROM";
 /// What the new process writes on the pipe once it is prepared.
 const PREPARED: &[u8] = b"prepared\n";
+/// Written after [`PREPARED`] by a new process that adopts the keepers its predecessor leaves
+/// running (see `heartbeatd_actors::supervision::adoption`). An older heartbeatd reads only
+/// `PREPARED` and ignores it; a predecessor that does not read it from its successor (an
+/// older version, in a downgrade) stops the agents instead of leaving them to nobody.
+const ADOPTS: &[u8] = b"adopts\n";
 
 use std::sync::{Arc, Mutex};
 
