@@ -94,6 +94,10 @@ pub struct AgentProcess {
     /// heartbeatd is handing over to a new one, which adopts the keeper: the actor ends
     /// without ending the tree.
     released: bool,
+    /// The task reading the current keeper's reports: ended at a release, which closes this
+    /// end of the keeper's pipe or socket, so the keeper knows at once to wait for the next
+    /// heartbeatd (an exit meanwhile is then said to it, not to this one).
+    reports: Option<tokio::task::JoinHandle<()>>,
     log: Logger,
 }
 
@@ -116,6 +120,7 @@ impl AgentProcess {
             mismatch_warned: false,
             adopting: None,
             released: false,
+            reports: None,
             log,
         }
     }
@@ -182,7 +187,7 @@ impl AgentProcess {
             "agent_id" => &self.id, "pid" => hello.agent_pid, "keeper_pid" => keeper_pid,
             "exited_meanwhile" => !hello.agent_running, "settings_changed" => changed);
         let addr = ctx.address();
-        actix::spawn(async move {
+        self.reports = Some(actix::spawn(async move {
             let socket = stream
                 .set_nonblocking(true)
                 .and_then(|()| tokio::net::UnixStream::from_std(stream));
@@ -191,7 +196,7 @@ impl AgentProcess {
             }
             reaper::no_longer_adopted(keeper_pid);
             addr.do_send(KeeperEnded { generation });
-        });
+        }));
         if self.spec.has_limits() {
             let check = ctx.run_interval(limits::SAMPLE_INTERVAL, move |act, ctx| act.sample(generation, ctx));
             self.limit_check = Some((generation, check));
@@ -294,13 +299,13 @@ impl AgentProcess {
         };
         let addr = ctx.address();
         let reports = spawned.reports;
-        actix::spawn(async move {
+        self.reports = Some(actix::spawn(async move {
             let lines = std::os::fd::OwnedFd::from(reports);
             if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(lines) {
                 read_reports(pipe, &addr, generation).await;
             }
             addr.do_send(KeeperEnded { generation });
-        });
+        }));
         if let Some((_, handle)) = self.limit_check.take() {
             ctx.cancel_future(handle);
         }
@@ -778,6 +783,9 @@ impl Handler<Release> for AgentProcess {
 
     fn handle(&mut self, _: Release, ctx: &mut Context<Self>) -> bool {
         self.released = true;
+        if let Some(reports) = self.reports.take() {
+            reports.abort();
+        }
         ctx.stop();
         self.machine.state().run().is_some()
     }
