@@ -35,6 +35,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// `data_dir` lock, so it is exiting; the keeper notices within moments.
 const BUSY_RETRY_FOR: Duration = Duration::from_secs(3);
 const BUSY_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Sockets are looked at on this many threads at most.
+const SCAN_THREADS: usize = 16;
 
 /// A keeper taken over: what it said, and the socket its reports now come on.
 #[derive(Debug)]
@@ -57,7 +59,8 @@ enum NotAdopted {
 }
 
 /// Adopts every keeper waiting under `data_dir/run/`, by agent id; refuses (logs and removes)
-/// what is not one. Blocks: at most [`ANSWER_TIMEOUT`] per socket that does not answer.
+/// what is not one. Blocks: at most [`ANSWER_TIMEOUT`] per socket that does not answer, shared
+/// among [`SCAN_THREADS`] threads.
 pub fn find_keepers(data_dir: &Path, log: &Logger) -> HashMap<String, Adoptable> {
     let run = data_dir.join(RUN_DIR);
     let mut found: HashMap<String, Adoptable> = HashMap::new();
@@ -73,8 +76,8 @@ pub fn find_keepers(data_dir: &Path, log: &Logger) -> HashMap<String, Adoptable>
     };
     let mut busy: Vec<PathBuf> = Vec::new();
     let paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    for path in paths {
-        match adopt(&path) {
+    for (path, adopted) in adopt_all(paths) {
+        match adopted {
             Ok(keeper) => take(keeper, &mut found, log),
             Err(NotAdopted::Busy) => busy.push(path),
             Err(refused) => refuse(&path, refused, log),
@@ -83,8 +86,8 @@ pub fn find_keepers(data_dir: &Path, log: &Logger) -> HashMap<String, Adoptable>
     let deadline = Instant::now() + BUSY_RETRY_FOR;
     while !busy.is_empty() && Instant::now() < deadline {
         std::thread::sleep(BUSY_RETRY_PAUSE);
-        for path in std::mem::take(&mut busy) {
-            match adopt(&path) {
+        for (path, adopted) in adopt_all(std::mem::take(&mut busy)) {
+            match adopted {
                 Ok(keeper) => take(keeper, &mut found, log),
                 Err(NotAdopted::Busy) => busy.push(path),
                 Err(refused) => refuse(&path, refused, log),
@@ -151,6 +154,19 @@ fn refuse(path: &Path, refused: NotAdopted, log: &Logger) {
     warn!(log, "refused a socket in data_dir/run: it is not a keeper waiting to be adopted";
         "path" => %path.display(), "reason" => reason, "removed" => removed,
         "what_to_do" => "nothing after a keeper or heartbeatd was killed (its socket was stale); otherwise find the process that listens there (ss -xlp) and stop it");
+}
+
+/// [`adopt`] for each path, on up to [`SCAN_THREADS`] threads: a socket whose listener does
+/// not answer costs [`ANSWER_TIMEOUT`] to its own thread's share only.
+fn adopt_all(paths: Vec<PathBuf>) -> Vec<(PathBuf, Result<Adoptable, NotAdopted>)> {
+    let share = paths.len().div_ceil(SCAN_THREADS).max(1);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = paths
+            .chunks(share)
+            .map(|paths| scope.spawn(move || paths.iter().map(|p| (p.clone(), adopt(p))).collect::<Vec<_>>()))
+            .collect();
+        threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect()
+    })
 }
 
 /// Connects to `path`, checks who answers, and adopts it.
