@@ -317,3 +317,92 @@ impl Drop for Rendezvous {
         self.remove_socket_file();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn spec(socket: PathBuf, parent_pid: i32) -> KeeperSpec {
+        KeeperSpec {
+            agent_id: "a-1".into(),
+            command: vec!["/bin/true".into()],
+            working_dir: None,
+            env: Default::default(),
+            stop_signal: libc::SIGTERM,
+            stop_timeout_ms: 1000,
+            log_path: PathBuf::from("/dev/null"),
+            log_max_bytes: 0,
+            log_backups: 0,
+            max_processes: None,
+            parent_pid,
+            adoption: Some(rendezvous::AdoptionSpec {
+                timeout_ms: 60_000,
+                socket,
+                started_at_ms: 5,
+                settings_digest: "0123456789abcdef".into(),
+            }),
+        }
+    }
+
+    /// Connects, reads the hello, says `adopt`; the keeper's side is served meanwhile.
+    fn ask(rendezvous: &mut Rendezvous, path: &std::path::Path) -> (Hello, UnixStream, Option<String>) {
+        let path = path.to_owned();
+        let caller = std::thread::spawn(move || {
+            let mut stream = UnixStream::connect(path).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let hello = Hello::parse(&read_line(&mut stream).unwrap()).unwrap();
+            stream.write_all(b"adopt\n").unwrap();
+            let answer = read_line(&mut stream);
+            (hello, stream, answer)
+        });
+        while !caller.is_finished() {
+            let mut fds = rendezvous.poll_fds();
+            // SAFETY: fds points to fds.len() valid pollfd structs.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 10) };
+            rendezvous.after_poll(&fds, true, Instant::now());
+        }
+        caller.join().unwrap()
+    }
+
+    #[test]
+    fn busy_while_linked_adopted_once_orphaned_and_the_socket_goes_when_it_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a-1.sock");
+        // SAFETY: getppid cannot fail.
+        let parent = unsafe { libc::getppid() };
+        let mut rendezvous = Rendezvous::open(&spec(path.clone(), parent), 4242).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        // Its parent (this test's) is alive: a caller is told to wait.
+        let (hello, _, answer) = ask(&mut rendezvous, &path);
+        assert_eq!(answer.as_deref(), Some(BUSY));
+        assert_eq!(
+            (hello.agent_pid, hello.started_at_ms, hello.agent_id.as_str()),
+            (4242, 5, "a-1")
+        );
+        assert_eq!(hello.keeper_pid, std::process::id() as i32);
+
+        // The parent is gone: orphaned, adopted by the next caller, lines go to it.
+        rendezvous.parent_pid = -1;
+        let now = Instant::now();
+        rendezvous.parent_may_be_gone(now);
+        assert_eq!(rendezvous.due(), Some(now + Duration::from_secs(60)));
+        let (_, mut adopter, answer) = ask(&mut rendezvous, &path);
+        assert_eq!(answer.as_deref(), Some(ADOPTED));
+        assert!(say("exit code 3"));
+        let mut line = [0u8; 12];
+        adopter.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"exit code 3\n");
+
+        // The adopter goes: orphaned again; past the timeout it gives up, socket removed.
+        drop(adopter);
+        rendezvous.check_link(now);
+        let until = rendezvous.due().expect("waiting again");
+        assert!(!rendezvous.gives_up(until - Duration::from_millis(1)));
+        assert!(rendezvous.gives_up(until));
+        assert!(!path.exists());
+        assert!(say("dropped while nobody is there"));
+    }
+}
