@@ -52,6 +52,9 @@ enum NotAdopted {
     Stale(String),
     /// Something listens that is not a keeper of this `data_dir`.
     Foreign(String),
+    /// A keeper (by its user and name) that cannot be adopted (another protocol version, a
+    /// hello that does not hold): it is stopped, so that its agent does not run twice.
+    Unusable { keeper: i32, reason: String },
     /// A keeper still linked to another heartbeatd.
     Busy,
     /// Not a socket at all: left in place.
@@ -141,8 +144,12 @@ fn take(keeper: Adoptable, found: &mut HashMap<String, Adoptable>, log: &Logger)
 }
 
 fn refuse(path: &Path, refused: NotAdopted, log: &Logger) {
-    let reason = match refused {
-        NotAdopted::Stale(reason) | NotAdopted::Foreign(reason) => reason,
+    let (reason, stopped) = match refused {
+        NotAdopted::Stale(reason) | NotAdopted::Foreign(reason) => (reason, false),
+        NotAdopted::Unusable { keeper, reason } => {
+            // SAFETY: kill has no memory preconditions.
+            (reason, unsafe { libc::kill(keeper, STOP) } == 0)
+        }
         NotAdopted::NotASocket => {
             warn!(log, "data_dir/run holds something that is not a socket; it is left alone";
                 "path" => %path.display(), "what_to_do" => "remove it: heartbeatd only keeps keepers' sockets there");
@@ -152,7 +159,7 @@ fn refuse(path: &Path, refused: NotAdopted, log: &Logger) {
     };
     let removed = std::fs::remove_file(path).is_ok();
     warn!(log, "refused a socket in data_dir/run: it is not a keeper waiting to be adopted";
-        "path" => %path.display(), "reason" => reason, "removed" => removed,
+        "path" => %path.display(), "reason" => reason, "removed" => removed, "keeper_stopped" => stopped,
         "what_to_do" => "nothing after a keeper or heartbeatd was killed (its socket was stale); otherwise find the process that listens there (ss -xlp) and stop it");
 }
 
@@ -196,25 +203,22 @@ fn adopt(path: &Path) -> Result<Adoptable, NotAdopted> {
             crate::log_text::clip(comm.trim_end())
         )));
     }
+    let unusable = |reason| NotAdopted::Unusable { keeper: pid, reason };
     let hello = read_line(&mut stream)
         .and_then(|line| Hello::parse(&line))
         .ok_or_else(|| {
-            NotAdopted::Foreign(format!(
-                "the process listening (pid {pid}) did not say a keeper's hello"
+            unusable(format!(
+                "the keeper listening (pid {pid}) did not say this version's hello"
             ))
         })?;
-    verify(&hello, pid).map_err(NotAdopted::Foreign)?;
+    verify(&hello, pid).map_err(unusable)?;
     stream
         .write_all(format!("{ADOPT}\n").as_bytes())
         .map_err(|e| NotAdopted::Stale(e.to_string()))?;
     match read_line(&mut stream).as_deref() {
         Some(ADOPTED) => {}
         Some(BUSY) => return Err(NotAdopted::Busy),
-        _ => {
-            return Err(NotAdopted::Foreign(format!(
-                "the keeper (pid {pid}) did not answer adopt"
-            )))
-        }
+        _ => return Err(unusable(format!("the keeper (pid {pid}) did not answer adopt"))),
     }
     let _ = stream.set_read_timeout(None);
     Ok(Adoptable { hello, stream })
