@@ -120,13 +120,13 @@ fn after_a_sigkill_the_next_heartbeatd_adopts_every_agent_with_its_pid_and_its_o
     assert!(second
         .log()
         .contains("adopting the keepers left running by the previous heartbeatd"));
-    // The keepers are named for ps and pgrep.
+    // The keepers are named for ps and pgrep: argv[0] `heartbeatd-keep <id>`, one word.
     assert_eq!(
         fs::read_to_string(format!("/proc/{keeper}/comm")).unwrap().trim_end(),
         "heartbeatd-keep"
     );
     let cmdline = fs::read(format!("/proc/{keeper}/cmdline")).unwrap();
-    assert_eq!(cmdline, format!("heartbeatd-keep\0{}\0", ids[0]).into_bytes());
+    assert_eq!(cmdline, format!("heartbeatd-keep {}\0", ids[0]).into_bytes());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The connection layer against the real binary: clients that never read their answer are
 //! dropped after `send_timeout_s`, large reads share one byte budget (429 past it), failed
-//! TLS handshakes are logged, and the control socket is heartbeatd's own.
+//! TLS handshakes are logged, and the control socket is heartbeatd's own: in a directory no one
+//! else can write, and `heartbeatd ctl` talks to no socket another user serves.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -95,13 +96,15 @@ fn large_reads_share_one_byte_budget_and_past_it_get_429() {
     assert_eq!(busy.body["success"], false);
     assert_eq!(daemon.request("GET", "/agents/agent-00001", None).status, 200);
     assert_eq!(daemon.request("GET", "/heartbeat/stats", None).status, 200);
-    assert!(metric(&daemon, "heartbeatd_costly_reads_refused_total ").unwrap() >= 1);
     drop(holders);
     let deadline = Instant::now() + Duration::from_secs(20);
     while daemon.request("GET", "/agents?limit=1000", None).status != 200 {
         assert!(Instant::now() < deadline, "the budget never came back");
         thread::sleep(Duration::from_millis(100));
     }
+    // `/metrics` is a large answer too (within the budget), so the count is read once the
+    // budget is back.
+    assert!(metric(&daemon, "heartbeatd_costly_reads_refused_total ").unwrap() >= 1);
 }
 
 #[test]
@@ -206,4 +209,154 @@ fn a_failed_tls_handshake_is_logged_and_counted() {
     );
     send_signal(child.id(), "TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// A directory anyone may write (as `/tmp` is, without the sticky bit's help): another user
+/// can put their own socket there.
+fn open_dir(parent: &std::path::Path) -> std::path::PathBuf {
+    let open = parent.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    open
+}
+
+#[test]
+fn a_control_socket_in_a_directory_others_can_write_is_refused_at_start() {
+    // Arrange: control_socket in a sticky, world-writable directory (as /tmp is).
+    let dir = tempfile::tempdir().unwrap();
+    let socket = open_dir(dir.path()).join("hb.sock");
+    let config = dir.path().join("h.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "http_port = 0\ndata_dir = {:?}\ncontrol_socket = {:?}\n",
+            dir.path().join("data"),
+            socket
+        ),
+    )
+    .unwrap();
+
+    // Act
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline || socket.exists() {
+            send_signal(child.id(), "TERM");
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "heartbeatd bound its socket where anyone can replace it: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+
+    // Assert: exit 1, saying which directory and what to do.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("can be written by its group or others"), "{err}");
+    assert!(err.contains(&open_path_text(&socket)), "{err}");
+}
+
+fn open_path_text(socket: &std::path::Path) -> String {
+    socket.parent().unwrap().display().to_string()
+}
+
+#[test]
+fn ctl_refuses_a_socket_another_user_serves_and_never_prints_its_bytes() {
+    // Arrange: nobody serves a fake heartbeatd at the configured socket path, answering
+    // terminal escapes (a retitle, a screen clear).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = open_dir(dir.path()).join("hb.sock");
+    let answer = "HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nConnection: close\\r\\n\\r\\n{\"agents\":[{\"id\":\"\\u001b]0;pwned\\u0007\\u001b[2J\"}],\"next_after\":null}";
+    let server = format!(
+        "import socket,os\ns=socket.socket(socket.AF_UNIX)\ns.bind({:?})\nos.chmod({:?},0o777)\ns.listen(5)\nwhile True:\n c,_=s.accept()\n c.recv(65536)\n c.sendall(b'{answer}')\n c.close()\n",
+        socket.display().to_string(),
+        socket.display().to_string()
+    );
+    let mut fake = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &server,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the fake server never bound its socket");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let config = dir.path().join("h.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "http_port = 0\ndata_dir = {:?}\ncontrol_socket = {:?}\n",
+            dir.path().join("data"),
+            socket
+        ),
+    )
+    .unwrap();
+
+    // Act: root's ctl, as an operator would run it.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["ctl", "status"])
+        .output()
+        .unwrap();
+    let _ = fake.kill();
+    let _ = fake.wait();
+
+    // Assert: exit 3, naming the uid; no escape reached the terminal.
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(3), "stdout {stdout:?} stderr {stderr:?}");
+    assert!(stderr.contains("served by uid 65534"), "{stderr}");
+    assert!(
+        !stdout.contains('\u{1b}') && !stderr.contains('\u{1b}'),
+        "{stdout:?} {stderr:?}"
+    );
+}
+
+#[test]
+fn ctl_with_a_relative_data_dir_says_which_socket_it_looks_for() {
+    // Arrange: the shipped form, data_dir = "./data", and ctl run from another directory.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("h.toml");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(&config, format!("http_port = {closed}\ndata_dir = \"./data\"\n")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+
+    // Act
+    let out = Command::new(BIN)
+        .current_dir(elsewhere.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["ctl", "status"])
+        .output()
+        .unwrap();
+
+    // Assert: not silent about where it looked (the old ctl fell to TCP without a word).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let looked = elsewhere.path().join("./data/heartbeatd.sock");
+    assert!(stderr.contains("data_dir is a relative path"), "{stderr}");
+    assert!(stderr.contains(&looked.display().to_string()), "{stderr}");
 }

@@ -429,3 +429,91 @@ fn a_graceful_stop_that_cannot_write_exits_1_and_says_so() {
         "{log}"
     );
 }
+
+#[test]
+fn a_long_disk_failure_holds_a_bounded_backlog_and_loses_nothing_answered_200() {
+    // Arrange: data_dir on a full 2 MiB tmpfs, and a backlog bound of 50 heartbeats (a test
+    // hook; the default is 262,144, about 45 MB).
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(dir.path().join("data"), "2m");
+    let config = agents_config("flush_interval_ms = 100\ncheckpoint_interval_s = 1\n");
+    let mut daemon = Daemon::start_with_env(dir.path(), &config, &[("HEARTBEATD_TEST_MAX_UNSYNCED", "50")]);
+    let filler = fill(&mount.0);
+    let mut accepted = 0u64;
+    let mut send = |n: u64| {
+        let reply = daemon.post_heartbeat(&heartbeat(AGENTS[(n % 4) as usize], n));
+        if reply.status == 200 {
+            accepted += 1;
+        }
+        reply
+    };
+    for n in 0..10 {
+        assert_eq!(send(n).status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while daemon.stats()["store_errors"].as_u64().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the disk never failed:\n{}", daemon.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // Act: heartbeats go on while the disk stays full.
+    let refused = (10..2000u64)
+        .map(&mut send)
+        .find(|reply| reply.status != 200)
+        .expect("heartbeats are refused once the backlog reaches its bound (the old daemon took them all)");
+
+    // Assert: 503 with Retry-After once 50 wait in memory; /readyz, the stats and /metrics say so.
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.header("retry-after"), Some("10"));
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("reached their bound"),
+        "{refused:?}"
+    );
+    let ready = daemon.request("GET", "/readyz", None);
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body["message"].as_str().unwrap().contains("reached their bound"),
+        "{ready:?}"
+    );
+    let stats = daemon.stats();
+    assert!(stats["heartbeats_unsynced"].as_u64().unwrap() >= 50, "{stats}");
+    assert_eq!(stats["total_synced"], 0, "{stats}");
+    let metrics = daemon.request("GET", "/metrics", None).body;
+    assert!(
+        metrics.as_str().unwrap().contains("heartbeatd_heartbeats_unsynced "),
+        "{metrics}"
+    );
+
+    // Once the disk has room: every heartbeat answered 200 is synced, and new ones are taken.
+    fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.stats()["total_synced"].as_u64() != Some(accepted) {
+        assert!(
+            Instant::now() < deadline,
+            "not all synced: {} of {accepted}",
+            daemon.stats()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.request("GET", "/readyz", None).status != 200 {
+        assert!(Instant::now() < deadline, "not ready again:\n{}", daemon.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(daemon.post_heartbeat(&heartbeat(AGENTS[0], 1)).status, 200);
+    let status = daemon.stop_with("TERM");
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let on_disk: u64 = AGENTS
+        .iter()
+        .map(|id| agent_file(&mount.0, id)["heartbeat_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(on_disk, accepted + 1, "every heartbeat answered 200 is on disk");
+    // The agents' events failed together: one rate-limited line, not one per agent.
+    let event_lines = log.matches("could not record").count();
+    assert!(event_lines <= 2, "{event_lines} lines:\n{log}");
+    assert!(log.contains("free space on data_dir"), "{log}");
+}

@@ -193,7 +193,7 @@ fn a_listener_beyond_loopback_without_token_or_tls_is_warned_about() {
 }
 
 #[test]
-fn an_unreadable_certificate_exits_1_naming_the_file_before_anything_starts() {
+fn an_unreadable_certificate_exits_2_naming_the_file_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("h.toml");
     fs::write(
@@ -206,7 +206,8 @@ fn an_unreadable_certificate_exits_1_naming_the_file_before_anything_starts() {
     .unwrap();
     let out = Command::new(BIN).arg("--config").arg(&config).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // A configuration error, as `check-config` says (issue 15: the start said 1).
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("tls_cert /nonexistent/cert.pem"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!stderr.contains("manager started"), "nothing was started: {stderr}");

@@ -413,7 +413,7 @@ fn output_rotates_at_log_max_bytes_keeping_whole_lines_and_log_backups_files() {
 /// `heartbeatd --config <the daemon's> ctl …` against a live daemon, as an operator on its
 /// host runs it (through the control socket the configuration names): its output and exit
 /// code.
-fn ctl(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn ctl(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
     let output = ctl_command(daemon).args(args).output().unwrap();
     (
         output.status.code().unwrap_or(-1),

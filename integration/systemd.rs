@@ -98,3 +98,141 @@ fn the_shipped_unit_lets_heartbeatd_stop_its_agents_and_checks_the_config_first(
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("workers"));
 }
+
+/// Runs `systemd-analyze` with `args`; the tool is Debian's systemd package, which `make
+/// test-tools` installs (it needs no running systemd for these two verbs).
+fn systemd_analyze(args: &[&std::ffi::OsStr], env: &[(&str, &std::path::Path)]) -> std::process::Output {
+    let mut command = std::process::Command::new("systemd-analyze");
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+        .output()
+        .expect("systemd-analyze (Debian's systemd package; make test-tools installs it)")
+}
+
+#[test]
+fn the_installed_units_pass_systemd_analyze_verify() {
+    // The units as make install writes them (PREFIX=/usr), verified against the installed
+    // files: the service's binary paths moved under the install root, since verify checks that
+    // ExecStart exists on this machine, and MANPATH naming the installed pages, since it runs
+    // `man heartbeatd(1)` for Documentation=. The socket beside it, as installed: verify
+    // loads the service it starts. The .deb test verifies both at their real place.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    crate::install::install_into(&root);
+    let unit = crate::install::unit_rooted_at(&root);
+    let socket = unit.with_file_name("heartbeatd.socket");
+    std::fs::copy(root.join("usr/lib/systemd/system/heartbeatd.socket"), &socket).unwrap();
+    let manpath = root.join("usr/share/man");
+
+    for checked in [&unit, &socket] {
+        let out = systemd_analyze(&["verify".as_ref(), checked.as_os_str()], &[("MANPATH", &manpath)]);
+
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // verify exits 0 on an unknown key and only warns: any output is a failure.
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "{}: {stderr}",
+            checked.display()
+        );
+    }
+
+    // The socket check can fail: alone, without the service it starts, verify refuses it.
+    let alone = dir.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(&socket, alone.join("heartbeatd.socket")).unwrap();
+    let out = systemd_analyze(&["verify".as_ref(), alone.join("heartbeatd.socket").as_os_str()], &[]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_shipped_unit_takes_the_upgrades_notifications_and_lets_it_run_the_new_binary() {
+    // The in-place upgrade: the old process sends MAINPID= for the new one, which then sends
+    // READY=1 and WATCHDOG=1 as the main process. NotifyAccess=none would drop them all.
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/heartbeatd.service")).unwrap();
+    let keys: Vec<(&str, &str)> = unit
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let value = |key: &str| keys.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).next_back();
+
+    assert_eq!(value("Type"), Some("notify"), "{unit}");
+    assert!(
+        matches!(value("NotifyAccess"), Some("main" | "exec" | "all")),
+        "NotifyAccess must be main or wider: {:?}",
+        value("NotifyAccess")
+    );
+    // The new binary is started from the path the old one runs from: nothing in the sandbox
+    // may make the binary's directory unexecutable or hidden.
+    let binary = value("ExecStart").unwrap().split_whitespace().next().unwrap();
+    let directory = std::path::Path::new(binary).parent().unwrap().to_str().unwrap();
+    for key in ["NoExecPaths", "InaccessiblePaths", "TemporaryFileSystem"] {
+        if let Some(paths) = value(key) {
+            assert!(
+                !paths
+                    .split_whitespace()
+                    .any(|p| directory.starts_with(p.trim_start_matches(['-', '+']))),
+                "{key}={paths} covers {directory}"
+            );
+        }
+    }
+}
+
+#[test]
+fn systemd_analyze_verify_catches_a_misspelt_key() {
+    // The check above can fail: a misspelt directive is only a warning on stderr.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    crate::install::install_into(&root);
+    let unit = crate::install::unit_rooted_at(&root);
+    let text = std::fs::read_to_string(&unit).unwrap();
+    std::fs::write(&unit, text.replace("ProtectSystem=strict", "ProtectSytem=strict")).unwrap();
+    let manpath = root.join("usr/share/man");
+
+    let out = systemd_analyze(&["verify".as_ref(), unit.as_os_str()], &[("MANPATH", &manpath)]);
+
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ProtectSytem"));
+}
+
+/// The overall exposure `systemd-analyze security --offline=true` gives `unit` (0.0 … 10.0).
+fn exposure(unit: &std::path::Path) -> f64 {
+    let out = systemd_analyze(&["security".as_ref(), "--offline=true".as_ref(), unit.as_os_str()], &[]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    let line = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall exposure: {report}{}", String::from_utf8_lossy(&out.stderr)));
+    let after = line.split(": ").nth(1).unwrap_or_else(|| panic!("{line}"));
+    after.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_shipped_unit_scores_at_most_5_in_systemd_analyze_security() {
+    let unit = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/heartbeatd.service"));
+
+    let score = exposure(unit);
+    // The tool's own gate as well: --threshold=50 fails above 5.0.
+    let gated = systemd_analyze(
+        &[
+            "security".as_ref(),
+            "--offline=true".as_ref(),
+            "--threshold=50".as_ref(),
+            unit.as_os_str(),
+        ],
+        &[],
+    );
+
+    assert!(score <= 5.0, "exposure {score}");
+    assert!(gated.status.success(), "{}", String::from_utf8_lossy(&gated.stdout));
+    // The score can fail: without its [Service] sandbox the same unit is exposed (8.3 before).
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("heartbeatd.service");
+    let text = std::fs::read_to_string(unit).unwrap();
+    let sandbox_start = text.find("# The sandbox").unwrap();
+    let install_start = text.find("[Install]").unwrap();
+    std::fs::write(&bare, format!("{}{}", &text[..sandbox_start], &text[install_start..])).unwrap();
+    assert!(exposure(&bare) > 5.0, "the bare unit scores {}", exposure(&bare));
+}

@@ -194,3 +194,113 @@ fn a_sighup_to_a_mismatched_pair_keeps_serving_the_old_one_and_logs_an_error() {
     send_signal(child.0.id(), "TERM");
     assert_eq!(child.0.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn tls_files_that_are_no_pem_file_exit_2_at_start_as_in_check_config_and_never_block() {
+    // Arrange: a good pair, and in place of the key: a device, a FIFO nobody writes to, a
+    // file over the size cap, a file that holds no key.
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = two_pairs(dir.path());
+    let cert = first.join("cert.pem");
+    let fifo = dir.path().join("key.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let huge = dir.path().join("huge.pem");
+    fs::write(&huge, vec![b'A'; 2 << 20]).unwrap();
+    let no_key = dir.path().join("nokey.pem");
+    fs::write(&no_key, "this file holds no PEM item\n").unwrap();
+    let cases: [(&Path, &str); 4] = [
+        (Path::new("/dev/null"), "not a regular file"),
+        (&fifo, "not a regular file"),
+        (&huge, "larger than"),
+        (&no_key, "tls_key"),
+    ];
+
+    for (key, why) in cases {
+        let port = free_port();
+        let config = config(dir.path(), port, &cert, key);
+
+        // Act
+        let start = start_unless_blocked_on(&config, port, &fifo);
+        let check = Command::new(BIN).arg("check-config").arg(&config).output().unwrap();
+
+        // Assert: the same exit code (2) both ways, naming the file and why.
+        for (what, out) in [("start", &start), ("check-config", &check)] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{} {what}: {stderr}", key.display());
+            assert!(stderr.contains(&key.display().to_string()), "{what}: {stderr}");
+            assert!(stderr.contains(why), "{} {what}: {stderr}", key.display());
+        }
+    }
+}
+
+/// [`start_expecting_a_refusal`], except that a daemon still running after a minute is
+/// taken to be blocked opening the FIFO: the test writes to it (to free the daemon) and fails.
+fn start_unless_blocked_on(config: &Path, port: u16, fifo: &Path) -> std::process::Output {
+    let config = config.to_owned();
+    let run = thread::spawn(move || start_expecting_a_refusal(&config, port));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run.is_finished() {
+        if Instant::now() > deadline {
+            let _ = fs::write(fifo, "not a key\n");
+            let out = run.join().unwrap();
+            panic!(
+                "heartbeatd blocked reading the FIFO: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    run.join().unwrap()
+}
+
+#[test]
+fn a_sighup_to_a_fifo_key_keeps_the_old_pair_and_leaves_signals_working() {
+    // Arrange: heartbeatd serving a good pair.
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = two_pairs(dir.path());
+    let live = dir.path().join("live");
+    fs::create_dir(&live).unwrap();
+    let (cert, key) = (live.join("cert.pem"), live.join("key.pem"));
+    fs::copy(first.join("cert.pem"), &cert).unwrap();
+    fs::copy(first.join("key.pem"), &key).unwrap();
+    let port = free_port();
+    let config = config(dir.path(), port, &cert, &key);
+    let log = dir.path().join("log");
+    let mut child = Running(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .stderr(fs::File::create(&log).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !https_works(port) {
+        assert!(Instant::now() < deadline, "no HTTPS answer");
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // Act: the key replaced by a FIFO nobody writes to, then SIGHUP.
+    fs::remove_file(&key).unwrap();
+    assert!(Command::new("mkfifo").arg(&key).status().unwrap().success());
+    send_signal(child.0.id(), "HUP");
+
+    // Assert: the reload finishes with an ERROR naming the key, the old pair is served, and
+    // SIGTERM still stops heartbeatd gracefully.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log_lines_with(&log, "SIGHUP: configuration reloaded").is_empty() {
+        if Instant::now() > deadline {
+            let _ = fs::write(&key, "free the reload\n");
+            panic!("the reload blocked on the FIFO: {}", fs::read_to_string(&log).unwrap());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let errors = log_lines_with(&log, "could not read the TLS certificate or key");
+    assert_eq!(errors.len(), 1, "{}", fs::read_to_string(&log).unwrap());
+    assert!(errors[0].to_string().contains("not a regular file"), "{}", errors[0]);
+    assert!(https_works(port), "the old pair is still served");
+    send_signal(child.0.id(), "TERM");
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+}

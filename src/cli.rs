@@ -1,7 +1,9 @@
 //! The command line: `heartbeatd [--config FILE] [--http-port N] [--data-dir DIR]` runs the
 //! daemon; `heartbeatd check-config FILE` prints the effective configuration or the error;
-//! `heartbeatd ctl …` is the admin client ([`crate::ctl`]); `heartbeatd keep ID` (hidden) is
-//! a supervised agent's keeper.
+//! `heartbeatd ctl …` is the admin client ([`crate::ctl`]); `heartbeatd completions SHELL`
+//! prints a shell completion script and `heartbeatd man --out DIR` (hidden) writes the man
+//! pages ([`crate::cli_docs`]); `heartbeatd keep ID` (hidden) is a supervised agent's keeper
+//! when `heartbeatd-keep` is missing beside heartbeatd.
 //!
 //! Exit codes: 0 success (a stop that drained, or a hand-over to an upgrade); 1 runtime
 //! failure (port in use, data_dir in use by another heartbeatd or unusable, drain not
@@ -11,7 +13,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueHint};
 use slog::{crit, warn};
 
 use crate::reload::ReloadSource;
@@ -24,22 +26,27 @@ use crate::upgrade::predecessor::Predecessor;
 use crate::upgrade::successor::Launch;
 
 /// Exit code for a configuration or usage error (clap uses 2 for usage errors too).
-const EXIT_CONFIG: u8 = 2;
+pub(crate) const EXIT_CONFIG: u8 = 2;
 /// Exit code for a failure at run time.
-const EXIT_RUNTIME: u8 = 1;
+pub(crate) const EXIT_RUNTIME: u8 = 1;
 
 /// heartbeatd: receives agent heartbeats over HTTP and keeps each agent's state on disk.
 #[derive(Debug, Parser)]
-#[command(name = "heartbeatd", version, about)]
+#[command(
+    name = "heartbeatd",
+    version,
+    about = "Receive agent heartbeats over HTTP, keep each agent's state on disk, and supervise agents' programs",
+    long_about = "Receive agent heartbeats over HTTP, keep each agent's state on disk, and supervise agents' programs.\n\nWithout a subcommand, heartbeatd runs the daemon on the configuration given with --config (under systemd: /etc/heartbeatd/heartbeatd.toml); SIGTERM or SIGINT stop it gracefully, SIGHUP reloads the configuration."
+)]
 pub struct Cli {
     /// TOML configuration file (see configs/heartbeatd.toml).
-    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    #[arg(long, short = 'c', value_name = "FILE", global = true, value_hint = ValueHint::FilePath)]
     pub config: Option<PathBuf>,
     /// HTTP port; overrides http_port from the file and HEARTBEATD_HTTP_PORT.
     #[arg(long, value_name = "N", global = true)]
     pub http_port: Option<u16>,
     /// Data directory; overrides data_dir from the file and HEARTBEATD_DATA_DIR.
-    #[arg(long, value_name = "DIR", global = true)]
+    #[arg(long, value_name = "DIR", global = true, value_hint = ValueHint::DirPath)]
     pub data_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -51,13 +58,28 @@ pub enum Command {
     /// TOML and exit 0, or print the error and exit 2.
     CheckConfig {
         /// The configuration file to check.
+        #[arg(value_hint = ValueHint::FilePath)]
         file: PathBuf,
         /// Print nothing but errors (for a unit's ExecStartPre).
         #[arg(long, short = 'q')]
         quiet: bool,
     },
-    /// Control supervised agents through the admin API (status, start, stop, restart, tail).
+    /// Control supervised agents through the admin API (status, start, stop, restart, pause,
+    /// resume, tail).
     Ctl(crate::ctl::CtlArgs),
+    /// Print a shell completion script to standard output (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (heartbeatd.1 and one per subcommand) into a directory (make install
+    /// and make deb run it).
+    #[command(hide = true)]
+    Man {
+        /// The directory to write into (created if missing).
+        #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+        out: PathBuf,
+    },
     /// The keeper of one supervised agent (started by heartbeatd itself; not for use by hand).
     #[command(hide = true)]
     Keep {
@@ -83,6 +105,8 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::Keep { .. }) => heartbeatd_actors::supervision::keeper::run(),
         Some(Command::Ctl(args)) => crate::ctl::run(args, cli.config, overrides),
+        Some(Command::Completions { shell }) => crate::cli_docs::print_completions(shell),
+        Some(Command::Man { ref out }) => crate::cli_docs::write_man_pages_command(out),
         Some(Command::CheckConfig { ref file, quiet }) => check_config(load(Some(file.clone()), &cli), quiet),
         None => {
             limit_malloc_arenas();
@@ -131,12 +155,13 @@ async fn run_daemon_system(cli: Cli, handed: Handed) -> ExitCode {
     run_daemon(load(cli.config.clone(), &cli), &cli, handed).await
 }
 
-/// A failed start is a runtime failure (1), except a certificate and key that do not belong
-/// together: that is the configuration's fault and no restart can mend it (2; systemd's unit
-/// does not restart after 2).
+/// A failed start is a runtime failure (1), except a certificate or key that cannot be used
+/// (unreadable, not a regular file, too large, no PEM item, or a pair that does not belong
+/// together): that is the configuration's fault, exactly what `check-config` reports with 2,
+/// and no restart can mend it (systemd's unit does not restart after 2).
 fn startup_exit_code(error: &StartupError) -> u8 {
     match error {
-        StartupError::Tls(TlsError::Mismatch { .. }) => EXIT_CONFIG,
+        StartupError::Tls(TlsError::Mismatch { .. } | TlsError::Cert { .. } | TlsError::Key { .. }) => EXIT_CONFIG,
         _ => EXIT_RUNTIME,
     }
 }
@@ -160,6 +185,9 @@ fn check_config(loaded: Result<Loaded, SettingsError>, quiet: bool) -> ExitCode 
             if quiet {
                 return ExitCode::SUCCESS;
             }
+            if loaded.settings.agents.iter().any(|agent| agent.command.is_some()) {
+                say_which_keeper();
+            }
             match loaded.settings.effective_toml() {
                 Ok(text) => {
                     print!("{text}");
@@ -175,6 +203,18 @@ fn check_config(loaded: Result<Loaded, SettingsError>, quiet: bool) -> ExitCode 
             eprintln!("heartbeatd: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+/// On stderr (stdout is the configuration): the program that would keep supervised agents.
+fn say_which_keeper() {
+    use heartbeatd_actors::supervision::keeper::{keeper_program, KeeperProgram};
+    match keeper_program() {
+        KeeperProgram::Own(path) => eprintln!("heartbeatd: supervised agents will run under the keeper {}", path.display()),
+        KeeperProgram::Fallback { expected, why } => eprintln!(
+            "heartbeatd: warning: the keeper {} cannot be run ({why}); supervised agents would run under heartbeatd's own binary instead, at a higher memory cost. Install heartbeatd-keep beside heartbeatd",
+            expected.display()
+        ),
     }
 }
 

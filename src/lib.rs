@@ -3,7 +3,8 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`cli`] | command-line parsing and the two commands (run, check-config) |
+//! | [`cli`] | command-line parsing and the commands (run, check-config, ctl, completions, man) |
+//! | [`cli_docs`] | man pages and shell completions generated from the command line |
 //! | [`settings`] | layered configuration into typed settings |
 //! | [`telemetry`] | the slog logger (term or JSON lines) |
 //! | [`startup`] | `Application::build`: actors, listener, HTTP server |
@@ -22,6 +23,7 @@
 //! for tests and the bench in `heartbeatd-harness` (`integration/harness/`).
 
 pub mod cli;
+pub mod cli_docs;
 pub mod ctl;
 pub mod heartbeat_request;
 pub mod memory;

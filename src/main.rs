@@ -8,11 +8,7 @@ use heartbeatd_actors::supervision::keeper;
 fn main() -> ExitCode {
     // A keeper runs beside every supervised agent: it skips the command-line parser, whose
     // description of every subcommand would cost each keeper memory for nothing.
-    // It is started as `heartbeatd-keep <id>` (see keeper::spawn), or `heartbeatd keep <id>`.
-    let started_as_keeper = std::env::args_os()
-        .next()
-        .is_some_and(|arg0| arg0 == keeper::rendezvous::PROCESS_NAME);
-    if started_as_keeper || std::env::args_os().nth(1).is_some_and(|arg| arg == keeper::SUBCOMMAND) {
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == keeper::SUBCOMMAND) {
         return keeper::run();
     }
     heartbeatd::cli::run(heartbeatd::cli::Cli::parse())

@@ -449,6 +449,7 @@ impl Application {
                     log.new(o!("actor" => "http")),
                 )
                 .with_request_timeout(request_timeout)
+                .with_store_backlog(Arc::clone(&manager_counters))
                 .with_auto_register_limit(settings.auto_register_limit.min(settings.max_agents)),
             );
             if !gate.has_admin_token() && listener.is_some() {
@@ -493,6 +494,7 @@ impl Application {
                     costly: costly_reads,
                     request_timeout,
                     logs_dir: settings.data_dir.join("logs"),
+                    registry: registry_view.clone(),
                 }),
                 readiness: web::Data::new(Readiness {
                     stopping: Arc::clone(&stopping),

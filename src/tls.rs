@@ -70,6 +70,46 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The largest certificate chain or key file read: a chain of a dozen 4096-bit
+/// certificates is well under 64 KiB.
+pub const MAX_PEM_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a certificate or key file: a regular file (a symbolic link to one is fine: certbot's
+/// `live/` files are links) of at most [`MAX_PEM_FILE_BYTES`]. Opened without blocking and
+/// checked before any byte is read, so `/dev/zero`, `/dev/urandom` or a FIFO put in its place
+/// is refused at once instead of filling memory or blocking the start, or the SIGHUP reload
+/// and every signal after it.
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file (a device, FIFO or directory cannot hold a PEM file)".into());
+    }
+    if meta.len() > MAX_PEM_FILE_BYTES {
+        return Err(format!(
+            "{} bytes: larger than the {MAX_PEM_FILE_BYTES} bytes a PEM file may have",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // Bounded even if the file grows while it is read.
+    file.take(MAX_PEM_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_PEM_FILE_BYTES {
+        return Err(format!(
+            "grew past the {MAX_PEM_FILE_BYTES} bytes a PEM file may have while it was read"
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Reads a PEM certificate chain and private key, and checks that the key is the one the
 /// (first, end-entity) certificate was issued for.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
@@ -77,8 +117,8 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
         path: cert.to_owned(),
         reason,
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| cert_error(e.to_string()))?
+    let cert_pem = read_pem_file(cert).map_err(cert_error)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| cert_error(e.to_string()))?;
     if chain.is_empty() {
@@ -88,7 +128,8 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
         path: key.to_owned(),
         reason,
     };
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| key_error(e.to_string()))?;
+    let key_pem = read_pem_file(key).map_err(key_error)?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| key_error(e.to_string()))?;
     let signing = provider()
         .key_provider
         .load_private_key(private)

@@ -99,11 +99,47 @@ pub struct ManagerCounters {
     /// durability promise is stated in it: every heartbeat counted here before a `kill -9` is
     /// on disk after the restart. Counted after the sync, never before.
     synced: AtomicU64,
+    /// Heartbeats accepted whose journal record is held in memory, not yet synced: a few
+    /// flush intervals' worth, or all since the disk began to fail.
+    unsynced: AtomicU64,
+    /// See [`ManagerCounters::backlog_full`]; fixed at start ([`MAX_UNSYNCED_ENV`] in tests).
+    max_unsynced: AtomicU64,
 }
+
+/// While writes to `data_dir` fail, at most this many heartbeats are held in memory (about
+/// 170 bytes each: some 45 MB); past it heartbeats get 503 until the disk works again, rather
+/// than grow memory until the OOM killer takes everything not yet synced.
+pub const MAX_UNSYNCED_WHILE_FAILING: u64 = 262_144;
+/// A test hook: a smaller [`MAX_UNSYNCED_WHILE_FAILING`], so a test reaches it with a few
+/// heartbeats.
+pub const MAX_UNSYNCED_ENV: &str = "HEARTBEATD_TEST_MAX_UNSYNCED";
 
 impl ManagerCounters {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        let max = std::env::var(MAX_UNSYNCED_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX_UNSYNCED_WHILE_FAILING);
+        Arc::new(Self {
+            max_unsynced: AtomicU64::new(max),
+            ..Self::default()
+        })
+    }
+
+    /// Heartbeats held in memory, not yet synced (the Manager sets it after each change).
+    pub fn set_unsynced(&self, records: u64) {
+        self.unsynced.store(records, Ordering::Relaxed);
+    }
+
+    pub fn unsynced(&self) -> u64 {
+        self.unsynced.load(Ordering::Relaxed)
+    }
+
+    /// Writes to `data_dir` fail and [`MAX_UNSYNCED_WHILE_FAILING`] heartbeats wait in memory:
+    /// new heartbeats are refused (503) until the disk works again. Every heartbeat already
+    /// answered 200 stays held and is written then.
+    pub fn backlog_full(&self) -> bool {
+        self.store_failing() && self.unsynced() >= self.max_unsynced.load(Ordering::Relaxed)
     }
 
     pub fn store_error(&self) {

@@ -44,6 +44,9 @@ pub struct StatsReport {
     pub total_synced: u64,
     /// Failed writes to `data_dir` since start (retried from memory; see the logs).
     pub store_errors: u64,
+    /// Heartbeats accepted and held in memory, not yet synced (grows while the disk fails, up
+    /// to its bound; then heartbeats get 503).
+    pub heartbeats_unsynced: u64,
     /// Damaged records found since start (set aside; see the logs).
     pub damaged_records: u64,
     /// Agents whose clock was off by more than `max_clock_skew_s` (each warned once).
@@ -198,6 +201,7 @@ impl Handler<GetStats> for Stats {
             uptime_seconds: self.started.elapsed().as_secs(),
             total_synced: self.store.heartbeats_synced(),
             store_errors: self.store.store_errors(),
+            heartbeats_unsynced: self.store.unsynced(),
             damaged_records: self.store.damaged_records(),
             clock_skewed_agents: self.store.skewed_agents(),
             agents_by_status: by_status.into_iter().collect(),

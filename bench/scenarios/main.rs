@@ -10,16 +10,17 @@
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run); the figures in docs/performance.md
 //! come from a full run. Arguments name scenarios to run (`saturation fleet idle drain history
 //! scrape steady big-start supervise output-flood status-page slow-readers alert-backlog
-//! kill-9`); none runs them all.
+//! kill-9 upgrade`); none runs them all.
 //!
 //! | file | what |
 //! |---|---|
 //! | `measure.rs` | the measuring tools shared by the scenarios |
 //! | `saturation.rs`, `fleet.rs`, `idle.rs`, `drain.rs`, `history.rs`, `steady.rs`, `big_start.rs` | one scenario each |
-//! | `supervise.rs` | 500 supervised programs, heartbeatd against a real supervisord |
+//! | `supervise/` | 500 supervised programs, heartbeatd against supervisord, s6 and runit (`ingest.rs`: heartbeats while supervising) |
+//! | `upgrade.rs` | `heartbeatd ctl upgrade` with 500 supervised programs under steady load: programs restarted, heartbeats refused, time to serve |
 //! | `output_flood.rs` | `yes` under supervision: its keeper's CPU, and ingest beside it against without |
 //! | `scrape.rs` | `/metrics` with 10k per-agent series at rest, against 10 agents |
-//! | `status_page.rs` | first paint of the status page in headless Chromium, 10k agents against 10 |
+//! | `status_page.rs` | first paint of the status page in headless Chromium, 10k agents under a steady load against 10 |
 //! | `slow_readers.rs` | 200 clients that never read and 16 log followers beside 10k heartbeats/s, against none |
 //! | `kill_loss.rs` | the time a `kill -9` loses under load, against `flush_interval_ms` |
 //! | `alert_backlog.rs` | heartbeats while 10k agents are down and every `alertmanager_url` blackholes, against no Alertmanager |
@@ -39,6 +40,7 @@ mod slow_readers;
 mod status_page;
 mod steady;
 mod supervise;
+mod upgrade;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -208,6 +210,9 @@ fn main() {
     if run("supervise") {
         supervise::supervise(&phases, &mut rows);
         supervise::ingest_while_supervising(&phases, &mut rows);
+    }
+    if run("upgrade") {
+        upgrade::upgrade(&phases, &mut rows);
     }
     if run("output-flood") {
         output_flood::output_flood(&phases, &mut rows);

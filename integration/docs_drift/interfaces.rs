@@ -67,11 +67,7 @@ fn every_route_is_in_the_endpoint_table_and_every_row_is_a_route() {
 const EXIT_CODE_TABLES: [(&str, &str, &str); 4] = [
     ("src/ctl/", "docs/supervision.md", "exit-codes-of-heartbeatd-ctl"),
     ("src/", "docs/operations.md", "exit-codes"),
-    (
-        "actors/src/supervision/keeper/",
-        "docs/architecture.md",
-        "exit-codes-of-the-keeper",
-    ),
+    ("keeper/src/", "docs/architecture.md", "exit-codes-of-the-keeper"),
     (
         "bench/src/bin/heartbeatd-load.rs",
         "docs/performance.md",

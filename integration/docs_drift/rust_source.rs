@@ -25,7 +25,7 @@ pub struct Source {
 }
 
 /// Where the code lives that the docs describe.
-pub const CODE: [&str; 3] = ["src", "actors/src", "bench/src"];
+pub const CODE: [&str; 4] = ["src", "actors/src", "keeper/src", "bench/src"];
 
 /// The repository root.
 pub fn root() -> PathBuf {

@@ -52,7 +52,7 @@ pub fn run(target: &Target, id: &str, action: Action) -> Result<(), CtlError> {
     let view = result?;
     let (line, ok) = outcome(id, action, &view);
     if ok {
-        println!("{line}");
+        println!("{}", super::printable(&line));
         Ok(())
     } else {
         Err(CtlError::Refused(line))

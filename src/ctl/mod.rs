@@ -35,9 +35,12 @@ use clap::{Args, Subcommand};
 use crate::settings::Overrides;
 use transport::{Target, Where};
 
-const EXIT_REFUSED: u8 = 1;
-const EXIT_USAGE: u8 = 2;
-const EXIT_UNREACHABLE: u8 = 3;
+/// Exit code: the daemon refused the call or found no such agent.
+pub(crate) const EXIT_REFUSED: u8 = 1;
+/// Exit code: a usage error.
+pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit code: the daemon cannot be reached (or its certificate is not trusted).
+pub(crate) const EXIT_UNREACHABLE: u8 = 3;
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -51,7 +54,7 @@ pub struct CtlArgs {
     pub token: Option<String>,
     /// PEM certificates to trust for an https:// URL, e.g. heartbeatd's own self-signed
     /// tls_cert (default: the configuration's tls_cert, else the system's).
-    #[arg(long, env = "HEARTBEATD_CA")]
+    #[arg(long, env = "HEARTBEATD_CA", value_hint = clap::ValueHint::FilePath)]
     pub ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -61,19 +64,38 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// One row per agent (id, process state, pid, uptime, liveness, last heartbeat, restarts,
     /// why it last ended); with an ID, that agent in detail, with its last output.
-    Status { id: Option<String> },
+    Status {
+        /// The agent to show in detail.
+        id: Option<String>,
+    },
     /// Start a supervised agent; waits until it is running, or says why it is not (exit 1).
-    Start { id: String },
+    Start {
+        /// The agent's id.
+        id: String,
+    },
     /// Stop a supervised agent (waits until its processes are gone).
-    Stop { id: String },
+    Stop {
+        /// The agent's id.
+        id: String,
+    },
     /// Restart a supervised agent; waits until it is running again.
-    Restart { id: String },
+    Restart {
+        /// The agent's id.
+        id: String,
+    },
     /// Pause an agent's liveness: no late, down or alert until resumed.
-    Pause { id: String },
+    Pause {
+        /// The agent's id.
+        id: String,
+    },
     /// Resume an agent's liveness, with a full interval + grace from now.
-    Resume { id: String },
+    Resume {
+        /// The agent's id.
+        id: String,
+    },
     /// Print the end of a supervised agent's output.
     Tail {
+        /// The agent's id.
         id: String,
         /// Lines to print.
         #[arg(short = 'n', long, default_value_t = 20)]
@@ -117,20 +139,42 @@ pub fn run(args: CtlArgs, config: Option<PathBuf>, overrides: Overrides) -> Exit
 }
 
 fn exit(error: CtlError, whom: &str) -> ExitCode {
+    let (whom, printable_message) = (printable(whom), |m: &str| printable(m).into_owned());
     match error {
         CtlError::Usage(message) => {
-            eprintln!("heartbeatd ctl: {message}");
+            eprintln!("heartbeatd ctl: {}", printable_message(&message));
             ExitCode::from(EXIT_USAGE)
         }
         CtlError::Unreachable(message) => {
-            eprintln!("heartbeatd ctl: cannot reach {whom}: {message}");
+            eprintln!("heartbeatd ctl: cannot reach {whom}: {}", printable_message(&message));
             ExitCode::from(EXIT_UNREACHABLE)
         }
         CtlError::Refused(message) => {
-            eprintln!("heartbeatd ctl: {message}");
+            eprintln!("heartbeatd ctl: {}", printable_message(&message));
             ExitCode::from(EXIT_REFUSED)
         }
     }
+}
+
+/// `text` as ctl may print it to a terminal: every control character but newline and tab
+/// shown as an escape (`\x1b`), so no answer (an agent's output, a name, a message) can move
+/// the cursor, retitle the window or clear the screen.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let shown_as_is = |c: char| !c.is_control() || c == '\n' || c == '\t';
+    if text.chars().all(shown_as_is) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if shown_as_is(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn execute(args: &CtlArgs, target: &Target) -> Result<(), CtlError> {

@@ -27,7 +27,7 @@ pub fn list(target: &Target) -> Result<(), CtlError> {
             _ => break,
         }
     }
-    print!("{}", status_table(&agents, Utc::now()));
+    print!("{}", super::printable(&status_table(&agents, Utc::now())));
     Ok(())
 }
 
@@ -40,7 +40,10 @@ pub fn detail(target: &Target, id: &str) -> Result<(), CtlError> {
     } else {
         None
     };
-    print!("{}", detail_text(&agent, output.as_deref(), Utc::now()));
+    print!(
+        "{}",
+        super::printable(&detail_text(&agent, output.as_deref(), Utc::now()))
+    );
     Ok(())
 }
 
@@ -98,11 +101,19 @@ pub fn detail_text(agent: &Value, output: Option<&str>, now: DateTime<Utc>) -> S
                 .unwrap_or_default();
             row("last exit:", format!("{how} ({reason}){when}"));
         }
-        if let Some(cpu) = process["cpu_percent"].as_f64() {
-            row("cpu:", format!("{cpu:.1} % of a core"));
+        let usage = &process["usage"];
+        let measured = ago(&usage["at"])
+            .map(|a| format!(" (measured {a} ago)"))
+            .unwrap_or_default();
+        if let Some(cpu) = usage["cpu_ratio"].as_f64() {
+            row("cpu:", format!("{} of a core{measured}", percent(cpu)));
         }
-        if let Some(memory) = process["memory_bytes"].as_u64() {
-            row("memory:", bytes(memory));
+        if let (Some(memory), Some(processes)) = (usage["memory_bytes"].as_u64(), usage["processes"].as_u64()) {
+            let plural = if processes == 1 { "" } else { "es" };
+            row(
+                "memory:",
+                format!("{} (PSS), {processes} process{plural}", bytes(memory)),
+            );
         }
     }
     let liveness = agent["status"].as_str().unwrap_or("-");
@@ -128,6 +139,11 @@ pub fn detail_text(agent: &Value, output: Option<&str>, now: DateTime<Utc>) -> S
     out
 }
 
+/// A CPU ratio (1.0: one core) as a percent of one core: `98.5 %`, `250.0 %`.
+fn percent(ratio: f64) -> String {
+    format!("{:.1} %", ratio * 100.0)
+}
+
 /// `1.5 GiB`, `12.0 MiB`, `512 KiB`.
 fn bytes(n: u64) -> String {
     match n {
@@ -137,6 +153,9 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// The columns of `ctl status`.
+const COLUMNS: usize = 10;
+
 /// The rows of `ctl status`, aligned.
 pub fn status_table(agents: &[Value], now: DateTime<Utc>) -> String {
     let ago = |at: Option<&str>| -> String {
@@ -144,11 +163,13 @@ pub fn status_table(agents: &[Value], now: DateTime<Utc>) -> String {
             .map(|t| human((now - t.with_timezone(&Utc)).num_seconds().max(0) as u64))
             .unwrap_or_else(|| "-".into())
     };
-    let mut rows = vec![[
+    let mut rows: Vec<[String; COLUMNS]> = vec![[
         "ID".to_owned(),
         "PROCESS".into(),
         "PID".into(),
         "UPTIME".into(),
+        "CPU".into(),
+        "MEM".into(),
         "LIVENESS".into(),
         "LAST HEARTBEAT".into(),
         "RESTARTS".into(),
@@ -157,6 +178,7 @@ pub fn status_table(agents: &[Value], now: DateTime<Utc>) -> String {
     for agent in agents {
         let process = &agent["process"];
         let running = matches!(process["state"].as_str(), Some("running" | "starting"));
+        let usage = &process["usage"];
         rows.push([
             agent["id"].as_str().unwrap_or("?").to_owned(),
             process["state"].as_str().unwrap_or("-").to_owned(),
@@ -166,6 +188,10 @@ pub fn status_table(agents: &[Value], now: DateTime<Utc>) -> String {
             } else {
                 "-".into()
             },
+            usage["cpu_ratio"]
+                .as_f64()
+                .map_or("-".into(), |c| format!("{:.1}%", c * 100.0)),
+            usage["memory_bytes"].as_u64().map_or("-".into(), bytes),
             agent["status"].as_str().unwrap_or("-").to_owned(),
             match agent["last_seen"].as_str() {
                 Some(_) => format!("{} ago", ago(agent["last_seen"].as_str())),
@@ -175,7 +201,7 @@ pub fn status_table(agents: &[Value], now: DateTime<Utc>) -> String {
             process["last_exit"]["reason"].as_str().unwrap_or("-").to_owned(),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..COLUMNS)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -209,17 +235,18 @@ mod tests {
             .with_timezone(&Utc);
         let agent = serde_json::json!({"id": "web", "name": "Web", "status": "up", "status_since": "2026-01-01T00:00:00Z",
             "last_seen": "2026-01-01T00:09:58Z", "command": ["/usr/bin/web", "--port", "80"],
-            "process": {"state": "backoff", "pid": null, "restarts": 3, "cpu_percent": 12.5, "memory_bytes": 52428800,
+            "process": {"state": "running", "pid": 77, "started_at": "2026-01-01T00:09:30Z", "restarts": 3,
+                "usage": {"cpu_ratio": 0.125, "memory_bytes": 52428800, "processes": 3, "at": "2026-01-01T00:09:57Z"},
                 "last_exit": {"code": 3, "reason": "exited", "at": "2026-01-01T00:09:00Z"}}});
         let text = detail_text(&agent, Some("boom\nexit 3\n"), now);
         for wanted in [
             "web - Web",
             "command:      /usr/bin/web --port 80",
-            "process:      backoff",
+            "process:      running, pid 77 since 30s",
             "restarts:     3",
             "last exit:    code 3 (exited), 1m0s ago",
-            "cpu:          12.5 % of a core",
-            "memory:       50.0 MiB",
+            "cpu:          12.5 % of a core (measured 3s ago)",
+            "memory:       50.0 MiB (PSS), 3 processes",
             "liveness:     up for 10m0s",
             "last seen:    2s ago",
             "    boom",
@@ -236,19 +263,24 @@ mod tests {
             .with_timezone(&Utc);
         let agents = vec![
             serde_json::json!({"id": "web", "status": "up", "last_seen": "2026-01-01T00:09:58Z",
-                "process": {"state": "running", "pid": 4242, "started_at": "2026-01-01T00:00:00Z", "restarts": 3}}),
+                "process": {"state": "running", "pid": 4242, "started_at": "2026-01-01T00:00:00Z", "restarts": 3,
+                    "usage": {"cpu_ratio": 0.985, "memory_bytes": 12582912, "processes": 1, "at": "2026-01-01T00:09:59Z"}}}),
             serde_json::json!({"id": "passive-agent-1", "status": "new", "last_seen": null}),
         ];
         let table = status_table(&agents, now);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(
-            lines[1].starts_with("web              running  4242  10m0s   up"),
+            lines[1].starts_with("web              running  4242  10m0s   98.5%  12.0 MiB  up"),
             "{table}"
         );
         assert!(lines[1].ends_with("2s ago          3         -"), "{table}");
         assert!(lines[2].contains("never"), "{table}");
         let column = lines[0].find("PROCESS").unwrap();
         assert_eq!(&lines[2][column..column + 1], "-");
+        for header in ["CPU", "MEM"] {
+            let column = lines[0].find(header).unwrap();
+            assert_eq!(&lines[2][column..column + 1], "-", "{header}: {table}");
+        }
     }
 }

@@ -68,11 +68,12 @@ fn read(target: &Target, path: &str) -> Result<Option<Value>, CtlError> {
     }
 }
 
-/// Prints an answer's text as it is; answers where to read next.
+/// Prints an answer's text (control characters escaped: [`super::printable`]); answers where
+/// to read next.
 fn print(out: &mut impl Write, log: Option<&Value>) -> Result<Option<Cursor>, CtlError> {
     let Some(log) = log else { return Ok(None) };
     if let Some(data) = log["data"].as_str() {
-        out.write_all(data.as_bytes())
+        out.write_all(super::printable(data).as_bytes())
             .and_then(|()| out.flush())
             .map_err(|e| CtlError::Unreachable(format!("cannot write the output: {e}")))?;
     }

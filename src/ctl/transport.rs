@@ -66,6 +66,18 @@ impl Target {
         let loaded = settings::load(at.config, std::env::vars(), at.overrides)
             .map_err(|e| CtlError::Usage(format!("{e} (ctl reads the daemon's configuration to find it)")))?;
         let settings = loaded.settings;
+        if let Some(relative) = settings.control_socket_path().filter(|p| p.is_relative()) {
+            // The daemon resolves a relative data_dir from its own working directory, which
+            // ctl cannot know: say which socket this one means, so that a ctl run elsewhere
+            // does not silently talk to TCP or to another daemon's `./data`.
+            let here = std::env::current_dir()
+                .map(|cwd| cwd.join(&relative))
+                .unwrap_or(relative);
+            eprintln!(
+                "heartbeatd ctl: data_dir is a relative path: looking for the control socket at {} (from this directory; the daemon resolves it from its own working directory: run ctl there, or make data_dir absolute)",
+                super::printable(&here.display().to_string())
+            );
+        }
         if let Some(socket) = settings.control_socket_path().filter(|p| p.exists()) {
             return Ok(Self {
                 route: Route::Socket(socket),
@@ -188,6 +200,7 @@ impl Target {
                         "{e} (is heartbeatd running? ctl must run as heartbeatd's user or root to use the socket)"
                     ))
                 })?;
+                check_peer(&stream, path)?;
                 stream.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(unreachable)?;
                 exchange(stream, request.as_bytes())
             }
@@ -219,6 +232,56 @@ impl Target {
         }
         Err(refusal(status, &body))
     }
+}
+
+/// Talks only to a socket served by root, by this user, or by the owner of the socket's
+/// directory when no one else can write there (heartbeatd's own `data_dir`, where root's ctl
+/// reaches a heartbeatd running as its own user). Whoever else bound a socket at the path (in
+/// a directory others can write, say `/tmp`) could answer anything: ctl says so (exit 3)
+/// rather than print it or send it a request.
+fn check_peer(stream: &UnixStream, path: &Path) -> Result<(), CtlError> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the fd is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(CtlError::Unreachable(format!(
+            "cannot tell who serves {}: {}",
+            path.display(),
+            io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let dir_owner = path
+        .parent()
+        .and_then(|dir| std::fs::metadata(dir).ok())
+        .filter(|meta| meta.mode() & 0o022 == 0)
+        .map(|meta| meta.uid());
+    if peer_may_serve(cred.uid, me, dir_owner) {
+        return Ok(());
+    }
+    Err(CtlError::Unreachable(format!(
+        "the socket {} is served by uid {}: neither root, this user ({me}), nor the owner of a directory only its owner can write; refusing to talk to it (someone else may have put it there)",
+        path.display(),
+        cred.uid
+    )))
+}
+
+/// Whether a socket served by `peer` may be trusted by ctl running as `me`, in a directory
+/// owned by `dir_owner` (`None`: others can write it).
+fn peer_may_serve(peer: u32, me: u32, dir_owner: Option<u32>) -> bool {
+    peer == 0 || peer == me || Some(peer) == dir_owner
 }
 
 /// A refusal from the daemon's answer.
@@ -266,6 +329,12 @@ fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<(u16, Value
             if size == 0 {
                 break;
             }
+            // The peer names the size: never allocate past what an answer may be.
+            if size as u64 > MAX_ANSWER - body.len() as u64 {
+                return Err(CtlError::Unreachable(format!(
+                    "the answer is larger than the {MAX_ANSWER} bytes ctl reads"
+                )));
+            }
             let mut chunk = vec![0; size + 2];
             reader.read_exact(&mut chunk).map_err(unreachable)?;
             body.extend_from_slice(&chunk[..size]);
@@ -282,6 +351,48 @@ fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<(u16, Value
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_root_this_user_or_the_owner_of_a_private_directory_may_serve_the_socket() {
+        assert!(peer_may_serve(0, 1000, None), "root");
+        assert!(peer_may_serve(1000, 1000, None), "this user");
+        assert!(
+            peer_may_serve(998, 0, Some(998)),
+            "root's ctl, heartbeatd's own data_dir"
+        );
+        assert!(
+            !peer_may_serve(65534, 0, None),
+            "nobody, in a directory others can write"
+        );
+        assert!(!peer_may_serve(65534, 0, Some(998)), "nobody, in another's directory");
+    }
+
+    #[test]
+    fn a_chunk_larger_than_an_answer_may_be_is_refused_before_it_is_allocated() {
+        let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7fffffffffff\r\n";
+        let stream = ReadWrite(io::Cursor::new(answer.as_bytes().to_vec()));
+        let refused = exchange(stream, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(matches!(refused, Err(CtlError::Unreachable(m)) if m.contains("larger than")));
+    }
+
+    /// A peer whose answer is `.0`; what is written to it is dropped.
+    struct ReadWrite(io::Cursor<Vec<u8>>);
+
+    impl Read for ReadWrite {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+
+    impl Write for ReadWrite {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
 
     #[test]
     fn urls_are_http_or_https_with_default_ports() {

@@ -17,7 +17,7 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 pub fn run(target: &Target) -> Result<(), CtlError> {
     let before = target.call_ok("GET", "/upgrade")?;
     let old_pid = before["pid"].as_u64().unwrap_or_default();
-    let old_version = before["version"].as_str().unwrap_or("?").to_owned();
+    let old_version = super::printable(before["version"].as_str().unwrap_or("?")).into_owned();
     let asked = Instant::now();
     eprintln!("upgrading heartbeatd (pid {old_pid}, version {old_version}) …");
     let answer = target.call_ok("POST", "/upgrade")?;
@@ -31,7 +31,7 @@ pub fn run(target: &Target) -> Result<(), CtlError> {
             if now["pid"].as_u64() == Some(new_pid) {
                 println!(
                     "upgraded: pid {old_pid} → {new_pid}, version {old_version} → {}, serving {} ms after the request",
-                    now["version"].as_str().unwrap_or("?"),
+                    super::printable(now["version"].as_str().unwrap_or("?")),
                     asked.elapsed().as_millis()
                 );
                 return Ok(());

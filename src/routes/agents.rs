@@ -16,15 +16,16 @@ use heartbeatd_actors::manager::{
     AgentPage, ControlError, DeleteAgent, GetAgentView, GetEvents, GetHistory, ListAgents, Manager, RegisterAgents,
     SetAgentPaused, UpdateAgent,
 };
-use heartbeatd_actors::model::agent::{AgentChange, AgentInfo};
+use heartbeatd_actors::model::agent::{AgentChange, AgentInfo, AgentView, MIN_VIEW_JSON_BYTES};
 use heartbeatd_actors::model::liveness::AgentStatus;
-use heartbeatd_actors::registry::RegistryError;
+use heartbeatd_actors::registry::{CandidateFilter, RegistryError, RegistrySnapshot};
 use serde::{Deserialize, Serialize};
 use slog::{info, Logger};
 
 use super::auth::{Admin, ProgramsNeedToken};
 use super::body::{read_limited, BodyError};
 use super::costly::{Busy, CostlyReads};
+use super::sorted_list::{list_sorted, SortedQuery};
 use super::ApiResponse;
 
 /// The largest admin request body: a bulk `POST /agents` of [`MAX_BULK`] agents is about
@@ -38,11 +39,16 @@ pub const MAX_PAGE: usize = 10_000;
 /// …and at most this many bytes (a page ends early rather than pass it; one agent larger than
 /// this still makes a page of its own).
 pub const PAGE_BYTES: usize = 256 << 10;
-/// The smallest an agent takes in a page (a passive agent with empty name and type, never
-/// seen, is about 300 bytes): so no more views than [`PAGE_BYTES`] can hold are built.
-const MIN_VIEW_BYTES: usize = 250;
-/// What building a page holds besides its encoding (the views, the ids): about as much.
-const PAGE_RESERVATION: usize = 2 * PAGE_BYTES + 1024;
+/// The most agents a page can hold ([`PAGE_BYTES`] over the smallest view's JSON): no more
+/// candidates than this are asked for.
+const MAX_VIEWS: usize = PAGE_BYTES / MIN_VIEW_JSON_BYTES;
+/// What a page reserves before anything is built: its encoding. The candidates and then the
+/// views are charged as they are really built ([`Reservation::resize_to`]).
+const PAGE_RESERVATION: usize = PAGE_BYTES + 1024;
+/// A filtered listing (`type`, `status`) looks at most at this many ids per call; a page that
+/// spent it ends early with `next_after` where it stopped. So a filter that matches nothing
+/// costs a bounded walk per call, off the Manager's thread, however large the registry.
+pub const LIST_SCAN_BUDGET: usize = 8192;
 /// `GET /agents` without `limit`.
 pub const DEFAULT_PAGE: usize = 1_000;
 /// `GET /agents/{id}/history` returns at most this many points (about 300 KB).
@@ -139,6 +145,8 @@ pub struct AdminApi {
     pub request_timeout: std::time::Duration,
     /// `data_dir/logs`: supervised agents' output.
     pub logs_dir: std::path::PathBuf,
+    /// The registry as published: listings find their candidates here, off the Manager.
+    pub registry: RegistrySnapshot,
 }
 
 impl AdminApi {
@@ -190,9 +198,20 @@ pub struct ListQuery {
     prefix: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
+    /// The sorted listing's ([`super::sorted_list`]).
+    sort: Option<String>,
+    process: Option<String>,
+    reported: Option<String>,
+    offset: Option<usize>,
 }
 
-/// `GET /agents[?type=T][&status=S][&prefix=P][&limit=N][&after=ID]`
+/// `GET /agents[?type=T][&status=S][&prefix=P][&limit=N][&after=ID]`, or the sorted listing
+/// (`sort`, `process`, `reported`, `offset`, several `status` values).
+///
+/// The candidates are found in the registry's snapshot on the blocking pool (the prefix by
+/// binary search, the type id by id within [`LIST_SCAN_BUDGET`]); the Manager only filters
+/// them by status and builds the views that can fit. Each step is charged to the costly-read
+/// budget as it is really built.
 pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Result<HttpResponse, AgentsError> {
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
@@ -201,6 +220,27 @@ pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Res
             "limit: must be between 1 and {MAX_PAGE}, got {limit}"
         )));
     }
+    let after = query.after;
+    let sorted = SortedQuery {
+        agent_type: query.agent_type,
+        prefix: query.prefix,
+        status: query.status,
+        process: query.process,
+        reported: query.reported,
+        sort: query.sort,
+        offset: query.offset,
+        // The Manager builds no view that could not fit the page's bytes.
+        limit: limit.min(MAX_VIEWS),
+    };
+    if sorted.wanted() {
+        if after.is_some() {
+            return Err(AgentsError::BadRequest(
+                "after: pages the listing by id; a sorted or process-filtered listing pages with offset".into(),
+            ));
+        }
+        return list_sorted(api, sorted).await;
+    }
+    let query = sorted;
     let status = match query.status.as_deref() {
         None => None,
         Some(text) => Some(AgentStatus::parse(text).ok_or_else(|| {
@@ -209,19 +249,46 @@ pub async fn list(api: web::Data<AdminApi>, query: web::Query<ListQuery>) -> Res
             ))
         })?),
     };
-    let reservation = api.costly.reserve(PAGE_RESERVATION)?;
+    let mut reservation = api.costly.reserve(PAGE_RESERVATION)?;
+    // The Manager builds no view that could not fit the page's bytes.
+    let limit = limit.min(MAX_VIEWS);
+    // With a status filter every candidate within the budget is kept, since Liveness drops some.
+    let want = if status.is_some() { LIST_SCAN_BUDGET } else { limit + 1 };
+    let registered = api.registry.load();
+    let candidates = web::block(move || {
+        registered.candidates(
+            &CandidateFilter {
+                after: after.as_deref(),
+                prefix: query.prefix.as_deref().unwrap_or(""),
+                agent_type: query.agent_type.as_deref(),
+            },
+            want,
+            LIST_SCAN_BUDGET,
+        )
+    })
+    .await
+    .map_err(|_| AgentsError::Unavailable("could not list the agents".into()))?;
+    let ids_bytes: usize = candidates
+        .ids
+        .iter()
+        .map(|id| id.capacity() + std::mem::size_of::<String>())
+        .sum();
+    reservation.resize_to(PAGE_RESERVATION + ids_bytes)?;
     let page = api
         .manager
         .send(ListAgents {
-            agent_type: query.agent_type,
-            prefix: query.prefix.filter(|p| !p.is_empty()),
+            candidates,
             status,
-            after: query.after,
-            // The Manager builds no view that could not fit the page's bytes.
-            limit: limit.min(PAGE_BYTES / MIN_VIEW_BYTES),
+            limit,
+            max_bytes: PAGE_BYTES,
         })
         .await
         .map_err(unavailable)?;
+    // What is held now: the views, and the encoding to come (at most a page, or the one view
+    // larger than a page, each byte escaped into at most 6).
+    let views_bytes: usize = page.agents.iter().map(AgentView::memory_bytes).sum();
+    let first_bytes = page.agents.first().map_or(0, AgentView::memory_bytes);
+    reservation.resize_to(views_bytes + PAGE_RESERVATION.max(6 * first_bytes))?;
     let json = web::block(move || encode_page(page, PAGE_BYTES))
         .await
         .map_err(|_| AgentsError::Unavailable("could not encode the page".into()))?
@@ -422,7 +489,6 @@ async fn set_paused(api: web::Data<AdminApi>, id: String, paused: bool) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use heartbeatd_actors::model::agent::AgentView;
 
     fn view(id: &str, name_len: usize) -> AgentView {
         let info = AgentInfo {

@@ -201,7 +201,12 @@ impl HostRules {
             if entry == "*" {
                 rules.any = true;
             } else if let Some(suffix) = entry.strip_prefix('*') {
-                rules.suffixes.push(suffix.to_owned());
+                // `*example.com` means the names under example.com, as `*.example.com` does:
+                // never `evilexample.com`.
+                let suffix = suffix.trim_start_matches('.');
+                if !suffix.is_empty() {
+                    rules.suffixes.push(format!(".{suffix}"));
+                }
             } else if entry.starts_with('.') {
                 rules.suffixes.push(entry);
             } else if !entry.is_empty() {
@@ -399,6 +404,14 @@ pub fn required_access(method: &Method, path: &str) -> Access {
 }
 
 fn check_host(req: &HttpRequest, rules: &HostRules) -> Result<(), AuthError> {
+    // An absolute-form target (`GET http://evil.test/agents`) names the host it is for, and a
+    // server must take it over the Host header (RFC 9112 3.2.2): it must name this daemon too.
+    if let Some(authority) = req.uri().authority() {
+        let text = authority.as_str();
+        if !rules.allows(host_name(text)) {
+            return Err(AuthError::ForeignHost(text.chars().take(256).collect()));
+        }
+    }
     // HTTP/1.0 may omit Host; browsers never do.
     let Some(value) = req.headers().get(header::HOST) else {
         return Ok(());
@@ -413,13 +426,28 @@ fn check_host(req: &HttpRequest, rules: &HostRules) -> Result<(), AuthError> {
     }
 }
 
-/// The name part of a `Host` value: `[::1]:80` → `[::1]`, `a.b:8080` → `a.b`.
+/// The name part of a `Host` value: `[::1]:80` → `[::1]`, `a.b:8080` → `a.b`. A value that is
+/// not `name[:port]` (`[::1]evil.test`, `a.b:x`) is answered whole, and no rule allows it.
 fn host_name(value: &str) -> &str {
     let value = value.trim();
+    let is_port = |port: &str| port.is_empty() || port.bytes().all(|b| b.is_ascii_digit());
     if value.starts_with('[') {
-        return value.find(']').map_or(value, |end| &value[..=end]);
+        return match value.find(']') {
+            Some(end) => match &value[end + 1..] {
+                "" => &value[..=end],
+                rest => match rest.strip_prefix(':') {
+                    Some(port) if is_port(port) => &value[..=end],
+                    _ => value,
+                },
+            },
+            None => value,
+        };
     }
-    value.rsplit_once(':').map_or(value, |(name, _)| name)
+    match value.rsplit_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => value,
+        None => value,
+    }
 }
 
 /// `host[:port]` with the default port of either scheme dropped, lower case.
@@ -431,21 +459,35 @@ fn authority_key(authority: &str) -> String {
         .map_or(lower.clone(), str::to_owned)
 }
 
+/// The paths another site may link to (a top-level navigation reads them and the browser
+/// shows them): the status page, and the health checks. Everything larger (`/metrics`, agent
+/// pages, histories) is refused to another site's page even as a navigation, since an
+/// `<iframe>` of it is a navigation too and makes heartbeatd build the answer.
+fn may_be_linked(path: &str) -> bool {
+    matches!(path, "/" | "/healthz" | "/readyz")
+}
+
 fn check_same_site(req: &HttpRequest, access: Access) -> Result<(), AuthError> {
     let headers = req.headers();
-    let navigation = headers
-        .get("sec-fetch-mode")
-        .is_some_and(|m| m.as_bytes().eq_ignore_ascii_case(b"navigate"));
-    if access == Access::Open && navigation {
+    // Every value counts: a second header must not hide what the first says.
+    let navigation = headers.get_all("sec-fetch-mode").next().is_some()
+        && headers
+            .get_all("sec-fetch-mode")
+            .all(|m| m.as_bytes().eq_ignore_ascii_case(b"navigate"));
+    if access == Access::Open && navigation && may_be_linked(req.path()) {
         // A link from another site to the status page: it reads, and the browser shows it.
         return Ok(());
     }
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site") {
-            return Err(AuthError::CrossSite(format!("Sec-Fetch-Site: {site}")));
+    for site in headers.get_all("sec-fetch-site") {
+        let site = site.to_str().unwrap_or("cross-site").trim();
+        if !site.eq_ignore_ascii_case("same-origin") && !site.eq_ignore_ascii_case("none") {
+            return Err(AuthError::CrossSite(format!(
+                "Sec-Fetch-Site: {}",
+                site.chars().take(64).collect::<String>()
+            )));
         }
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
+    for origin in headers.get_all(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("null");
         let own = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         let foreign = match (origin.split_once("://"), own) {
@@ -679,6 +721,105 @@ mod tests {
             let outcome = judge(&g, req, Transport::Tcp);
             assert_eq!(outcome.is_ok(), allowed, "case {i}: {outcome:?}");
         }
+    }
+
+    #[test]
+    fn header_edge_cases_no_browser_sends_are_judged_by_every_value() {
+        let g = gate(None, true, true);
+        let host = ("Host", "127.0.0.1:8080");
+        let get = |uri: &str| TestRequest::get().uri(uri).insert_header(host);
+        // (what, request, let through)
+        let cases: Vec<(&str, TestRequest, bool)> = vec![
+            (
+                "a second Origin from another site",
+                TestRequest::post()
+                    .uri("/agents/a/stop")
+                    .insert_header(host)
+                    .append_header(("Origin", "http://127.0.0.1:8080"))
+                    .append_header(("Origin", "http://evil.test")),
+                false,
+            ),
+            (
+                "a second Sec-Fetch-Site: cross-site",
+                get("/agents")
+                    .append_header(("Sec-Fetch-Site", "same-origin"))
+                    .append_header(("Sec-Fetch-Site", "cross-site")),
+                false,
+            ),
+            (
+                "an unknown Sec-Fetch-Site",
+                get("/agents").insert_header(("Sec-Fetch-Site", "sideways")),
+                false,
+            ),
+            (
+                "a bracketed address with a name after it",
+                TestRequest::get()
+                    .uri("/agents")
+                    .insert_header(("Host", "[::1]evil.test")),
+                false,
+            ),
+            (
+                "a port that is not a number",
+                TestRequest::get()
+                    .uri("/agents")
+                    .insert_header(("Host", "127.0.0.1:evil.test")),
+                false,
+            ),
+            (
+                "a bracketed address with a port",
+                TestRequest::get().uri("/agents").insert_header(("Host", "[::1]:8080")),
+                true,
+            ),
+            (
+                "an absolute-form target naming another host",
+                get("http://evil.test/agents"),
+                false,
+            ),
+            (
+                "an absolute-form target naming this one",
+                get("http://127.0.0.1:8080/agents"),
+                true,
+            ),
+            (
+                "an iframe of /metrics from another site (a navigation)",
+                get("/metrics")
+                    .insert_header(("Sec-Fetch-Site", "cross-site"))
+                    .insert_header(("Sec-Fetch-Mode", "navigate"))
+                    .insert_header(("Sec-Fetch-Dest", "iframe")),
+                false,
+            ),
+            (
+                "an agent page navigated to from another site",
+                get("/agents?limit=10000")
+                    .insert_header(("Sec-Fetch-Site", "cross-site"))
+                    .insert_header(("Sec-Fetch-Mode", "navigate")),
+                false,
+            ),
+            (
+                "a link from another site to the status page",
+                get("/")
+                    .insert_header(("Sec-Fetch-Site", "cross-site"))
+                    .insert_header(("Sec-Fetch-Mode", "navigate")),
+                true,
+            ),
+            (
+                "navigate, then a second Sec-Fetch-Mode",
+                get("/")
+                    .insert_header(("Sec-Fetch-Site", "cross-site"))
+                    .append_header(("Sec-Fetch-Mode", "navigate"))
+                    .append_header(("Sec-Fetch-Mode", "no-cors")),
+                false,
+            ),
+        ];
+        for (what, req, allowed) in cases {
+            let outcome = judge(&g, req, Transport::Tcp);
+            assert_eq!(outcome.is_ok(), allowed, "{what}: {outcome:?}");
+        }
+        // `*example.com` means the names under example.com, never evilexample.com.
+        let rules = HostRules::new(&["*example.com".into()], None);
+        assert!(rules.allows("a.example.com"));
+        assert!(!rules.allows("evilexample.com"));
+        assert!(!HostRules::new(&["*.example.com".into()], None).allows("evilexample.com"));
     }
 
     #[test]

@@ -141,6 +141,33 @@ impl Reservation {
         }
     }
 
+    /// Charges `bytes` in all from now on: gives back what is no longer held, or takes what is
+    /// held beyond the reservation (`Busy` if the budget has no room for it; then the caller
+    /// drops what it built and answers 429).
+    pub fn resize_to(&mut self, bytes: usize) -> Result<(), Busy> {
+        if bytes <= self.bytes {
+            self.shrink_to(bytes);
+            return Ok(());
+        }
+        let more = bytes - self.bytes;
+        let taken = self
+            .reads
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                now.checked_add(more).filter(|total| *total <= self.reads.budget)
+            });
+        match taken {
+            Ok(_) => {
+                self.bytes = bytes;
+                Ok(())
+            }
+            Err(_) => {
+                self.reads.refused.fetch_add(1, Ordering::Relaxed);
+                Err(Busy)
+            }
+        }
+    }
+
     /// A 200 answer carrying `json`, holding this reservation until it is sent.
     pub fn json_answer(mut self, json: Bytes) -> HttpResponse {
         self.shrink_to(json.len());
@@ -183,6 +210,67 @@ impl MessageBody for ReservedBody {
     }
 }
 
+/// One answer built once and sent to many (the `/metrics` body of the last scrape): its bytes
+/// are charged to the budget once, and held until the last connection sending it has taken
+/// its last piece. Each connection gets 64 KiB pieces of the same bytes, never a copy of the
+/// whole.
+#[derive(Debug, Clone)]
+pub struct SharedAnswer(Arc<(Bytes, Reservation)>);
+
+impl SharedAnswer {
+    /// Shares `bytes`, charged to `reservation` (resized to their length; `Busy` if the
+    /// budget has no room for them). Bytes larger than the whole budget (a `/metrics` body
+    /// with `metrics_agent_limit` raised far) are charged the whole budget: such an answer is
+    /// sent only while no other large answer is, rather than never.
+    pub fn new(bytes: Bytes, mut reservation: Reservation) -> Result<Self, Busy> {
+        let budget = reservation.reads.budget;
+        reservation.resize_to(bytes.len().min(budget))?;
+        Ok(Self(Arc::new((bytes, reservation))))
+    }
+
+    /// A body sending the shared bytes.
+    pub fn body(&self) -> impl MessageBody<Error = std::convert::Infallible> + 'static {
+        SharedBody {
+            answer: Arc::clone(&self.0),
+            at: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0 .0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A connection's view of a [`SharedAnswer`]: where it is in the bytes.
+struct SharedBody {
+    answer: Arc<(Bytes, Reservation)>,
+    at: usize,
+}
+
+impl MessageBody for SharedBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Sized((self.answer.0.len() - self.at) as u64)
+    }
+
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        let bytes = &this.answer.0;
+        if this.at >= bytes.len() {
+            return Poll::Ready(None);
+        }
+        let end = bytes.len().min(this.at + CHUNK);
+        let piece = bytes.slice(this.at..end);
+        this.at = end;
+        Poll::Ready(Some(Ok(piece)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +286,51 @@ mod tests {
         assert_eq!(reads.in_flight(), 70);
         drop(a);
         drop(b);
+        assert_eq!(reads.in_flight(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_shared_answer_is_charged_once_and_held_until_its_last_reader_is_done() {
+        let reads = CostlyReads::new(1 << 20);
+        let bytes = Bytes::from(vec![b'm'; CHUNK * 3]);
+        let shared = SharedAnswer::new(bytes.clone(), reads.reserve(0).unwrap()).unwrap();
+        let bodies: Vec<_> = (0..100).map(|_| Box::pin(shared.body())).collect();
+        assert_eq!(reads.in_flight(), bytes.len(), "charged once for 100 readers");
+        drop(shared);
+        for mut body in bodies {
+            let mut got = Vec::new();
+            while let Some(piece) =
+                futures::StreamExt::next(&mut futures::stream::poll_fn(|cx| body.as_mut().poll_next(cx))).await
+            {
+                let piece = piece.unwrap();
+                assert!(piece.len() <= CHUNK, "handed out in pieces");
+                got.extend_from_slice(&piece);
+            }
+            assert_eq!(got, bytes);
+            assert_eq!(reads.in_flight(), bytes.len(), "held while a reader remains");
+        }
+        assert_eq!(reads.in_flight(), 0);
+        // Larger than the whole budget: charged the whole budget, so sent only alone.
+        let huge = SharedAnswer::new(Bytes::from(vec![0; 2 << 20]), reads.reserve(0).unwrap()).unwrap();
+        assert_eq!(reads.in_flight(), 1 << 20);
+        let _other = reads.reserve(0).unwrap();
+        assert!(SharedAnswer::new(Bytes::from(vec![0; 10]), reads.reserve(0).unwrap()).is_err());
+        drop(huge);
+        assert_eq!(reads.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_reservation_grows_to_what_was_really_built_or_is_refused() {
+        let reads = CostlyReads::new(100);
+        let mut a = reads.reserve(10).unwrap();
+        a.resize_to(70).unwrap();
+        assert_eq!(reads.in_flight(), 70);
+        let mut b = reads.reserve(20).unwrap();
+        assert!(b.resize_to(31).is_err(), "70 + 31 is over the budget");
+        assert_eq!(reads.in_flight(), 90, "a refused growth takes nothing");
+        b.resize_to(5).unwrap();
+        assert_eq!(reads.in_flight(), 75);
+        drop((a, b));
         assert_eq!(reads.in_flight(), 0);
     }
 

@@ -32,6 +32,12 @@ pub async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
             "not ready: draining, heartbeatd is stopping",
         );
     }
+    if readiness.counters.backlog_full() {
+        return ApiResponse::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: writes to data_dir are failing and the heartbeats waiting in memory reached their bound: new heartbeats get 503 (see the log)",
+        );
+    }
     if readiness.counters.store_failing() {
         return ApiResponse::error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -11,7 +11,7 @@ use actix::{Addr, WeakAddr};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
-use heartbeatd_actors::counters::{IngressCounters, RejectReason};
+use heartbeatd_actors::counters::{IngressCounters, ManagerCounters, RejectReason};
 use heartbeatd_actors::ingest::queue::IngressQueue;
 use heartbeatd_actors::ingest::worker::HeartbeatWorker;
 use heartbeatd_actors::log_gate::LogGate;
@@ -45,6 +45,9 @@ pub enum HeartbeatError {
     QueueFull,
     #[error("heartbeat receiver is stopped")]
     Stopped,
+    /// Writes to `data_dir` fail and the heartbeats held in memory reached their bound.
+    #[error("writes to data_dir are failing and the heartbeats waiting in memory reached their bound; retry later")]
+    BacklogFull,
     /// `auto_register` could not register the agent (the registry could not be saved).
     #[error("could not register the agent: {0}")]
     Registration(String),
@@ -62,7 +65,8 @@ impl HeartbeatError {
             Self::Invalid(RequestError::UnknownAgent(_)) => RejectReason::UnknownAgent,
             Self::Body(_) | Self::Invalid(_) | Self::Registration(_) => RejectReason::Invalid,
             Self::RegistryFull(_) => RejectReason::UnknownAgent,
-            Self::QueueFull => RejectReason::QueueFull,
+            // Back-pressure like a full queue: the agent should retry later.
+            Self::QueueFull | Self::BacklogFull => RejectReason::QueueFull,
             Self::Stopped => RejectReason::Stopping,
         }
     }
@@ -74,13 +78,20 @@ impl ResponseError for HeartbeatError {
             Self::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(BodyError::TooSlow(_)) => StatusCode::REQUEST_TIMEOUT,
             Self::Body(BodyError::Read(_)) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::QueueFull | Self::Stopped | Self::Registration(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QueueFull | Self::Stopped | Self::Registration(_) | Self::BacklogFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::RegistryFull(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = ApiResponse::error(self.status_code(), self.to_string());
+        if matches!(self, Self::BacklogFull) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+        }
         if matches!(self, Self::QueueFull) {
             // Congestion is short-lived: tell agents to come back in a second.
             response
@@ -114,6 +125,9 @@ pub struct HeartbeatIngress {
     pub auto_register_limit: usize,
     /// The "limit reached" warning is logged once per run.
     limit_warned: AtomicBool,
+    /// The Manager's counters: while the disk fails and the heartbeats held in memory reach
+    /// their bound, new ones are refused (before anything is answered 200).
+    pub store_backlog: Option<Arc<ManagerCounters>>,
     pub log: Logger,
     /// The whole body must arrive within this long (`request_timeout_s`); else 408.
     pub request_timeout: Duration,
@@ -144,6 +158,7 @@ impl HeartbeatIngress {
             log,
             auto_register_limit: usize::MAX,
             limit_warned: AtomicBool::new(false),
+            store_backlog: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             timestamp_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
             queue_full_warnings: Mutex::new(LogGate::new(WARNING_INTERVAL)),
@@ -154,6 +169,12 @@ impl HeartbeatIngress {
     /// Sets `auto_register_limit`.
     pub fn with_auto_register_limit(mut self, limit: usize) -> Self {
         self.auto_register_limit = limit;
+        self
+    }
+
+    /// Refuses heartbeats while [`ManagerCounters::backlog_full`].
+    pub fn with_store_backlog(mut self, counters: Arc<ManagerCounters>) -> Self {
+        self.store_backlog = Some(counters);
         self
     }
 
@@ -200,6 +221,13 @@ async fn accept(
     if ingress.stopping.load(Ordering::Acquire) {
         debug!(log, "heartbeat refused: shutting down");
         return Err(HeartbeatError::Stopped);
+    }
+    if ingress.store_backlog.as_ref().is_some_and(|c| c.backlog_full()) {
+        debug!(
+            log,
+            "heartbeat refused: the disk fails and the backlog in memory is full"
+        );
+        return Err(HeartbeatError::BacklogFull);
     }
     let body = read_limited(req, payload, MAX_BODY_BYTES, ingress.request_timeout)
         .await

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `POST /heartbeat` | [`heartbeat`] (request parsing in [`crate::heartbeat_request`]); accepted heartbeats go to the pool through `heartbeatd_actors::ingest` |
 //! | `GET /heartbeat/stats` | [`stats`] |
+//! | `GET /agents?sort=…` (worst first, by a column; process and reported-status filters) | [`sorted_list`] |
 //! | `/agents`, `/agents/{id}`, `/agents/{id}/history`, `/agents/{id}/pause`, `/resume` (admin API) | [`agents`] |
 //! | `POST /agents/{id}/start`, `/stop`, `/restart`, `GET /agents/{id}/log` (supervised agents) | [`process`] |
 //! | `GET`/`HEAD /` (the status page) | [`status_page`] |
@@ -28,6 +29,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod metrics;
 pub mod process;
+pub mod sorted_list;
 pub mod stats;
 pub mod status_page;
 pub mod upgrade;
@@ -38,8 +40,8 @@ use std::sync::Arc;
 use actix::Addr;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::http::ConnectionType;
 use actix_web::http::StatusCode;
+use actix_web::http::{header, ConnectionType};
 use actix_web::{web, App, HttpResponse};
 use chrono::{SecondsFormat, Utc};
 use futures::future::{ready, Either};
@@ -123,6 +125,16 @@ pub fn app(
             let (answer, closing) = (service.call(req), Arc::clone(&closing));
             async move {
                 let mut answer = answer.await?;
+                // No answer may be shown inside another site's frame (clickjacking, or a page
+                // framing `/metrics` to make heartbeatd build it again and again).
+                let headers = answer.response_mut().headers_mut();
+                headers.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+                if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+                    headers.insert(
+                        header::CONTENT_SECURITY_POLICY,
+                        header::HeaderValue::from_static("frame-ancestors 'none'"),
+                    );
+                }
                 if closing.load(Ordering::Acquire) {
                     answer
                         .response_mut()

@@ -120,16 +120,25 @@ pub async fn log(
     }
     // The rotations are searched until the first missing one.
     let backups = MAX_LOG_BACKUPS;
-    // The answer's text is at most `length`; its frame well under a kilobyte.
-    let reservation = api.costly.reserve(length + 1024)?;
+    // What is held at once, at most: the raw bytes read and their text while reading (each at
+    // most `length`: the text is bounded as escaped JSON), then the text and its encoding
+    // (`length` and a frame well under a kilobyte).
+    let reservation = api.costly.reserve(2 * length + 1024)?;
     let path = api.logs_dir.join(format!("{id}.log"));
     let chunk = web::block(move || output_read::read(&path, backups, start, length))
         .await
         .map_err(|_| AgentsError::Unavailable("could not read the log".into()))?
         .map_err(|e| AgentsError::Unavailable(format!("could not read the agent's log: {e}")))?;
-    let json = match chunk {
-        Some(chunk) => encode_off_thread(serde_json::json!({ "agent_id": id, "log": chunk })).await?,
-        None => encode_off_thread(serde_json::json!({ "agent_id": id, "log": null })).await?,
-    };
+    /// The answer, encoded straight from the chunk (no copy of its text).
+    #[derive(serde::Serialize)]
+    struct LogAnswer {
+        agent_id: String,
+        log: Option<output_read::Chunk>,
+    }
+    let json = encode_off_thread(LogAnswer {
+        agent_id: id,
+        log: chunk,
+    })
+    .await?;
     Ok(reservation.json_answer(json))
 }

@@ -23,6 +23,14 @@ pub enum ControlSocketError {
         "control socket {path}: something that is not a socket is there. Remove it, or set control_socket elsewhere"
     )]
     NotASocket { path: PathBuf },
+    /// The socket's directory is not heartbeatd's own: another user could replace the socket
+    /// with theirs, and `heartbeatd ctl` would talk to it.
+    #[error("control socket {path}: its directory {dir} {reason}. Put the socket in a directory only heartbeatd's user (or root) owns and can write (the default, data_dir, is one), or set control_socket = \"\" for none")]
+    UnsafeDir {
+        path: PathBuf,
+        dir: PathBuf,
+        reason: String,
+    },
     #[error("control socket {path}: {source}. Check that its directory exists and is heartbeatd's own")]
     Io {
         path: PathBuf,
@@ -46,6 +54,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlSocketError> {
             len,
         });
     }
+    check_dir(path)?;
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
@@ -62,6 +71,41 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlSocketError> {
     // out until this narrows it.
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_error)?;
     Ok(listener)
+}
+
+/// The socket's directory must be as private as `data_dir`: owned by heartbeatd's user (or
+/// root), and writable by no one else (a sticky `/tmp` is not enough: another user can bind
+/// the name first, or bind theirs once a stale one is gone).
+fn check_dir(path: &Path) -> Result<(), ControlSocketError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let meta = fs::metadata(dir).map_err(|source| ControlSocketError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |reason: String| ControlSocketError::UnsafeDir {
+        path: path.to_owned(),
+        dir: dir.to_owned(),
+        reason,
+    };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(refuse(format!(
+            "is owned by uid {}, not by heartbeatd's user ({me}) or root",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "can be written by its group or others (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// Removes the socket at a graceful stop, if it is still ours.
@@ -95,5 +139,22 @@ mod tests {
 
         let long = dir.path().join("x".repeat(120));
         assert!(matches!(bind(&long), Err(ControlSocketError::TooLong { .. })));
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        fs::create_dir(&open).unwrap();
+        for mode in [0o777, 0o1777, 0o770] {
+            fs::set_permissions(&open, fs::Permissions::from_mode(mode)).unwrap();
+            let refused = bind(&open.join("h.sock"));
+            assert!(
+                matches!(refused, Err(ControlSocketError::UnsafeDir { .. })),
+                "{mode:o}: {refused:?}"
+            );
+        }
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(bind(&open.join("h.sock")).is_ok());
     }
 }

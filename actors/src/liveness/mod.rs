@@ -471,6 +471,38 @@ impl Handler<StatusesInOrder> for Liveness {
     }
 }
 
+/// The status and since-when of `count` agents of `agents` (by id) from the `from`-th, in
+/// that order (`new`, `None` for one never seen): the sorted listing asks a chunk at a time,
+/// without copying ids.
+#[derive(Message)]
+#[rtype(result = "Vec<(AgentStatus, Option<DateTime<Utc>>)>")]
+pub struct StatusesAt {
+    /// The registry as the listing loaded it.
+    pub agents: Arc<AgentSet>,
+    pub from: usize,
+    pub count: usize,
+}
+
+impl Handler<StatusesAt> for Liveness {
+    type Result = MessageResult<StatusesAt>;
+
+    fn handle(&mut self, msg: StatusesAt, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            msg.agents
+                .ids_after(None)
+                .get(msg.from..)
+                .unwrap_or_default()
+                .iter()
+                .take(msg.count)
+                .map(|id| match self.tracker.status(id) {
+                    Some((status, since)) => (status, Some(since)),
+                    None => (AgentStatus::New, None),
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Whether each agent is in `status`: the filter behind `GET /agents?status=`.
 #[derive(Message)]
 #[rtype(result = "Vec<bool>")]

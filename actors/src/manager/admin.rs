@@ -3,6 +3,8 @@
 //! Registry (which owns who may report); reads join its snapshot with the Manager's state and
 //! Liveness's view.
 
+use std::collections::HashMap;
+
 use actix::prelude::*;
 use serde::Serialize;
 use slog::error;
@@ -12,9 +14,10 @@ use crate::liveness;
 #[cfg(any(test, feature = "testkit"))]
 use crate::model::agent::AgentState;
 use crate::model::agent::{AgentChange, AgentInfo, AgentView, ResourceSample};
-use crate::model::liveness::{AgentEvent, AgentStatus};
+use crate::model::events::AgentEvent;
+use crate::model::liveness::AgentStatus;
 use crate::registry::config_owned::ConfigChanges;
-use crate::registry::{self, Registry, RegistryError};
+use crate::registry::{self, Candidates, Registry, RegistryError};
 use crate::store::{self, FileMetadataStore, StoreError};
 use crate::supervision::process::Retire;
 
@@ -28,18 +31,38 @@ pub enum ReadError {
 }
 
 impl Manager {
-    /// Views of these registered agents, with their liveness.
+    /// Views of these registered agents, with their liveness and, for supervised ones, what
+    /// their trees use (measured off this thread where the last figure is stale: see
+    /// `supervision::usage`).
     pub(super) fn views(&self, ids: Vec<String>) -> impl std::future::Future<Output = Vec<AgentView>> + 'static {
+        self.views_within(ids, usize::MAX)
+    }
+
+    /// Views of these registered agents, in order, stopping once those built pass `max_bytes`
+    /// of JSON at the least ([`AgentView::json_bytes_at_least`]; the first is always built): a
+    /// page builds no view that could not fit it, however large each agent's `command`.
+    pub(super) fn views_within(
+        &self,
+        ids: Vec<String>,
+        max_bytes: usize,
+    ) -> impl std::future::Future<Output = Vec<AgentView>> + 'static {
         let registered = self.registry_view.load();
+        let mut at_least = 0usize;
         let mut views: Vec<AgentView> = ids
             .iter()
             .filter_map(|id| registered.get(id))
+            .take_while(|info| {
+                let fits = at_least == 0 || at_least < max_bytes;
+                at_least = at_least.saturating_add(AgentView::json_bytes_at_least(info));
+                fits
+            })
             .map(|info| self.view_now(info))
             .collect();
         let statuses = self
             .liveness
             .as_ref()
             .map(|l| l.send(liveness::Statuses(views.iter().map(|v| v.id.clone()).collect())));
+        let board = self.supervision.as_ref().map(|cx| cx.board.clone());
         async move {
             if let Some(Ok(statuses)) = match statuses {
                 Some(request) => Some(request.await),
@@ -48,6 +71,24 @@ impl Manager {
                 for (view, (status, since)) in views.iter_mut().zip(statuses) {
                     view.status = status;
                     view.status_since = since;
+                }
+            }
+            let supervised: Vec<String> = views
+                .iter()
+                .filter(|v| v.process.is_some())
+                .map(|v| v.id.clone())
+                .collect();
+            if let Some(board) = board.filter(|_| !supervised.is_empty()) {
+                let measuring = tokio::task::spawn_blocking(move || {
+                    let usage = board.measure(&supervised);
+                    supervised.into_iter().zip(usage).collect::<HashMap<_, _>>()
+                });
+                if let Ok(measured) = measuring.await {
+                    for view in &mut views {
+                        if let Some(process) = view.process.as_mut() {
+                            process.usage = measured.get(&view.id).copied().flatten();
+                        }
+                    }
                 }
             }
             views
@@ -309,84 +350,79 @@ pub struct AgentPage {
     pub next_after: Option<String>,
 }
 
-/// Lists agents sorted by id, optionally of one type and/or one liveness status, `limit` at a
-/// time after the id `after`.
+/// Makes a page of `GET /agents` from the candidates the HTTP side found in the registry's
+/// snapshot (by prefix and type, within its scan budget, off this thread): keeps those in
+/// `status`, then builds the views of the first `limit`, no more than `max_bytes` can hold.
+/// The Manager's share of a page is bounded by the candidates' number, whatever the fleet.
 #[derive(Message)]
 #[rtype(result = "AgentPage")]
 pub struct ListAgents {
-    pub agent_type: Option<String>,
-    /// Only ids that start with this (the status page's search); `None` for all.
-    pub prefix: Option<String>,
+    pub candidates: Candidates,
     pub status: Option<AgentStatus>,
-    pub after: Option<String>,
     pub limit: usize,
+    /// The page's bytes: views past them are not built.
+    pub max_bytes: usize,
 }
 
-/// With a status filter, candidates go to Liveness this many at a time, until a page is full:
-/// a `?status=down` on a 100k-agent fleet never copies every id at once.
+/// With a status filter, candidates go to Liveness this many at a time.
 const STATUS_CHUNK: usize = 4096;
 
 impl Handler<ListAgents> for Manager {
     type Result = ResponseActFuture<Self, AgentPage>;
 
     fn handle(&mut self, msg: ListAgents, _: &mut Context<Self>) -> Self::Result {
-        let registered = self.registry_view.load();
-        let limit = msg.limit;
+        let ListAgents {
+            candidates: Candidates { ids, resume_after },
+            status,
+            limit,
+            max_bytes,
+        } = msg;
         let liveness = self.liveness.clone();
-        let find = async move {
-            let of_type = |id: &&String| {
-                msg.agent_type
-                    .as_ref()
-                    .is_none_or(|t| registered.get(id).is_some_and(|info| &info.agent_type == t))
-            };
-            // Ids are sorted, so those with the prefix are one run starting at the prefix itself.
-            let prefix = msg.prefix.as_deref().unwrap_or("");
-            let mut candidates = registered
-                .ids_after(msg.after.as_deref())
-                .iter()
-                .skip_while(|id| id.as_str() < prefix)
-                .take_while(|id| id.starts_with(prefix))
-                .filter(of_type);
-            // One more than a page tells whether another page follows. The status filter comes
-            // before paging, so a page is full whatever it filters out.
-            let mut ids: Vec<String> = Vec::new();
-            match (msg.status, liveness) {
-                (None, _) => ids.extend(candidates.take(limit + 1).cloned()),
-                (Some(status), Some(liveness)) => loop {
-                    let chunk: Vec<String> = candidates.by_ref().take(STATUS_CHUNK).cloned().collect();
-                    if chunk.is_empty() {
-                        break;
+        let keep = async move {
+            match (status, liveness) {
+                (None, _) => ids,
+                (Some(status), Some(liveness)) => {
+                    let mut kept = Vec::new();
+                    for chunk in ids.chunks(STATUS_CHUNK) {
+                        let keep = liveness
+                            .send(liveness::InStatus {
+                                ids: chunk.to_vec(),
+                                status,
+                            })
+                            .await
+                            .unwrap_or_default();
+                        kept.extend(chunk.iter().zip(keep).filter(|(_, k)| *k).map(|(id, _)| id.clone()));
+                        if kept.len() > limit {
+                            break;
+                        }
                     }
-                    let keep = liveness
-                        .send(liveness::InStatus {
-                            ids: chunk.clone(),
-                            status,
-                        })
-                        .await
-                        .unwrap_or_default();
-                    ids.extend(chunk.into_iter().zip(keep).filter(|(_, k)| *k).map(|(id, _)| id));
-                    if ids.len() > limit {
-                        break;
-                    }
-                },
+                    kept
+                }
                 // Without liveness tracking every agent is new.
-                (Some(AgentStatus::New), None) => ids.extend(candidates.take(limit + 1).cloned()),
-                (Some(_), None) => {}
+                (Some(AgentStatus::New), None) => ids,
+                (Some(_), None) => Vec::new(),
             }
-            let more = ids.len() > limit;
-            ids.truncate(limit);
-            (ids, more)
         };
-        Box::pin(fut::wrap_future(find).then(move |(ids, more), act: &mut Manager, _| {
-            fut::wrap_future(act.views(ids)).map(move |agents: Vec<AgentView>, _, _| {
-                let next_after = if more {
-                    agents.last().map(|a| a.id.clone())
+        Box::pin(
+            fut::wrap_future(keep).then(move |mut ids: Vec<String>, act: &mut Manager, _| {
+                // One more than a page tells that another follows; else the walk says whether it
+                // stopped with ids left.
+                let mut next_after = if ids.len() > limit {
+                    ids.truncate(limit);
+                    ids.last().cloned()
                 } else {
-                    None
+                    resume_after
                 };
-                AgentPage { agents, next_after }
-            })
-        }))
+                let wanted = ids.len();
+                fut::wrap_future(act.views_within(ids, max_bytes)).map(move |agents: Vec<AgentView>, _, _| {
+                    if let Some(last) = agents.last().filter(|_| agents.len() < wanted) {
+                        // The page's bytes ended it: go on after its last agent.
+                        next_after = Some(last.id.clone());
+                    }
+                    AgentPage { agents, next_after }
+                })
+            }),
+        )
     }
 }
 
@@ -460,5 +496,52 @@ impl Handler<GetEvents> for Manager {
         }
         let read = self.store.send(store::ReadEvents { id, limit });
         Box::pin(async move { Ok(Some(read.await.map_err(|_| ReadError::StoreStopped)??)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 40 agents whose `command` is 16 arguments of 4000 bytes (64 KB each, as the API allows).
+    fn big_agents() -> Vec<AgentInfo> {
+        (0..40)
+            .map(|i| AgentInfo {
+                id: format!("big-{i:02}"),
+                command: Some(vec!["x".repeat(4000); 16]),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[actix_rt::test]
+    async fn a_page_builds_no_view_that_could_not_fit_its_bytes() {
+        // Arrange
+        let actors = crate::testkit::start(1, 10);
+        let agents = big_agents();
+        let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
+        actors.manager.send(RegisterAgents(agents)).await.unwrap().unwrap();
+
+        // Act: a page of 256 KiB asked for all 40.
+        let page = actors
+            .manager
+            .send(ListAgents {
+                candidates: Candidates {
+                    ids,
+                    resume_after: None,
+                },
+                status: None,
+                limit: 1000,
+                max_bytes: 256 << 10,
+            })
+            .await
+            .unwrap();
+
+        // Assert: 5 views of 64 KB pass 256 KiB at the least (the old page built all 40, then
+        // encoded 4 of them); the next page starts after the last one built.
+        assert_eq!(page.agents.len(), 5);
+        assert_eq!(page.next_after.as_deref(), Some("big-04"));
+        let built: usize = page.agents.iter().map(AgentView::memory_bytes).sum();
+        assert!(built < 5 * 70_000, "{built} bytes of views");
     }
 }

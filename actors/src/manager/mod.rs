@@ -11,12 +11,14 @@
 //! | this one | agent state, applying heartbeats, journal replay at start-up |
 //! | [`persistence`] | the flush and checkpoint pipelines, retries, the shutdown [`Flush`] |
 //! | [`admin`] | the messages behind the admin API, SIGHUP's agent import, `auto_register` |
+//! | [`sorted_list`] | the sorted listing ([`sorted_list::ListSorted`]): worst first, or by a column, with process and reported-status filters |
 //! | [`figures`] | the per-agent figures a `/metrics` scrape reads ([`GetAgentFigures`]) |
 //! | [`supervision`] | one [`AgentProcess`] per agent with a `command`: kept in step with the registry, told of heartbeats and silence, started/stopped/restarted on request |
 
 pub mod admin;
 pub mod figures;
 pub mod persistence;
+pub mod sorted_list;
 pub mod supervision;
 
 pub use admin::*;
@@ -137,6 +139,9 @@ pub struct Manager {
     /// Answered when the next journal flush completes (write-through updates, [`Flush`]).
     flush_waiters: Vec<Waiter>,
     flush_in_flight: bool,
+    /// Records of the flush in flight (back in `journal_pending` if it fails): counted with
+    /// those pending as held in memory, not yet synced.
+    flush_in_flight_records: usize,
     /// A flush was due while one was syncing: the next starts when that one is done, so a
     /// slow sync does not stretch what a kill -9 can lose to two intervals.
     flush_overdue: bool,
@@ -202,6 +207,7 @@ impl Manager {
             journal_pending: Vec::new(),
             flush_waiters: Vec::new(),
             flush_in_flight: false,
+            flush_in_flight_records: 0,
             flush_overdue: false,
             checkpoint_waiters: Vec::new(),
             checkpoint_in_flight: false,
@@ -392,6 +398,7 @@ impl Handler<UpdateHeartbeats> for Manager {
             self.samples_since_checkpoint = self.samples_since_checkpoint + 1 - dropped;
             outcome.applied += 1;
         }
+        self.publish_unsynced();
         if let (Some(liveness), false) = (&self.liveness, seen.is_empty()) {
             liveness.do_send(liveness::Seen(seen));
         }

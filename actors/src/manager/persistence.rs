@@ -94,6 +94,13 @@ impl Manager {
         }
     }
 
+    /// Tells `/readyz`, `/metrics` and the heartbeat endpoint how many heartbeats are held
+    /// in memory, not yet synced (see [`crate::counters::ManagerCounters::backlog_full`]).
+    pub(super) fn publish_unsynced(&self) {
+        self.health
+            .set_unsynced((self.journal_pending.len() + self.flush_in_flight_records) as u64);
+    }
+
     pub(super) fn write_through(&self) -> bool {
         self.policy.flush_interval.is_zero()
     }
@@ -117,11 +124,13 @@ impl Manager {
         let records = std::mem::take(&mut self.journal_pending);
         let waiters = std::mem::take(&mut self.flush_waiters);
         self.flush_in_flight = true;
+        self.flush_in_flight_records = records.len();
         self.journal
             .send(AppendJournal(records))
             .into_actor(self)
             .map(move |result, act, ctx| {
                 act.flush_in_flight = false;
+                act.flush_in_flight_records = 0;
                 let outcome = match result {
                     Ok(Ok(written)) => {
                         // After the sync: what `total_synced` promises is on disk.
@@ -138,6 +147,7 @@ impl Manager {
                 if outcome.is_ok() {
                     act.note_store_ok();
                 }
+                act.publish_unsynced();
                 for waiter in waiters {
                     let _ = waiter.send(outcome.clone());
                 }

@@ -9,11 +9,11 @@ use slog::{error, info};
 
 use super::Manager;
 use crate::liveness::{self, WentDown};
+use crate::model::agent::validate_process;
 use crate::model::agent::{AgentInfo, AgentView};
-use crate::model::process::validate_process;
 use crate::supervision::adoption;
 use crate::supervision::process::{Action, AgentProcess, Control, KillNow, Reconfigure, Release, Retire, WentSilent};
-use crate::supervision::reaper;
+use crate::supervision::{keeper, reaper};
 
 /// Why a start, stop or restart was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,8 +48,15 @@ impl Manager {
             .cloned()
             .collect();
         if !supervised.is_empty() {
+            // Which program runs as the keepers; when heartbeatd-keep is missing, the first
+            // keeper started says so as an ERROR (process.rs).
+            let keeper = match keeper::keeper_program() {
+                keeper::KeeperProgram::Own(path) => path.display().to_string(),
+                keeper::KeeperProgram::Fallback { .. } => "heartbeatd keep (heartbeatd-keep is missing)".to_owned(),
+            };
             info!(self.log, "starting supervised agents"; "agents" => supervised.len(),
-                "autostart" => supervised.iter().filter(|i| i.autostart.unwrap_or(true)).count());
+                "autostart" => supervised.iter().filter(|i| i.autostart.unwrap_or(true)).count(),
+                "keeper" => keeper);
         }
         for info in &supervised {
             self.sync_process(info);

@@ -88,12 +88,3 @@ pub struct EventRecord {
     /// The status the agent last reported about itself.
     pub reported_status: Option<ReportedStatus>,
 }
-
-/// One line of `events/<id>.log`: a liveness transition or, for a supervised agent, a change
-/// of its process state (marked `"kind": "process"`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum AgentEvent {
-    Process(crate::model::process::ProcessEvent),
-    Liveness(EventRecord),
-}

@@ -5,7 +5,9 @@
 //! and a change is visible to readers by the time its message has been answered. A change
 //! that cannot be saved is not published.
 //!
-//! Saving costs the same whatever the registry holds: a change appends one line per agent to
+//! Saving writes the same whatever the registry holds (publishing does not: the set readers
+//! see is copied and its ids sorted again, O(agents) per change; 140 ms at 192k agents on the
+//! release build, so bulk registrations batch): a change appends one line per agent to
 //! `registry.log` and syncs it; `registry.json` (the whole set) is rewritten only when the log
 //! has grown as long as the registry (and at start-up), after which the log is removed. Load
 //! applies the log on top of the file; its entries set absolute values, so a log left by a
@@ -95,6 +97,61 @@ impl AgentSet {
         let start = after.map_or(0, |after| self.sorted_ids.partition_point(|id| id.as_str() <= after));
         &self.sorted_ids[start..]
     }
+
+    /// The ids after `after` that start with `prefix` and are of `agent_type`, in order: at most
+    /// `want` of them, from at most `scan_budget` ids looked at. The run of ids with the prefix
+    /// is found by binary search; only the type is checked id by id, so one call costs at most
+    /// `scan_budget` lookups however large the registry (a `?type=nomatch` on a million agents
+    /// is a page that ends early, not a walk of the million).
+    pub fn candidates(&self, filter: &CandidateFilter<'_>, want: usize, scan_budget: usize) -> Candidates {
+        let after_start = filter
+            .after
+            .map_or(0, |after| self.sorted_ids.partition_point(|id| id.as_str() <= after));
+        let prefix_start = self.sorted_ids.partition_point(|id| id.as_str() < filter.prefix);
+        let start = after_start.max(prefix_start);
+        let mut ids = Vec::new();
+        for (looked, id) in self.sorted_ids[start..].iter().enumerate() {
+            if !id.starts_with(filter.prefix) {
+                break;
+            }
+            if looked > 0 && (ids.len() >= want || looked >= scan_budget) {
+                // Stopped with ids left: the next call goes on after the last one looked at.
+                let resume_after = self.sorted_ids[start + looked - 1].clone();
+                return Candidates {
+                    ids,
+                    resume_after: Some(resume_after),
+                };
+            }
+            let of_type = filter
+                .agent_type
+                .is_none_or(|t| self.by_id.get(id).is_some_and(|info| info.agent_type == t));
+            if of_type {
+                ids.push(id.clone());
+            }
+        }
+        Candidates {
+            ids,
+            resume_after: None,
+        }
+    }
+}
+
+/// What a listing keeps: ids after `after`, starting with `prefix` (`""`: all), of
+/// `agent_type` (`None`: any).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CandidateFilter<'a> {
+    pub after: Option<&'a str>,
+    pub prefix: &'a str,
+    pub agent_type: Option<&'a str>,
+}
+
+/// The ids a listing found, and where the next call goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidates {
+    pub ids: Vec<String>,
+    /// `Some(id)`: the walk stopped (enough found, or its budget spent) with ids left after
+    /// `id`; `None`: none is left.
+    pub resume_after: Option<String>,
 }
 
 /// The registry's file name under `data_dir`.

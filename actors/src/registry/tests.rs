@@ -249,3 +249,93 @@ fn a_damaged_registry_file_is_moved_aside() {
     assert!(report.moved_aside.as_ref().is_some_and(|p| p.exists()), "{report:?}");
     assert!(registry.snapshot().contains("a"));
 }
+
+fn typed(id: &str, agent_type: &str) -> AgentInfo {
+    AgentInfo {
+        id: id.into(),
+        agent_type: agent_type.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_listing_walks_at_most_its_budget_and_says_where_to_go_on() {
+    let set = AgentSet::new(build_map((0..100).map(|i| typed(&format!("a{i:03}"), "web"))).unwrap());
+    let nomatch = CandidateFilter {
+        agent_type: Some("nomatch"),
+        ..Default::default()
+    };
+    // No match among 100: a budget of 30 looks at 30 and says where to go on…
+    let first = set.candidates(&nomatch, 2, 30);
+    assert_eq!(first.ids, Vec::<String>::new());
+    assert_eq!(first.resume_after.as_deref(), Some("a029"));
+    // …and the walk ends after 100 / 30 calls, with nothing left.
+    let mut after = first.resume_after;
+    let mut calls = 1;
+    while let Some(a) = after {
+        let next = set.candidates(
+            &CandidateFilter {
+                after: Some(&a),
+                ..nomatch
+            },
+            2,
+            30,
+        );
+        assert!(next.ids.is_empty());
+        after = next.resume_after;
+        calls += 1;
+    }
+    assert_eq!(calls, 4);
+
+    // Enough found: it stops there.
+    let web = set.candidates(
+        &CandidateFilter {
+            agent_type: Some("web"),
+            after: Some("a010"),
+            ..Default::default()
+        },
+        3,
+        30,
+    );
+    assert_eq!(web.ids, ["a011", "a012", "a013"]);
+    assert_eq!(web.resume_after.as_deref(), Some("a013"));
+}
+
+#[test]
+fn a_prefix_is_found_by_binary_search_not_by_a_walk() {
+    let set = AgentSet::new(build_map((0..1000).map(|i| typed(&format!("a{i:04}"), "web"))).unwrap());
+    // A budget of 1: reaching "a0990" by walking from the start would spend it 990 times over.
+    let found = set.candidates(
+        &CandidateFilter {
+            prefix: "a099",
+            ..Default::default()
+        },
+        1,
+        1,
+    );
+    assert_eq!(found.ids, ["a0990"]);
+    assert_eq!(found.resume_after.as_deref(), Some("a0990"));
+    // The run ends where the prefix does: nothing left after the last one.
+    let last = set.candidates(
+        &CandidateFilter {
+            prefix: "a099",
+            after: Some("a0998"),
+            ..Default::default()
+        },
+        5,
+        5,
+    );
+    assert_eq!(last.ids, ["a0999"]);
+    assert_eq!(last.resume_after, None);
+    assert!(set
+        .candidates(
+            &CandidateFilter {
+                prefix: "zzz",
+                ..Default::default()
+            },
+            5,
+            5
+        )
+        .ids
+        .is_empty());
+}

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use crate::atomic_file::write_atomically;
 use crate::data_dir;
-pub use crate::model::liveness::{AgentEvent, EventRecord};
+pub use crate::model::events::AgentEvent;
+pub use crate::model::liveness::EventRecord;
 
 /// Transitions kept per agent.
 pub const KEEP: usize = 1000;

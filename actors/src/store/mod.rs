@@ -107,8 +107,14 @@ pub struct FileMetadataStore {
     replay: Option<Replay>,
     /// See [`CHECKPOINT_PAUSE_ENV`].
     checkpoint_pause: Option<std::time::Duration>,
+    /// Events that could not be recorded (a full or read-only disk fails them all, one per
+    /// agent) are logged at most once per [`EVENT_WARNING_INTERVAL`], with a count.
+    event_failures: crate::log_gate::LogGate,
     log: Logger,
 }
+
+/// At most one "could not record" line per this long.
+const EVENT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl FileMetadataStore {
     /// Opens (creating if needed) the directories under `data_dir`, proves they are writable
@@ -152,6 +158,7 @@ impl FileMetadataStore {
                 .ok()
                 .and_then(|ms| ms.parse().ok())
                 .map(std::time::Duration::from_millis),
+            event_failures: crate::log_gate::LogGate::new(EVENT_WARNING_INTERVAL),
             log,
         })
     }
@@ -529,9 +536,22 @@ impl Handler<AppendEvents> for FileMetadataStore {
                 reported_status: t.reported_status,
             };
             if let Err(e) = self.events.append(&t.agent_id, &[AgentEvent::Liveness(record)]) {
-                error!(self.log, "could not record a liveness transition"; "agent_id" => &t.agent_id,
-                    "path" => %self.events.path(&t.agent_id).display(), "error" => %e);
+                self.event_not_recorded(&t.agent_id, &e);
             }
+        }
+    }
+}
+
+impl FileMetadataStore {
+    /// Logs an event that could not be written to `events/<id>.log`, at most once per
+    /// [`EVENT_WARNING_INTERVAL`] with the count of those not logged: a full disk fails every
+    /// agent's, and one line per agent would flood the log (100k lines at 100k agents).
+    fn event_not_recorded(&mut self, agent_id: &str, e: &io::Error) {
+        if let Some(not_logged) = self.event_failures.check(std::time::Instant::now()) {
+            error!(self.log, "could not record an agent's event (liveness transition or process state change) in its events log; logged at most once per 10 s";
+                "agent_id" => agent_id, "path" => %self.events.path(agent_id).display(), "error" => %e,
+                "similar_not_logged" => not_logged,
+                "what_to_do" => "free space on data_dir's file system (or make it writable again); the events missed are lost, the agents' state is not");
         }
     }
 }
@@ -549,8 +569,7 @@ impl Handler<AppendProcessEvent> for FileMetadataStore {
 
     fn handle(&mut self, msg: AppendProcessEvent, _: &mut SyncContext<Self>) {
         if let Err(e) = self.events.append(&msg.agent_id, &[AgentEvent::Process(msg.event)]) {
-            error!(self.log, "could not record a process state change"; "agent_id" => &msg.agent_id,
-                "path" => %self.events.path(&msg.agent_id).display(), "error" => %e);
+            self.event_not_recorded(&msg.agent_id, &e);
         }
     }
 }

@@ -319,4 +319,27 @@ mod tests {
         };
         assert!(verify(&running, me).is_err(), "an agent that is not its child");
     }
+
+    #[test]
+    fn the_keeper_reads_agent_ids_in_a_hello_as_heartbeatd_accepts_them() {
+        // The keeper crate cannot depend on this one: it has its own copy of the rule.
+        use crate::model::agent::{is_valid_agent_id, MAX_AGENT_ID_LEN};
+        assert_eq!(rendezvous::MAX_AGENT_ID_LEN, MAX_AGENT_ID_LEN);
+        let long = "a".repeat(MAX_AGENT_ID_LEN);
+        let longer = "a".repeat(MAX_AGENT_ID_LEN + 1);
+        for id in [
+            "a",
+            "web-1.a_b",
+            ".",
+            "..",
+            "",
+            "a/b",
+            "a b",
+            "é",
+            long.as_str(),
+            longer.as_str(),
+        ] {
+            assert_eq!(rendezvous::is_valid_agent_id(id), is_valid_agent_id(id), "{id:?}");
+        }
+    }
 }

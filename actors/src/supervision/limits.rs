@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::procfs::{self, ProcessTable};
+use super::procfs::{self, ProcStat, ProcessTable};
 use crate::model::process::{ExitReason, ProcessSpec};
 
 /// Resource use is read at most this often per agent.
@@ -125,7 +125,12 @@ fn shared_scan() -> Rc<ProcessTable> {
 /// Costly for big processes: the kernel walks each one's whole address space to write its
 /// `smaps_rollup`. Sample only trees that have a limit, at most once per [`SAMPLE_INTERVAL`].
 pub fn sample_tree(keeper: i32, reaped_cpu_ticks: u64) -> Usage {
-    let tree = shared_scan().descendants(keeper);
+    usage_of(&shared_scan().descendants(keeper), reaped_cpu_ticks)
+}
+
+/// The use of `tree` (a keeper's descendants), with `reaped_cpu_ticks` as its keeper last
+/// reported. Reads each process's `smaps_rollup`: see [`sample_tree`] on the cost.
+pub fn usage_of(tree: &[ProcStat], reaped_cpu_ticks: u64) -> Usage {
     let page = procfs::page_size();
     Usage {
         cpu_ticks: tree

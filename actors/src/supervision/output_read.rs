@@ -3,9 +3,13 @@
 //! a file, gets them with the offset to ask from next, and so neither repeats nor skips a
 //! byte, across rotations (like `tail -F`).
 //!
-//! Files are named by identity (device and inode, [`FileId`]), not by name: a rotation renames
-//! `<id>.log` to `<id>.log.1`, and a reader holding an offset into it finishes that file
-//! (found among the rotations by its identity) before moving to the new one.
+//! Files are named by identity ([`FileId`]: device, inode and birth time), not by name: a
+//! rotation renames `<id>.log` to `<id>.log.1`, and a reader holding an offset into it
+//! finishes that file (found among the rotations by its identity) before moving to the new
+//! one. The birth time is part of it because ext4 hands a freed inode number to the next file
+//! created: as rotations cycle, a file a reader held can be deleted and its inode number reused
+//! by a newer file, which a (device, inode) identity took for the old one (read from a stale
+//! offset: a torn line, output missed and `skipped` unset).
 //!
 //! Every answer is bounded: at most `max_bytes` of text *as JSON will carry it* (a control
 //! byte takes six bytes once escaped, so a flood of them cannot multiply the answer), cut at
@@ -21,38 +25,59 @@ use serde::Serialize;
 
 use super::output_log::OutputLog;
 
-/// Which output file: its device and inode, as `<dev>-<ino>` in hex.
+/// Which output file: its device, inode and birth time (nanoseconds since the epoch; 0 where
+/// the file system does not keep it), as `<dev>-<ino>-<born>` in hex.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileId {
     dev: u64,
     ino: u64,
+    born: u64,
 }
 
 impl FileId {
     fn of(file: &File) -> io::Result<(Self, u64)> {
         let meta = file.metadata()?;
+        let born = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
         Ok((
             Self {
                 dev: meta.dev(),
                 ino: meta.ino(),
+                born,
             },
             meta.len(),
         ))
     }
 
-    /// Parses what [`FileId`]'s `Display` wrote; `None` for anything else.
+    /// Parses what [`FileId`]'s `Display` wrote (or `<dev>-<ino>`, as older versions wrote
+    /// it: then the birth time is unknown); `None` for anything else.
     pub fn parse(text: &str) -> Option<Self> {
-        let (dev, ino) = text.split_once('-')?;
-        Some(Self {
-            dev: u64::from_str_radix(dev, 16).ok()?,
-            ino: u64::from_str_radix(ino, 16).ok()?,
-        })
+        let mut parts = text.split('-');
+        let mut next = || u64::from_str_radix(parts.next()?, 16).ok();
+        let (dev, ino) = (next()?, next()?);
+        let born = match parts.next() {
+            None => 0,
+            Some(born) => u64::from_str_radix(born, 16).ok()?,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self { dev, ino, born })
+    }
+
+    /// Whether `self` (what a reader holds) names the file `now` identifies: the same device
+    /// and inode, born at the same time (when both birth times are known).
+    fn names(&self, now: &FileId) -> bool {
+        self.dev == now.dev && self.ino == now.ino && (self.born == now.born || self.born == 0 || now.born == 0)
     }
 }
 
 impl std::fmt::Display for FileId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:x}-{:x}", self.dev, self.ino)
+        write!(f, "{:x}-{:x}-{:x}", self.dev, self.ino, self.born)
     }
 }
 
@@ -111,7 +136,7 @@ pub fn read(path: &Path, backups: u32, start: Start, max_bytes: usize) -> io::Re
         Start::Tail { lines } => tail(current, current_id, current_size, lines, max_bytes).map(Some),
         Start::At { file, offset } => {
             let wanted = file.unwrap_or(current_id);
-            if wanted == current_id {
+            if wanted.names(&current_id) {
                 return if offset > current_size {
                     from(current, current_id, current_size, 0, max_bytes, Some("truncated")).map(Some)
                 } else {
@@ -125,7 +150,7 @@ pub fn read(path: &Path, backups: u32, start: Start, max_bytes: usize) -> io::Re
                     break;
                 };
                 let (id, size) = FileId::of(&rotated)?;
-                if id == wanted {
+                if wanted.names(&id) {
                     if offset < size {
                         return from(rotated, id, size, offset, max_bytes, None).map(Some);
                     }
@@ -180,24 +205,25 @@ fn tail(mut file: File, id: FileId, size: u64, lines: usize, max_bytes: usize) -
     } else {
         raw.iter().position(|b| *b == b'\n').map_or(end, |at| at + 1)
     };
-    // Keep the last `lines` lines (a last line without its newline yet counts too).
-    let body_end = if raw.last() == Some(&b'\n') { end - 1 } else { end };
-    let mut newlines = 0;
-    for at in (first..body_end).rev() {
-        if raw[at] == b'\n' {
-            newlines += 1;
-            if newlines == lines {
-                first = at + 1;
-                break;
-            }
-        }
-    }
-    // Drop whole lines from the front until the escaped text fits.
-    while escaped_len(&raw[first..end]) > max_bytes {
-        first = raw[first..end]
+    // The last `lines` whole lines (a last line without its newline yet counts too) whose
+    // escaped text fits, found walking back one line at a time: each byte is looked at twice
+    // at most (found, then escaped once), so a tail costs O(max_bytes) whatever the text.
+    let floor = first;
+    first = end;
+    let (mut escaped, mut taken) = (0, 0);
+    while first > floor && taken < lines {
+        // The line ending at `first` (its own newline, if any, is its last byte).
+        let line_start = raw[floor..first - 1]
             .iter()
-            .position(|b| *b == b'\n')
-            .map_or(end, |at| first + at + 1);
+            .rposition(|b| *b == b'\n')
+            .map_or(floor, |at| floor + at + 1);
+        let cost = escaped_len(&raw[line_start..first]);
+        if escaped + cost > max_bytes {
+            break;
+        }
+        escaped += cost;
+        first = line_start;
+        taken += 1;
     }
     let (data, used) = fit(&raw[first..end], max_bytes, false);
     Ok(Chunk {
@@ -220,7 +246,15 @@ fn escaped_char_len(c: char) -> usize {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Bytes [`escaped_len`] looked at on this thread (the tests count the tail's work).
+    static ESCAPED_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn escaped_len(raw: &[u8]) -> usize {
+    #[cfg(test)]
+    ESCAPED_BYTES.with(|n| n.set(n.get() + raw.len()));
     raw.utf8_chunks()
         .map(|chunk| chunk.valid().chars().map(escaped_char_len).sum::<usize>() + 3 * chunk.invalid().len().min(1))
         .sum()
@@ -355,6 +389,26 @@ mod tests {
     }
 
     #[test]
+    fn a_tail_of_escaped_text_escapes_each_byte_once() {
+        // 2000 lines of 100 control bytes (each escaped into 6), tailed within 64 KiB: the old
+        // tail dropped one line at a time and escaped the whole rest again (about 27 MB of
+        // escaping here; 29 s of CPU for 1 MiB).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let line = [vec![1u8; 100], vec![b'\n']].concat();
+        fs::write(&path, line.repeat(2000)).unwrap();
+        ESCAPED_BYTES.with(|n| n.set(0));
+
+        let chunk = read(&path, 0, Start::Tail { lines: 1000 }, 64 << 10).unwrap().unwrap();
+
+        // 64 KiB of escaped text holds 108 lines of 602 escaped bytes.
+        assert_eq!(chunk.data.lines().count(), (64 << 10) / 602);
+        assert_eq!(chunk.next_offset, chunk.size);
+        let escaped = ESCAPED_BYTES.with(|n| n.get());
+        assert!(escaped <= 2 * (64 << 10), "escaped {escaped} bytes to tail 64 KiB");
+    }
+
+    #[test]
     fn a_symlink_is_never_followed() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("secret"), "root:x:0:0\n").unwrap();
@@ -371,5 +425,33 @@ mod tests {
         let (id, _) = FileId::of(&File::open(&path).unwrap()).unwrap();
         assert_eq!(FileId::parse(&id.to_string()), Some(id));
         assert_eq!(FileId::parse("zz"), None);
+        assert_eq!(FileId::parse("1-2-3-4"), None);
+        // An id from an older version (no birth time) still names its file.
+        let old = FileId::parse(&format!("{:x}-{:x}", id.dev, id.ino)).unwrap();
+        assert!(old.names(&id));
+    }
+
+    #[test]
+    fn a_file_that_took_a_freed_inode_number_is_not_the_file_a_reader_held() {
+        // Arrange: the current file, and the id a reader kept of an older file that had the same
+        // device and inode (ext4 reuses a freed inode number for the next file created).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        fs::write(&path, "line 1\nline 2\nline 3\n").unwrap();
+        let (now, _) = FileId::of(&File::open(&path).unwrap()).unwrap();
+        assert_ne!(now.born, 0, "this test needs a file system that keeps birth times");
+        let gone = FileId {
+            born: now.born - 1,
+            ..now
+        };
+
+        // Act: the reader asks to go on in its old file, at an offset inside a line.
+        let chunk = read(&path, 2, at(Some(gone), 3), 4096).unwrap().unwrap();
+
+        // Assert: not read from the stale offset of the newer file: from the oldest kept file's
+        // start (here the current one), saying output was missed.
+        assert_eq!(chunk.skipped, Some("rotated_away"));
+        assert_eq!(chunk.offset, 0);
+        assert_eq!(chunk.data, "line 1\nline 2\nline 3\n");
     }
 }

@@ -21,9 +21,9 @@ use super::board::ProcessBoard;
 use super::keeper::{self, KeeperLine};
 use super::limits::{self, LimitWatch};
 use super::machine::{Effect, Event, Exit, Machine, Note, Now, State, Waiters};
-use super::output_log::OutputLog;
 use super::procfs;
 use super::restart;
+use crate::data_dir;
 use crate::liveness::tracker::ProcessPhase;
 use crate::liveness::{Liveness, ProcessChanged};
 use crate::log_text::Present;
@@ -136,6 +136,7 @@ impl AgentProcess {
             restarts: self.machine.restarts(),
             last_exit: self.machine.last_exit().cloned(),
             reported_pid_mismatch: self.pid_mismatch,
+            usage: self.cx.board.last_usage(&self.id),
         }
     }
 
@@ -202,7 +203,7 @@ impl AgentProcess {
         // a 0700 logs/) in heartbeatd's process, where a refusal (a link planted at that name)
         // is logged as an ERROR saying what to do. The keeper then refuses it too and discards
         // the output; the agent still runs. Any other failure is the keeper's to report.
-        let _ = OutputLog::open(&log_path, self.spec.log_max_bytes, self.spec.log_backups);
+        let _ = data_dir::create_dir_private(&self.cx.logs_dir).and_then(|()| data_dir::open_append(&log_path));
         self.pid_mismatch = None;
         self.checked_pid = None;
         self.last_pid = None;
@@ -211,13 +212,19 @@ impl AgentProcess {
         let spawned = match keeper::spawn_keeper(&spec) {
             Ok(spawned) => spawned,
             Err(e) => {
-                error!(self.log, "could not start the agent's keeper (heartbeatd's own binary in keeper mode)";
+                error!(self.log, "could not start the agent's keeper";
                     "agent_id" => &self.id, "error" => %e,
-                    "what_to_do" => "check that heartbeatd's binary is still in place and that the process limit (ulimit -u) is not reached");
+                    "what_to_do" => "check that heartbeatd-keep and heartbeatd's binary are still in place and that the process limit (ulimit -u) is not reached");
                 self.feed(Event::LaunchFailed, ctx);
                 return;
             }
         };
+        self.cx.board.track(&self.id, spawned.pid);
+        if let Some((expected, why)) = &spawned.first_fallback {
+            error!(self.log, "could not run the keeper program heartbeatd-keep: agents run under heartbeatd's own binary instead, which costs more memory per agent";
+                "agent_id" => &self.id, "expected" => %expected.display(), "error" => %why,
+                "what_to_do" => "install heartbeatd-keep in the same directory as heartbeatd, executable (make build puts both in target/release/); agents started from then on use it");
+        }
         let addr = ctx.address();
         let reports = spawned.reports;
         self.reports = Some(actix::spawn(async move {
@@ -258,6 +265,7 @@ impl AgentProcess {
             return;
         }
         let usage = limits::sample_tree(keeper, self.reaped_cpu_ticks);
+        self.cx.board.record(&self.id, usage);
         if let Some(reason) = self.usage.sample(usage, Instant::now(), &self.spec) {
             let spec = &self.spec;
             warn!(self.log, "the agent's tree stayed over its limit; restarting it"; "agent_id" => &self.id,
@@ -277,6 +285,7 @@ impl AgentProcess {
             if let Some((_, handle)) = self.limit_check.take() {
                 ctx.cancel_future(handle);
             }
+            self.cx.board.untrack(&self.id);
         }
         self.publish();
         if to != ProcessState::Starting {
@@ -493,6 +502,7 @@ impl Handler<KeeperReported> for AgentProcess {
             KeeperLine::Failed(reason) => Event::CommandFailed { reason },
             KeeperLine::ReapedCpu(ticks) => {
                 self.reaped_cpu_ticks = self.reaped_cpu_ticks.max(ticks);
+                self.cx.board.reaped_cpu(&self.id, ticks);
                 return;
             }
             KeeperLine::OverProcesses { count, max } => {

@@ -170,6 +170,77 @@ impl Browser {
         self.call("Fetch.disable", json!({}));
     }
 
+    /// Answers the page's requests to URLs matching `pattern` (a DevTools URL pattern, `*`
+    /// for any text) with the server's own answer, its JSON body passed through `rewrite`
+    /// (given the URL), until `expression` holds in the page (20 s); its value. What a newer
+    /// server would answer, from the real one. Interception goes on until
+    /// [`Browser::stop_rewriting`].
+    pub fn wait_rewriting(
+        &mut self,
+        pattern: &str,
+        rewrite: &dyn Fn(&str, &mut Value),
+        what: &str,
+        expression: &str,
+    ) -> Value {
+        self.call(
+            "Fetch.enable",
+            json!({"patterns": [{"urlPattern": pattern, "requestStage": "Response"}]}),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = self.eval(expression);
+            if !value.is_null() && value != json!(false) {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "not within 20 s: {what}");
+            // The page asks every 2 s: a paused request comes soon.
+            let paused = self.wait_event("Fetch.requestPaused");
+            let id = paused["requestId"].clone();
+            let answer = self.call("Fetch.getResponseBody", json!({"requestId": id}));
+            let raw = answer["body"].as_str().unwrap_or_default();
+            let text = if answer["base64Encoded"] == true {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(raw)
+                    .unwrap_or_default();
+                String::from_utf8_lossy(&bytes).into_owned()
+            } else {
+                raw.to_owned()
+            };
+            let body = match serde_json::from_str::<Value>(&text) {
+                Ok(mut json) => {
+                    rewrite(paused["request"]["url"].as_str().unwrap_or_default(), &mut json);
+                    json.to_string()
+                }
+                Err(_) => text,
+            };
+            let headers: Vec<Value> = paused["responseHeaders"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|h| {
+                    let name = h["name"].as_str().unwrap_or_default().to_ascii_lowercase();
+                    name != "content-length" && name != "content-encoding"
+                })
+                .collect();
+            self.call(
+                "Fetch.fulfillRequest",
+                json!({
+                    "requestId": id,
+                    "responseCode": paused["responseStatusCode"],
+                    "responseHeaders": headers,
+                    "body": base64::engine::general_purpose::STANDARD.encode(body),
+                }),
+            );
+        }
+    }
+
+    /// Ends [`Browser::wait_rewriting`]: requests go to the server untouched again.
+    pub fn stop_rewriting(&mut self) {
+        self.call("Fetch.disable", json!({}));
+        self.events.retain(|e| e["method"] != "Fetch.requestPaused");
+    }
+
     /// Evaluates `expression` in the page; its value (JSON-serialisable).
     pub fn eval(&mut self, expression: &str) -> Value {
         let result = self.call(
@@ -203,6 +274,32 @@ impl Browser {
         self.call("Page.enable", json!({}));
         self.call("Page.navigate", json!({"url": url}));
         self.wait_for(what, expression)
+    }
+
+    /// Decodes `png` in this browser (call it on a blank page) and measures it: `width`,
+    /// `height`, `spread` (the standard deviation of its brightness, 0 for a blank image) and
+    /// `near` (how many pixels are within 24 of `rgb` in each channel).
+    pub fn measure_png(&mut self, png: &[u8], rgb: [u8; 3]) -> Value {
+        let data = base64::engine::general_purpose::STANDARD.encode(png);
+        let [r, g, b] = rgb;
+        self.eval(&format!(
+            r#"(async () => {{
+  const bytes = Uint8Array.from(atob("{data}"), c => c.charCodeAt(0));
+  const image = await createImageBitmap(new Blob([bytes], {{type: "image/png"}}));
+  const canvas = new OffscreenCanvas(image.width, image.height);
+  const g = canvas.getContext("2d");
+  g.drawImage(image, 0, 0);
+  const px = g.getImageData(0, 0, image.width, image.height).data;
+  let n = 0, sum = 0, sq = 0, near = 0;
+  for (let i = 0; i < px.length; i += 4) {{
+    const l = 0.299 * px[i] + 0.587 * px[i + 1] + 0.114 * px[i + 2];
+    n++; sum += l; sq += l * l;
+    if (Math.abs(px[i] - {r}) < 24 && Math.abs(px[i + 1] - {g}) < 24 && Math.abs(px[i + 2] - {b}) < 24) near++;
+  }}
+  const mean = sum / n;
+  return {{width: image.width, height: image.height, spread: Math.sqrt(sq / n - mean * mean), near}};
+}})()"#
+        ))
     }
 
     /// A PNG of the page as it is now.

@@ -244,6 +244,20 @@ impl Daemon {
         fs::read_to_string(self.dir.join("heartbeatd.log")).unwrap_or_default()
     }
 
+    /// Waits (at most 30 s) until the log holds `text`: lines are written by a logging
+    /// thread, so one may land a moment after the answer that followed it.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "the log never said {text:?}:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
         http(self.port, method, path, body).unwrap_or_else(|| panic!("{method} {path}: no answer"))
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::web::Bytes;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpResponse, ResponseError};
 use heartbeatd_actors::counters::{IngressCounters, RejectReason, TransitionCounts};
 use heartbeatd_actors::ingest::pipeline_metrics::PipelineMetrics;
 use heartbeatd_actors::liveness::{Liveness, StatusesInOrder};
@@ -26,29 +26,24 @@ use heartbeatd_actors::model::liveness::AgentStatus;
 use heartbeatd_actors::model::process::{ExitReason, ProcessState};
 use heartbeatd_actors::registry::{AgentSet, RegistrySnapshot};
 use heartbeatd_actors::stats::{GetStats, Stats, StatsReport};
-use heartbeatd_actors::supervision::board::ProcessBoard;
+use heartbeatd_actors::supervision::board::{BoardEntry, ProcessBoard};
 use prometheus::core::Collector;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use slog::{warn, Logger};
 
 use self::agent_families::{AgentFamily, AgentRow};
 use super::auth::{Gate, Refusal};
-use super::costly::CostlyReads;
+use super::costly::{CostlyReads, SharedAnswer};
 use super::ApiResponse;
 use crate::server::ConnectionCounters;
 
-/// Scrapes within this long of the last one get its body, and scrapes arriving together wait
-/// for one: a scrape flood costs one scrape's work per window (the Manager's and Liveness's
-/// lookups, the encoding), not one per request, and cannot slow the heartbeats down.
+/// Scrapes within this long of the last body get that body, and scrapes arriving together
+/// wait for one: a scrape flood costs one scrape's work per window (the Manager's and
+/// Liveness's lookups, the encoding: at most 4 bodies a second), not one per request, and
+/// cannot slow the heartbeats down. A scrape answered from it costs nothing and is never
+/// refused: a client looping on `/metrics` cannot make Prometheus's scrapes fail (a token
+/// bucket taken before this cache was looked at let 8 looping connections do just that).
 const REUSE_WITHIN: Duration = Duration::from_millis(250);
-
-/// Scrapes answered per second, and in a burst: far above what Prometheus needs (two servers
-/// every 15 s), far below what would crowd heartbeats off the HTTP threads (a 10k-agent
-/// answer is 3 MB: without this limit wrk on `/metrics` got 1,066 answers/s, 3 GB/s, and
-/// heartbeats at 10k/s went from 1.2 ms to 1.1 s p50 latency; with it, 1.4 ms). Past it: 429
-/// with `Retry-After: 1`.
-const SCRAPES_PER_S: f64 = 10.0;
-const SCRAPE_BURST: f64 = 20.0;
 
 /// The series this endpoint mirrors at scrape time.
 struct Series {
@@ -58,12 +53,15 @@ struct Series {
     rejected: IntCounterVec,
     errors: IntCounter,
     store_errors: IntCounter,
+    unsynced: IntGauge,
     webhook_failures: IntCounter,
     queue_depth: IntGauge,
     queue_capacity: IntGauge,
     agents: IntGaugeVec,
     restarts: IntCounterVec,
     process_state: IntGaugeVec,
+    process_cpu: GaugeVec,
+    process_memory: IntGaugeVec,
     supervised: IntGaugeVec,
     alert_failures: IntCounter,
     send_timeouts: IntCounter,
@@ -96,10 +94,7 @@ pub struct MetricsEndpoint {
     limit_warned: AtomicBool,
     /// One scrape at a time (a scrape resets and sets the mirrored series), and the body of
     /// the last one with when it was made: see [`REUSE_WITHIN`].
-    last: futures::lock::Mutex<Option<(Instant, Bytes)>>,
-    /// Scrapes that may be answered now (a token bucket: [`SCRAPES_PER_S`], [`SCRAPE_BURST`]),
-    /// and when it was last refilled.
-    tokens: std::sync::Mutex<(f64, Instant)>,
+    last: futures::lock::Mutex<Option<(Instant, SharedAnswer)>>,
     log: Logger,
 }
 
@@ -183,6 +178,10 @@ impl MetricsEndpoint {
                 "heartbeatd_store_errors_total",
                 "Failed writes to data_dir (retried from memory).",
             ),
+            unsynced: gauge(
+                "heartbeatd_heartbeats_unsynced",
+                "Heartbeats accepted and held in memory, not yet synced (grows while data_dir fails, up to its bound; then heartbeats get 503).",
+            ),
             webhook_failures: counter(
                 "heartbeatd_webhook_failures_total",
                 "Webhook deliveries that failed every try, or were dropped.",
@@ -209,6 +208,20 @@ impl MetricsEndpoint {
                     "1 for a supervised agent's current process state, 0 for the others.",
                 ),
                 &["agent_id", "state"],
+            )?,
+            process_cpu: GaugeVec::new(
+                Opts::new(
+                    "heartbeatd_agent_process_cpu_ratio",
+                    "CPU used by a supervised agent's process tree, in cores (1 = one core busy), since its previous measurement; only for a tree that is running.",
+                ),
+                &["agent_id"],
+            )?,
+            process_memory: IntGaugeVec::new(
+                Opts::new(
+                    "heartbeatd_agent_process_memory_bytes",
+                    "Memory of a supervised agent's process tree: its proportional set size (PSS) summed over the tree; only for a tree that is running.",
+                ),
+                &["agent_id"],
             )?,
             supervised: IntGaugeVec::new(
                 Opts::new("heartbeatd_supervised_processes", "Supervised agents by process state."),
@@ -239,19 +252,22 @@ impl MetricsEndpoint {
             ),
         };
         let registry = Registry::new();
-        let mirrored: [Box<dyn Collector>; 18] = [
+        let mirrored: [Box<dyn Collector>; 21] = [
             Box::new(series.received.clone()),
             Box::new(series.processed.clone()),
             Box::new(series.synced.clone()),
             Box::new(series.rejected.clone()),
             Box::new(series.errors.clone()),
             Box::new(series.store_errors.clone()),
+            Box::new(series.unsynced.clone()),
             Box::new(series.webhook_failures.clone()),
             Box::new(series.queue_depth.clone()),
             Box::new(series.queue_capacity.clone()),
             Box::new(series.agents.clone()),
             Box::new(series.restarts.clone()),
             Box::new(series.process_state.clone()),
+            Box::new(series.process_cpu.clone()),
+            Box::new(series.process_memory.clone()),
             Box::new(series.supervised.clone()),
             Box::new(series.alert_failures.clone()),
             Box::new(series.send_timeouts.clone()),
@@ -281,7 +297,6 @@ impl MetricsEndpoint {
             agent_limit,
             limit_warned: AtomicBool::new(false),
             last: futures::lock::Mutex::new(None),
-            tokens: std::sync::Mutex::new((SCRAPE_BURST, Instant::now())),
             log,
         })
     }
@@ -300,6 +315,7 @@ fn render(
     mirror(&s.synced, report.total_synced);
     mirror(&s.errors, report.total_errors);
     mirror(&s.store_errors, report.store_errors);
+    s.unsynced.set(report.heartbeats_unsynced as i64);
     mirror(&s.webhook_failures, report.webhook_failures);
     mirror(&s.alert_failures, endpoint.alert_failure_count.load(Ordering::Relaxed));
     mirror(
@@ -331,7 +347,25 @@ fn render(
     // Supervised agents: few (each is a process on this host), so rebuilt at every scrape.
     s.restarts.reset();
     s.process_state.reset();
-    for (id, entry) in endpoint.board.entries().iter().take(endpoint.agent_limit) {
+    s.process_cpu.reset();
+    s.process_memory.reset();
+    let supervised: Vec<(String, BoardEntry)> = endpoint
+        .board
+        .entries()
+        .into_iter()
+        .take(endpoint.agent_limit)
+        .collect();
+    // Measured now where the last figure is stale (this runs on the blocking pool).
+    let ids: Vec<String> = supervised.iter().map(|(id, _)| id.clone()).collect();
+    for (id, usage) in ids.iter().zip(endpoint.board.measure(&ids)) {
+        if let Some(usage) = usage {
+            s.process_cpu.with_label_values(&[id]).set(usage.cpu_ratio);
+            s.process_memory
+                .with_label_values(&[id])
+                .set(i64::try_from(usage.memory_bytes).unwrap_or(i64::MAX));
+        }
+    }
+    for (id, entry) in &supervised {
         for (reason, count) in ExitReason::ALL.iter().zip(entry.restarts_by_reason) {
             s.restarts.with_label_values(&[id, reason.name()]).inc_by(count);
         }
@@ -388,22 +422,6 @@ fn agent_rows<'a>(
         .collect()
 }
 
-impl MetricsEndpoint {
-    fn take_token(&self) -> bool {
-        let mut bucket = self.tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (tokens, refilled) = &mut *bucket;
-        let now = Instant::now();
-        *tokens = (*tokens + now.duration_since(*refilled).as_secs_f64() * SCRAPES_PER_S).min(SCRAPE_BURST);
-        *refilled = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Sets a counter to `value` (it mirrors a count owned elsewhere).
 fn mirror(counter: &IntCounter, value: u64) {
     counter.reset();
@@ -418,25 +436,16 @@ pub async fn metrics(endpoint: web::Data<MetricsEndpoint>) -> HttpResponse {
             "metrics unavailable: heartbeatd is stopping",
         )
     };
-    let ok = |body: Bytes| {
+    let ok = |body: &SharedAnswer| {
         HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"))
-            .body(body)
+            .body(body.body())
     };
-    if !endpoint.take_token() {
-        let mut response = ApiResponse::error(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many scrapes: at most {SCRAPES_PER_S} per second; retry in 1 s"),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return response;
-    }
+    // The last scrape's body, while fresh, is answered to anyone at no cost (REUSE_WITHIN).
     let mut last = endpoint.last.lock().await;
     if let Some((at, body)) = last.as_ref() {
         if at.elapsed() < REUSE_WITHIN {
-            return ok(body.clone());
+            return ok(body);
         }
     }
     let Ok(report) = endpoint.stats.send(GetStats).await else {
@@ -477,6 +486,17 @@ pub async fn metrics(endpoint: web::Data<MetricsEndpoint>) -> HttpResponse {
         }
         Err(_) => return unavailable(),
     };
+    // The body is a large answer like any other: charged to the budget (once, however many
+    // connections send it) for as long as anyone still sends it; with the budget spent by
+    // other large answers, 429 like them. (One body is built at a time, under `last`.)
+    let reservation = match endpoint.costly_reads.reserve(0) {
+        Ok(reservation) => reservation,
+        Err(busy) => return busy.error_response(),
+    };
+    let body = match SharedAnswer::new(body, reservation) {
+        Ok(body) => body,
+        Err(busy) => return busy.error_response(),
+    };
     *last = Some((Instant::now(), body.clone()));
-    ok(body)
+    ok(&body)
 }

@@ -1,63 +1,19 @@
-//! The keeper: a small process between heartbeatd and each supervised agent, so that no
-//! process of an agent's tree outlives heartbeatd, even after a SIGKILL of heartbeatd.
+//! heartbeatd's side of the keeper, the small process between heartbeatd and each supervised
+//! agent's tree. The keeper itself, and the protocol both sides speak, are the
+//! `heartbeatd-keep` crate (`keeper/` at the top of the workspace; its documentation says
+//! what a keeper does): one definition, used here and built into the `heartbeatd-keep`
+//! binary.
 //!
-//! ```text
-//! heartbeatd ──spawns──▶ heartbeatd-keep <id>   (its own binary in a hidden mode)
-//!                          │ subreaper of the tree, PR_SET_PDEATHSIG = SIGUSR2
-//!                          └──▶ the agent's command (own process group, PDEATHSIG = SIGKILL)
-//!                                 └──▶ … its children, also those that call setsid()
-//! ```
-//!
-//! Why a keeper (in the style of s6-supervise and `tini -s`) and not a PID namespace: in a
-//! namespace the agent would be pid 1, which ignores signals it has no handler for (a plain
-//! program could not be stopped with SIGTERM) and reports pid 1 in its heartbeats; creating
-//! one also needs privileges or user namespaces that many hosts disable.
-//!
-//! What the keeper does:
-//! - it is the subreaper of the tree (`PR_SET_CHILD_SUBREAPER`): a grandchild whose parent
-//!   died, or that left the group with `setsid`, is re-parented to it, so the tree is always
-//!   "the keeper's descendants", found by walking `/proc`;
-//! - it copies the agent's stdout and stderr into its output file, whole lines, buffered,
-//!   rotated, within a CPU budget (see [`output`]);
-//! - SIGTERM from heartbeatd: `stop_signal` to the agent's group and every descendant, then
-//!   SIGKILL to every descendant after `stop_timeout`;
-//! - SIGUSR1 from heartbeatd: SIGKILL to every descendant now;
-//! - heartbeatd died (its PDEATHSIG, SIGUSR2, or its pid is no longer the parent): the stop
-//!   signal, then SIGKILL after at most one second; with `adopt_timeout_s`, only once that has
-//!   passed without a new heartbeatd adopting the tree (see [`adopt`]);
-//! - when the agent's own process ends, what is left of its tree is stopped the same way: the
-//!   tree lives and dies with the agent (run programs in the foreground, as under supervisord);
-//! - it reaps every child, and reports the CPU they used (`/proc` no longer shows it);
-//! - with `max_processes`, it counts the tree every [`main::COUNT_INTERVAL`] and kills it when
-//!   it has more;
-//! - it exits once no descendant is left.
-//!
-//! What it does not cover: a process that leaves the tree entirely (double-forks *and* is
-//! re-parented above the keeper, which a subreaper prevents, or is started through another
-//! daemon such as `systemd-run` or `at`) is not the agent's any more. A SIGKILL of the
-//! keeper itself (not of heartbeatd) ends the agent (its PDEATHSIG) and leaves its
-//! grandchildren to heartbeatd, which is a subreaper too and ends them when it finds them.
-//!
-//! | module | side | what |
-//! |---|---|---|
-//! | [`protocol`] | both | the spec, the signals and the report lines, parsed and written |
-//! | [`spawn`] | heartbeatd | starting a keeper |
-//! | [`main`] | keeper | its entry point, [`run`], and its loop |
-//! | [`tree`] | keeper | signalling, reaping (with the CPU used) and counting the tree |
-//! | [`output`] | keeper | copying the output pipe into the output file, within a CPU budget |
-//! | [`rendezvous`] | both | adoption's words: the socket under `data_dir/run/`, the hello, the handshake |
-//! | [`adopt`] | keeper | outliving heartbeatd for `adopt_timeout_s` and being adopted by the next one |
-//!
-//! The keeper's side uses no actix and no runtime; only the spec is read with serde.
+//! | module | what |
+//! |---|---|
+//! | [`spawn`] | which program runs as a keeper (`heartbeatd-keep` beside heartbeatd, or heartbeatd's own binary as the fallback), and starting one |
+//! | [`protocol`] | the spec, the signals and the report lines (heartbeatd-keep's) |
+//! | [`rendezvous`] | adoption's words: the socket under `data_dir/run/`, the hello, the handshake (heartbeatd-keep's; heartbeatd's side of adoption is [`crate::supervision::adoption`]) |
 
-pub mod adopt;
-pub mod main;
-pub mod output;
-pub mod protocol;
-pub mod rendezvous;
 pub mod spawn;
-pub mod tree;
 
-pub use main::run;
-pub use protocol::{KeeperLine, KeeperSpec, KILL_NOW, SPEC_ENV, STOP, SUBCOMMAND};
-pub use spawn::{spawn_keeper, SpawnedKeeper};
+pub use heartbeatd_keep::protocol::{
+    self, KeeperLine, KeeperSpec, KEEPER_BINARY, KILL_NOW, SPEC_ENV, STOP, SUBCOMMAND,
+};
+pub use heartbeatd_keep::{rendezvous, run};
+pub use spawn::{keeper_path, keeper_program, spawn_keeper, KeeperProgram, SpawnedKeeper};

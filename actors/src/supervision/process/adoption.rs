@@ -72,6 +72,8 @@ impl AgentProcess {
             reaper::no_longer_adopted(keeper_pid);
             return;
         };
+        // Its tree is measured from now on, as one this heartbeatd started (process.usage).
+        self.cx.board.track(&self.id, keeper_pid);
         let changed = rendezvous::settings_digest(&self.keeper_spec(0)) != hello.settings_digest;
         info!(self.log, "adopted the agent's keeper from the previous heartbeatd: its program kept running";
             "agent_id" => &self.id, "pid" => hello.agent_pid, "keeper_pid" => keeper_pid,
@@ -99,7 +101,7 @@ impl AgentProcess {
 
 /// heartbeatd hands over to a new one that adopts the keepers: the actor ends and leaves
 /// the tree running (its keeper waits for the new heartbeatd, see
-/// [`super::keeper::adopt`]). Answers whether a tree was running.
+/// `heartbeatd_keep::adopt`). Answers whether a tree was running.
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct Release;

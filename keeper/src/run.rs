@@ -1,6 +1,7 @@
-//! The keeper's own side: `heartbeatd keep <id>`. [`run`] reads as the story it is (as tini's
-//! `main` does); each step is a small function below it. No runtime, no threads: one loop
-//! around `poll` on a signalfd and the output pipe.
+//! The keeper's own side: `heartbeatd-keep <id>` (or `heartbeatd keep <id>`, the fallback).
+//! [`run`] reads as the story it is (as tini's `main` does); each step is a small function
+//! below it. No runtime, no threads: one loop around `poll` on a signalfd, the output pipe
+//! and (with adoption) its socket.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -8,12 +9,12 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use super::adopt::{self, Rendezvous};
-use super::output::OutputCopy;
-use super::protocol::{KeeperLine, KeeperSpec, KILL_NOW, STOP};
-use super::tree::{self, ProcessLimit, Reaper};
-use crate::supervision::output_log::OutputLog;
-use crate::supervision::procfs;
+use crate::adopt::{self, Rendezvous};
+use crate::output::OutputCopy;
+use crate::output_log::OutputLog;
+use crate::procfs;
+use crate::protocol::{KeeperLine, KeeperSpec, KILL_NOW, STOP};
+use crate::tree::{self, ProcessLimit, Reaper};
 
 /// The keeper's parent-death signal.
 const PARENT_DIED: i32 = libc::SIGUSR2;
@@ -43,11 +44,12 @@ pub const COUNT_INTERVAL: Duration = Duration::from_millis(50);
 /// The CPU of reaped processes is reported at most this often.
 pub const CPU_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs the keeper: the `heartbeatd keep <id>` entry point. Never starts a runtime.
+/// Runs the keeper: the entry point of `heartbeatd-keep` (and of `heartbeatd keep <id>`).
+/// Never starts a runtime.
 pub fn run() -> ExitCode {
     adopt::name_this_process();
     let Some(spec) = KeeperSpec::from_env() else {
-        eprintln!("heartbeatd keep: this mode is started by heartbeatd itself, not by hand");
+        eprintln!("heartbeatd-keep: started by heartbeatd itself, not by hand (no valid spec in its environment)");
         return ExitCode::from(2);
     };
     if !become_the_trees_subreaper(&spec) {
@@ -111,7 +113,7 @@ fn open_output_file(spec: &KeeperSpec) -> Option<OutputLog> {
         Ok(log) => Some(log),
         Err(e) => {
             eprintln!(
-                "heartbeatd keep {}: cannot open {}: {e}; the agent's output is discarded",
+                "heartbeatd-keep {}: cannot open {}: {e}; the agent's output is discarded",
                 spec.agent_id,
                 spec.log_path.display()
             );

@@ -9,11 +9,11 @@
 //! within its budget (hundreds of MB/s on current hardware).
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use crate::supervision::output_log::OutputLog;
+use crate::output_log::OutputLog;
 
 /// The most of a core the keeper spends, measured over [`BUDGET_WINDOW`] (all of its CPU
 /// counts, copying or not; the bench holds it to 20 %).
@@ -28,6 +28,8 @@ pub struct OutputCopy {
     pipe: Option<File>,
     /// `None` when the file could not be opened: the output is read and dropped.
     log: Option<OutputLog>,
+    /// What one read takes: [`READ_BYTES`] reserved, never zeroed, so a program that writes
+    /// little (or nothing) costs its keeper only the pages the kernel actually filled.
     buffer: Vec<u8>,
     budget: CpuBudget,
 }
@@ -37,7 +39,7 @@ impl OutputCopy {
         Self {
             pipe: Some(File::from(pipe)),
             log,
-            buffer: vec![0; READ_BYTES],
+            buffer: Vec::with_capacity(READ_BYTES),
             budget: CpuBudget::new(Instant::now()),
         }
     }
@@ -57,12 +59,12 @@ impl OutputCopy {
 
     /// Copies what the pipe holds (one read), then charges the budget.
     pub fn copy(&mut self) {
-        let Some(pipe) = &mut self.pipe else { return };
-        match pipe.read(&mut self.buffer) {
+        let Some(pipe) = &self.pipe else { return };
+        match read_pipe(pipe, &mut self.buffer) {
             Ok(0) => self.pipe = None,
-            Ok(n) => {
+            Ok(_) => {
                 if let Some(log) = &mut self.log {
-                    log.write(&self.buffer[..n]);
+                    log.write(&self.buffer);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => {}
@@ -92,13 +94,12 @@ impl OutputCopy {
     pub fn finish(mut self) {
         if let Some(pipe) = self.pipe.take() {
             let _ = set_nonblocking(&pipe);
-            let mut pipe = pipe;
-            while let Ok(n) = pipe.read(&mut self.buffer) {
+            while let Ok(n) = read_pipe(&pipe, &mut self.buffer) {
                 if n == 0 {
                     break;
                 }
                 if let Some(log) = &mut self.log {
-                    log.write(&self.buffer[..n]);
+                    log.write(&self.buffer);
                 }
             }
         }
@@ -106,6 +107,21 @@ impl OutputCopy {
             log.finish();
         }
     }
+}
+
+/// One read of the pipe into `buffer`'s reserved room (its length becomes what was read):
+/// `File::read` would need the room zeroed first, touching all [`READ_BYTES`] of it in every
+/// keeper (64 KiB of private memory each, for output most agents never write).
+fn read_pipe(pipe: &File, buffer: &mut Vec<u8>) -> io::Result<usize> {
+    buffer.clear();
+    // SAFETY: the pointer is valid for `capacity` bytes; the kernel writes at most that many.
+    let n = unsafe { libc::read(pipe.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.capacity()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the first n bytes were written by read(2).
+    unsafe { buffer.set_len(n as usize) };
+    Ok(n as usize)
 }
 
 fn set_nonblocking(file: &File) -> io::Result<()> {

@@ -1,8 +1,9 @@
 //! What heartbeatd and a keeper say to each other, and nothing else: both sides use these
 //! words, so they cannot drift apart.
 //!
-//! - heartbeatd → keeper: the [`KeeperSpec`] (JSON in [`SPEC_ENV`], read once at the start),
-//!   then signals: [`STOP`] (stop the tree gracefully) and [`KILL_NOW`] (SIGKILL it now).
+//! - heartbeatd → keeper: the [`KeeperSpec`] (a few lines of text in [`SPEC_ENV`], read once
+//!   at the start), then signals: [`STOP`] (stop the tree gracefully) and [`KILL_NOW`]
+//!   (SIGKILL it now).
 //! - keeper → heartbeatd: one [`KeeperLine`] per line on the keeper's stdout (a pipe):
 //!
 //! ```text
@@ -14,17 +15,25 @@
 //!                               keeper is killing it (once per run)
 //! exit code <n> | exit signal <n>   how the agent's own process ended; the tree is gone
 //! ```
+//!
+//! The spec is a few lines of text, not JSON, so that the keeper needs no serde (see
+//! [`spec_text`](crate::spec_text)).
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
-/// The environment variable that carries the [`KeeperSpec`] (JSON) to the keeper; removed
-/// before the agent starts.
+/// The environment variable that carries the [`KeeperSpec`] to the keeper; removed before
+/// the agent starts.
 pub const SPEC_ENV: &str = "HEARTBEATD_KEEPER_SPEC";
-/// The subcommand that runs the keeper.
+/// The keeper's own program, installed next to heartbeatd's (`<dir of heartbeatd>/heartbeatd-keep`).
+/// Also its argv[0] prefix (`heartbeatd-keep <id>`) and its `/proc/PID/comm` (15 bytes, the
+/// most `comm` holds).
+pub const KEEPER_BINARY: &str = "heartbeatd-keep";
+/// The subcommand of heartbeatd's own binary that runs the keeper when [`KEEPER_BINARY`] is
+/// missing (the fallback).
 pub const SUBCOMMAND: &str = "keep";
 /// Signal from heartbeatd: stop the tree gracefully.
 pub const STOP: i32 = libc::SIGTERM;
@@ -34,7 +43,7 @@ pub const KILL_NOW: i32 = libc::SIGUSR1;
 const MAX_REASON: usize = 4096;
 
 /// What a keeper runs, and how.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeeperSpec {
     pub agent_id: String,
     pub command: Vec<String>,
@@ -50,22 +59,22 @@ pub struct KeeperSpec {
     /// heartbeatd's pid: if the keeper's parent is not this one, heartbeatd is gone.
     pub parent_pid: i32,
     /// How the tree outlives heartbeatd and waits to be adopted; `None`: it does not.
-    #[serde(default)]
-    pub adoption: Option<super::rendezvous::AdoptionSpec>,
+    pub adoption: Option<crate::rendezvous::AdoptionSpec>,
 }
 
 impl KeeperSpec {
     /// The spec heartbeatd put in [`SPEC_ENV`], which is then removed from the environment
-    /// (the agent does not inherit it); `None` when there is none (started by hand).
+    /// (the agent does not inherit it); `None` when there is none (started by hand) or it is
+    /// not a valid spec.
     pub fn from_env() -> Option<Self> {
-        let spec = serde_json::from_str(&std::env::var(SPEC_ENV).ok()?).ok();
+        let spec = Self::decode(std::env::var_os(SPEC_ENV)?.as_bytes());
         std::env::remove_var(SPEC_ENV);
         spec
     }
 
-    /// The spec as [`SPEC_ENV`] carries it.
-    pub fn to_env(&self) -> std::io::Result<String> {
-        serde_json::to_string(self).map_err(std::io::Error::other)
+    /// The spec as [`SPEC_ENV`] carries it ([`spec_text`](crate::spec_text)).
+    pub fn to_env(&self) -> OsString {
+        self.encode()
     }
 }
 

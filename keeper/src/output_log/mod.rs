@@ -15,9 +15,9 @@
 //! before every rotation): if it was removed or moved away (a full disk's reflex, logrotate
 //! without `copytruncate`), it is opened again at its path, and a line in it says so.
 //!
-//! Every open goes through [`crate::data_dir`] (the keeper's and the readers' alike): the files
+//! Every open goes through [`crate::private_file`] (heartbeatd's `data_dir` rules): the files
 //! are created 0600, the directory 0700, and a link at `logs/<id>.log` is refused, never
-//! followed (it would send the agent's output into any file, or let a reader read any file).
+//! followed (it would send the agent's output into any file).
 
 #[cfg(test)]
 mod tests;
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use memchr::{memchr, memrchr};
 
-use crate::data_dir;
+use crate::private_file;
 
 /// A line longer than this is written in pieces of this size, each ended with a newline, so a
 /// program that never writes a newline cannot make the keeper buffer without bound.
@@ -260,7 +260,7 @@ impl OutputLog {
         if self.lost == 0 {
             let dir = self.path.parent().unwrap_or(Path::new(".")).display().to_string();
             eprintln!(
-                "heartbeatd keep: cannot write {}: {e}; the agent's output is dropped until it can (check free space in data_dir, and that {dir} exists and is writable)",
+                "heartbeatd-keep: cannot write {}: {e}; the agent's output is dropped until it can (check free space in data_dir, and that {dir} exists and is writable)",
                 self.path.display()
             );
         }
@@ -331,7 +331,7 @@ impl OutputLog {
             )
         })?;
         eprintln!(
-            "heartbeatd keep: {} was removed or moved; opened it again (output written meanwhile went to the old file)",
+            "heartbeatd-keep: {} was removed or moved; opened it again (output written meanwhile went to the old file)",
             self.path.display()
         );
         self.file
@@ -355,7 +355,7 @@ impl OutputLog {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        self.file = data_dir::open_append(&self.path)?;
+        self.file = private_file::open_append(&self.path)?;
         Ok(())
     }
 }
@@ -363,9 +363,9 @@ impl OutputLog {
 /// Opens `path` for appending, creating it and its directory (0600, 0700) if needed.
 fn open_at(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
-        data_dir::create_dir_private(dir)?;
+        private_file::create_dir_private(dir)?;
     }
-    data_dir::open_append(path)
+    private_file::open_append(path)
 }
 
 /// The last `n` lines of an agent's output (from its current file, and the newest rotated one
@@ -385,7 +385,7 @@ pub fn tail(path: &Path, n: usize, max_bytes: u64) -> io::Result<Vec<String>> {
 
 fn tail_of(path: &Path, n: usize, max_bytes: u64) -> io::Result<Vec<String>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = data_dir::open_read(path)?;
+    let mut file = private_file::open_read(path)?;
     let len = file.metadata()?.len();
     let start = len.saturating_sub(max_bytes);
     file.seek(SeekFrom::Start(start))?;

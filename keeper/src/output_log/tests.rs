@@ -158,7 +158,7 @@ fn a_removed_output_file_is_opened_again_at_its_path_with_a_line_saying_so() {
     log.flush();
     assert_eq!(read(&path), format!("heartbeatd: {REOPENED_NOTE}\nsecond\n"));
     let mode = fs::metadata(&path).unwrap().mode() & 0o777;
-    assert_eq!(mode, 0o600, "created through data_dir");
+    assert_eq!(mode, 0o600, "created through private_file");
     // Rotation goes on from the new file.
     log.write(b"third\n");
     log.flush();

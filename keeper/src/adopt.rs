@@ -1,5 +1,5 @@
 //! The keeper's side of adoption: its tree outlives heartbeatd for `adopt_timeout_s`, and a
-//! new heartbeatd on the same `data_dir` takes it over (see [`super::rendezvous`]).
+//! new heartbeatd on the same `data_dir` takes it over (see [`crate::rendezvous`]).
 //!
 //! The keeper is linked to one heartbeatd at a time ([`Link`]):
 //! - the one that started it, through its stdout pipe: that link is lost when the pipe's
@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::protocol::KeeperSpec;
-use super::rendezvous::{self, read_line, Hello, ADOPT, ADOPTED, BUSY, PROCESS_NAME};
+use crate::protocol::KeeperSpec;
+use crate::rendezvous::{self, read_line, Hello, ADOPT, ADOPTED, BUSY, PROCESS_NAME};
 
 /// How long a peer has to say `adopt` once the keeper said hello, and to read what the
 /// keeper writes: the keeper copies no output meanwhile.

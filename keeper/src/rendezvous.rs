@@ -20,14 +20,16 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use super::protocol::KeeperSpec;
+use crate::protocol::KeeperSpec;
 
 /// The version of the words below; a hello of another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// The keeper's name in `ps` and `/proc/PID/comm` (15 bytes: what `comm` holds at most).
-pub const PROCESS_NAME: &str = "heartbeatd-keep";
+/// The keeper's name in `/proc/PID/comm` (15 bytes: what `comm` holds at most), whichever
+/// program runs it (`heartbeatd-keep`, or heartbeatd's own binary as the fallback): the name
+/// a new heartbeatd checks its peer by.
+pub const PROCESS_NAME: &str = crate::protocol::KEEPER_BINARY;
+/// The longest agent id (heartbeatd's `MAX_AGENT_ID_LEN`; a test there checks they agree).
+pub const MAX_AGENT_ID_LEN: usize = 128;
 /// What heartbeatd asks.
 pub const ADOPT: &str = "adopt";
 /// The keeper's answers.
@@ -43,7 +45,7 @@ pub const RUN_DIR: &str = "run";
 
 /// How a keeper waits to be adopted; absent (`adopt_timeout_s = 0`), the keeper ends its
 /// tree when heartbeatd goes, as it always did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdoptionSpec {
     /// `adopt_timeout_s`: how long the tree keeps running without heartbeatd.
     pub timeout_ms: u64,
@@ -71,12 +73,28 @@ pub fn socket_path(data_dir: &Path, agent_id: &str) -> Option<PathBuf> {
 /// A digest of what a keeper runs (the command, its environment, its output file, how it is
 /// stopped): equal digests, nothing to restart for. heartbeatd's pid and the adoption
 /// settings are left out (they change with every heartbeatd, not with the agent's settings).
+/// Taken over the spec's text ([`crate::spec_text`]), whose lines are written in one order.
 pub fn settings_digest(spec: &KeeperSpec) -> String {
     let mut bare = spec.clone();
     bare.parent_pid = 0;
     bare.adoption = None;
-    let json = serde_json::to_vec(&bare).unwrap_or_default();
-    format!("{:016x}", fnv1a(&json))
+    format!(
+        "{:016x}",
+        fnv1a(std::os::unix::ffi::OsStrExt::as_bytes(bare.encode().as_os_str()))
+    )
+}
+
+/// An agent id as heartbeatd accepts one (its `is_valid_agent_id`; a test there checks they
+/// agree): 1 to [`MAX_AGENT_ID_LEN`] bytes of `[A-Za-z0-9._-]`, not `.` or `..` (it names
+/// files).
+pub fn is_valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_AGENT_ID_LEN
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// FNV-1a, 64 bits: stable across releases and platforms (a digest written by one heartbeatd
@@ -127,10 +145,7 @@ impl Hello {
                 .next()
                 .filter(|d| d.len() == 16 && d.bytes().all(|b| b.is_ascii_hexdigit()))?
                 .to_owned(),
-            agent_id: words
-                .next()
-                .filter(|id| crate::model::agent::is_valid_agent_id(id))?
-                .to_owned(),
+            agent_id: words.next().filter(|id| is_valid_agent_id(id))?.to_owned(),
         };
         words.next().is_none().then_some(hello)
     }

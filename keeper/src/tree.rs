@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::Duration;
 
-use crate::supervision::procfs;
+use crate::procfs;
 
 /// Sends `signal` to every descendant of the keeper `me`, the agent's group first; returns
 /// how many processes were found in the tree.
