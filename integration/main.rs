@@ -10,6 +10,7 @@ mod daemon {
 }
 
 mod admin_api;
+mod adoption;
 mod alert_backlog;
 mod alerting;
 mod alerting_configs;

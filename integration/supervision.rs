@@ -669,11 +669,13 @@ fn no_process_of_a_tree_survives_a_graceful_stop_or_a_sigkill_of_heartbeatd() {
     assert!(left.is_empty(), "left after a graceful stop: {left:?}");
     assert!(daemon.log().contains("supervised agents stopped"), "{}", daemon.log());
 
-    // Act 2: start again on the same data directory (autostart), then SIGKILL heartbeatd.
+    // Act 2: start again on the same data directory (autostart), then SIGKILL heartbeatd;
+    // with adopt_timeout_s = 0 the trees do not wait to be adopted (see adoption.rs for
+    // what they do otherwise).
     let dir = daemon.dir.clone();
     let config = fs::read_to_string(dir.join("heartbeatd.toml")).unwrap();
     let extra: String = config.lines().skip(2).collect::<Vec<_>>().join("\n");
-    let mut again = Daemon::start_in(&dir, &extra);
+    let mut again = Daemon::start_in(&dir, &format!("adopt_timeout_s = 0\n{extra}"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while processes_with_marker(&mark).len() < 4 {
         assert!(

@@ -89,11 +89,13 @@ fn falls_back(place_keeper: impl Fn(&Path), expected_why: &str) {
         |port| config.replace("@URL@", &format!("http://127.0.0.1:{port}/heartbeat")),
         &[],
     );
-    let (exe, argv, _) = keeper_of(&daemon, "db-1");
+    let (exe, argv, comm) = keeper_of(&daemon, "db-1");
 
     // Assert
     assert!(same_file(&exe, &alone), "keeper runs {}", exe.display());
     assert_eq!(argv, ["heartbeatd", "keep", "db-1"]);
+    // Named as the lean keeper is: a new heartbeatd adopts it by that name.
+    assert_eq!(comm, "heartbeatd-keep");
     assert_eq!(process(&daemon, "db-1")["state"], "running");
     let log = daemon.log();
     let said: Vec<&str> = log

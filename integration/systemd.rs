@@ -64,14 +64,15 @@ fn ready_watchdog_and_stopping_are_sent() {
 #[test]
 fn the_shipped_unit_lets_heartbeatd_stop_its_agents_and_checks_the_config_first() {
     // The unit as shipped: systemd signals heartbeatd alone (each agent gets its own
-    // stop_signal from heartbeatd), and a configuration error stops the start early.
+    // stop_signal from heartbeatd; after a crash the agents wait to be adopted), and a
+    // configuration error stops the start early.
     let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/heartbeatd.service")).unwrap();
     let keys: Vec<(&str, &str)> = unit
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once('='))
         .collect();
-    assert!(keys.contains(&("KillMode", "mixed")), "{unit}");
+    assert!(keys.contains(&("KillMode", "process")), "{unit}");
     let pre = keys
         .iter()
         .find(|(k, _)| *k == "ExecStartPre")

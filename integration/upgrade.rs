@@ -19,7 +19,7 @@ use crate::daemon::{heartbeatd_bin, http, send_signal, Daemon, BIN};
 const LOAD_AGENTS: usize = 20;
 
 /// `[[agents]]` for the load tool's agents.
-fn load_agents_config() -> String {
+pub(crate) fn load_agents_config() -> String {
     let out = Command::new(load_bin())
         .args(["--agents", &LOAD_AGENTS.to_string(), "--print-agents-config"])
         .output()
@@ -30,7 +30,7 @@ fn load_agents_config() -> String {
 
 /// Starts steady load on `port`: `rate` heartbeats a second for `seconds`, over 8 keep-alive
 /// connections.
-fn start_load(port: u16, rate: u32, seconds: u32) -> Child {
+pub(crate) fn start_load(port: u16, rate: u32, seconds: u32) -> Child {
     Command::new(load_bin())
         .args([
             "--url",
@@ -51,7 +51,7 @@ fn start_load(port: u16, rate: u32, seconds: u32) -> Child {
 }
 
 /// The load tool's report: every answer was 200 and no request failed. Returns how many.
-fn all_accepted(load: Child) -> u64 {
+pub(crate) fn all_accepted(load: Child) -> u64 {
     let out = load.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -63,7 +63,7 @@ fn all_accepted(load: Child) -> u64 {
 }
 
 /// The heartbeats counted in the state of the load tool's agents, once `expected` are.
-fn wait_counted(port: u16, expected: u64) -> u64 {
+pub(crate) fn wait_counted(port: u16, expected: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let counted: u64 = (1..=LOAD_AGENTS)
@@ -80,7 +80,7 @@ fn wait_counted(port: u16, expected: u64) -> u64 {
 }
 
 /// Waits until `GET /upgrade` names a process other than `old`.
-fn wait_new_pid(daemon: &Daemon, old: u32) -> u32 {
+pub(crate) fn wait_new_pid(daemon: &Daemon, old: u32) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(reply) = http(daemon.port, "GET", "/upgrade", None) {
@@ -182,7 +182,7 @@ fn replace_binary(path: &Path, content: &[u8]) {
     assert!(sh.wait().unwrap().success());
 }
 
-fn ctl_upgrade(daemon: &Daemon) -> std::process::Output {
+pub(crate) fn ctl_upgrade(daemon: &Daemon) -> std::process::Output {
     Command::new(BIN)
         .arg("--config")
         .arg(daemon.dir.join("heartbeatd.toml"))

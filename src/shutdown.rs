@@ -11,7 +11,9 @@
 //! 3. the queue drains: every heartbeat that was answered 200 is processed and saved;
 //! 4. the pool's address is dropped and the worker threads are waited for;
 //!    meanwhile, from step 2 on, every supervised agent is stopped, all in parallel (its
-//!    stop signal, then SIGKILL after its `stop_timeout_s`), and waited for;
+//!    stop signal, then SIGKILL after its `stop_timeout_s`), and waited for (in a hand-over
+//!    with `adopt_timeout_s` set, they are left running instead: the new heartbeatd adopts
+//!    their keepers);
 //! 5. the Manager flushes every changed agent (state and history) to disk, and the Alerter
 //!    its firing alerts.
 //!
@@ -27,7 +29,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use actix_rt::signal::unix::{signal, Signal, SignalKind};
-use futures::future::{self, Either};
+use futures::future::{self, Either, OptionFuture};
 use heartbeatd_actors::manager;
 use heartbeatd_actors::stats::{GetStats, Stats};
 use slog::{error, info, warn, Logger};
@@ -150,6 +152,9 @@ pub struct Running {
     /// process ends: connections then wait for the next heartbeatd, so a stop hands them
     /// over as an upgrade does instead of answering 503.
     pub socket_outlives_process: bool,
+    /// `adopt_timeout_s` is set: in a hand-over, supervised agents are left running for the
+    /// new heartbeatd to adopt instead of being stopped.
+    pub agents_outlive_process: bool,
 }
 
 /// How an upgrade is started: the binary, the sockets, and requests from the API.
@@ -198,6 +203,7 @@ pub async fn run(running: Running) -> Stopped {
         connections,
         mut upgrade,
         socket_outlives_process,
+        agents_outlive_process,
     } = running;
     let shutdown_timeout_s = shutdown_timeout.as_secs();
     let server_handle = server.as_ref().map(|s| s.handle());
@@ -328,8 +334,14 @@ pub async fn run(running: Running) -> Stopped {
     let retire_within = deadline
         .saturating_duration_since(Instant::now())
         .saturating_sub(Duration::from_secs(1));
-    let retiring = manager.send(manager::RetireAll {
-        deadline: retire_within,
+    // In a hand-over with adopt_timeout_s set, they are left running: the new heartbeatd
+    // adopts their keepers (same pids, no restart).
+    let keep_agents = handing_to.is_some_and(|s| s.adopts) && agents_outlive_process;
+    let releasing = keep_agents.then(|| manager.send(manager::ReleaseAll));
+    let retiring = (!keep_agents).then(|| {
+        manager.send(manager::RetireAll {
+            deadline: retire_within,
+        })
     });
 
     if let Some(handle) = server_handle {
@@ -353,10 +365,15 @@ pub async fn run(running: Running) -> Stopped {
     let workers_running = pool.close().wait(deadline).await;
     let unprocessed = queue.depth() as u64 + queue.lost();
     let retire_started = Instant::now();
-    if let Ok(supervised) = retiring.await {
+    if let Some(Ok(supervised)) = OptionFuture::from(retiring).await {
         if supervised > 0 {
             info!(log, "supervised agents stopped"; "agents" => supervised,
                 "waited_ms" => retire_started.elapsed().as_millis() as u64);
+        }
+    }
+    if let Some(Ok(released)) = OptionFuture::from(releasing).await {
+        if released > 0 {
+            info!(log, "supervised agents left running for the new heartbeatd to adopt"; "agents" => released);
         }
     }
     let flush = flush_until_clean(&manager, deadline).await;

@@ -24,7 +24,9 @@ use heartbeatd_actors::notify::webhook::Webhook;
 use heartbeatd_actors::registry::{Registry, RegistryError};
 use heartbeatd_actors::stats::Stats;
 use heartbeatd_actors::store::{FileMetadataStore, StoreError};
+use heartbeatd_actors::supervision::adoption;
 use heartbeatd_actors::supervision::board::ProcessBoard;
+use heartbeatd_actors::supervision::keeper::rendezvous::{self, RUN_DIR};
 use heartbeatd_actors::supervision::process::SupervisionContext;
 use slog::{error, info, o, warn, Logger};
 
@@ -254,6 +256,23 @@ impl Application {
         }
         // From here on, a file refused at run time is logged (a refusal above ends the start).
         data_dir::report_refusals_to(log.new(o!("actor" => "data_dir")));
+        // Keepers left running by the previous heartbeatd (a crash, a kill, an upgrade) are
+        // taken over before any agent starts; run/ is where the keepers started now listen.
+        let adoptable = adoption::find_keepers(&settings.data_dir, &log.new(o!("actor" => "process")));
+        if settings.adopt_timeout_s > 0 {
+            let run = settings.data_dir.join(RUN_DIR);
+            if let Err(e) = data_dir::create_dir_private(&run) {
+                warn!(log, "cannot make data_dir/run: supervised agents will end with heartbeatd instead of waiting adopt_timeout_s to be adopted";
+                    "path" => %run.display(), "error" => %e,
+                    "what_to_do" => "make data_dir/run a directory of heartbeatd's user, mode 0700, then restart heartbeatd");
+            }
+            let longest_id = "x".repeat(heartbeatd_actors::model::agent::MAX_AGENT_ID_LEN);
+            if rendezvous::socket_path(&settings.data_dir, &longest_id).is_none() {
+                warn!(log, "data_dir's path is too long for the keepers' sockets (107 bytes at most): some supervised agents will end with heartbeatd instead of waiting adopt_timeout_s to be adopted";
+                    "data_dir" => %settings.data_dir.display(),
+                    "what_to_do" => "use a data_dir path of at most 81 bytes (a symbolic link to it will do), or set adopt_timeout_s = 0");
+            }
+        }
         let registry_view = registry.snapshot();
         if registry_view.len() > settings.max_agents {
             warn!(log, "more agents are registered than max_agents allows; no agent can be registered until some are deleted";
@@ -345,8 +364,11 @@ impl Application {
         let process_board = ProcessBoard::default();
         let manager = manager
             .with_liveness(liveness.clone())
+            .with_adoptable(adoptable)
             .with_supervision(SupervisionContext {
                 logs_dir: settings.data_dir.join("logs"),
+                data_dir: settings.data_dir.clone(),
+                adopt_timeout: Duration::from_secs(settings.adopt_timeout_s),
                 store: store.clone(),
                 webhook: Some((webhook.clone(), Arc::clone(&webhook_enabled))),
                 board: process_board.clone(),
@@ -599,6 +621,7 @@ impl Application {
             connections: self.connections,
             upgrade: self.upgrades,
             socket_outlives_process: self.socket_held_by_systemd,
+            agents_outlive_process: self.settings.adopt_timeout_s > 0,
         };
         let stopped = shutdown::run(running).await;
         // After a hand-over the socket's file is the new process's.

@@ -28,8 +28,10 @@
 //! - SIGTERM from heartbeatd: `stop_signal` to the agent's group and every descendant, then
 //!   SIGKILL to every descendant after `stop_timeout`;
 //! - SIGUSR1 from heartbeatd: SIGKILL to every descendant now;
-//! - heartbeatd died (its PDEATHSIG, SIGUSR2, or its pid is no longer the parent): the stop
-//!   signal, then SIGKILL after at most one second;
+//! - heartbeatd died (its PDEATHSIG, SIGUSR2, its pid is no longer the parent, or its end of
+//!   the report pipe is closed): the stop signal, then SIGKILL after at most one second; with
+//!   `adopt_timeout_s`, only once that has passed without a new heartbeatd adopting the tree
+//!   (see [`adopt`]);
 //! - when the agent's own process ends, what is left of its tree is stopped the same way: the
 //!   tree lives and dies with the agent (run programs in the foreground, as under supervisord);
 //! - it reaps every child, and reports the CPU they used (`/proc` no longer shows it);
@@ -49,6 +51,8 @@
 //! | [`spec_text`] | both | the spec as the few lines of text the keeper reads |
 //! | [`run`] | keeper | its entry point, [`run()`], and its loop |
 //! | [`tree`] | keeper | signalling, reaping (with the CPU used) and counting the tree |
+//! | [`rendezvous`] | both | adoption's words: the socket under `data_dir/run/`, the hello, the handshake, the settings digest |
+//! | [`adopt`] | keeper | outliving heartbeatd for `adopt_timeout_s` and being adopted by the next one |
 //! | [`output`] | keeper | copying the output pipe into the output file, within a CPU budget |
 //! | [`output_log`] | both | `data_dir/logs/<id>.log`: whole lines, buffered, rotated, opened again when removed |
 //! | [`private_file`] | keeper | opening the output file: never through a link, private, refused if someone else could write it |
@@ -57,11 +61,13 @@
 //! heartbeatd's side (starting a keeper, reading its lines) is in heartbeatd-actors
 //! (`supervision::keeper`).
 
+pub mod adopt;
 pub mod output;
 pub mod output_log;
 pub mod private_file;
 pub mod procfs;
 pub mod protocol;
+pub mod rendezvous;
 pub mod run;
 pub mod spec_text;
 pub mod tree;

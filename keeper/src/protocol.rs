@@ -58,6 +58,8 @@ pub struct KeeperSpec {
     pub max_processes: Option<u32>,
     /// heartbeatd's pid: if the keeper's parent is not this one, heartbeatd is gone.
     pub parent_pid: i32,
+    /// How the tree outlives heartbeatd and waits to be adopted; `None`: it does not.
+    pub adoption: Option<crate::rendezvous::AdoptionSpec>,
 }
 
 impl KeeperSpec {

@@ -1,6 +1,7 @@
 //! The keeper's own side: `heartbeatd-keep <id>` (or `heartbeatd keep <id>`, the fallback).
 //! [`run`] reads as the story it is (as tini's `main` does); each step is a small function
-//! below it. No runtime, no threads: one loop around `poll` on a signalfd and the output pipe.
+//! below it. No runtime, no threads: one loop around `poll` on a signalfd, the output pipe
+//! and (with adoption) its socket.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -8,6 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::adopt::{self, Rendezvous};
 use crate::output::OutputCopy;
 use crate::output_log::OutputLog;
 use crate::procfs;
@@ -45,6 +47,7 @@ pub const CPU_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Runs the keeper: the entry point of `heartbeatd-keep` (and of `heartbeatd keep <id>`).
 /// Never starts a runtime.
 pub fn run() -> ExitCode {
+    adopt::name_this_process();
     let Some(spec) = KeeperSpec::from_env() else {
         eprintln!("heartbeatd-keep: started by heartbeatd itself, not by hand (no valid spec in its environment)");
         return ExitCode::from(2);
@@ -71,7 +74,8 @@ pub fn run() -> ExitCode {
     };
     drop(pipe_in);
     say(&KeeperLine::Started(i64::from(agent)));
-    let status = Keeper::new(spec, agent, signals, output).watch_until_the_tree_is_gone();
+    let rendezvous = Rendezvous::open(&spec, agent);
+    let status = Keeper::new(spec, agent, signals, output, rendezvous).watch_until_the_tree_is_gone();
     report_exit(status);
     ExitCode::SUCCESS
 }
@@ -188,6 +192,9 @@ fn give_up(reason: String) -> ExitCode {
 }
 
 fn say(line: &KeeperLine) {
+    if adopt::say(&line.to_string()) {
+        return;
+    }
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -215,10 +222,12 @@ struct Keeper {
     /// `max_processes`, and when the tree is next checked against it.
     process_limit: Option<ProcessLimit>,
     next_count: Instant,
+    /// With `adopt_timeout_s`: the socket a new heartbeatd adopts the tree on, and the link.
+    rendezvous: Option<Rendezvous>,
 }
 
 impl Keeper {
-    fn new(spec: KeeperSpec, agent: i32, signals: OwnedFd, output: OutputCopy) -> Self {
+    fn new(spec: KeeperSpec, agent: i32, signals: OwnedFd, output: OutputCopy, rendezvous: Option<Rendezvous>) -> Self {
         Self {
             process_limit: spec.max_processes.map(ProcessLimit::new),
             spec,
@@ -232,6 +241,7 @@ impl Keeper {
             stopping: None,
             cpu_said: (0, None),
             next_count: Instant::now(),
+            rendezvous,
         }
     }
 
@@ -253,8 +263,14 @@ impl Keeper {
             self.report_reaped_cpu(now);
             self.output.flush_if_due(now);
             self.notice_if_heartbeatd_is_gone(now);
+            if self.rendezvous.as_mut().is_some_and(|r| r.gives_up(now)) {
+                self.heartbeatd_is_gone(now); // adopt_timeout_s passed: as without adoption
+            }
         }
         self.output.finish();
+        if let Some(rendezvous) = &mut self.rendezvous {
+            rendezvous.wait_to_report();
+        }
         self.agent_status.unwrap_or(0)
     }
 
@@ -313,12 +329,17 @@ impl Keeper {
             events: libc::POLLIN,
             revents: 0,
         }];
-        if let Some(fd) = self.output.readable_fd(now) {
+        let output = self.output.readable_fd(now);
+        if let Some(fd) = output {
             fds.push(libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
             });
+        }
+        let own = fds.len();
+        if let Some(rendezvous) = &self.rendezvous {
+            fds.extend(rendezvous.poll_fds());
         }
         let timeout = match self.next_due(now) {
             None => -1,
@@ -333,7 +354,10 @@ impl Keeper {
         if ready <= 0 {
             return (false, false); // timeout, or EINTR
         }
-        (fds[0].revents != 0, fds.len() > 1 && fds[1].revents != 0)
+        if let Some(rendezvous) = &mut self.rendezvous {
+            rendezvous.after_poll(&fds[own..], self.agent_status.is_none(), Instant::now());
+        }
+        (fds[0].revents != 0, output.is_some() && fds[1].revents != 0)
     }
 
     /// The earliest thing due: a look at a tree being stopped, a flush, the output budget's
@@ -347,7 +371,8 @@ impl Keeper {
             .map(|_| self.next_count);
         let cpu = (self.reaper.cpu_ticks() != self.cpu_said.0)
             .then(|| self.cpu_said.1.map_or(now, |at| at + CPU_REPORT_INTERVAL));
-        [stopping, self.output.deadline(), count, cpu]
+        let adoption = self.rendezvous.as_ref().and_then(Rendezvous::due);
+        [stopping, self.output.deadline(), count, cpu, adoption]
             .into_iter()
             .flatten()
             .min()
@@ -359,7 +384,10 @@ impl Keeper {
             match signal {
                 STOP if self.stopping.is_none() => self.stop_gracefully(now + self.stop_timeout()),
                 KILL_NOW => self.kill_now(),
-                PARENT_DIED => self.heartbeatd_is_gone(now),
+                PARENT_DIED => match &mut self.rendezvous {
+                    Some(rendezvous) => rendezvous.parent_may_be_gone(now),
+                    None => self.heartbeatd_is_gone(now),
+                },
                 _ => {} // SIGCHLD (reaped below), or a stray terminal signal
             }
         }
@@ -376,6 +404,9 @@ impl Keeper {
 
     /// heartbeatd gone without the signal (it died before prctl took effect).
     fn notice_if_heartbeatd_is_gone(&mut self, now: Instant) {
+        if let Some(rendezvous) = &mut self.rendezvous {
+            return rendezvous.parent_may_be_gone(now);
+        }
         // SAFETY: getppid cannot fail.
         if self.stopping.is_none() && unsafe { libc::getppid() } != self.spec.parent_pid {
             self.heartbeatd_is_gone(now);

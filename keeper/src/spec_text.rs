@@ -4,7 +4,10 @@
 //! escaped so it holds no space or newline (`\\`, `\s`, `\n`). An unknown, repeated or
 //! missing key makes the whole spec invalid: the keeper and heartbeatd are shipped together,
 //! and a keeper that half-understood its spec would run the agent differently from what
-//! heartbeatd asked.
+//! heartbeatd asked. The adoption keys (`adopt_timeout_ms`, `adopt_socket`,
+//! `adopt_started_at_ms`, `adopt_settings_digest`) are optional, all four or none: without
+//! them the keeper is not adoptable (`adopt_timeout_s = 0`, or a spec of a heartbeatd from
+//! before adoption), and ends its tree with heartbeatd as it always did.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -12,6 +15,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use crate::protocol::KeeperSpec;
+use crate::rendezvous::AdoptionSpec;
 
 impl KeeperSpec {
     /// The spec as text.
@@ -44,6 +48,12 @@ impl KeeperSpec {
             line("max_processes", &[max.to_string().as_bytes()]);
         }
         line("parent_pid", &[self.parent_pid.to_string().as_bytes()]);
+        if let Some(adoption) = &self.adoption {
+            line("adopt_timeout_ms", &[adoption.timeout_ms.to_string().as_bytes()]);
+            line("adopt_socket", &[adoption.socket.as_os_str().as_bytes()]);
+            line("adopt_started_at_ms", &[adoption.started_at_ms.to_string().as_bytes()]);
+            line("adopt_settings_digest", &[adoption.settings_digest.as_bytes()]);
+        }
         OsString::from_vec(out)
     }
 
@@ -56,6 +66,8 @@ impl KeeperSpec {
         let mut env = BTreeMap::new();
         let (mut stop_signal, mut stop_timeout_ms, mut log_path) = (None, None, None);
         let (mut log_max_bytes, mut log_backups, mut max_processes, mut parent_pid) = (None, None, None, None);
+        let (mut adopt_timeout_ms, mut adopt_socket, mut adopt_started_at_ms, mut adopt_digest) =
+            (None, None, None, None);
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let mut words = line.split(|b| *b == b' ');
             let key = words.next()?;
@@ -90,12 +102,29 @@ impl KeeperSpec {
                 b"log_backups" => set(&mut log_backups, one()?.parse::<u32>().ok()?)?,
                 b"max_processes" => set(&mut max_processes, one()?.parse::<u32>().ok()?)?,
                 b"parent_pid" => set(&mut parent_pid, one()?.parse::<i32>().ok()?)?,
+                b"adopt_timeout_ms" => set(&mut adopt_timeout_ms, one()?.parse::<u64>().ok()?)?,
+                b"adopt_socket" => match fields.as_slice() {
+                    [path] => set(&mut adopt_socket, PathBuf::from(OsString::from_vec(path.clone())))?,
+                    _ => return None,
+                },
+                b"adopt_started_at_ms" => set(&mut adopt_started_at_ms, one()?.parse::<i64>().ok()?)?,
+                b"adopt_settings_digest" => set(&mut adopt_digest, one()?)?,
                 _ => return None,
             }
         }
         if command.is_empty() {
             return None;
         }
+        let adoption = match (adopt_timeout_ms, adopt_socket, adopt_started_at_ms, adopt_digest) {
+            (None, None, None, None) => None,
+            (Some(timeout_ms), Some(socket), Some(started_at_ms), Some(settings_digest)) => Some(AdoptionSpec {
+                timeout_ms,
+                socket,
+                started_at_ms,
+                settings_digest,
+            }),
+            _ => return None, // half an adoption: not what heartbeatd wrote
+        };
         Some(Self {
             agent_id: agent_id?,
             command,
@@ -108,6 +137,7 @@ impl KeeperSpec {
             log_backups: log_backups?,
             max_processes,
             parent_pid: parent_pid?,
+            adoption,
         })
     }
 }
@@ -177,6 +207,12 @@ mod tests {
             log_backups: 3,
             max_processes: Some(512),
             parent_pid: 4242,
+            adoption: Some(AdoptionSpec {
+                timeout_ms: 60_000,
+                socket: PathBuf::from("/var/lib/my heartbeatd/run/web-1.sock"),
+                started_at_ms: -5,
+                settings_digest: "0123456789abcdef".into(),
+            }),
         }
     }
 
@@ -189,6 +225,7 @@ mod tests {
             working_dir: None,
             max_processes: None,
             env: BTreeMap::new(),
+            adoption: None,
             ..spec
         };
         assert_eq!(KeeperSpec::decode(plain.to_env().as_bytes()), Some(plain));
@@ -215,11 +252,15 @@ mod tests {
             with("arg bad\\qescape"),
             with("arg trailing\\"),
             with("log_backups -1"),
+            with("adopt_timeout_ms 1"),
+            with("adopt_started_at_ms x"),
             with("stop_timeout_ms 99999999999999999999999"),
             without("agent_id"),
             without("arg"),
             without("log_path"),
             without("parent_pid"),
+            without("adopt_socket"),
+            without("adopt_settings_digest"),
             String::new(),
             "garbage".into(),
         ] {

@@ -10,7 +10,7 @@ use super::Settings;
 impl Settings {
     /// (key, value, min, max) of every numeric key but the agent timing (bounded by
     /// [`check_timing`]) and `http_port` (its type bounds it).
-    pub(super) fn numeric_bounds(&self) -> [(&'static str, u64, u64, u64); 18] {
+    pub(super) fn numeric_bounds(&self) -> [(&'static str, u64, u64, u64); 19] {
         const DAY_S: u64 = 86_400;
         let n = |v: usize| v as u64;
         [
@@ -21,6 +21,7 @@ impl Settings {
             ("flush_interval_ms", self.flush_interval_ms, 0, 60_000),
             ("checkpoint_interval_s", self.checkpoint_interval_s, 1, DAY_S),
             ("shutdown_timeout_s", self.shutdown_timeout_s, 1, DAY_S),
+            ("adopt_timeout_s", self.adopt_timeout_s, 0, DAY_S),
             ("request_timeout_s", self.request_timeout_s, 1, 3600),
             ("send_timeout_s", self.send_timeout_s, 1, 3600),
             ("max_agents", n(self.max_agents), 1, 10_000_000),

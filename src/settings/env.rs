@@ -10,7 +10,7 @@ pub const ENV_PREFIX: &str = "HEARTBEATD_";
 pub(super) const CTL_ENV: [&str; 2] = ["HEARTBEATD_URL", "HEARTBEATD_CA"];
 
 /// The keys an environment variable may set (every scalar key; `agents` only comes from files).
-pub const ENV_KEYS: [&str; 35] = [
+pub const ENV_KEYS: [&str; 36] = [
     "http_port",
     "http_bind",
     "workers",
@@ -20,6 +20,7 @@ pub const ENV_KEYS: [&str; 35] = [
     "log_level",
     "log_format",
     "shutdown_timeout_s",
+    "adopt_timeout_s",
     "http_workers",
     "flush_interval_ms",
     "checkpoint_interval_s",

@@ -54,6 +54,10 @@ pub struct Settings {
     /// How long a graceful stop may take before heartbeatd gives up and exits 1.
     #[serde(default = "default_shutdown_timeout_s")]
     pub shutdown_timeout_s: u64,
+    /// How long supervised agents keep running without heartbeatd (a crash, a kill, an
+    /// upgrade), waiting for the next one to adopt them; 0: they end with heartbeatd.
+    #[serde(default = "default_adopt_timeout_s")]
+    pub adopt_timeout_s: u64,
     /// How often agents are expected to report (agents may set their own).
     #[serde(default = "default_heartbeat_interval_s")]
     pub heartbeat_interval_s: u64,
@@ -239,6 +243,9 @@ fn default_checkpoint_interval_s() -> u64 {
 }
 fn default_shutdown_timeout_s() -> u64 {
     30
+}
+fn default_adopt_timeout_s() -> u64 {
+    60
 }
 fn default_request_timeout_s() -> u64 {
     10

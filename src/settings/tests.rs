@@ -30,6 +30,7 @@ fn defaults_match_the_documentation() {
     assert_eq!(s.log_level, LogLevel::Info);
     assert_eq!(s.log_format, LogFormat::Term);
     assert_eq!(s.shutdown_timeout_s, 30);
+    assert_eq!(s.adopt_timeout_s, 60);
     assert_eq!(s.http_workers, 1);
     assert!(s.agents.is_empty());
 }
@@ -83,6 +84,7 @@ fn bad_configurations_name_the_key() {
         ("log_level = \"loud\"", "log_level"),
         ("log_format = \"xml\"", "log_format"),
         ("shutdown_timeout_s = 0", "shutdown_timeout_s"),
+        ("adopt_timeout_s = 86401", "adopt_timeout_s"),
         ("checkpoint_interval_s = 0", "checkpoint_interval_s"),
         ("[[agents]]\nid = \"a\"\n[[agents]]\nid = \"a\"", "agents[1].id"),
         ("[[agents]]\nid = \"a/b\"", "agents[0].id"),

@@ -14,8 +14,10 @@
 //!    requests on its open connections with `Connection: close`, then drains as a stop does:
 //!    every accepted heartbeat processed and on disk. It leaves the control socket's file in
 //!    place (the new one serves it) and exits 0, which releases the lock.
-//! 4. The new one takes the lock, loads the state, accepts the waiting connections, and tells
-//!    systemd `READY=1`.
+//! 4. The new one takes the lock, loads the state, adopts the keepers the old one left
+//!    running (when it said `adopts` after `prepared` and `adopt_timeout_s` is set, the old
+//!    one released its agents instead of stopping them), accepts the waiting connections,
+//!    and tells systemd `READY=1`.
 //!
 //! The gap between 3 and 4 is a drain and a start: connections made meanwhile are queued by
 //! the kernel, not refused.
@@ -28,6 +30,11 @@ pub mod successor;
 pub const FROM_VARIABLE: &str = "HEARTBEATD_UPGRADE_FROM";
 /// What the new process writes on the pipe once it is prepared.
 const PREPARED: &[u8] = b"prepared\n";
+/// Written after [`PREPARED`] by a new process that adopts the keepers its predecessor leaves
+/// running (see `heartbeatd_actors::supervision::adoption`). An older heartbeatd reads only
+/// `PREPARED` and ignores it; a predecessor that does not read it from its successor (an
+/// older version, in a downgrade) stops the agents instead of leaving them to nobody.
+const ADOPTS: &[u8] = b"adopts\n";
 
 use std::sync::{Arc, Mutex};
 

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 
-use super::{FROM_VARIABLE, PREPARED};
+use super::{ADOPTS, FROM_VARIABLE, PREPARED};
 
 /// The heartbeatd this one replaces.
 #[derive(Debug)]
@@ -60,8 +60,9 @@ impl Predecessor {
         Ok(Some(Self { pid, pipe }))
     }
 
-    /// Tells the old process that this one is prepared: it may stop accepting and drain.
+    /// Tells the old process that this one is prepared (it may stop accepting and drain), and
+    /// that it adopts the keepers left running.
     pub fn report_prepared(mut self) -> io::Result<()> {
-        self.pipe.write_all(PREPARED)
+        self.pipe.write_all(&[PREPARED, ADOPTS].concat())
     }
 }

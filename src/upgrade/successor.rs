@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use heartbeatd_actors::supervision::reaper;
 
-use super::{FROM_VARIABLE, PREPARED};
+use super::{ADOPTS, FROM_VARIABLE, PREPARED};
 use crate::server::inherited::{HELD_BY_SYSTEMD, UPGRADE_VARIABLE};
 
 /// How long the new process may take to load its configuration and check `data_dir` before
@@ -70,6 +70,8 @@ impl HandedSockets {
 #[derive(Debug, Clone, Copy)]
 pub struct Successor {
     pub pid: u32,
+    /// It said it adopts the keepers left running (a version with adoption): they may be.
+    pub adopts: bool,
 }
 
 /// The new process, until it said it is prepared: dropped, it is killed (it has not touched
@@ -146,7 +148,10 @@ pub async fn start(launch: &Launch, sockets: HandedSockets) -> Result<Successor,
     // and its pid reused).
     std::mem::forget(unprepared);
     match said {
-        Ok(Ok(said)) if said.as_slice() == PREPARED => Ok(Successor { pid }),
+        Ok(Ok(said)) if said.starts_with(PREPARED) => Ok(Successor {
+            pid,
+            adopts: said[PREPARED.len()..] == *ADOPTS,
+        }),
         Ok(_) => {
             let how = actix_rt::task::spawn_blocking(move || exited.recv_timeout(EXIT_STATUS_WAIT))
                 .await
@@ -170,11 +175,13 @@ pub async fn start(launch: &Launch, sockets: HandedSockets) -> Result<Successor,
     }
 }
 
-/// Reads the pipe until the new process writes `prepared` or closes it (at most a line).
+/// Reads the pipe until the new process has written `prepared` (and `adopts`) or closed it
+/// (at most two lines).
 async fn read_all(pipe: File) -> io::Result<Vec<u8>> {
     actix_rt::task::spawn_blocking(move || {
         let mut said = Vec::new();
-        pipe.take(PREPARED.len() as u64).read_to_end(&mut said)?;
+        pipe.take((PREPARED.len() + ADOPTS.len()) as u64)
+            .read_to_end(&mut said)?;
         Ok(said)
     })
     .await

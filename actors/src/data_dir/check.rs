@@ -30,7 +30,7 @@ use super::refusal::Expected;
 use super::{private_mode, Refusal, DIR_MODE, OPEN_TO_OTHERS};
 
 /// The subdirectories heartbeatd keeps under `data_dir`.
-pub(super) const SUBDIRS: [&str; 5] = ["agents", "history", "events", "journal", "logs"];
+pub(super) const SUBDIRS: [&str; 6] = ["agents", "history", "events", "journal", "logs", "run"];
 /// The subdirectories whose every entry is audited here (see the module documentation).
 const WALKED: [&str; 4] = ["history", "events", "journal", "logs"];
 /// heartbeatd's files directly in `data_dir` (the names the Store, the Registry and the

@@ -24,7 +24,7 @@ pub mod supervision;
 pub use admin::*;
 pub use figures::GetAgentFigures;
 pub use persistence::{Flush, PersistError};
-pub use supervision::{ControlAgent, ControlError, RetireAll};
+pub use supervision::{ControlAgent, ControlError, ReleaseAll, RetireAll};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -165,6 +165,9 @@ pub struct Manager {
     supervision: Option<SupervisionContext>,
     /// The process actor of each agent with a `command`.
     processes: HashMap<String, Addr<AgentProcess>>,
+    /// Keepers the previous heartbeatd left running, by agent id: taken over when
+    /// supervision starts (see [`crate::supervision::adoption`]).
+    adoptable: HashMap<String, crate::supervision::adoption::Adoptable>,
     store_error_gate: LogGate,
     /// The flush and checkpoint timers, armed only while something waits to be written.
     timers: persistence::PersistTimers,
@@ -218,6 +221,7 @@ impl Manager {
             liveness: None,
             supervision: None,
             processes: HashMap::new(),
+            adoptable: HashMap::new(),
             store_error_gate: LogGate::new(STORE_ERROR_LOG_INTERVAL),
             timers: persistence::PersistTimers::default(),
             log,
@@ -253,6 +257,13 @@ impl Manager {
     /// Runs the agents that have a `command` (see [`supervision`]).
     pub fn with_supervision(mut self, cx: SupervisionContext) -> Self {
         self.supervision = Some(cx);
+        self
+    }
+
+    /// Takes over these keepers, left running by the previous heartbeatd, instead of
+    /// starting their agents.
+    pub fn with_adoptable(mut self, keepers: HashMap<String, crate::supervision::adoption::Adoptable>) -> Self {
+        self.adoptable = keepers;
         self
     }
 

@@ -11,7 +11,8 @@ use super::Manager;
 use crate::liveness::{self, WentDown};
 use crate::model::agent::validate_process;
 use crate::model::agent::{AgentInfo, AgentView};
-use crate::supervision::process::{Action, AgentProcess, Control, KillNow, Reconfigure, Retire, WentSilent};
+use crate::supervision::adoption;
+use crate::supervision::process::{Action, AgentProcess, Control, KillNow, Reconfigure, Release, Retire, WentSilent};
 use crate::supervision::{keeper, reaper};
 
 /// Why a start, stop or restart was refused.
@@ -30,6 +31,9 @@ impl Manager {
     /// actor (autostart ones start), and Liveness reports `down` here.
     pub(super) fn start_supervision(&mut self, ctx: &mut Context<Self>) {
         if self.supervision.is_none() {
+            for (_, keeper) in self.adoptable.drain() {
+                adoption::stop_unwanted(keeper, &self.log);
+            }
             return;
         }
         reaper::start();
@@ -57,6 +61,10 @@ impl Manager {
         for info in &supervised {
             self.sync_process(info);
         }
+        // Keepers of agents deleted, or no longer supervised, while heartbeatd was away.
+        for (_, keeper) in self.adoptable.drain() {
+            adoption::stop_unwanted(keeper, &self.log);
+        }
     }
 
     /// Brings the agent's process actor in line with its record: created for a new
@@ -72,7 +80,9 @@ impl Manager {
         }
         match (info.process_spec(), self.processes.get(&info.id)) {
             (Some(spec), None) => {
-                let actor = AgentProcess::new(info.id.clone(), spec, cx.clone(), cx.log.clone()).start();
+                let actor = AgentProcess::new(info.id.clone(), spec, cx.clone(), cx.log.clone())
+                    .adopting(self.adoptable.remove(&info.id))
+                    .start();
                 self.processes.insert(info.id.clone(), actor);
             }
             (Some(spec), Some(actor)) => actor.do_send(Reconfigure(spec)),
@@ -166,6 +176,24 @@ impl Handler<RetireAll> for Manager {
                 let _ = actix::clock::timeout(Duration::from_secs(2), retiring).await;
             }
             count
+        })
+    }
+}
+
+/// heartbeatd hands over to a new one (an upgrade) that adopts the keepers: every process
+/// actor ends and leaves its tree running. Answers how many trees were left running.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct ReleaseAll;
+
+impl Handler<ReleaseAll> for Manager {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, _: ReleaseAll, _: &mut Context<Self>) -> Self::Result {
+        let actors: Vec<_> = self.processes.drain().map(|(_, actor)| actor).collect();
+        Box::pin(async move {
+            let released = futures::future::join_all(actors.iter().map(|a| a.send(Release))).await;
+            released.into_iter().filter(|r| matches!(r, Ok(true))).count()
         })
     }
 }

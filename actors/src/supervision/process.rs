@@ -16,8 +16,9 @@ use futures::channel::oneshot;
 use slog::{error, info, warn, Logger};
 use tokio::io::AsyncBufReadExt;
 
+use super::adoption::Adoptable;
 use super::board::ProcessBoard;
-use super::keeper::{self, KeeperLine, KeeperSpec};
+use super::keeper::{self, KeeperLine};
 use super::limits::{self, LimitWatch};
 use super::machine::{Effect, Event, Exit, Machine, Note, Now, State, Waiters};
 use super::procfs;
@@ -34,6 +35,10 @@ use crate::notify::webhook::{DeliverProcess, Webhook};
 use crate::registry::RegistrySnapshot;
 use crate::store::{AppendProcessEvent, FileMetadataStore};
 
+mod adoption;
+
+pub use adoption::Release;
+
 /// A reported pid is checked against the tree at most this often.
 const PID_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -42,6 +47,11 @@ const PID_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 pub struct SupervisionContext {
     /// `data_dir/logs`.
     pub logs_dir: PathBuf,
+    /// `data_dir`: the keepers' sockets are under its `run/`.
+    pub data_dir: PathBuf,
+    /// `adopt_timeout_s`: how long a tree outlives heartbeatd, waiting to be adopted by the
+    /// next one; zero: it ends with heartbeatd.
+    pub adopt_timeout: std::time::Duration,
     pub store: Addr<FileMetadataStore>,
     /// The webhook, and whether a URL is set.
     pub webhook: Option<(Addr<Webhook>, Arc<AtomicBool>)>,
@@ -81,6 +91,15 @@ pub struct AgentProcess {
     checked_pid: Option<(i64, Instant)>,
     pid_mismatch: Option<i64>,
     mismatch_warned: bool,
+    /// A keeper left running by the previous heartbeatd, taken over when the actor starts.
+    adopting: Option<Adoptable>,
+    /// heartbeatd is handing over to a new one, which adopts the keeper: the actor ends
+    /// without ending the tree.
+    released: bool,
+    /// The task reading the current keeper's reports: ended at a release, which closes this
+    /// end of the keeper's pipe or socket, so the keeper knows at once to wait for the next
+    /// heartbeatd (an exit meanwhile is then said to it, not to this one).
+    reports: Option<tokio::task::JoinHandle<()>>,
     log: Logger,
 }
 
@@ -101,6 +120,9 @@ impl AgentProcess {
             checked_pid: None,
             pid_mismatch: None,
             mismatch_warned: false,
+            adopting: None,
+            released: false,
+            reports: None,
             log,
         }
     }
@@ -175,25 +197,13 @@ impl AgentProcess {
 
     /// Spawns the keeper of run `generation` and reads its reports off this actor's thread.
     fn launch(&mut self, generation: u64, ctx: &mut Context<Self>) {
-        let log_path = self.cx.logs_dir.join(format!("{}.log", self.id));
+        let spec = self.keeper_spec(Utc::now().timestamp_millis());
+        let log_path = spec.log_path.clone();
         // The keeper opens the output file itself. Opening it here first creates it (0600, in
         // a 0700 logs/) in heartbeatd's process, where a refusal (a link planted at that name)
         // is logged as an ERROR saying what to do. The keeper then refuses it too and discards
         // the output; the agent still runs. Any other failure is the keeper's to report.
         let _ = data_dir::create_dir_private(&self.cx.logs_dir).and_then(|()| data_dir::open_append(&log_path));
-        let spec = KeeperSpec {
-            agent_id: self.id.clone(),
-            command: self.spec.command.clone(),
-            working_dir: self.spec.working_dir.clone(),
-            env: self.spec.env.clone(),
-            stop_signal: self.spec.stop_signal,
-            stop_timeout_ms: self.spec.stop_timeout.as_millis() as u64,
-            log_path,
-            log_max_bytes: self.spec.log_max_bytes,
-            log_backups: self.spec.log_backups,
-            max_processes: self.spec.max_processes,
-            parent_pid: std::process::id() as i32,
-        };
         self.pid_mismatch = None;
         self.checked_pid = None;
         self.last_pid = None;
@@ -217,18 +227,13 @@ impl AgentProcess {
         }
         let addr = ctx.address();
         let reports = spawned.reports;
-        actix::spawn(async move {
+        self.reports = Some(actix::spawn(async move {
             let lines = std::os::fd::OwnedFd::from(reports);
             if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(lines) {
-                let mut lines = tokio::io::BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(line) = KeeperLine::parse(&line) {
-                        addr.do_send(KeeperReported { generation, line });
-                    }
-                }
+                read_reports(pipe, &addr, generation).await;
             }
             addr.do_send(KeeperEnded { generation });
-        });
+        }));
         if let Some((_, handle)) = self.limit_check.take() {
             ctx.cancel_future(handle);
         }
@@ -446,11 +451,24 @@ impl AgentProcess {
     }
 }
 
+/// Passes the keeper's report lines of run `generation` on to its actor, until the end of
+/// file (the keeper has exited).
+async fn read_reports(from: impl tokio::io::AsyncRead + Unpin, addr: &Addr<AgentProcess>, generation: u64) {
+    let mut lines = tokio::io::BufReader::new(from).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(line) = KeeperLine::parse(&line) {
+            addr.do_send(KeeperReported { generation, line });
+        }
+    }
+}
+
 impl Actor for AgentProcess {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.spec.autostart {
+        if let Some(keeper) = self.adopting.take() {
+            self.adopt(keeper, ctx);
+        } else if self.spec.autostart {
             self.feed(Event::Start, ctx);
         } else {
             self.publish();
@@ -686,8 +704,11 @@ impl Handler<KillNow> for AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        // The actor can only go with its tree gone (Retire) or with heartbeatd itself; in the
-        // second case the keeper sees heartbeatd die and ends the tree.
-        self.signal_keeper(keeper::KILL_NOW);
+        // The actor can only go with its tree gone (Retire), released to a new heartbeatd,
+        // or with heartbeatd itself; in the last case the keeper sees heartbeatd die and ends
+        // the tree (or waits to be adopted, with adopt_timeout_s).
+        if !self.released {
+            self.signal_keeper(keeper::KILL_NOW);
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! heartbeatd as a parent: it becomes a child subreaper, and one thread reaps every child
 //! that ends, so no zombie is ever left.
 //!
-//! heartbeatd's children are keepers (see [`super::keeper`]) and, during an upgrade, the new
+//! heartbeatd's children are keepers (see [`super::keeper`]; keepers adopted from a previous
+//! heartbeatd are not its children, and are never swept) and, during an upgrade, the new
 //! heartbeatd ([`spawn_watched`]). Each keeper reports how its agent ended over its stdout, so
 //! its exit status reaped here is not needed; a watched child's status is handed to whoever
 //! started it. Being a
@@ -25,6 +26,9 @@ struct Spawned {
     keepers: Mutex<HashSet<i32>>,
     /// Children started with [`spawn_watched`], and where their exit status goes.
     watched: Mutex<HashMap<i32, mpsc::Sender<i32>>>,
+    /// Keepers adopted from a previous heartbeatd ([`adopted`]): not children (their parent
+    /// is init or a subreaper above), but never to be swept should one be re-parented here.
+    adopted: Mutex<HashSet<i32>>,
 }
 
 fn spawned() -> &'static Spawned {
@@ -34,6 +38,7 @@ fn spawned() -> &'static Spawned {
         changed: Condvar::new(),
         keepers: Mutex::new(HashSet::new()),
         watched: Mutex::new(HashMap::new()),
+        adopted: Mutex::new(HashSet::new()),
     })
 }
 
@@ -173,9 +178,30 @@ pub fn sweep_orphans_for_a_while(report: impl FnOnce(usize) + Send + 'static) {
     }
 }
 
-/// Whether `pid` is a keeper or a watched child heartbeatd started (and has not reaped).
+/// Records `keeper` as adopted: [`sweep_orphans`] leaves it and its tree alone until
+/// [`no_longer_adopted`].
+pub fn adopted(keeper: i32) {
+    spawned()
+        .adopted
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(keeper);
+}
+
+/// The adopted `keeper` has ended (its socket closed).
+pub fn no_longer_adopted(keeper: i32) {
+    spawned()
+        .adopted
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .remove(&keeper);
+}
+
+/// Whether `pid` is a keeper heartbeatd started (and has not reaped) or adopted, or a watched
+/// child it started.
 fn is_own_child(pid: i32) -> bool {
     let spawned = spawned();
     spawned.keepers.lock().is_ok_and(|keepers| keepers.contains(&pid))
+        || spawned.adopted.lock().is_ok_and(|adopted| adopted.contains(&pid))
         || spawned.watched.lock().is_ok_and(|watched| watched.contains_key(&pid))
 }

@@ -8,11 +8,12 @@
 //! |---|---|
 //! | [`spawn`] | which program runs as a keeper (`heartbeatd-keep` beside heartbeatd, or heartbeatd's own binary as the fallback), and starting one |
 //! | [`protocol`] | the spec, the signals and the report lines (heartbeatd-keep's) |
+//! | [`rendezvous`] | adoption's words: the socket under `data_dir/run/`, the hello, the handshake (heartbeatd-keep's; heartbeatd's side of adoption is [`crate::supervision::adoption`]) |
 
 pub mod spawn;
 
 pub use heartbeatd_keep::protocol::{
     self, KeeperLine, KeeperSpec, KEEPER_BINARY, KILL_NOW, SPEC_ENV, STOP, SUBCOMMAND,
 };
-pub use heartbeatd_keep::run;
+pub use heartbeatd_keep::{rendezvous, run};
 pub use spawn::{keeper_path, keeper_program, spawn_keeper, KeeperProgram, SpawnedKeeper};

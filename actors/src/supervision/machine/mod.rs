@@ -156,6 +156,16 @@ impl Machine {
                 self.launch(now, None, fx_);
             }
             (P::Stopped, E::Stop) => {}
+            (
+                P::Stopped,
+                E::Adopted {
+                    keeper,
+                    pid,
+                    started_at,
+                },
+            ) => self.adopt(keeper, pid, started_at, now, fx_),
+            // Only a new actor, still `stopped`, adopts.
+            (P::Starting | P::Running | P::Stopping | P::Backoff | P::Exited | P::Fatal, E::Adopted { .. }) => {}
             (P::Backoff | P::Exited | P::Fatal, E::Stop) => self.set(State::Stopped, None, fx_),
             (P::Stopped | P::Backoff | P::Exited | P::Fatal, E::Retire) => {
                 self.set(State::Removed, None, fx_);
@@ -369,6 +379,22 @@ impl Machine {
         fx.push(Effect::Launch { generation });
         self.set(State::Starting(run), exit, fx);
         fx.push(Effect::Arm(Timer::StartWait { generation }, now.spec.start_wait));
+    }
+
+    /// A run that the previous heartbeatd started, taken over as it is: `running`, with its
+    /// keeper and pid; counted as neither a start nor a restart.
+    fn adopt(&mut self, keeper: i32, pid: i64, started_at: DateTime<Utc>, now: &Now<'_>, fx: &mut Vec<Effect>) {
+        self.generation += 1;
+        let run = Run {
+            generation: self.generation,
+            keeper: Some(keeper),
+            agent_pid: Some(pid),
+            started_at,
+            started: now.at,
+            failed_to_start: None,
+            exit: None,
+        };
+        self.set(State::Running(run), None, fx);
     }
 
     /// Ends the run (the keeper does it: stop signal, SIGKILL after `stop_timeout_s`); `then`

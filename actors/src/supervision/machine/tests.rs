@@ -448,3 +448,42 @@ fn every_event_in_every_state_is_handled_without_panicking() {
         }
     }
 }
+
+#[test]
+fn an_adopted_run_is_running_at_once_with_its_pid_and_counts_no_start_or_restart() {
+    let mut d = Driver::new(spec(|i| i.restart = Some(crate::model::process::RestartPolicy::Always)));
+    let started_at = Utc::now() - chrono::Duration::seconds(300);
+
+    let fx = d.feed(Event::Adopted {
+        keeper: 77,
+        pid: 78,
+        started_at,
+    });
+
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Launch { .. })), "{fx:?}");
+    let run = d.machine.state().run().cloned().expect("a run");
+    assert_eq!(d.machine.state().name(), ProcessState::Running);
+    assert_eq!(
+        (run.keeper, run.agent_pid, run.started_at),
+        (Some(77), Some(78), started_at)
+    );
+    assert_eq!(d.machine.restarts(), 0);
+    // A second adoption, or one once running, changes nothing.
+    assert!(d
+        .feed(Event::Adopted {
+            keeper: 1,
+            pid: 2,
+            started_at
+        })
+        .is_empty());
+    // Its exit during the gap is then followed by the policy: a restart.
+    d.feed(Event::AgentExited(Exit::Signal(9)));
+    d.feed(Event::Ended {
+        generation: run.generation,
+    });
+    assert_eq!(d.machine.restarts(), 1);
+    assert_eq!(
+        d.machine.last_exit().and_then(|e| e.signal.clone()).as_deref(),
+        Some("SIGKILL")
+    );
+}

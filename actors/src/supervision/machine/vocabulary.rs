@@ -150,6 +150,13 @@ pub enum Event {
     Ended {
         generation: u64,
     },
+    /// A keeper left running by the previous heartbeatd was adopted: its agent runs as
+    /// `pid` since `started_at`; no start, no restart.
+    Adopted {
+        keeper: i32,
+        pid: i64,
+        started_at: DateTime<Utc>,
+    },
     /// A heartbeat of the agent arrived.
     Heard,
     /// Liveness says it is `down`.
