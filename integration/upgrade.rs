@@ -396,3 +396,35 @@ fn a_descriptor_handed_over_that_is_not_a_listening_socket_is_a_configuration_er
         "{stderr}"
     );
 }
+
+#[test]
+fn loopback_admin_is_judged_by_the_socket_served_not_by_http_bind() {
+    // Arrange: the configuration says loopback and opts into tokenless admin there, but the
+    // socket handed over listens on every address.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    std::fs::write(
+        dir.path().join("heartbeatd.toml"),
+        format!(
+            "http_bind = \"127.0.0.1\"\nhttp_port = {port}\nloopback_admin = true\ndata_dir = {:?}\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut daemon = start_activated(&socket, dir.path());
+    wait_serving(port, &mut daemon, dir.path());
+
+    // Act: a change over TCP without a token.
+    let refused = http(port, "POST", "/agents", Some(r#"{"id": "x"}"#)).unwrap();
+
+    // Assert: refused, as for any heartbeatd that listens beyond loopback, and the start said
+    // so (the warning names the address really served).
+    send_signal(daemon.id(), "TERM");
+    let stopped = daemon.wait().unwrap();
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(stopped.success());
+    let log = std::fs::read_to_string(dir.path().join("heartbeatd.log")).unwrap();
+    assert!(log.contains("heartbeatd listens beyond loopback"), "{log}");
+    assert!(log.contains("bind: 0.0.0.0"), "{log}");
+}
