@@ -59,6 +59,7 @@ pub mod log_text;
 pub mod manager;
 pub mod model;
 pub mod notify;
+pub mod peer_cred;
 pub mod registry;
 pub(crate) mod single_thread;
 pub mod stats;

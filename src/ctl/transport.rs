@@ -241,26 +241,8 @@ impl Target {
 /// rather than print it or send it a request.
 fn check_peer(stream: &UnixStream, path: &Path) -> Result<(), CtlError> {
     use std::os::unix::fs::MetadataExt;
-    use std::os::unix::io::AsRawFd;
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the fd is open.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(CtlError::Unreachable(format!(
-            "cannot tell who serves {}: {}",
-            path.display(),
-            io::Error::last_os_error()
-        )));
-    }
+    let cred = heartbeatd_actors::peer_cred::peer_cred(stream)
+        .map_err(|e| CtlError::Unreachable(format!("cannot tell who serves {}: {e}", path.display())))?;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
     let dir_owner = path

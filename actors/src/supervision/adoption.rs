@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -243,22 +242,7 @@ fn verify(hello: &Hello, pid: i32) -> Result<(), String> {
 
 /// The pid and uid of the process at the other end of `stream`.
 fn peer(stream: &UnixStream) -> io::Result<(i32, u32)> {
-    // SAFETY: ucred is plain data that getsockopt fills, len says its size.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: valid out-pointers of the sizes given.
-    let done = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if done != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let cred = crate::peer_cred::peer_cred(stream)?;
     if cred.pid <= 0 {
         return Err(io::Error::other("no process at the other end"));
     }
